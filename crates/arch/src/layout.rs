@@ -1,0 +1,142 @@
+//! The agreed x86_64 guest physical memory layout.
+//!
+//! Every address the VMM writes into guest memory before the first `KVM_RUN` is named here, so
+//! that the VM crate, the boot code and the tests all agree on one map.
+
+/// Boot GDT.
+pub const BOOT_GDT_START: u64 = 0x500;
+/// Number of 8-byte slots in the boot GDT (all that fit below the IDT).
+pub const BOOT_GDT_ENTRIES: usize = 4;
+/// Boot IDT: a single empty gate, so any exception before the guest loads its own IDT is a
+/// triple fault (a reset) rather than a jump to garbage.
+pub const BOOT_IDT_START: u64 = 0x520;
+
+/// PVH `hvm_start_info`.
+pub const PVH_INFO_START: u64 = 0x6000;
+/// PVH module list (`hvm_modlist_entry`; one entry for the initrd).
+pub const PVH_MODLIST_START: u64 = 0x6040;
+/// PVH memory map (`hvm_memmap_table_entry` array).
+pub const PVH_MEMMAP_START: u64 = 0x6100;
+/// Maximum number of PVH memory map entries that fit before the zero page.
+pub const PVH_MEMMAP_MAX_ENTRIES: usize = ((ZERO_PAGE_START - PVH_MEMMAP_START) / 24) as usize;
+
+/// Linux zero page (`boot_params`).
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Initial stack pointer (RSP/RBP) for the Linux 64-bit entry.
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+
+/// Page map level 4 of the boot identity mapping.
+pub const PML4_START: u64 = 0x9000;
+/// Page directory pointer table of the boot identity mapping.
+pub const PDPTE_START: u64 = 0xa000;
+/// Page directory (512 x 2 MiB pages = the first 1 GiB) of the boot identity mapping.
+pub const PDE_START: u64 = 0xb000;
+
+/// Start of guest memory that is free for the guest's own use (e.g. an AP trampoline).
+pub const GUEST_FREE_START: u64 = 0x10000;
+/// End (exclusive) of the free low-memory window.
+pub const GUEST_FREE_END: u64 = 0x20000;
+
+/// Kernel command line.
+pub const CMDLINE_START: u64 = 0x20000;
+/// Maximum command line size in bytes, including the terminating NUL, unless a bzImage header
+/// announces another limit.
+pub const CMDLINE_MAX_SIZE: usize = 2048;
+
+/// Extended BIOS data area; e820 RAM below 1 MiB ends here.
+pub const EBDA_START: u64 = 0x9fc00;
+/// MP floating pointer + configuration table (in the EBDA, where Linux scans for it).
+pub const MPTABLE_START: u64 = EBDA_START;
+/// End (exclusive) of the reserved window 0x9fc00..0x100000 that holds the MP table.
+pub const MPTABLE_LIMIT: u64 = HIMEM_START;
+
+/// Start of high memory: the kernel is loaded here.
+pub const HIMEM_START: u64 = 0x10_0000;
+
+/// Start of the 32-bit MMIO gap (3 GiB): low RAM ends here at the latest.
+pub const MMIO_GAP_START: u64 = 0xc000_0000;
+/// End (exclusive) of the 32-bit MMIO gap (4 GiB): RAM above the gap continues here.
+pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
+/// Size of the 32-bit MMIO gap.
+pub const MMIO_GAP_SIZE: u64 = MMIO_GAP_END - MMIO_GAP_START;
+
+/// Guest physical address width we allow RAM to reach (46 bits, as on common Intel hosts).
+pub const PHYS_ADDR_LIMIT: u64 = 1 << 46;
+
+/// First virtio-mmio slot.
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// Size of one virtio-mmio slot.
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// IRQ of virtio-mmio slot 0; slot `n` uses `VIRTIO_MMIO_FIRST_IRQ + n`.
+pub const VIRTIO_MMIO_FIRST_IRQ: u32 = 5;
+/// Highest IRQ an IOAPIC pin can carry (24 pins).
+pub const IOAPIC_LAST_IRQ: u32 = 23;
+/// Number of IOAPIC pins.
+pub const IOAPIC_NUM_PINS: u8 = 24;
+
+/// COM1 8250 UART I/O port base.
+pub const SERIAL_PORT_BASE: u16 = 0x3f8;
+/// COM1 IRQ.
+pub const SERIAL_IRQ: u32 = 4;
+/// i8042 data port.
+pub const I8042_DATA_PORT: u16 = 0x60;
+/// i8042 command/status port (write 0xFE to reset).
+pub const I8042_COMMAND_PORT: u16 = 0x64;
+
+/// IOAPIC MMIO base.
+pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
+/// Local APIC MMIO base.
+pub const APIC_ADDR: u64 = 0xfee0_0000;
+
+/// Maximum number of vCPUs: the MP table uses 8-bit APIC IDs, 255 is broadcast and one ID
+/// goes to the IOAPIC.
+pub const MAX_VCPUS: u8 = 254;
+
+/// Initrd and similar payloads are placed on this alignment.
+pub const PAGE_SIZE: u64 = 0x1000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn low_memory_areas_do_not_overlap() {
+        // (start, end) of every fixed low-memory area, in address order.
+        let areas = [
+            (BOOT_GDT_START, BOOT_GDT_START + 8 * BOOT_GDT_ENTRIES as u64),
+            (BOOT_IDT_START, BOOT_IDT_START + 8),
+            (PVH_INFO_START, PVH_INFO_START + 56),
+            (PVH_MODLIST_START, PVH_MODLIST_START + 32),
+            (
+                PVH_MEMMAP_START,
+                PVH_MEMMAP_START + 24 * PVH_MEMMAP_MAX_ENTRIES as u64,
+            ),
+            (ZERO_PAGE_START, ZERO_PAGE_START + 4096),
+            (BOOT_STACK_POINTER, BOOT_STACK_POINTER + 1),
+            (PML4_START, PML4_START + 4096),
+            (PDPTE_START, PDPTE_START + 4096),
+            (PDE_START, PDE_START + 4096),
+            (GUEST_FREE_START, GUEST_FREE_END),
+            (CMDLINE_START, CMDLINE_START + CMDLINE_MAX_SIZE as u64),
+            (MPTABLE_START, MPTABLE_LIMIT),
+            (HIMEM_START, MMIO_GAP_START),
+        ];
+        for pair in areas.windows(2) {
+            assert!(pair[0].0 < pair[0].1);
+            assert!(
+                pair[0].1 <= pair[1].0,
+                "{:x?} overlaps {:x?}",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+
+    #[test]
+    fn devices_sit_in_the_mmio_gap() {
+        for addr in [VIRTIO_MMIO_BASE, IOAPIC_ADDR, APIC_ADDR] {
+            assert!((MMIO_GAP_START..MMIO_GAP_END).contains(&addr));
+        }
+        assert_eq!(MMIO_GAP_SIZE, 1 << 30);
+    }
+}
