@@ -1,0 +1,97 @@
+//! The i8042 keyboard controller, reduced to what a VMM needs: the CPU-reset command.
+
+use log::{debug, warn};
+use vm_superio::{I8042Device, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::EventFdTrigger;
+use crate::bus::BusDevice;
+
+/// Offset of the command/status port (0x64) from the data port (0x60).
+const COMMAND_OFFSET: u64 = 4;
+
+/// i8042 at ports 0x60..0x65: writing 0xFE to port 0x64 fires the reset trigger (an EventFd by default;
+/// a VMM can pass its own [`Trigger`] to stop the writing vCPU at once).
+///
+/// Insert at port 0x60 with length 5 (offset 0 = data port 0x60, offset 4 = command/status
+/// port 0x64). Every read returns 0: no data pending, input buffer empty (status 0), so a
+/// guest driver that polls the status never waits.
+pub struct I8042<T: Trigger = EventFdTrigger> {
+    inner: I8042Device<T>,
+}
+
+impl I8042<EventFdTrigger> {
+    /// An i8042 that signals `reset_evt` when the guest asks for a CPU reset.
+    pub fn new(reset_evt: EventFd) -> Self {
+        Self::with_trigger(EventFdTrigger(reset_evt))
+    }
+}
+
+impl<T: Trigger> I8042<T> {
+    /// An i8042 that fires `reset` when the guest asks for a CPU reset.
+    pub fn with_trigger(reset: T) -> Self {
+        I8042 {
+            inner: I8042Device::new(reset),
+        }
+    }
+}
+
+impl<T: Trigger + Send> BusDevice for I8042<T>
+where
+    T::E: std::fmt::Display,
+{
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if data.len() != 1 || (offset != 0 && offset != COMMAND_OFFSET) {
+            debug!("i8042: ignored {}-byte read at offset {offset}", data.len());
+            data.fill(0);
+            return;
+        }
+        data[0] = self.inner.read(offset as u8);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.len() != 1 || (offset != 0 && offset != COMMAND_OFFSET) {
+            debug!(
+                "i8042: ignored {}-byte write at offset {offset}",
+                data.len()
+            );
+            return;
+        }
+        if let Err(e) = self.inner.write(offset as u8, data[0]) {
+            warn!("i8042: cannot signal the reset event: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_command_signals_event() {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut dev = I8042::new(evt.try_clone().unwrap());
+
+        // Other commands, the data port and odd sizes do nothing.
+        dev.write(COMMAND_OFFSET, &[0xaa]);
+        dev.write(0, &[0xfe]);
+        dev.write(COMMAND_OFFSET, &[0xfe, 0]);
+        dev.write(2, &[0xfe]);
+        assert!(evt.read().is_err(), "no reset expected yet");
+
+        dev.write(COMMAND_OFFSET, &[0xfe]);
+        assert_eq!(evt.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn reads_are_plausible() {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut dev = I8042::new(evt);
+        let mut b = [0xffu8];
+        dev.read(COMMAND_OFFSET, &mut b);
+        assert_eq!(b, [0]);
+        let mut b = [0xffu8; 2];
+        dev.read(0, &mut b);
+        assert_eq!(b, [0, 0]);
+    }
+}

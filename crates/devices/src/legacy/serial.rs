@@ -1,0 +1,368 @@
+//! COM1: a 16550A UART (vm-superio) on the port I/O bus, and its host input subscriber.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::{debug, warn};
+use vm_superio::serial::SerialEvents;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::EventFdTrigger;
+use crate::bus::BusDevice;
+use crate::Error;
+
+/// Number of I/O ports of the UART.
+const PORT_COUNT: u64 = 8;
+/// Size of the receive FIFO of a 16550A (vm-superio's FIFO size).
+const FIFO_SIZE: usize = 64;
+
+/// vm-superio event hooks: tells [`SerialInput`] when the guest has emptied the receive FIFO.
+struct DrainEvents {
+    drained: EventFd,
+}
+
+impl SerialEvents for DrainEvents {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        if let Err(e) = self.drained.write(1) {
+            warn!("serial: cannot signal the input side: {e}");
+        }
+    }
+}
+
+type Uart = vm_superio::Serial<EventFdTrigger, DrainEvents, Box<dyn Write + Send>>;
+
+/// The COM1 16550A UART over `vm_superio::Serial`.
+///
+/// Insert at port 0x3f8 with length 8. `irq` is raised on transmit-empty / data-ready
+/// interrupts (the VM registers it as an irqfd for IRQ 4). Each byte the guest transmits is
+/// written to `out` and flushed at once, so the output is complete at the end of every burst.
+pub struct Serial {
+    uart: Uart,
+    /// An output error is logged once; the guest keeps running and later bytes are dropped
+    /// the same way.
+    out_error_logged: bool,
+}
+
+impl Serial {
+    /// A UART raising `irq` and writing the guest's output to `out`.
+    pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Result<Self, Error> {
+        let drained = EventFd::new(libc::EFD_NONBLOCK).map_err(|error| Error::EventFd {
+            what: "serial input",
+            error,
+        })?;
+        Ok(Serial {
+            uart: vm_superio::Serial::with_events(
+                EventFdTrigger(irq),
+                DrainEvents { drained },
+                out,
+            ),
+            out_error_logged: false,
+        })
+    }
+
+    /// The event signalled when the guest has drained the receive FIFO.
+    fn drained_event(&self) -> &EventFd {
+        &self.uart.events().drained
+    }
+
+    /// Free space in the receive FIFO.
+    fn fifo_room(&self) -> usize {
+        self.uart.fifo_capacity()
+    }
+
+    /// Queues host input for the guest; returns how many bytes fitted.
+    fn enqueue(&mut self, bytes: &[u8]) -> usize {
+        match self.uart.enqueue_raw_bytes(bytes) {
+            Ok(n) => n,
+            Err(e) => {
+                debug!("serial: cannot queue input: {e:?}");
+                0
+            }
+        }
+    }
+}
+
+impl BusDevice for Serial {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if data.len() != 1 || offset >= PORT_COUNT {
+            debug!(
+                "serial: ignored {}-byte read at offset {offset}",
+                data.len()
+            );
+            data.fill(0);
+            return;
+        }
+        data[0] = self.uart.read(offset as u8);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.len() != 1 || offset >= PORT_COUNT {
+            debug!(
+                "serial: ignored {}-byte write at offset {offset}",
+                data.len()
+            );
+            return;
+        }
+        if let Err(e) = self.uart.write(offset as u8, data[0]) {
+            if !self.out_error_logged {
+                warn!("serial: output error (further errors not logged): {e:?}");
+                self.out_error_logged = true;
+            }
+        }
+    }
+}
+
+/// What [`SerialInput`] does with its input fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InputState {
+    /// Registered with epoll.
+    Watching,
+    /// FIFO full: unregistered until the guest drains it.
+    Paused,
+    /// EOF, an error, or an fd epoll cannot watch: never read again.
+    Stopped,
+}
+
+/// Feeds host input (e.g. a dup of stdin) into the serial receive FIFO; an event-manager
+/// subscriber.
+///
+/// When the FIFO is full it stops watching the input and resumes once the guest has emptied
+/// the FIFO, so a guest that does not read never makes the event loop spin. On EOF, a read
+/// error, or an fd epoll cannot watch (`/dev/null`, a regular file) it stops reading input for
+/// good, logging at debug level; the VM keeps running.
+pub struct SerialInput {
+    serial: Arc<Mutex<Serial>>,
+    input: File,
+    drained: EventFd,
+    state: InputState,
+}
+
+impl SerialInput {
+    /// A subscriber copying `input` into `serial`'s receive FIFO.
+    pub fn new(serial: Arc<Mutex<Serial>>, input: File) -> Result<Self, Error> {
+        let drained = serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drained_event()
+            .try_clone()
+            .map_err(|error| Error::EventFd {
+                what: "serial input",
+                error,
+            })?;
+        Ok(SerialInput {
+            serial,
+            input,
+            drained,
+            state: InputState::Watching,
+        })
+    }
+
+    fn watch_input(&mut self, ops: &mut EventOps) {
+        match ops.add(Events::new(&self.input, EventSet::IN)) {
+            Ok(()) => self.state = InputState::Watching,
+            Err(e) => {
+                debug!("serial: not reading input (cannot watch it: {e})");
+                self.state = InputState::Stopped;
+            }
+        }
+    }
+
+    fn unwatch_input(&mut self, ops: &mut EventOps, next: InputState) {
+        if self.state == InputState::Watching {
+            if let Err(e) = ops.remove(Events::empty(&self.input)) {
+                debug!("serial: cannot unwatch input: {e}");
+            }
+        }
+        self.state = next;
+    }
+
+    fn lock_serial(&self) -> std::sync::MutexGuard<'_, Serial> {
+        self.serial.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn on_input(&mut self, ops: &mut EventOps) {
+        let room = self.lock_serial().fifo_room();
+        if room == 0 {
+            self.unwatch_input(ops, InputState::Paused);
+            return;
+        }
+        let mut buf = [0u8; FIFO_SIZE];
+        let len = room.min(buf.len());
+        match self.input.read(&mut buf[..len]) {
+            Ok(0) => {
+                debug!("serial: end of input");
+                self.unwatch_input(ops, InputState::Stopped);
+            }
+            Ok(n) => {
+                // Only the guest touched the FIFO meanwhile, and it can only have made room.
+                let queued = self.lock_serial().enqueue(&buf[..n]);
+                if queued < n {
+                    debug!("serial: dropped {} input bytes", n - queued);
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                debug!("serial: not reading input any more: {e}");
+                self.unwatch_input(ops, InputState::Stopped);
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for SerialInput {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.drained, EventSet::IN)) {
+            warn!("serial: cannot watch the FIFO-drained event: {e}");
+        }
+        self.watch_input(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        use std::os::fd::AsRawFd;
+        if events.fd() == self.drained.as_raw_fd() {
+            // Non-blocking: an error only means nothing was pending.
+            let _ = self.drained.read();
+            if self.state == InputState::Paused {
+                self.watch_input(ops);
+            }
+        } else if events.fd() == self.input.as_raw_fd() {
+            if self.state == InputState::Watching {
+                self.on_input(ops);
+            }
+        } else {
+            debug!("serial: unexpected event on fd {}", events.fd());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use event_manager::{EventManager, SubscriberOps};
+    use std::os::fd::FromRawFd;
+
+    /// A `Write` whose bytes the test can look at.
+    #[derive(Clone, Default)]
+    struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for SharedBuf {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    const DATA: u64 = 0;
+    const IER: u64 = 1;
+    const LSR: u64 = 5;
+    const LSR_DATA_READY: u8 = 1;
+
+    fn serial() -> (Serial, EventFd, SharedBuf) {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let out = SharedBuf::default();
+        let s = Serial::new(irq.try_clone().unwrap(), Box::new(out.clone())).unwrap();
+        (s, irq, out)
+    }
+
+    fn pipe() -> (File, File) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` is a valid array of two ints for pipe(2) to fill.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both fds were just created by pipe(2) and are owned by nobody else.
+        unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+    }
+
+    fn read_reg(s: &Arc<Mutex<Serial>>, offset: u64) -> u8 {
+        let mut b = [0u8];
+        s.lock().unwrap().read(offset, &mut b);
+        b[0]
+    }
+
+    #[test]
+    fn output_bytes_reach_the_writer() {
+        let (mut s, irq, out) = serial();
+        for b in b"hello\n" {
+            s.write(DATA, &[*b]);
+        }
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"hello\n");
+        // Odd sizes and offsets are ignored.
+        s.write(DATA, b"xy");
+        s.write(9, b"z");
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"hello\n");
+        // Enabling the THR-empty interrupt raises the irq.
+        assert!(irq.read().is_err());
+        s.write(IER, &[0x2]);
+        assert_eq!(irq.read().unwrap(), 1);
+        let mut b = [0u8];
+        s.read(LSR, &mut b);
+        assert_ne!(b[0] & 0x20, 0, "transmitter empty");
+    }
+
+    #[test]
+    fn input_pauses_when_fifo_full_and_resumes_when_drained() {
+        let (s, _irq, _out) = serial();
+        let s = Arc::new(Mutex::new(s));
+        let (rx, mut tx) = pipe();
+        let input = SerialInput::new(s.clone(), rx).unwrap();
+        let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+        em.add_subscriber(Arc::new(Mutex::new(input)));
+
+        let data: Vec<u8> = (0..100u8).collect();
+        tx.write_all(&data).unwrap();
+        // Fill the FIFO, then the next wakeup pauses input; after that nothing is ready.
+        for _ in 0..4 {
+            em.run_with_timeout(50).unwrap();
+        }
+        assert_eq!(s.lock().unwrap().fifo_room(), 0);
+        assert_eq!(
+            em.run_with_timeout(50).unwrap(),
+            0,
+            "paused input must not wake the loop"
+        );
+
+        // The guest drains the FIFO.
+        let mut got = Vec::new();
+        while read_reg(&s, LSR) & LSR_DATA_READY != 0 {
+            got.push(read_reg(&s, DATA));
+        }
+        assert_eq!(got.len(), FIFO_SIZE);
+        // Drained event, then the rest of the input.
+        for _ in 0..3 {
+            em.run_with_timeout(50).unwrap();
+        }
+        while read_reg(&s, LSR) & LSR_DATA_READY != 0 {
+            got.push(read_reg(&s, DATA));
+        }
+        assert_eq!(got, data);
+
+        // EOF stops input quietly.
+        drop(tx);
+        em.run_with_timeout(50).unwrap();
+        em.run_with_timeout(50).unwrap();
+        assert_eq!(em.run_with_timeout(50).unwrap(), 0);
+    }
+
+    #[test]
+    fn unwatchable_input_is_ignored() {
+        let (s, _irq, _out) = serial();
+        let s = Arc::new(Mutex::new(s));
+        let input = SerialInput::new(s.clone(), File::open("/dev/null").unwrap()).unwrap();
+        let input = Arc::new(Mutex::new(input));
+        let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+        em.add_subscriber(input.clone());
+        assert_eq!(input.lock().unwrap().state, InputState::Stopped);
+        assert_eq!(em.run_with_timeout(10).unwrap(), 0);
+    }
+}

@@ -1,0 +1,110 @@
+//! Device models for the `vmm` virtual machine monitor.
+//!
+//! * [`bus`]: an address → device map shared by the vCPU threads (port I/O and MMIO buses).
+//! * [`legacy`]: the COM1 16550A UART and the i8042 (only its CPU-reset command).
+//! * [`virtio`]: the virtio-mmio (version 2) transport and one folder per virtio device.
+//!
+//! A device never sees the VM: it learns about it only through what it is handed (guest
+//! memory, `EventFd`s, its backend file).
+
+#![deny(missing_docs)]
+
+use std::io;
+use std::path::PathBuf;
+
+pub mod bus;
+pub mod legacy;
+pub mod virtio;
+
+/// The guest memory type used by every device.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+
+/// Errors of the `devices` crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A bus range of length zero.
+    #[error("cannot insert a device at {base:#x}: zero length range")]
+    BusZeroLength {
+        /// Requested base address.
+        base: u64,
+    },
+    /// A bus range that wraps around the address space.
+    #[error("cannot insert a device at {base:#x} with length {len:#x}: range overflows")]
+    BusOverflow {
+        /// Requested base address.
+        base: u64,
+        /// Requested length.
+        len: u64,
+    },
+    /// A bus range that overlaps an existing device.
+    #[error(
+        "cannot insert a device at [{base:#x}, {end:#x}): overlaps the device at [{other_base:#x}, {other_end:#x})",
+        end = base + len,
+        other_end = other_base + other_len
+    )]
+    BusOverlap {
+        /// Requested base address.
+        base: u64,
+        /// Requested length.
+        len: u64,
+        /// Base of the device already there.
+        other_base: u64,
+        /// Length of the device already there.
+        other_len: u64,
+    },
+    /// Creating or duplicating an `EventFd` failed.
+    #[error("cannot create eventfd for {what}: {error}")]
+    EventFd {
+        /// Which event this was for.
+        what: &'static str,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// Opening a disk image failed.
+    #[error("cannot open disk image '{}': {error}", path.display())]
+    DiskOpen {
+        /// The image path as given.
+        path: PathBuf,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// The disk image is locked by someone else.
+    #[error("disk image '{}' is locked by another process (is another vmm using it?)", path.display())]
+    DiskLocked {
+        /// The image path as given.
+        path: PathBuf,
+    },
+    /// `flock` failed for another reason.
+    #[error("cannot lock disk image '{}': {error}", path.display())]
+    DiskLock {
+        /// The image path as given.
+        path: PathBuf,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// The size or identity of the disk image could not be determined.
+    #[error("cannot read size of disk image '{}': {error}", path.display())]
+    DiskSize {
+        /// The image path as given.
+        path: PathBuf,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// A disk serial (`id=`) longer than virtio-blk allows.
+    #[error("disk id '{id}' is too long (at most 20 bytes)")]
+    DiskIdTooLong {
+        /// The id as given.
+        id: String,
+    },
+    /// A virtio queue could not be created.
+    #[error("cannot create virtio queue of size {size}: {error}")]
+    Queue {
+        /// The requested maximum size.
+        size: u16,
+        /// The virtio-queue error.
+        error: virtio_queue::Error,
+    },
+    /// The device refused activation.
+    #[error("cannot activate virtio device: {0}")]
+    Activate(String),
+}

@@ -1,0 +1,47 @@
+//! virtio-blk (device type 2) over a raw disk image file.
+//!
+//! * `device.rs`: [`Block`], opening and locking the image, the [`VirtioDevice`] side and
+//!   the queue processing loop;
+//! * `request.rs`: parsing and executing one request (descriptor chain) against the image;
+//! * `event_handler.rs`: the event-loop side (queue notifications).
+//!
+//! [`VirtioDevice`]: super::VirtioDevice
+
+use std::path::PathBuf;
+
+mod device;
+mod event_handler;
+mod request;
+
+pub use device::Block;
+
+/// The virtio device type of a block device.
+pub const VIRTIO_ID_BLOCK: u32 = 2;
+/// The size of the only queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Sector size of the virtio-blk protocol.
+pub const SECTOR_SIZE: u64 = 512;
+/// Length of the GET_ID answer.
+pub const ID_BYTES: usize = 20;
+
+/// Feature bit: `seg_max` in the config space is valid.
+pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
+/// Feature bit: the disk is read-only.
+pub const VIRTIO_BLK_F_RO: u32 = 5;
+/// Feature bit: FLUSH requests are supported.
+pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
+
+/// How to open a disk image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockConfig {
+    /// Path of the raw image file (or block device).
+    pub path: PathBuf,
+    /// Open read-only (shared lock) and advertise VIRTIO_BLK_F_RO.
+    pub read_only: bool,
+    /// The serial the guest reads with GET_ID (at most 20 bytes); by default one derived from
+    /// the image's device and inode numbers.
+    pub id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests;

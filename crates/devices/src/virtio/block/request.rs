@@ -1,0 +1,321 @@
+//! One virtio-blk request: parse the descriptor chain, do the I/O, write the status byte.
+//!
+//! Layout (virtio 1.x, 5.2.6): a device-readable header descriptor (type u32, reserved u32,
+//! sector u64), zero or more data descriptors (device-writable for IN and GET_ID,
+//! device-readable for OUT), and a device-writable status descriptor (one byte).
+//! Anything else gets `VIRTIO_BLK_S_IOERR` if the status byte can be written; if it cannot,
+//! the chain goes back to the driver with a used length of 0.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+use log::debug;
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::DescriptorChain;
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemory, Permissions, ReadVolatile, VolatileMemoryError,
+    VolatileSlice, WriteVolatile,
+};
+
+use super::{ID_BYTES, SECTOR_SIZE};
+use crate::GuestMemoryMmap;
+
+/// Request types.
+pub(crate) const VIRTIO_BLK_T_IN: u32 = 0;
+pub(crate) const VIRTIO_BLK_T_OUT: u32 = 1;
+pub(crate) const VIRTIO_BLK_T_FLUSH: u32 = 4;
+pub(crate) const VIRTIO_BLK_T_GET_ID: u32 = 8;
+
+/// Status values.
+pub(crate) const VIRTIO_BLK_S_OK: u8 = 0;
+pub(crate) const VIRTIO_BLK_S_IOERR: u8 = 1;
+pub(crate) const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+
+/// Size of the request header.
+const HEADER_LEN: u32 = 16;
+
+/// The backing image of a block device, as requests see it.
+pub(crate) struct Disk {
+    pub(crate) file: File,
+    /// Usable size in bytes (a multiple of the sector size).
+    pub(crate) size: u64,
+    pub(crate) read_only: bool,
+    /// GET_ID answer, NUL padded.
+    pub(crate) id: [u8; ID_BYTES],
+}
+
+/// A file seen through positioned I/O (pread/pwrite) from a moving offset: no shared file
+/// position, so no seek races.
+struct FileAt<'a> {
+    file: &'a File,
+    offset: u64,
+}
+
+impl FileAt<'_> {
+    fn offset(&self) -> Result<libc::off_t, VolatileMemoryError> {
+        libc::off_t::try_from(self.offset).map_err(|_| {
+            VolatileMemoryError::IOError(std::io::Error::from_raw_os_error(libc::EINVAL))
+        })
+    }
+}
+
+impl ReadVolatile for FileAt<'_> {
+    /// Fills as much of `buf` as the file holds (short only at end of file).
+    fn read_volatile<B: BitmapSlice>(
+        &mut self,
+        buf: &mut VolatileSlice<B>,
+    ) -> Result<usize, VolatileMemoryError> {
+        let guard = buf.ptr_guard_mut();
+        let base = guard.as_ptr();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let offset = self.offset()?;
+            // SAFETY: the fd is valid for the borrow of `self.file`; `base + done` points into
+            // the guest memory described by `buf`, valid for writes of `buf.len() - done`
+            // bytes while `guard` lives (VolatileSlice invariant).
+            let n = unsafe {
+                libc::pread(
+                    self.file.as_raw_fd(),
+                    base.add(done).cast(),
+                    buf.len() - done,
+                    offset,
+                )
+            };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // Part of the buffer may have been written.
+                buf.bitmap().mark_dirty(0, buf.len());
+                return Err(VolatileMemoryError::IOError(err));
+            }
+            if n == 0 {
+                break;
+            }
+            // n > 0 and at most the requested length.
+            done += n as usize;
+            self.offset += n as u64;
+        }
+        buf.bitmap().mark_dirty(0, done);
+        Ok(done)
+    }
+}
+
+impl WriteVolatile for FileAt<'_> {
+    /// Writes all of `buf` unless the file refuses more.
+    fn write_volatile<B: BitmapSlice>(
+        &mut self,
+        buf: &VolatileSlice<B>,
+    ) -> Result<usize, VolatileMemoryError> {
+        let guard = buf.ptr_guard();
+        let base = guard.as_ptr();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let offset = self.offset()?;
+            // SAFETY: the fd is valid for the borrow of `self.file`; `base + done` points into
+            // the guest memory described by `buf`, valid for reads of `buf.len() - done` bytes
+            // while `guard` lives (VolatileSlice invariant).
+            let n = unsafe {
+                libc::pwrite(
+                    self.file.as_raw_fd(),
+                    base.add(done).cast(),
+                    buf.len() - done,
+                    offset,
+                )
+            };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(VolatileMemoryError::IOError(err));
+            }
+            if n == 0 {
+                break;
+            }
+            done += n as usize;
+            self.offset += n as u64;
+        }
+        Ok(done)
+    }
+}
+
+/// Why a request failed (logged at debug level; the guest sees IOERR).
+#[derive(Debug, thiserror::Error)]
+enum ReqError {
+    #[error("no header or no status descriptor")]
+    NoData,
+    #[error("header descriptor is device-writable or shorter than {HEADER_LEN} bytes")]
+    HeaderDescriptor,
+    #[error("header is outside guest memory")]
+    HeaderRead,
+    #[error("data descriptor with the wrong direction")]
+    DataDirection,
+    #[error("data length {0} is not a non-zero multiple of {SECTOR_SIZE}")]
+    DataLength(u64),
+    #[error("data buffer {addr:#x}+{len:#x} is outside guest memory", addr = .0.0, len = .1)]
+    DataAddress(GuestAddress, u32),
+    #[error("{len} bytes at sector {sector} are beyond the end of the disk")]
+    OutOfRange { sector: u64, len: u64 },
+    #[error("write to a read-only disk")]
+    ReadOnly,
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+/// Processes one descriptor chain; returns the used length (bytes written to guest memory).
+pub(crate) fn process(
+    disk: &Disk,
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+) -> u32 {
+    let head = chain.head_index();
+    // virtio-queue bounds the walk (at most queue-size descriptors, no loops, < 4 GiB total)
+    // and stops early on an unreadable descriptor or indirect table.
+    let descs: Vec<Descriptor> = chain.collect();
+    let Some(status) = descs.last() else {
+        debug!("virtio-blk: chain {head}: no readable descriptor");
+        return 0;
+    };
+    if status.has_next() {
+        debug!("virtio-blk: chain {head}: truncated (loop, too long or unreadable descriptor)");
+        return 0;
+    }
+    if !status.is_write_only() || status.len() < 1 {
+        debug!("virtio-blk: chain {head}: unusable status descriptor");
+        return 0;
+    }
+    let (code, data_len) = match execute(disk, mem, &descs) {
+        Ok(r) => r,
+        Err((e, written)) => {
+            debug!("virtio-blk: chain {head}: {e}");
+            (VIRTIO_BLK_S_IOERR, written)
+        }
+    };
+    match mem.write_obj(code, status.addr()) {
+        Ok(()) => data_len.saturating_add(1),
+        Err(e) => {
+            debug!("virtio-blk: chain {head}: cannot write status: {e}");
+            0
+        }
+    }
+}
+
+/// Runs the request; returns the status code and the number of data bytes written to guest
+/// memory, or an error with the number of bytes written before it.
+fn execute(
+    disk: &Disk,
+    mem: &GuestMemoryMmap,
+    descs: &[Descriptor],
+) -> Result<(u8, u32), (ReqError, u32)> {
+    let (header, rest) = descs
+        .split_first()
+        .filter(|(_, rest)| !rest.is_empty())
+        .ok_or((ReqError::NoData, 0))?;
+    if header.is_write_only() || header.len() < HEADER_LEN {
+        return Err((ReqError::HeaderDescriptor, 0));
+    }
+    let mut raw = [0u8; HEADER_LEN as usize];
+    mem.read_slice(&mut raw, header.addr())
+        .map_err(|_| (ReqError::HeaderRead, 0))?;
+    let req_type = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+    let sector = u64::from_le_bytes([
+        raw[8], raw[9], raw[10], raw[11], raw[12], raw[13], raw[14], raw[15],
+    ]);
+    // Everything between the header and the status descriptor.
+    let data = &rest[..rest.len() - 1];
+
+    match req_type {
+        VIRTIO_BLK_T_IN => {
+            let len = check_data(mem, data, true, Permissions::Write)?;
+            let mut file = FileAt {
+                file: &disk.file,
+                offset: check_range(disk, sector, len)?,
+            };
+            let mut written = 0u32;
+            for d in data {
+                mem.read_exact_volatile_from(d.addr(), &mut file, d.len() as usize)
+                    .map_err(|e| (ReqError::Io(e.to_string()), written))?;
+                written += d.len();
+            }
+            Ok((VIRTIO_BLK_S_OK, written))
+        }
+        VIRTIO_BLK_T_OUT => {
+            if disk.read_only {
+                return Err((ReqError::ReadOnly, 0));
+            }
+            let len = check_data(mem, data, false, Permissions::Read)?;
+            let mut file = FileAt {
+                file: &disk.file,
+                offset: check_range(disk, sector, len)?,
+            };
+            for d in data {
+                mem.write_all_volatile_to(d.addr(), &mut file, d.len() as usize)
+                    .map_err(|e| (ReqError::Io(e.to_string()), 0))?;
+            }
+            Ok((VIRTIO_BLK_S_OK, 0))
+        }
+        VIRTIO_BLK_T_FLUSH => {
+            if !disk.read_only {
+                disk.file
+                    .sync_data()
+                    .map_err(|e| (ReqError::Io(e.to_string()), 0))?;
+            }
+            Ok((VIRTIO_BLK_S_OK, 0))
+        }
+        VIRTIO_BLK_T_GET_ID => {
+            if data.is_empty() || data.iter().any(|d| !d.is_write_only()) {
+                return Err((ReqError::DataDirection, 0));
+            }
+            let mut written = 0usize;
+            for d in data {
+                if written == ID_BYTES {
+                    break;
+                }
+                let n = (ID_BYTES - written).min(d.len() as usize);
+                mem.write_slice(&disk.id[written..written + n], d.addr())
+                    .map_err(|_| (ReqError::DataAddress(d.addr(), d.len()), written as u32))?;
+                written += n;
+            }
+            Ok((VIRTIO_BLK_S_OK, written as u32))
+        }
+        other => {
+            debug!("virtio-blk: unsupported request type {other}");
+            Ok((VIRTIO_BLK_S_UNSUPP, 0))
+        }
+    }
+}
+
+/// Checks the data descriptors of a read or write: direction, guest addresses, and a total
+/// length that is a non-zero multiple of the sector size. Returns the total length.
+fn check_data(
+    mem: &GuestMemoryMmap,
+    data: &[Descriptor],
+    device_writes: bool,
+    access: Permissions,
+) -> Result<u64, (ReqError, u32)> {
+    let mut total = 0u64;
+    for d in data {
+        if d.is_write_only() != device_writes {
+            return Err((ReqError::DataDirection, 0));
+        }
+        if !mem.check_range(d.addr(), d.len() as usize, access) {
+            return Err((ReqError::DataAddress(d.addr(), d.len()), 0));
+        }
+        total += u64::from(d.len());
+    }
+    if total == 0 || !total.is_multiple_of(SECTOR_SIZE) {
+        return Err((ReqError::DataLength(total), 0));
+    }
+    Ok(total)
+}
+
+/// Checks that `len` bytes from `sector` lie inside the disk; returns the byte offset.
+fn check_range(disk: &Disk, sector: u64, len: u64) -> Result<u64, (ReqError, u32)> {
+    sector
+        .checked_mul(SECTOR_SIZE)
+        .filter(|start| start.checked_add(len).is_some_and(|end| end <= disk.size))
+        .ok_or((ReqError::OutOfRange { sector, len }, 0))
+}

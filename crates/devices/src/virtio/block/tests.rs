@@ -1,0 +1,717 @@
+//! virtio-blk tests against crafted descriptor chains (no KVM).
+//!
+//! The driver side is written by hand: descriptors through virtio-queue's mock
+//! `DescriptorTable`, the rings at fixed addresses. (`MockSplitQueue` of virtio-queue 0.18
+//! places the used ring inside the available ring for queues larger than a few entries, so it
+//! is not used for the rings.)
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::sync::{Arc, Mutex};
+
+use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+use virtio_queue::desc::RawDescriptor;
+use virtio_queue::mock::DescriptorTable;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::tempfile::TempFile;
+
+use super::request::{
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+use super::*;
+use crate::bus::BusDevice;
+use crate::virtio::{Interrupt, MmioTransport, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::{Error, GuestMemoryMmap};
+
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+
+const QSIZE: u16 = 16;
+const DESC_TABLE: u64 = 0x0;
+const AVAIL: u64 = 0x1000;
+const USED: u64 = 0x2000;
+/// Request headers, status bytes and data buffers live from here on.
+const HDR: u64 = 0x3000;
+const STATUS: u64 = 0x3800;
+const DATA: u64 = 0x4000;
+const MEM_SIZE: u64 = 0x10_0000;
+/// An address outside guest memory.
+const BAD: u64 = 0x1000_0000;
+
+const DISK_SECTORS: u64 = 16;
+
+/// (address, length, flags) of one descriptor; NEXT links are filled in.
+type Desc = (u64, u32, u16);
+
+/// The driver side of one split queue, plus a block device activated on it.
+struct Harness {
+    mem: GuestMemoryMmap,
+    block: Block,
+    interrupt: Arc<Interrupt>,
+    file: TempFile,
+    next_desc: u16,
+    avail_idx: u16,
+}
+
+fn image(sectors: u64) -> TempFile {
+    let f = TempFile::new().unwrap();
+    let data: Vec<u8> = (0..sectors * SECTOR_SIZE).map(|i| (i / 7) as u8).collect();
+    f.as_file().write_all(&data).unwrap();
+    f
+}
+
+impl Harness {
+    fn new(read_only: bool, id: Option<&str>, event_idx: bool) -> Self {
+        let file = image(DISK_SECTORS);
+        let block = Block::new(BlockConfig {
+            path: file.as_path().to_path_buf(),
+            read_only,
+            id: id.map(String::from),
+        })
+        .unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
+        let mut h = Harness {
+            mem,
+            block,
+            interrupt: Arc::new(Interrupt::new().unwrap()),
+            file,
+            next_desc: 0,
+            avail_idx: 0,
+        };
+        let mut q = Queue::new(QSIZE).unwrap();
+        q.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
+        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
+        q.set_used_ring_address(Some(USED as u32), Some(0));
+        q.set_event_idx(event_idx);
+        q.set_ready(true);
+        assert!(q.is_valid(&h.mem));
+        let mut features = 1 << VIRTIO_F_VERSION_1;
+        if event_idx {
+            features |= 1 << crate::virtio::VIRTIO_RING_F_EVENT_IDX;
+        }
+        h.block
+            .activate(h.mem.clone(), h.interrupt.clone(), vec![q], features)
+            .unwrap();
+        h
+    }
+
+    fn header(&self, req_type: u32, sector: u64) {
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(&req_type.to_le_bytes());
+        raw[8..].copy_from_slice(&sector.to_le_bytes());
+        self.mem.write_slice(&raw, GuestAddress(HDR)).unwrap();
+        self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+    }
+
+    /// Puts a chain in the descriptor table (NEXT links filled in unless `raw_next`), makes
+    /// it available; returns its head index.
+    fn add_chain(&mut self, descs: &[Desc]) -> u16 {
+        if usize::from(self.next_desc) + descs.len() > usize::from(QSIZE) {
+            self.next_desc = 0;
+        }
+        let head = self.next_desc;
+        let table = DescriptorTable::new(&self.mem, GuestAddress(DESC_TABLE), QSIZE);
+        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+            let idx = head + i as u16;
+            let last = i + 1 == descs.len();
+            let flags = if last { flags } else { flags | F_NEXT };
+            let desc = SplitDescriptor::new(addr, len, flags, idx + 1);
+            table.store(idx, RawDescriptor::from(desc)).unwrap();
+        }
+        self.next_desc += descs.len() as u16;
+        self.publish(head);
+        head
+    }
+
+    fn publish(&mut self, head: u16) {
+        let slot = AVAIL + 4 + 2 * u64::from(self.avail_idx % QSIZE);
+        self.mem.write_obj(head, GuestAddress(slot)).unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.mem
+            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
+            .unwrap();
+    }
+
+    fn used_idx(&self) -> u16 {
+        self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
+    }
+
+    /// The (id, len) of used ring entry `n`.
+    fn used(&self, n: u16) -> (u32, u32) {
+        let base = USED + 4 + 8 * u64::from(n % QSIZE);
+        (
+            self.mem.read_obj(GuestAddress(base)).unwrap(),
+            self.mem.read_obj(GuestAddress(base + 4)).unwrap(),
+        )
+    }
+
+    fn status(&self) -> u8 {
+        self.mem.read_obj(GuestAddress(STATUS)).unwrap()
+    }
+
+    /// Submits one chain, runs the device, returns (used len, status byte).
+    fn run(&mut self, descs: &[Desc]) -> (u32, u8) {
+        let before = self.used_idx();
+        let head = self.add_chain(descs);
+        self.block.process_queue();
+        assert_eq!(self.used_idx(), before.wrapping_add(1), "one chain used");
+        let (id, len) = self.used(before);
+        assert_eq!(id, u32::from(head));
+        (len, self.status())
+    }
+
+    fn disk(&self) -> Vec<u8> {
+        let mut f = self.file.as_file();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        let mut v = Vec::new();
+        f.read_to_end(&mut v).unwrap();
+        v
+    }
+}
+
+fn hdr() -> Desc {
+    (HDR, 16, 0)
+}
+fn status() -> Desc {
+    (STATUS, 1, F_WRITE)
+}
+
+#[test]
+fn read_spans_descriptors() {
+    let mut h = Harness::new(false, None, false);
+    h.header(VIRTIO_BLK_T_IN, 3);
+    let (len, st) = h.run(&[
+        hdr(),
+        (DATA, 512, F_WRITE),
+        (DATA + 0x1000, 1024, F_WRITE),
+        status(),
+    ]);
+    assert_eq!(st, VIRTIO_BLK_S_OK);
+    assert_eq!(len, 1536 + 1);
+    let disk = h.disk();
+    let mut got = vec![0u8; 512];
+    h.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert_eq!(got, disk[3 * 512..4 * 512]);
+    let mut got = vec![0u8; 1024];
+    h.mem
+        .read_slice(&mut got, GuestAddress(DATA + 0x1000))
+        .unwrap();
+    assert_eq!(got, disk[4 * 512..6 * 512]);
+    // The driver is interrupted (no EVENT_IDX).
+    assert_eq!(h.interrupt.irq_event().read().unwrap(), 1);
+    assert_eq!(h.interrupt.status() & 1, 1);
+}
+
+#[test]
+fn write_then_flush() {
+    let mut h = Harness::new(false, None, false);
+    let pattern: Vec<u8> = (0..1024).map(|i| (i % 251) as u8).collect();
+    h.mem.write_slice(&pattern, GuestAddress(DATA)).unwrap();
+    h.header(VIRTIO_BLK_T_OUT, DISK_SECTORS - 2);
+    let (len, st) = h.run(&[hdr(), (DATA, 1024, 0), status()]);
+    assert_eq!((len, st), (1, VIRTIO_BLK_S_OK));
+    let disk = h.disk();
+    assert_eq!(disk.len() as u64, DISK_SECTORS * SECTOR_SIZE);
+    assert_eq!(&disk[disk.len() - 1024..], &pattern[..]);
+    assert_eq!(disk[..512], image_byte_range(0, 512)[..]);
+
+    h.header(VIRTIO_BLK_T_FLUSH, 0);
+    let (len, st) = h.run(&[hdr(), status()]);
+    assert_eq!((len, st), (1, VIRTIO_BLK_S_OK));
+}
+
+fn image_byte_range(start: u64, end: u64) -> Vec<u8> {
+    (start..end).map(|i| (i / 7) as u8).collect()
+}
+
+#[test]
+fn get_id_given_and_default() {
+    let mut h = Harness::new(false, Some("disk-zero"), false);
+    h.mem.write_slice(&[0xaa; 32], GuestAddress(DATA)).unwrap();
+    h.header(VIRTIO_BLK_T_GET_ID, 0);
+    let (len, st) = h.run(&[hdr(), (DATA, 32, F_WRITE), status()]);
+    assert_eq!((len, st), (21, VIRTIO_BLK_S_OK));
+    let mut got = [0u8; 21];
+    h.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert_eq!(&got[..9], b"disk-zero");
+    assert_eq!(&got[9..20], &[0u8; 11]);
+    assert_eq!(got[20], 0xaa, "only 20 bytes written");
+
+    // A short buffer gets what fits.
+    h.header(VIRTIO_BLK_T_GET_ID, 0);
+    let (len, st) = h.run(&[hdr(), (DATA, 4, F_WRITE), status()]);
+    assert_eq!((len, st), (5, VIRTIO_BLK_S_OK));
+
+    // Default: derived from device + inode, so stable for the same file.
+    let a = Block::new(BlockConfig {
+        path: h.file.as_path().to_path_buf(),
+        read_only: true,
+        id: None,
+    });
+    // The harness holds the exclusive lock.
+    assert!(matches!(a, Err(Error::DiskLocked { .. })));
+    let f = image(1);
+    let cfg = BlockConfig {
+        path: f.as_path().to_path_buf(),
+        read_only: true,
+        id: None,
+    };
+    let a = Block::new(cfg.clone()).unwrap();
+    let b = Block::new(cfg).unwrap();
+    assert_eq!(a.id(), b.id());
+    assert_ne!(a.id()[0], 0);
+}
+
+#[test]
+fn unsupported_type() {
+    let mut h = Harness::new(false, None, false);
+    h.header(11, 0); // DISCARD: not offered
+    let (len, st) = h.run(&[hdr(), (DATA, 512, 0), status()]);
+    assert_eq!((len, st), (1, VIRTIO_BLK_S_UNSUPP));
+}
+
+#[test]
+fn hostile_data_descriptors() {
+    let mut h = Harness::new(false, None, false);
+    let original = h.disk();
+    let cases: Vec<(&str, u32, u64, Vec<Desc>)> = vec![
+        (
+            "read into memory that does not exist",
+            VIRTIO_BLK_T_IN,
+            0,
+            vec![hdr(), (BAD, 512, F_WRITE), status()],
+        ),
+        (
+            "read straddling the end of memory",
+            VIRTIO_BLK_T_IN,
+            0,
+            vec![hdr(), (MEM_SIZE - 256, 512, F_WRITE), status()],
+        ),
+        (
+            "write from memory that does not exist",
+            VIRTIO_BLK_T_OUT,
+            0,
+            vec![hdr(), (BAD, 512, 0), status()],
+        ),
+        (
+            "zero-length read",
+            VIRTIO_BLK_T_IN,
+            0,
+            vec![hdr(), (DATA, 0, F_WRITE), status()],
+        ),
+        (
+            "zero-length write",
+            VIRTIO_BLK_T_OUT,
+            0,
+            vec![hdr(), (DATA, 0, 0), status()],
+        ),
+        (
+            "read without data",
+            VIRTIO_BLK_T_IN,
+            0,
+            vec![hdr(), status()],
+        ),
+        (
+            "partial sector",
+            VIRTIO_BLK_T_OUT,
+            0,
+            vec![hdr(), (DATA, 100, 0), status()],
+        ),
+        (
+            "read into a device-readable buffer",
+            VIRTIO_BLK_T_IN,
+            0,
+            vec![hdr(), (DATA, 512, 0), status()],
+        ),
+        (
+            "write from a device-writable buffer",
+            VIRTIO_BLK_T_OUT,
+            0,
+            vec![hdr(), (DATA, 512, F_WRITE), status()],
+        ),
+        (
+            "mixed directions",
+            VIRTIO_BLK_T_OUT,
+            0,
+            vec![hdr(), (DATA, 512, 0), (DATA, 512, F_WRITE), status()],
+        ),
+        (
+            "get-id into a readable buffer",
+            VIRTIO_BLK_T_GET_ID,
+            0,
+            vec![hdr(), (DATA, 20, 0), status()],
+        ),
+        (
+            "writable header",
+            VIRTIO_BLK_T_IN,
+            0,
+            vec![(HDR, 16, F_WRITE), (DATA, 512, F_WRITE), status()],
+        ),
+        (
+            "short header",
+            VIRTIO_BLK_T_IN,
+            0,
+            vec![(HDR, 8, 0), (DATA, 512, F_WRITE), status()],
+        ),
+        (
+            "header outside memory",
+            VIRTIO_BLK_T_IN,
+            0,
+            vec![(BAD, 16, 0), (DATA, 512, F_WRITE), status()],
+        ),
+        (
+            "only a status descriptor",
+            VIRTIO_BLK_T_IN,
+            0,
+            vec![status()],
+        ),
+        (
+            "write past the end",
+            VIRTIO_BLK_T_OUT,
+            DISK_SECTORS - 1,
+            vec![hdr(), (DATA, 1024, 0), status()],
+        ),
+        (
+            "read past the end",
+            VIRTIO_BLK_T_IN,
+            DISK_SECTORS,
+            vec![hdr(), (DATA, 512, F_WRITE), status()],
+        ),
+        (
+            "sector overflow",
+            VIRTIO_BLK_T_OUT,
+            u64::MAX / 256,
+            vec![hdr(), (DATA, 512, 0), status()],
+        ),
+        (
+            "sector overflow 2",
+            VIRTIO_BLK_T_OUT,
+            u64::MAX,
+            vec![hdr(), (DATA, 512, 0), status()],
+        ),
+    ];
+    for (what, t, sector, descs) in cases {
+        h.header(t, sector);
+        let (len, st) = h.run(&descs);
+        assert_eq!((len, st), (1, VIRTIO_BLK_S_IOERR), "{what}");
+    }
+    assert_eq!(h.disk(), original, "no hostile request changed the disk");
+}
+
+#[test]
+fn unusable_status_descriptor() {
+    let mut h = Harness::new(false, None, false);
+    let cases: Vec<(&str, Vec<Desc>)> = vec![
+        (
+            "device-readable status",
+            vec![hdr(), (DATA, 512, F_WRITE), (STATUS, 1, 0)],
+        ),
+        (
+            "zero-length status",
+            vec![hdr(), (DATA, 512, F_WRITE), (STATUS, 0, F_WRITE)],
+        ),
+        (
+            "status outside memory",
+            vec![hdr(), (DATA, 512, F_WRITE), (BAD, 1, F_WRITE)],
+        ),
+        ("header only", vec![hdr()]),
+    ];
+    for (what, descs) in cases {
+        h.header(VIRTIO_BLK_T_IN, 0);
+        let (len, st) = h.run(&descs);
+        assert_eq!(len, 0, "{what}");
+        assert_eq!(st, 0xff, "{what}: status untouched");
+    }
+}
+
+#[test]
+fn descriptor_loop_and_bad_head() {
+    let mut h = Harness::new(false, None, false);
+    // 0 -> 1 -> 0 -> ...
+    let table = DescriptorTable::new(&h.mem, GuestAddress(DESC_TABLE), QSIZE);
+    table
+        .store(
+            0,
+            RawDescriptor::from(SplitDescriptor::new(HDR, 16, F_NEXT, 1)),
+        )
+        .unwrap();
+    table
+        .store(
+            1,
+            RawDescriptor::from(SplitDescriptor::new(STATUS, 1, F_WRITE | F_NEXT, 0)),
+        )
+        .unwrap();
+    h.next_desc = 2;
+    h.header(VIRTIO_BLK_T_FLUSH, 0);
+    h.publish(0);
+    // A head index beyond the queue: cannot even be returned.
+    h.publish(QSIZE + 3);
+    // A good request after them still works.
+    h.header(VIRTIO_BLK_T_FLUSH, 0);
+    let head = h.add_chain(&[hdr(), status()]);
+    h.block.process_queue();
+    assert_eq!(h.used_idx(), 2);
+    assert_eq!(h.used(0), (0, 0));
+    assert_eq!(h.used(1), (u32::from(head), 1));
+    assert_eq!(h.status(), VIRTIO_BLK_S_OK);
+    assert!(!h.interrupt.needs_reset());
+}
+
+#[test]
+fn chain_longer_than_the_queue_is_cut() {
+    let mut h = Harness::new(false, None, false);
+    // 16 descriptors, the last one still pointing on: virtio-queue stops after QSIZE.
+    let table = DescriptorTable::new(&h.mem, GuestAddress(DESC_TABLE), QSIZE);
+    for i in 0..QSIZE {
+        let d = SplitDescriptor::new(DATA, 512, F_WRITE | F_NEXT, (i + 1) % QSIZE);
+        table.store(i, RawDescriptor::from(d)).unwrap();
+    }
+    h.publish(0);
+    h.block.process_queue();
+    assert_eq!(h.used_idx(), 1);
+    assert_eq!(h.used(0), (0, 0));
+}
+
+#[test]
+fn read_only_disk() {
+    let mut h = Harness::new(true, None, false);
+    assert_ne!(h.block.avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
+    let original = h.disk();
+    h.mem.write_slice(&[0x55; 512], GuestAddress(DATA)).unwrap();
+    h.header(VIRTIO_BLK_T_OUT, 0);
+    let (len, st) = h.run(&[hdr(), (DATA, 512, 0), status()]);
+    assert_eq!((len, st), (1, VIRTIO_BLK_S_IOERR));
+    assert_eq!(h.disk(), original);
+    // Reads and flushes still work.
+    h.header(VIRTIO_BLK_T_IN, 0);
+    let (len, st) = h.run(&[hdr(), (DATA, 512, F_WRITE), status()]);
+    assert_eq!((len, st), (513, VIRTIO_BLK_S_OK));
+    h.header(VIRTIO_BLK_T_FLUSH, 0);
+    assert_eq!(h.run(&[hdr(), status()]), (1, VIRTIO_BLK_S_OK));
+}
+
+#[test]
+fn avail_index_jump_fails_the_device() {
+    let mut h = Harness::new(false, None, false);
+    assert_eq!(
+        h.block.queue_evts[0].read().unwrap(),
+        1,
+        "activation kicks the event loop"
+    );
+    h.header(VIRTIO_BLK_T_FLUSH, 0);
+    h.add_chain(&[hdr(), status()]);
+    // The driver claims QSIZE + 1 new buffers.
+    h.mem.write_obj(QSIZE + 1, GuestAddress(AVAIL + 2)).unwrap();
+    h.block.process_queue();
+    assert_eq!(h.used_idx(), 0);
+    assert!(h.interrupt.needs_reset());
+    assert_eq!(h.interrupt.status() & 2, 2, "config interrupt");
+    // Stays stopped (and quiet) until reset.
+    h.mem.write_obj(1u16, GuestAddress(AVAIL + 2)).unwrap();
+    h.block.process_queue();
+    assert_eq!(h.used_idx(), 0);
+    h.block.reset();
+    assert!(!h.block.is_activated());
+    h.block.process_queue();
+}
+
+#[test]
+fn event_idx_suppresses_interrupts() {
+    let mut h = Harness::new(false, None, true);
+    // used_event = 1: the driver wants an interrupt once entry 1 is used, not for entry 0.
+    let used_event = AVAIL + 4 + 2 * u64::from(QSIZE);
+    h.mem.write_obj(1u16, GuestAddress(used_event)).unwrap();
+    h.header(VIRTIO_BLK_T_FLUSH, 0);
+    assert_eq!(h.run(&[hdr(), status()]), (1, VIRTIO_BLK_S_OK));
+    assert!(
+        h.interrupt.irq_event().read().is_err(),
+        "no interrupt for entry 0"
+    );
+    // The device asks to be notified for the next buffer (avail_event = next avail).
+    let avail_event = USED + 4 + 8 * u64::from(QSIZE);
+    assert_eq!(h.mem.read_obj::<u16>(GuestAddress(avail_event)).unwrap(), 1);
+    h.header(VIRTIO_BLK_T_FLUSH, 0);
+    assert_eq!(h.run(&[hdr(), status()]), (1, VIRTIO_BLK_S_OK));
+    assert_eq!(h.interrupt.irq_event().read().unwrap(), 1);
+}
+
+#[test]
+fn open_errors() {
+    let missing = BlockConfig {
+        path: "/nonexistent/x.img".into(),
+        read_only: false,
+        id: None,
+    };
+    let err = Block::new(missing).err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "cannot open disk image '/nonexistent/x.img': No such file or directory (os error 2)"
+    );
+
+    let f = image(2);
+    let cfg = |read_only| BlockConfig {
+        path: f.as_path().to_path_buf(),
+        read_only,
+        id: None,
+    };
+    let ro1 = Block::new(cfg(true)).unwrap();
+    let _ro2 = Block::new(cfg(true)).unwrap();
+    let err = Block::new(cfg(false)).err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "disk image '{}' is locked by another process (is another vmm using it?)",
+            f.as_path().display()
+        )
+    );
+    drop(ro1);
+    drop(_ro2);
+    let _rw = Block::new(cfg(false)).unwrap();
+    assert!(matches!(
+        Block::new(cfg(true)),
+        Err(Error::DiskLocked { .. })
+    ));
+    assert!(matches!(
+        Block::new(cfg(false)),
+        Err(Error::DiskLocked { .. })
+    ));
+
+    let long = BlockConfig {
+        id: Some("x".repeat(21)),
+        ..cfg(true)
+    };
+    drop(_rw);
+    assert!(matches!(Block::new(long), Err(Error::DiskIdTooLong { .. })));
+}
+
+#[test]
+fn capacity_and_config_space() {
+    let f = TempFile::new().unwrap();
+    f.as_file().write_all(&[1u8; 3 * 512 + 100]).unwrap();
+    let b = Block::new(BlockConfig {
+        path: f.as_path().to_path_buf(),
+        read_only: false,
+        id: None,
+    })
+    .unwrap();
+    assert_eq!(b.capacity(), 3, "rounded down");
+    assert_eq!(b.device_type(), 2);
+    assert_eq!(b.queue_max_sizes(), &[256]);
+    let features = b.avail_features();
+    for bit in [
+        VIRTIO_F_VERSION_1,
+        29,
+        VIRTIO_BLK_F_FLUSH,
+        VIRTIO_BLK_F_SEG_MAX,
+    ] {
+        assert_ne!(features & (1 << bit), 0, "feature {bit}");
+    }
+    assert_eq!(features & (1 << VIRTIO_BLK_F_RO), 0);
+    let mut cap = [0u8; 8];
+    b.read_config(0, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), 3);
+    let mut seg = [0u8; 4];
+    b.read_config(12, &mut seg);
+    assert_eq!(u32::from_le_bytes(seg), 254);
+    let mut beyond = [0xffu8; 4];
+    b.read_config(u64::MAX - 1, &mut beyond);
+    assert_eq!(beyond, [0; 4]);
+}
+
+/// The whole path: registers → DRIVER_OK → MMIO notify → event loop → used ring + irq.
+#[test]
+fn through_transport_and_event_loop() {
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+
+    let file = image(DISK_SECTORS);
+    let blk = Arc::new(Mutex::new(
+        Block::new(BlockConfig {
+            path: file.as_path().to_path_buf(),
+            read_only: false,
+            id: Some("e2e".into()),
+        })
+        .unwrap(),
+    ));
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
+    let mut t = MmioTransport::new(mem.clone(), blk.clone()).unwrap();
+    let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+    em.add_subscriber(blk.clone());
+    let irq = t.irq_event().try_clone().unwrap();
+
+    let wr = |t: &mut MmioTransport, off: u64, v: u32| t.write(off, &v.to_le_bytes());
+    let rd = |t: &mut MmioTransport, off: u64| {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    };
+    assert_eq!(rd(&mut t, 0x08), 2);
+    wr(&mut t, 0x70, 1);
+    wr(&mut t, 0x70, 3);
+    wr(&mut t, 0x14, 1);
+    let hi = rd(&mut t, 0x10);
+    assert_eq!(hi & 1, 1, "VERSION_1");
+    wr(&mut t, 0x24, 1);
+    wr(&mut t, 0x20, 1);
+    wr(&mut t, 0x24, 0);
+    wr(&mut t, 0x20, 1 << VIRTIO_BLK_F_FLUSH);
+    wr(&mut t, 0x70, 0xb);
+    assert_eq!(rd(&mut t, 0x70), 0xb);
+    let mut cap = [0u8; 8];
+    t.read(0x100, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), DISK_SECTORS);
+    wr(&mut t, 0x30, 0);
+    assert_eq!(rd(&mut t, 0x34), 256);
+    wr(&mut t, 0x38, 16);
+    wr(&mut t, 0x80, DESC_TABLE as u32);
+    wr(&mut t, 0x90, AVAIL as u32);
+    wr(&mut t, 0xa0, USED as u32);
+    wr(&mut t, 0x44, 1);
+    wr(&mut t, 0x70, 0xf);
+    assert_eq!(rd(&mut t, 0x70), 0xf);
+    assert!(blk.lock().unwrap().is_activated());
+
+    // One GET_ID request, written by hand.
+    let table = DescriptorTable::new(&mem, GuestAddress(DESC_TABLE), 16);
+    let descs = [
+        SplitDescriptor::new(HDR, 16, F_NEXT, 1),
+        SplitDescriptor::new(DATA, 20, F_WRITE | F_NEXT, 2),
+        SplitDescriptor::new(STATUS, 1, F_WRITE, 0),
+    ];
+    for (i, d) in descs.into_iter().enumerate() {
+        table.store(i as u16, RawDescriptor::from(d)).unwrap();
+    }
+    let mut raw = [0u8; 16];
+    raw[0] = VIRTIO_BLK_T_GET_ID as u8;
+    mem.write_slice(&raw, GuestAddress(HDR)).unwrap();
+    mem.write_obj(0u16, GuestAddress(AVAIL + 4)).unwrap();
+    mem.write_obj(1u16, GuestAddress(AVAIL + 2)).unwrap();
+    wr(&mut t, 0x50, 0);
+
+    assert_eq!(em.run_with_timeout(1000).unwrap(), 1);
+    assert_eq!(mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap(), 1);
+    assert_eq!(
+        mem.read_obj::<u32>(GuestAddress(USED + 4)).unwrap(),
+        0,
+        "head"
+    );
+    assert_eq!(
+        mem.read_obj::<u32>(GuestAddress(USED + 8)).unwrap(),
+        21,
+        "20 id bytes + status"
+    );
+    let mut id = [0u8; 3];
+    mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+    assert_eq!(&id, b"e2e");
+    assert_eq!(irq.read().unwrap(), 1);
+    assert_eq!(rd(&mut t, 0x60), 1);
+    wr(&mut t, 0x64, 1);
+    assert_eq!(rd(&mut t, 0x60), 0);
+
+    // Reset through the transport deactivates the device.
+    wr(&mut t, 0x70, 0);
+    assert!(!blk.lock().unwrap().is_activated());
+    // A notification now is consumed and ignored.
+    wr(&mut t, 0x50, 0);
+    assert_eq!(em.run_with_timeout(100).unwrap(), 1);
+}

@@ -1,0 +1,134 @@
+//! virtio: the virtio-mmio (version 2) transport and the devices behind it, one folder each.
+//!
+//! The transport ([`MmioTransport`]) owns the register file, the queue configuration and the
+//! [`Interrupt`]; on `DRIVER_OK` it hands the device the guest memory, the interrupt and its
+//! configured queues ([`VirtioDevice::activate`]). The device owns one `EventFd` per queue
+//! from birth, so it can subscribe to them on the event loop before the driver shows up; the
+//! transport keeps duplicates of them for the VM (KVM ioeventfds) and for plain MMIO writes
+//! to QueueNotify.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use log::warn;
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::{Error, GuestMemoryMmap};
+
+pub mod block;
+mod mmio;
+
+pub use mmio::MmioTransport;
+
+/// Size of one virtio-mmio slot.
+pub const MMIO_SIZE: u64 = 0x1000;
+/// Offset of the QueueNotify register: the VM registers each queue's `EventFd` as an
+/// ioeventfd at `base + NOTIFY_REG_OFFSET` with datamatch = queue index (u32).
+pub const NOTIFY_REG_OFFSET: u64 = 0x50;
+
+/// Interrupt status bit: a used ring was updated.
+pub const VIRTIO_MMIO_INT_VRING: u32 = 1;
+/// Interrupt status bit: the configuration changed (also used for DEVICE_NEEDS_RESET).
+pub const VIRTIO_MMIO_INT_CONFIG: u32 = 2;
+
+/// Feature bit: virtio 1.x (modern) device.
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// Feature bit: `used_event` / `avail_event` notification suppression.
+pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
+
+/// A virtio device model, independent of the transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device type (1 = net, 2 = block, 3 = console, ...).
+    fn device_type(&self) -> u32;
+    /// The maximum size of each queue, in queue order (a power of two, at most 32768).
+    fn queue_max_sizes(&self) -> &[u16];
+    /// The feature bits the device offers.
+    fn avail_features(&self) -> u64;
+    /// One `EventFd` per queue, in queue order, signalled when the driver notifies it.
+    fn queue_events(&self) -> &[EventFd];
+    /// Reads the device-specific configuration space. Bytes beyond its end read as 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device-specific configuration space (ignored where read-only).
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts the device when the driver sets DRIVER_OK.
+    ///
+    /// `queues` has one entry per queue, configured and checked by the transport (queues the
+    /// driver did not make ready are passed as they are, not ready); `acked_features` is what
+    /// the driver accepted, a subset of [`VirtioDevice::avail_features`].
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<Queue>,
+        acked_features: u64,
+    ) -> Result<(), Error>;
+    /// Stops the device and drops what `activate` gave it (the driver wrote 0 to Status).
+    fn reset(&mut self);
+}
+
+/// The interrupt state shared by a transport and its device.
+///
+/// The device raises an interrupt by setting a bit in the status word and signalling the
+/// irqfd `EventFd`; the driver reads InterruptStatus and clears bits with InterruptACK.
+pub struct Interrupt {
+    status: AtomicU32,
+    needs_reset: AtomicBool,
+    irq: EventFd,
+}
+
+impl Interrupt {
+    /// A new interrupt with its irqfd `EventFd`.
+    pub fn new() -> Result<Self, Error> {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|error| Error::EventFd {
+            what: "virtio interrupt",
+            error,
+        })?;
+        Ok(Interrupt {
+            status: AtomicU32::new(0),
+            needs_reset: AtomicBool::new(false),
+            irq,
+        })
+    }
+
+    /// Sets `bits` in the interrupt status and signals the irqfd.
+    pub fn trigger(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        if let Err(e) = self.irq.write(1) {
+            warn!("virtio: cannot signal interrupt: {e}");
+        }
+    }
+
+    /// The InterruptStatus register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// InterruptACK: clears `bits`.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// The device failed: sets DEVICE_NEEDS_RESET in the device status and notifies the
+    /// driver with a configuration-change interrupt.
+    pub fn set_needs_reset(&self) {
+        self.needs_reset.store(true, Ordering::SeqCst);
+        self.trigger(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    /// Whether the device has asked for a reset.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    /// The irqfd `EventFd`.
+    pub fn irq_event(&self) -> &EventFd {
+        &self.irq
+    }
+
+    /// Back to the power-on state (device reset).
+    fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
+    }
+}
