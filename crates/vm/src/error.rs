@@ -1,0 +1,170 @@
+//! The VM crate's errors. Each names the thing that went wrong and, where there is one, the fix.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can stop a VM from being built or from running.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// /dev/kvm could not be opened.
+    #[error("cannot open /dev/kvm: {0} (is KVM enabled, and may this user open /dev/kvm?)")]
+    KvmOpen(#[source] kvm_ioctls::Error),
+    /// The KVM API version is not the stable one.
+    #[error("/dev/kvm speaks KVM API version {0}, this VMM needs version 12")]
+    KvmApiVersion(i32),
+    /// A KVM capability the VMM depends on is missing.
+    #[error("KVM on this host lacks the {0} capability, which this VMM needs")]
+    KvmCapability(&'static str),
+    /// A KVM ioctl failed.
+    #[error("KVM: cannot {what}: {source}")]
+    Kvm {
+        /// What the VMM was doing.
+        what: &'static str,
+        /// The ioctl's error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// The configuration is not usable (the message says why and what to change).
+    #[error("{0}")]
+    Config(String),
+    /// Guest memory could not be mapped.
+    #[error("cannot map {mib} MiB of guest memory: {reason}; ask for less with --memory")]
+    GuestMemory {
+        /// The size asked for.
+        mib: u64,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The kernel file could not be opened or read.
+    #[error("cannot read kernel '{path}': {source}")]
+    KernelOpen {
+        /// The kernel path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel file is not a kernel image this VMM can boot.
+    #[error("'{path}' is not a bootable kernel: {reason} (give an ELF vmlinux or a bzImage with --kernel)")]
+    KernelFormat {
+        /// The kernel path.
+        path: PathBuf,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The initrd file could not be opened or read.
+    #[error("cannot read initrd '{path}': {source}")]
+    InitrdOpen {
+        /// The initrd path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The initrd does not fit in guest memory.
+    #[error("initrd '{path}' ({size} bytes) does not fit in guest memory; give the guest more --memory or a smaller initrd")]
+    InitrdTooLarge {
+        /// The initrd path.
+        path: PathBuf,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// The kernel command line is longer than the kernel accepts.
+    #[error("the kernel command line is {len} bytes but this kernel accepts at most {max}; shorten --cmdline")]
+    CmdlineTooLong {
+        /// Its length including what the VMM appends.
+        len: usize,
+        /// The kernel's limit (without the terminating NUL).
+        max: usize,
+    },
+    /// The kernel command line is malformed.
+    #[error("invalid kernel command line: {0}")]
+    Cmdline(String),
+    /// A disk could not be set up.
+    #[error("disk '{path}': {source}")]
+    Disk {
+        /// The disk image path.
+        path: PathBuf,
+        /// The device's error.
+        #[source]
+        source: devices::Error,
+    },
+    /// A device could not be created or wired.
+    #[error("device {what}: {source}")]
+    Device {
+        /// Which device.
+        what: &'static str,
+        /// The device's error.
+        #[source]
+        source: devices::Error,
+    },
+    /// x86 setup (memory layout, boot tables, vCPU registers) failed.
+    #[error("{what}: {source}")]
+    Arch {
+        /// What the VMM was setting up.
+        what: &'static str,
+        /// The arch crate's error.
+        #[source]
+        source: arch::Error,
+    },
+    /// The event loop failed.
+    #[error("event loop: {0:?}")]
+    EventLoop(event_manager::Error),
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] io::Error),
+    /// A thread could not be started.
+    #[error("cannot start thread {name}: {source}")]
+    Thread {
+        /// The thread's name.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A vCPU's KVM_RUN failed.
+    #[error("vCPU {vcpu}: KVM_RUN failed: {source}")]
+    VcpuRun {
+        /// The vCPU index.
+        vcpu: u8,
+        /// The ioctl's error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// KVM could not handle something the guest did (e.g. an instruction it cannot emulate).
+    #[error("vCPU {vcpu}: KVM internal error, suberror {suberror} ({}); guest state: {state}", internal_error_name(*.suberror))]
+    VcpuInternalError {
+        /// The vCPU index.
+        vcpu: u8,
+        /// KVM's suberror code.
+        suberror: u32,
+        /// Registers at the time of the error.
+        state: String,
+    },
+    /// The guest stopped in a way the VMM does not handle.
+    #[error("vCPU {vcpu}: unexpected exit {exit}; guest state: {state}")]
+    VcpuUnexpectedExit {
+        /// The vCPU index.
+        vcpu: u8,
+        /// What KVM reported.
+        exit: String,
+        /// Registers at the time of the exit.
+        state: String,
+    },
+    /// A vCPU thread panicked (a bug in the VMM).
+    #[error("vCPU {0} thread panicked")]
+    VcpuPanicked(u8),
+}
+
+fn internal_error_name(suberror: u32) -> &'static str {
+    match suberror {
+        1 => "emulation failure: an instruction KVM cannot emulate",
+        2 => "simultaneous exception",
+        3 => "delivery event via PCI",
+        4 => "unexpected exit reason",
+        _ => "unknown",
+    }
+}
+
+/// Shorthand for the crate's results.
+pub type Result<T> = std::result::Result<T, Error>;

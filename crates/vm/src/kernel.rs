@@ -1,0 +1,202 @@
+//! Loading what the guest boots from: the kernel image, the initrd and the command line.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use arch::regs::BootEntry;
+use arch::{layout, GuestMemoryMmap};
+use linux_loader::bootparam::setup_header;
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::bzimage::BzImage;
+use linux_loader::loader::elf::{Elf, PvhBootCapability};
+use linux_loader::loader::KernelLoader;
+use vm_memory::{Address, Bytes, GuestAddress};
+
+use crate::error::{Error, Result};
+
+/// Boot protocol bit in `xloadflags`: the kernel has a 64-bit entry point at +0x200.
+const XLF_KERNEL_64: u16 = 1;
+/// The 64-bit entry of a bzImage's protected-mode code, relative to where it is loaded.
+const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+
+/// Where and how the kernel was loaded.
+pub(crate) struct LoadedKernel {
+    /// How the boot vCPU enters it.
+    pub entry: BootEntry,
+    /// The bzImage's setup header, for the zero page.
+    pub setup_header: Option<setup_header>,
+    /// The longest command line the kernel accepts, including the terminating NUL.
+    pub cmdline_capacity: usize,
+    /// The first byte after the kernel image.
+    pub end: u64,
+    /// A short description for logs.
+    pub kind: &'static str,
+}
+
+/// Loads an ELF vmlinux (PVH entry when it carries the note, else the 64-bit boot protocol) or a bzImage.
+pub(crate) fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel> {
+    let open_err = |source| Error::KernelOpen {
+        path: path.to_path_buf(),
+        source,
+    };
+    let format_err = |reason: String| Error::KernelFormat {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut file = File::open(path).map_err(open_err)?;
+    if file.metadata().map_err(open_err)?.is_dir() {
+        return Err(format_err("it is a directory".into()));
+    }
+    let mut magic = [0u8; 4];
+    let n = file.read(&mut magic).map_err(open_err)?;
+    let highmem = Some(GuestAddress(layout::HIMEM_START));
+
+    if n == 4 && magic == *b"\x7fELF" {
+        let loaded = Elf::load(mem, None, &mut file, highmem)
+            .map_err(|e| format_err(format!("cannot load it as an ELF vmlinux: {e}")))?;
+        let (entry, kind) = match loaded.pvh_boot_cap {
+            PvhBootCapability::PvhEntryPresent(addr) => {
+                (BootEntry::Pvh { entry: addr }, "ELF vmlinux, PVH entry")
+            }
+            _ => (
+                BootEntry::Linux64 {
+                    entry: loaded.kernel_load,
+                },
+                "ELF vmlinux, 64-bit boot protocol",
+            ),
+        };
+        return Ok(LoadedKernel {
+            entry,
+            setup_header: None,
+            cmdline_capacity: layout::CMDLINE_MAX_SIZE,
+            end: loaded.kernel_end,
+            kind,
+        });
+    }
+
+    let loaded = BzImage::load(mem, None, &mut file, highmem).map_err(|e| {
+        format_err(format!(
+            "it is neither an ELF file nor a bzImage with a valid setup header ({e})"
+        ))
+    })?;
+    let header = loaded
+        .setup_header
+        .ok_or_else(|| format_err("the bzImage has no setup header".into()))?;
+    let (version, xloadflags) = (header.version, header.xloadflags);
+    if version < 0x020c || xloadflags & XLF_KERNEL_64 == 0 {
+        return Err(format_err(format!(
+            "the bzImage (boot protocol {}.{:02}) has no 64-bit entry point",
+            version >> 8,
+            version & 0xff
+        )));
+    }
+    let cmdline_capacity = arch::boot::cmdline_limit(Some(&header));
+    Ok(LoadedKernel {
+        entry: BootEntry::Linux64 {
+            entry: loaded
+                .kernel_load
+                .checked_add(BZIMAGE_64BIT_ENTRY_OFFSET)
+                .ok_or_else(|| format_err("load address overflows".into()))?,
+        },
+        setup_header: Some(header),
+        cmdline_capacity,
+        end: loaded.kernel_end,
+        kind: "bzImage, 64-bit boot protocol",
+    })
+}
+
+/// Loads the initrd at the top of low memory and says where it went.
+pub(crate) fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    kernel_end: u64,
+) -> Result<arch::boot::Initrd> {
+    let open_err = |source| Error::InitrdOpen {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(open_err)?;
+    let meta = file.metadata().map_err(open_err)?;
+    if !meta.is_file() {
+        return Err(open_err(std::io::Error::other("not a regular file")));
+    }
+    let size = meta.len();
+    if size == 0 {
+        return Err(open_err(std::io::Error::other("the file is empty")));
+    }
+    let too_large = || Error::InitrdTooLarge {
+        path: path.to_path_buf(),
+        size,
+    };
+    let addr = arch::initrd_load_addr_above(mem, size, kernel_end).map_err(|_| too_large())?;
+    let len = usize::try_from(size).map_err(|_| too_large())?;
+    mem.read_exact_volatile_from(addr, &mut file, len)
+        .map_err(|e| open_err(std::io::Error::other(e.to_string())))?;
+    Ok(arch::boot::Initrd { addr, size })
+}
+
+/// Builds the final command line: the base (the caller's or the default), then what the VMM must add.
+pub(crate) fn build_cmdline(base: &str, additions: &[String], capacity: usize) -> Result<Cmdline> {
+    let mut text = base.trim().to_string();
+    for a in additions {
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        text.push_str(a);
+    }
+    // `capacity` counts the terminating NUL.
+    let max = capacity.saturating_sub(1);
+    if text.len() > max {
+        return Err(Error::CmdlineTooLong {
+            len: text.len(),
+            max,
+        });
+    }
+    let mut cmdline = Cmdline::new(capacity).map_err(|e| Error::Cmdline(e.to_string()))?;
+    if !text.is_empty() {
+        cmdline
+            .insert_str(&text)
+            .map_err(|e| Error::Cmdline(format!("{e} in '{text}'")))?;
+    }
+    Ok(cmdline)
+}
+
+/// Whether the command line already sets `key` (as `key` or `key=…`).
+pub(crate) fn cmdline_has(cmdline: &str, key: &str) -> bool {
+    cmdline
+        .split_whitespace()
+        .any(|w| w == key || w.split_once('=').is_some_and(|(k, _)| k == key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_join_and_limit() {
+        let c = build_cmdline("console=ttyS0", &["root=/dev/vda".into()], 100).unwrap();
+        assert_eq!(
+            c.as_cstring().unwrap().to_str().unwrap(),
+            "console=ttyS0 root=/dev/vda"
+        );
+        // Exactly at the limit (capacity counts the NUL).
+        let ok = "a".repeat(99);
+        assert!(build_cmdline(&ok, &[], 100).is_ok());
+        let long = "a".repeat(100);
+        match build_cmdline(&long, &[], 100) {
+            Err(Error::CmdlineTooLong { len: 100, max: 99 }) => {}
+            other => panic!("unexpected {:?}", other.map(|_| ())),
+        }
+        assert!(build_cmdline("bad\u{7}char", &[], 100).is_err());
+        assert!(build_cmdline("", &[], 100).is_ok());
+    }
+
+    #[test]
+    fn cmdline_keys() {
+        assert!(cmdline_has("console=ttyS0 root=/dev/vdb rw", "root"));
+        assert!(cmdline_has("quiet noxsave", "noxsave"));
+        assert!(!cmdline_has("rootwait", "root"));
+        assert!(!cmdline_has("", "root"));
+    }
+}

@@ -1,0 +1,42 @@
+//! An embeddable KVM virtual machine for x86_64 Linux guests.
+//!
+//! Build a [`VmConfig`], hand it to [`Vm::new`], then [`Vm::run`] it until the guest resets or powers off:
+//!
+//! ```no_run
+//! use vm::{ExitReason, Vm, VmConfig, DiskConfig};
+//!
+//! let mut config = VmConfig::new("vmlinux");
+//! config.vcpus = 2;
+//! config.memory_bytes = 256 << 20;
+//! config.disks.push("rootfs.ext4".parse::<DiskConfig>()?);
+//! let reason: ExitReason = Vm::new(config)?.run()?;
+//! println!("guest stopped: {reason:?}");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The boot sequence and the thread model are described in DESIGN.md at the repository's top.
+
+mod config;
+mod error;
+mod kernel;
+mod quirks;
+mod vcpu;
+mod vm;
+
+pub use config::{
+    parse_memory_size, DiskConfig, ParseError, SerialOutput, VmConfig, DEFAULT_CMDLINE,
+    DEFAULT_MEMORY_BYTES,
+};
+pub use error::{Error, Result};
+pub use vm::Vm;
+
+/// Why a guest stopped running without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest asked for a reset (i8042 reset line, or a KVM reset event).
+    Reset,
+    /// The guest triple-faulted (KVM_EXIT_SHUTDOWN), which resets an x86 machine.
+    TripleFault,
+    /// The guest powered off.
+    PowerOff,
+}

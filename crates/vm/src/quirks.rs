@@ -1,0 +1,38 @@
+//! Host quirks the guest must be told about.
+//!
+//! On hosts whose KVM does not virtualize CPUID (the software-assisted `kvm_pvm` module), the guest's CPUID
+//! instruction reports the host CPU whatever KVM_SET_CPUID2 says, so a Linux guest believes it has XSAVE,
+//! POPCNT and friends and dies on the first one the host cannot emulate at CPL0. Such a guest needs
+//! `noxsave` and a `clearcpuid=` list from its boot loader (both are parsed before a built-in command line is
+//! merged), plus `no_int3_selftest` from our guest-kernel patch.
+
+use std::path::Path;
+
+use kvm_bindings::CpuId;
+
+/// Boot parameters a Linux guest needs on a host that does not virtualize CPUID.
+/// clearcpuid: popcnt rdrand rdseed fsgsbase smap pcid invpcid rdpid pku umip.
+pub(crate) const NO_CPUID_VIRT_PARAMS: [&str; 3] = [
+    "noxsave",
+    "no_int3_selftest",
+    "clearcpuid=151,158,306,288,308,145,298,534,515,514",
+];
+
+const XSAVE_BIT: u32 = 1 << 26;
+
+/// Why this host needs the parameters, or None when it virtualizes CPUID as real KVM does.
+pub(crate) fn cpuid_not_virtualized(supported: &CpuId) -> Option<&'static str> {
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return Some("the kvm_pvm module is loaded");
+    }
+    let kvm_xsave = supported
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 1 && e.index == 0)
+        .map(|e| e.ecx & XSAVE_BIT != 0);
+    let host_xsave = std::arch::x86_64::__cpuid(1).ecx & XSAVE_BIT != 0;
+    if host_xsave && kvm_xsave == Some(false) {
+        return Some("KVM withholds XSAVE that the host CPU has");
+    }
+    None
+}

@@ -1,0 +1,255 @@
+//! vCPU threads: one per vCPU, each looping on KVM_RUN and serving port and MMIO exits on the buses.
+//!
+//! Stopping: the VMM thread sets the shared stop flag and sends [`kick_signal`] to every vCPU thread. The
+//! signal handler sets `immediate_exit` in the thread's own `kvm_run`, so KVM_RUN returns EINTR at once
+//! whether the signal lands inside the guest or just before the thread enters it.
+
+use std::cell::Cell;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Once};
+
+use devices::bus::Bus;
+use kvm_bindings::{
+    kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+use crate::error::{Error, Result};
+use crate::ExitReason;
+
+/// The real-time signal offset used to kick vCPU threads out of KVM_RUN.
+const KICK_SIGNAL_OFFSET: i32 = 0;
+
+/// The signal that kicks a vCPU thread out of KVM_RUN.
+pub(crate) fn kick_signal() -> i32 {
+    SIGRTMIN() + KICK_SIGNAL_OFFSET
+}
+
+thread_local! {
+    /// This thread's `kvm_run` mapping, for the kick signal handler.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    KVM_RUN.with(|run| {
+        let run = run.get();
+        if !run.is_null() {
+            // SAFETY: the pointer is this thread's own kvm_run mapping, set by `run_vcpu` and cleared before
+            // the VcpuFd (and its mapping) is dropped; a volatile byte store is async-signal-safe.
+            unsafe { std::ptr::write_volatile(std::ptr::addr_of_mut!((*run).immediate_exit), 1) };
+        }
+    });
+}
+
+/// Installs the kick handler once per process.
+pub(crate) fn install_kick_handler() -> Result<()> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = register_signal_handler(kick_signal(), handle_kick).map_err(|e| Error::Kvm {
+            what: "install the vCPU kick signal handler",
+            source: e,
+        });
+    });
+    result
+}
+
+/// How the VM ended, recorded by whoever saw it first, and the eventfd that wakes the event loop.
+pub(crate) struct ExitState {
+    evt: EventFd,
+    outcome: Mutex<Option<Result<ExitReason>>>,
+    finished: AtomicBool,
+}
+
+impl ExitState {
+    pub(crate) fn new() -> Result<Self> {
+        Ok(ExitState {
+            evt: EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?,
+            outcome: Mutex::new(None),
+            finished: AtomicBool::new(false),
+        })
+    }
+
+    /// The eventfd that fires when the VM should stop.
+    pub(crate) fn event(&self) -> &EventFd {
+        &self.evt
+    }
+
+    /// Whether an outcome was recorded: a vCPU checks this after each device access so that the one
+    /// that asked for the reset stops at once instead of running on until it is kicked.
+    pub(crate) fn finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+    }
+
+    /// Records the outcome (the first one wins) and wakes the event loop.
+    pub(crate) fn finish(&self, outcome: Result<ExitReason>) {
+        let mut slot = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(outcome);
+        }
+        drop(slot);
+        self.finished.store(true, Ordering::Release);
+        if let Err(e) = self.evt.write(1) {
+            log::error!("cannot signal the VM exit event: {e}");
+        }
+    }
+
+    /// The recorded outcome.
+    pub(crate) fn take(&self) -> Result<ExitReason> {
+        self.outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or(Ok(ExitReason::Reset))
+    }
+}
+
+/// The i8042's reset line: ends the VM with [`ExitReason::Reset`].
+pub(crate) struct ResetTrigger(pub Arc<ExitState>);
+
+impl devices::legacy::Trigger for ResetTrigger {
+    type E = std::convert::Infallible;
+
+    fn trigger(&self) -> std::result::Result<(), Self::E> {
+        self.0.finish(Ok(ExitReason::Reset));
+        Ok(())
+    }
+}
+
+/// Everything one vCPU thread owns.
+pub(crate) struct Vcpu {
+    pub index: u8,
+    pub fd: VcpuFd,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub exit: Arc<ExitState>,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Vcpu {
+    /// The thread body: runs until the guest stops, an error, or the stop flag.
+    pub(crate) fn run(mut self) {
+        KVM_RUN.with(|run| run.set(self.fd.get_kvm_run() as *mut kvm_run));
+        let outcome = self.run_loop();
+        KVM_RUN.with(|run| run.set(std::ptr::null_mut()));
+        if let Some(outcome) = outcome {
+            self.exit.finish(outcome);
+        }
+    }
+
+    /// Returns `Some` when this vCPU ends the VM, `None` when it was asked to stop.
+    fn run_loop(&mut self) -> Option<Result<ExitReason>> {
+        let index = self.index;
+        loop {
+            if self.stop.load(Ordering::Acquire) || self.exit.finished() {
+                return None;
+            }
+            match self.fd.run() {
+                Ok(exit) => match exit {
+                    VcpuExit::IoIn(port, data) => {
+                        if !self.pio.read(u64::from(port), data) {
+                            data.fill(0xff);
+                        }
+                    }
+                    VcpuExit::IoOut(port, data) => {
+                        if !self.pio.write(u64::from(port), data) {
+                            log::trace!("vCPU {index}: write to unclaimed port {port:#x}");
+                        }
+                    }
+                    VcpuExit::MmioRead(addr, data) => {
+                        if !self.mmio.read(addr, data) {
+                            log::debug!("vCPU {index}: read from unclaimed MMIO {addr:#x}");
+                            data.fill(0xff);
+                        }
+                    }
+                    VcpuExit::MmioWrite(addr, data) => {
+                        if !self.mmio.write(addr, data) {
+                            log::debug!("vCPU {index}: write to unclaimed MMIO {addr:#x}");
+                        }
+                    }
+                    VcpuExit::Shutdown => {
+                        log::info!("vCPU {index}: shutdown (triple fault)");
+                        return Some(Ok(ExitReason::TripleFault));
+                    }
+                    VcpuExit::SystemEvent(kind, _) => {
+                        return Some(match kind {
+                            KVM_SYSTEM_EVENT_RESET => Ok(ExitReason::Reset),
+                            KVM_SYSTEM_EVENT_SHUTDOWN => Ok(ExitReason::PowerOff),
+                            KVM_SYSTEM_EVENT_CRASH => Err(self.unexpected("system event: crash")),
+                            other => Err(self.unexpected(&format!("system event {other}"))),
+                        });
+                    }
+                    VcpuExit::Hlt => {
+                        // With the in-kernel LAPIC, KVM handles HLT itself; should one reach us, run on.
+                        log::debug!("vCPU {index}: HLT exit");
+                    }
+                    VcpuExit::InternalError => return Some(Err(self.internal_error())),
+                    VcpuExit::FailEntry(reason, cpu) => {
+                        return Some(Err(self.unexpected(&format!(
+                            "entry failure, hardware reason {reason:#x} on host CPU {cpu}"
+                        ))))
+                    }
+                    other => {
+                        let what = format!("{other:?}");
+                        return Some(Err(self.unexpected(&what)));
+                    }
+                },
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.fd.set_kvm_immediate_exit(0);
+                }
+                Err(e) => {
+                    return Some(Err(Error::VcpuRun {
+                        vcpu: index,
+                        source: e,
+                    }))
+                }
+            }
+        }
+    }
+
+    fn internal_error(&mut self) -> Error {
+        // SAFETY: KVM_EXIT_INTERNAL_ERROR means KVM filled the `internal` member of the exit union.
+        let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+        Error::VcpuInternalError {
+            vcpu: self.index,
+            suberror,
+            state: self.state(),
+        }
+    }
+
+    fn unexpected(&self, exit: &str) -> Error {
+        Error::VcpuUnexpectedExit {
+            vcpu: self.index,
+            exit: exit.to_string(),
+            state: self.state(),
+        }
+    }
+
+    /// A one-line register summary for error reports.
+    fn state(&self) -> String {
+        let mut s = String::new();
+        match self.fd.get_regs() {
+            Ok(r) => {
+                let _ = write!(
+                    s,
+                    "rip={:#x} rsp={:#x} rflags={:#x} rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x}",
+                    r.rip, r.rsp, r.rflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi
+                );
+            }
+            Err(e) => {
+                let _ = write!(s, "registers unavailable ({e})");
+            }
+        }
+        if let Ok(sr) = self.fd.get_sregs() {
+            let _ = write!(
+                s,
+                " cs={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+                sr.cs.selector, sr.cr0, sr.cr2, sr.cr3, sr.cr4, sr.efer
+            );
+        }
+        s
+    }
+}

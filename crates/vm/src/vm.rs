@@ -1,0 +1,514 @@
+//! The boot sequence (see DESIGN.md): build a VM from a [`VmConfig`], then run it to an [`ExitReason`].
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Instant;
+
+use arch::layout;
+use arch::regs::BootEntry;
+use arch::GuestMemoryMmap;
+use devices::bus::Bus;
+use devices::legacy::{Serial, SerialInput, I8042};
+use devices::virtio::block::{Block, BlockConfig};
+use devices::virtio::{MmioTransport, NOTIFY_REG_OFFSET};
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
+
+use crate::config::{SerialOutput, VmConfig, DEFAULT_CMDLINE};
+use crate::error::{Error, Result};
+use crate::kernel::{build_cmdline, cmdline_has, load_initrd, load_kernel};
+use crate::quirks;
+use crate::vcpu::{install_kick_handler, kick_signal, ExitState, ResetTrigger, Vcpu};
+use crate::ExitReason;
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Where the TSS goes: three pages just below the BIOS area at the top of the 32-bit space.
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+/// COM1.
+const SERIAL_PORT: u64 = 0x3f8;
+const SERIAL_PORT_LEN: u64 = 8;
+/// i8042 data port 0x60 through command port 0x64.
+const I8042_PORT: u64 = 0x60;
+const I8042_PORT_LEN: u64 = 5;
+/// Capabilities the VMM cannot work without.
+const REQUIRED_CAPS: [(Cap, &str); 7] = [
+    (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+    (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+    (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+    (Cap::Pit2, "KVM_CAP_PIT2"),
+    (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+    (Cap::Irqfd, "KVM_CAP_IRQFD"),
+    (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+];
+/// Room for KVM_GET_SUPPORTED_CPUID's answer.
+const MAX_CPUID_ENTRIES: usize = kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+
+/// Logs a boot step with the time since the VM started being built (shown with `-v`).
+struct Steps(Instant);
+
+impl Steps {
+    fn done(&self, step: &str) {
+        log::info!("{:>8.3} ms  {step}", self.0.elapsed().as_secs_f64() * 1e3);
+    }
+}
+
+/// A virtual machine ready to run: memory mapped, kernel loaded, devices wired, vCPUs configured.
+pub struct Vm {
+    // Field order matters on drop: vCPUs and devices before the VM fd, the VM fd before /dev/kvm.
+    vcpus: Vec<kvm_ioctls::VcpuFd>,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    event_manager: EventManager<Subscriber>,
+    exit: Arc<ExitState>,
+    exit_seen: Arc<AtomicBool>,
+    _vm_fd: VmFd,
+    _kvm: Kvm,
+    _mem: GuestMemoryMmap,
+}
+
+impl Vm {
+    /// Builds the VM: checks the configuration and KVM, maps memory, loads the kernel, initrd and command
+    /// line, writes the boot tables, creates the devices and the vCPUs. Nothing runs yet.
+    pub fn new(config: VmConfig) -> Result<Vm> {
+        let steps = Steps(Instant::now());
+        let kvm = open_kvm()?;
+        steps.done("opened /dev/kvm");
+        validate(&config, &kvm)?;
+
+        let vm_fd = kvm.create_vm().map_err(kvm_err("create the VM"))?;
+        vm_fd
+            .set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(kvm_err("set the TSS address"))?;
+        vm_fd
+            .create_irq_chip()
+            .map_err(kvm_err("create the in-kernel irqchip"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm_fd
+            .create_pit2(pit)
+            .map_err(kvm_err("create the in-kernel PIT"))?;
+        steps.done("created the VM, irqchip and PIT");
+
+        let mem = create_memory(&vm_fd, config.memory_bytes)?;
+        steps.done(&format!(
+            "mapped {} MiB of guest memory",
+            config.memory_bytes >> 20
+        ));
+
+        let kernel = load_kernel(&mem, &config.kernel)?;
+        steps.done(&format!(
+            "loaded kernel {} ({})",
+            config.kernel.display(),
+            kernel.kind
+        ));
+        let initrd = match &config.initrd {
+            Some(path) => {
+                let initrd = load_initrd(&mem, path, kernel.end)?;
+                steps.done(&format!(
+                    "loaded initrd {} ({} bytes at {:#x})",
+                    path.display(),
+                    initrd.size,
+                    initrd.addr.0
+                ));
+                Some(initrd)
+            }
+            None => None,
+        };
+
+        let exit = Arc::new(ExitState::new()?);
+        let mut event_manager = EventManager::<Subscriber>::new().map_err(Error::EventLoop)?;
+        let exit_seen = Arc::new(AtomicBool::new(false));
+        event_manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher {
+            evt: exit.event().try_clone().map_err(Error::EventFd)?,
+            seen: exit_seen.clone(),
+        })));
+
+        let mut pio = Bus::new();
+        let mut mmio = Bus::new();
+        add_legacy_devices(
+            &vm_fd,
+            &mut pio,
+            &mut event_manager,
+            &exit,
+            config.serial_output,
+            config.serial_input,
+        )?;
+
+        let mut cmdline_additions = Vec::new();
+        for (slot, disk) in config.disks.iter().enumerate() {
+            let base = layout::VIRTIO_MMIO_BASE + slot as u64 * layout::VIRTIO_MMIO_SIZE;
+            let irq = layout::VIRTIO_MMIO_FIRST_IRQ + slot as u32;
+            let disk_err = |source| Error::Disk {
+                path: disk.path.clone(),
+                source,
+            };
+            let block = Arc::new(Mutex::new(
+                Block::new(BlockConfig {
+                    path: disk.path.clone(),
+                    read_only: disk.read_only,
+                    id: disk.id.clone(),
+                })
+                .map_err(disk_err)?,
+            ));
+            let transport = MmioTransport::new(mem.clone(), block.clone()).map_err(disk_err)?;
+            vm_fd
+                .register_irqfd(transport.irq_event(), irq)
+                .map_err(kvm_err("register a virtio irqfd"))?;
+            for (queue, evt) in transport.queue_events().iter().enumerate() {
+                vm_fd
+                    .register_ioevent(
+                        evt,
+                        &IoEventAddress::Mmio(base + NOTIFY_REG_OFFSET),
+                        queue as u32,
+                    )
+                    .map_err(kvm_err("register a virtio ioeventfd"))?;
+            }
+            mmio.insert(
+                Arc::new(Mutex::new(transport)),
+                base,
+                layout::VIRTIO_MMIO_SIZE,
+            )
+            .map_err(|source| Error::Device {
+                what: "virtio-mmio",
+                source,
+            })?;
+            event_manager.add_subscriber(block);
+            cmdline_additions.push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+            steps.done(&format!(
+                "disk {} as /dev/vd{} ({}) at {base:#x}, IRQ {irq}",
+                disk.path.display(),
+                (b'a' + (slot as u8 % 26)) as char,
+                if disk.read_only {
+                    "read-only"
+                } else {
+                    "read-write"
+                }
+            ));
+        }
+
+        let supported_cpuid = kvm
+            .get_supported_cpuid(MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("get the supported CPUID"))?;
+
+        // The command line: the caller's or ours, then what the guest must be told.
+        let base = config.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
+        let mut additions = Vec::new();
+        if let Some(why) = quirks::cpuid_not_virtualized(&supported_cpuid) {
+            let missing: Vec<String> = quirks::NO_CPUID_VIRT_PARAMS
+                .iter()
+                .filter(|p| !cmdline_has(base, p.split('=').next().unwrap_or(p)))
+                .map(|p| p.to_string())
+                .collect();
+            if !missing.is_empty() {
+                log::info!(
+                    "this host does not virtualize CPUID ({why}); adding '{}' to the kernel command line",
+                    missing.join(" ")
+                );
+            }
+            additions.extend(missing);
+        }
+        if !config.disks.is_empty() && initrd.is_none() && !cmdline_has(base, "root") {
+            additions.push("root=/dev/vda".to_string());
+            if !cmdline_has(base, "ro") && !cmdline_has(base, "rw") {
+                additions.push(
+                    if config.disks[0].read_only {
+                        "ro"
+                    } else {
+                        "rw"
+                    }
+                    .to_string(),
+                );
+            }
+        }
+        additions.extend(cmdline_additions);
+        let cmdline = build_cmdline(base, &additions, kernel.cmdline_capacity)?;
+        let cmdline_len = cmdline
+            .as_cstring()
+            .map_err(|e| Error::Cmdline(e.to_string()))?
+            .as_bytes_with_nul()
+            .len();
+        linux_loader::loader::load_cmdline(&mem, GuestAddress(layout::CMDLINE_START), &cmdline)
+            .map_err(|e| Error::Cmdline(e.to_string()))?;
+        log::debug!(
+            "kernel command line: {}",
+            cmdline
+                .as_cstring()
+                .map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
+
+        let cmdline_addr = GuestAddress(layout::CMDLINE_START);
+        match kernel.entry {
+            BootEntry::Pvh { .. } => {
+                arch::boot::configure_pvh_boot(&mem, cmdline_addr, initrd.as_ref())
+                    .map_err(arch_err("write the PVH start info"))?
+            }
+            BootEntry::Linux64 { .. } => arch::boot::configure_linux_boot(
+                &mem,
+                cmdline_addr,
+                cmdline_len,
+                initrd.as_ref(),
+                kernel.setup_header,
+            )
+            .map_err(arch_err("write the zero page"))?,
+        }
+        arch::mptable::setup_mptable(&mem, config.vcpus).map_err(arch_err("write the MP table"))?;
+        steps.done("wrote boot parameters and MP table");
+
+        let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+        for index in 0..config.vcpus {
+            let vcpu = vm_fd
+                .create_vcpu(u64::from(index))
+                .map_err(kvm_err("create a vCPU"))?;
+            let mut cpuid = supported_cpuid.clone();
+            arch::cpuid::filter_cpuid(&mut cpuid, index, config.vcpus)
+                .map_err(arch_err("set up CPUID"))?;
+            vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+            arch::regs::setup_vcpu(&mem, &vcpu, &kernel.entry)
+                .map_err(arch_err("set up vCPU registers"))?;
+            vcpus.push(vcpu);
+        }
+        steps.done(&format!("configured {} vCPU(s)", config.vcpus));
+
+        Ok(Vm {
+            vcpus,
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+            event_manager,
+            exit,
+            exit_seen,
+            _vm_fd: vm_fd,
+            _kvm: kvm,
+            _mem: mem,
+        })
+    }
+
+    /// Runs the guest until it resets, powers off or fails: one thread per vCPU, the event loop on this
+    /// thread. All vCPU threads are stopped and joined before this returns.
+    pub fn run(mut self) -> Result<ExitReason> {
+        install_kick_handler()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads: Vec<(u8, JoinHandle<()>)> = Vec::with_capacity(self.vcpus.len());
+        let mut spawn_error = None;
+        for (index, fd) in self.vcpus.drain(..).enumerate() {
+            let vcpu = Vcpu {
+                index: index as u8,
+                fd,
+                pio: self.pio.clone(),
+                mmio: self.mmio.clone(),
+                exit: self.exit.clone(),
+                stop: stop.clone(),
+            };
+            let name = format!("vcpu{index}");
+            match thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || vcpu.run())
+            {
+                Ok(handle) => threads.push((index as u8, handle)),
+                Err(source) => {
+                    spawn_error = Some(Error::Thread { name, source });
+                    break;
+                }
+            }
+        }
+        log::info!("started {} vCPU thread(s)", threads.len());
+
+        let mut result = match spawn_error {
+            Some(e) => Err(e),
+            None => self.event_loop(),
+        };
+
+        stop.store(true, Ordering::Release);
+        for (_, handle) in &threads {
+            // A thread that already finished is gone; ESRCH is fine.
+            let _ = handle.kill(kick_signal());
+        }
+        for (index, handle) in threads {
+            if handle.join().is_err() && result.is_ok() {
+                result = Err(Error::VcpuPanicked(index));
+            }
+        }
+        let reason = result?;
+        log::info!("guest exited: {reason:?}");
+        Ok(reason)
+    }
+
+    fn event_loop(&mut self) -> Result<ExitReason> {
+        loop {
+            self.event_manager.run().map_err(Error::EventLoop)?;
+            if self.exit_requested() {
+                return self.exit.take();
+            }
+        }
+    }
+
+    fn exit_requested(&self) -> bool {
+        self.exit_seen.load(Ordering::Acquire)
+    }
+}
+
+/// Wakes the event loop when a vCPU or the i8042 asks the VM to stop.
+struct ExitWatcher {
+    evt: EventFd,
+    seen: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for ExitWatcher {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.event_set().contains(EventSet::IN) {
+            let _ = self.evt.read();
+        }
+        self.seen.store(true, Ordering::Release);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
+            log::error!("cannot watch the VM exit event: {e:?}");
+        }
+    }
+}
+
+fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
+    move |source| Error::Kvm { what, source }
+}
+
+fn arch_err(what: &'static str) -> impl Fn(arch::Error) -> Error {
+    move |source| Error::Arch { what, source }
+}
+
+fn open_kvm() -> Result<Kvm> {
+    let kvm = Kvm::new().map_err(Error::KvmOpen)?;
+    let version = kvm.get_api_version();
+    if version != kvm_bindings::KVM_API_VERSION as i32 {
+        return Err(Error::KvmApiVersion(version));
+    }
+    for (cap, name) in REQUIRED_CAPS {
+        if !kvm.check_extension(cap) {
+            return Err(Error::KvmCapability(name));
+        }
+    }
+    Ok(kvm)
+}
+
+fn validate(config: &VmConfig, kvm: &Kvm) -> Result<()> {
+    let max_vcpus = kvm.get_max_vcpus().min(usize::from(layout::MAX_VCPUS));
+    if config.vcpus == 0 || usize::from(config.vcpus) > max_vcpus {
+        return Err(Error::Config(format!(
+            "--cpus {}: this host runs 1 to {max_vcpus} vCPUs per VM",
+            config.vcpus
+        )));
+    }
+    if config.memory_bytes < (1 << 20) {
+        return Err(Error::Config(format!(
+            "--memory {} bytes is too small; give the guest at least 1M",
+            config.memory_bytes
+        )));
+    }
+    let host = host_memory_bytes();
+    if host > 0 && config.memory_bytes > host {
+        return Err(Error::Config(format!(
+            "--memory {} MiB is more than this host's {} MiB of RAM; ask for less",
+            config.memory_bytes >> 20,
+            host >> 20
+        )));
+    }
+    Ok(())
+}
+
+/// The host's physical RAM in bytes, or 0 if unknown.
+fn host_memory_bytes() -> u64 {
+    // SAFETY: sysinfo only writes into the zeroed struct we pass.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable sysinfo struct.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return 0;
+    }
+    info.totalram.saturating_mul(u64::from(info.mem_unit))
+}
+
+fn create_memory(vm_fd: &VmFd, size: u64) -> Result<GuestMemoryMmap> {
+    let mib = size >> 20;
+    let regions = arch::ram_regions(size).map_err(|e| Error::GuestMemory {
+        mib,
+        reason: e.to_string(),
+    })?;
+    let mem = GuestMemoryMmap::from_ranges(&regions).map_err(|e| Error::GuestMemory {
+        mib,
+        reason: e.to_string(),
+    })?;
+    for (slot, region) in mem.iter().enumerate() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| Error::GuestMemory {
+                mib,
+                reason: e.to_string(),
+            })?;
+        let region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which the Vm keeps until after the VM fd
+        // (and with it KVM's use of the mapping) is gone.
+        unsafe { vm_fd.set_user_memory_region(region) }
+            .map_err(kvm_err("register guest memory"))?;
+    }
+    Ok(mem)
+}
+
+fn add_legacy_devices(
+    vm_fd: &VmFd,
+    pio: &mut Bus,
+    event_manager: &mut EventManager<Subscriber>,
+    exit: &Arc<ExitState>,
+    output: SerialOutput,
+    input: bool,
+) -> Result<()> {
+    let dev_err = |what| move |source| Error::Device { what, source };
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+    vm_fd
+        .register_irqfd(&serial_irq, layout::SERIAL_IRQ)
+        .map_err(kvm_err("register the serial irqfd"))?;
+    let out: Box<dyn std::io::Write + Send> = match output {
+        SerialOutput::Stdout => Box::new(std::io::stdout()),
+        SerialOutput::Writer(w) => w,
+        SerialOutput::Sink => Box::new(std::io::sink()),
+    };
+    let serial = Arc::new(Mutex::new(
+        Serial::new(serial_irq, out).map_err(dev_err("serial"))?,
+    ));
+    pio.insert(serial.clone(), SERIAL_PORT, SERIAL_PORT_LEN)
+        .map_err(dev_err("serial"))?;
+    if input {
+        // SAFETY: dup of our own stdin; the new descriptor is owned by the File.
+        let fd = unsafe { libc::dup(std::io::stdin().as_raw_fd()) };
+        if fd < 0 {
+            log::warn!(
+                "cannot duplicate stdin for the serial console: {}",
+                std::io::Error::last_os_error()
+            );
+        } else {
+            // SAFETY: `fd` is a freshly duplicated descriptor nobody else owns.
+            let stdin: File = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+            let input = SerialInput::new(serial, stdin).map_err(dev_err("serial input"))?;
+            event_manager.add_subscriber(Arc::new(Mutex::new(input)));
+        }
+    }
+    let i8042 = I8042::with_trigger(ResetTrigger(exit.clone()));
+    pio.insert(Arc::new(Mutex::new(i8042)), I8042_PORT, I8042_PORT_LEN)
+        .map_err(dev_err("i8042"))?;
+    Ok(())
+}
