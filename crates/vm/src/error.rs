@@ -80,8 +80,8 @@ pub enum Error {
     /// The kernel command line is malformed.
     #[error("invalid kernel command line: {0}")]
     Cmdline(String),
-    /// A disk could not be set up.
-    #[error("disk '{path}': {source}")]
+    /// A disk could not be set up (the device's message names the image).
+    #[error("{source}")]
     Disk {
         /// The disk image path.
         path: PathBuf,

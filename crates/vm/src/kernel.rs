@@ -76,9 +76,13 @@ pub(crate) fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKe
     }
 
     let loaded = BzImage::load(mem, None, &mut file, highmem).map_err(|e| {
-        format_err(format!(
-            "it is neither an ELF file nor a bzImage with a valid setup header ({e})"
-        ))
+        use linux_loader::loader::{bzimage, Error as LoaderError};
+        format_err(match e {
+            LoaderError::Bzimage(bzimage::Error::InvalidBzImage) => {
+                "it is neither an ELF file nor a bzImage (no valid setup header)".to_string()
+            }
+            other => format!("cannot load it as a bzImage: {other}"),
+        })
     })?;
     let header = loaded
         .setup_header

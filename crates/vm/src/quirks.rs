@@ -11,9 +11,14 @@ use std::path::Path;
 use kvm_bindings::CpuId;
 
 /// Boot parameters a Linux guest needs on a host that does not virtualize CPUID.
-/// clearcpuid: popcnt rdrand rdseed fsgsbase smap pcid invpcid rdpid pku umip.
-pub(crate) const NO_CPUID_VIRT_PARAMS: [&str; 3] = [
+/// - `noxsave`, `clearcpuid=` (popcnt rdrand rdseed fsgsbase smap pcid invpcid rdpid pku umip): features the
+///   guest sees in the host's CPUID but the host cannot emulate at CPL0.
+/// - `nopv`: the hypervisor leaves the guest reads are the host's own, advertising paravirtual features
+///   (e.g. KVM_HC_SEND_IPI) that this KVM does not serve; an SMP guest's first PV IPI hangs without it.
+/// - `no_int3_selftest`: from our guest-kernel patch (resources/kernel/patches); other kernels ignore it.
+pub(crate) const NO_CPUID_VIRT_PARAMS: [&str; 4] = [
     "noxsave",
+    "nopv",
     "no_int3_selftest",
     "clearcpuid=151,158,306,288,308,145,298,534,515,514",
 ];

@@ -418,12 +418,28 @@ fn validate(config: &VmConfig, kvm: &Kvm) -> Result<()> {
     let host = host_memory_bytes();
     if host > 0 && config.memory_bytes > host {
         return Err(Error::Config(format!(
-            "--memory {} MiB is more than this host's {} MiB of RAM; ask for less",
-            config.memory_bytes >> 20,
-            host >> 20
+            "--memory {} is more than this host's {} of RAM; ask for less",
+            human_size(config.memory_bytes),
+            human_size(host)
         )));
     }
     Ok(())
+}
+
+/// `bytes` in the largest binary unit that keeps one decimal, e.g. `100 TiB`, `23.5 GiB`.
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 {
+        format!("{value} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// The host's physical RAM in bytes, or 0 if unknown.
