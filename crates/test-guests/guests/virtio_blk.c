@@ -1,0 +1,320 @@
+/* virtio_blk: drives the virtio-mmio (version 2) block device named by the
+ * first usable virtio_mmio.device= entry of the command line, by polling. */
+#include "rt.h"
+
+/* virtio-mmio registers */
+#define VM_MAGIC 0x000
+#define VM_VERSION 0x004
+#define VM_DEVICE_ID 0x008
+#define VM_VENDOR_ID 0x00c
+#define VM_DEV_FEATURES 0x010
+#define VM_DEV_FEATURES_SEL 0x014
+#define VM_DRV_FEATURES 0x020
+#define VM_DRV_FEATURES_SEL 0x024
+#define VM_QUEUE_SEL 0x030
+#define VM_QUEUE_NUM_MAX 0x034
+#define VM_QUEUE_NUM 0x038
+#define VM_QUEUE_READY 0x044
+#define VM_QUEUE_NOTIFY 0x050
+#define VM_INT_STATUS 0x060
+#define VM_INT_ACK 0x064
+#define VM_STATUS 0x070
+#define VM_QUEUE_DESC_LO 0x080
+#define VM_QUEUE_DESC_HI 0x084
+#define VM_QUEUE_DRIVER_LO 0x090
+#define VM_QUEUE_DRIVER_HI 0x094
+#define VM_QUEUE_DEVICE_LO 0x0a0
+#define VM_QUEUE_DEVICE_HI 0x0a4
+#define VM_CONFIG_GEN 0x0fc
+#define VM_CONFIG 0x100
+
+#define S_ACKNOWLEDGE 1
+#define S_DRIVER 2
+#define S_DRIVER_OK 4
+#define S_FEATURES_OK 8
+
+#define F_BLK_RO (1ULL << 5)
+#define F_BLK_FLUSH (1ULL << 9)
+#define F_VERSION_1 (1ULL << 32)
+
+#define T_IN 0
+#define T_OUT 1
+#define T_FLUSH 4
+#define T_GET_ID 8
+
+#define D_NEXT 1
+#define D_WRITE 2
+
+#define QSIZE_WANT 16
+#define OOB_ADDR 0xF00000000000ULL
+
+struct desc {
+    u64 addr;
+    u32 len;
+    u16 flags;
+    u16 next;
+};
+
+struct avail {
+    u16 flags;
+    u16 idx;
+    u16 ring[QSIZE_WANT];
+    u16 used_event;
+};
+
+struct used_elem {
+    u32 id;
+    u32 len;
+};
+
+struct used {
+    u16 flags;
+    u16 idx;
+    struct used_elem ring[QSIZE_WANT];
+    u16 avail_event;
+};
+
+struct req_hdr {
+    u32 type;
+    u32 reserved;
+    u64 sector;
+};
+
+static struct desc descs[QSIZE_WANT] __attribute__((aligned(4096)));
+static struct avail avail_ring __attribute__((aligned(4096)));
+static struct used used_ring __attribute__((aligned(4096)));
+static struct req_hdr hdr __attribute__((aligned(16)));
+static u8 data[512] __attribute__((aligned(512)));
+static volatile u8 status_byte __attribute__((aligned(16)));
+
+static u64 base;
+static u16 qsize;
+static u16 avail_idx;
+static u16 used_seen;
+
+static u32 rd(u32 off) { return mmio_read32(base + off); }
+static void wr(u32 off, u32 v) { mmio_write32(base + off, v); }
+
+static void put_text(const char *key, const u8 *p, u32 n)
+{
+    puts(key);
+    putc('=');
+    for (u32 i = 0; i < n; i++)
+        putc(p[i] >= 0x20 && p[i] < 0x7f ? (char)p[i] : '.');
+    nl();
+}
+
+/* One request: header, optional data buffer, status.  Returns the status
+ * byte (0..255), or -1 on timeout (after printing timeout=<name>). */
+static int request(const char *name, u32 type, u64 sector, u64 buf, u32 len, int dev_writes)
+{
+    int n = 0;
+    hdr.type = type;
+    hdr.reserved = 0;
+    hdr.sector = sector;
+    status_byte = 0xee;
+
+    descs[0].addr = (u64)&hdr;
+    descs[0].len = sizeof(hdr);
+    descs[0].flags = D_NEXT;
+    descs[0].next = 1;
+    n = 1;
+    if (len) {
+        descs[1].addr = buf;
+        descs[1].len = len;
+        descs[1].flags = D_NEXT | (dev_writes ? D_WRITE : 0);
+        descs[1].next = 2;
+        n = 2;
+    }
+    descs[n].addr = (u64)&status_byte;
+    descs[n].len = 1;
+    descs[n].flags = D_WRITE;
+    descs[n].next = 0;
+
+    avail_ring.ring[avail_idx % qsize] = 0;
+    avail_idx++;
+    mb();
+    avail_ring.idx = avail_idx;
+    mb();
+    wr(VM_QUEUE_NOTIFY, 0);
+
+    u64 start = rdtsc();
+    for (u64 i = 0;; i++) {
+        barrier();
+        if (*(volatile u16 *)&used_ring.idx != used_seen)
+            break;
+        if (!spin_continue(i, 1000000000ULL, start, 10000000000ULL)) {
+            puts("timeout=");
+            line(name);
+            return -1;
+        }
+        cpu_relax();
+    }
+    mb();
+    struct used_elem e = used_ring.ring[used_seen % qsize];
+    used_seen++;
+    /* acknowledge whatever interrupt the device raised (interrupts stay off) */
+    u32 isr = rd(VM_INT_STATUS);
+    if (isr)
+        wr(VM_INT_ACK, isr);
+
+    puts(name);
+    puts("_status=");
+    put_hex(status_byte);
+    nl();
+    puts(name);
+    puts("_len=");
+    put_hex(e.len);
+    nl();
+    return status_byte;
+}
+
+/* Picks the first virtio_mmio.device= entry whose slot holds a device. */
+static int find_device(const char *cmdline)
+{
+    const char *p = cmdline;
+    while (p && (p = cmdline_find(p, "virtio_mmio.device=")) != NULL) {
+        u64 size, addr, irq = 0;
+        if (!parse_size(&p, &size) || *p != '@')
+            continue;
+        p++;
+        if (!parse_num(&p, &addr))
+            continue;
+        if (*p == ':') {
+            p++;
+            parse_num(&p, &irq);
+        }
+        if (addr == 0 || addr >= 0x100000000ULL)
+            continue;
+        if (mmio_read32(addr + VM_MAGIC) == 0x74726976 && mmio_read32(addr + VM_DEVICE_ID) == 0)
+            continue; /* empty slot */
+        base = addr;
+        kv_hex("virtio_base", addr);
+        kv_hex("virtio_size", size);
+        kv_hex("virtio_irq", irq);
+        return 1;
+    }
+    return 0;
+}
+
+static void run(const char *cmdline)
+{
+    if (!find_device(cmdline)) {
+        line("virtio=none");
+        return;
+    }
+    u32 magic = rd(VM_MAGIC), version = rd(VM_VERSION), dev = rd(VM_DEVICE_ID);
+    kv_hex("magic", magic);
+    kv_hex("version", version);
+    kv_hex("device_id", dev);
+    kv_hex("vendor_id", rd(VM_VENDOR_ID));
+    if (magic != 0x74726976 || version != 2 || dev != 2) {
+        line("error=not_a_modern_virtio_blk");
+        return;
+    }
+
+    wr(VM_STATUS, 0);
+    kv_hex("reset_status", rd(VM_STATUS));
+    wr(VM_STATUS, S_ACKNOWLEDGE);
+    wr(VM_STATUS, S_ACKNOWLEDGE | S_DRIVER);
+
+    wr(VM_DEV_FEATURES_SEL, 0);
+    u64 feat = rd(VM_DEV_FEATURES);
+    wr(VM_DEV_FEATURES_SEL, 1);
+    feat |= (u64)rd(VM_DEV_FEATURES) << 32;
+    kv_hex("features", feat);
+    kv_hex("ro", (feat & F_BLK_RO) ? 1 : 0);
+
+    u64 drv = feat & (F_VERSION_1 | F_BLK_FLUSH);
+    kv_hex("driver_features", drv);
+    wr(VM_DRV_FEATURES_SEL, 0);
+    wr(VM_DRV_FEATURES, (u32)drv);
+    wr(VM_DRV_FEATURES_SEL, 1);
+    wr(VM_DRV_FEATURES, (u32)(drv >> 32));
+    wr(VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
+    u32 st = rd(VM_STATUS);
+    kv_hex("features_ok", (st & S_FEATURES_OK) ? 1 : 0);
+    if (!(st & S_FEATURES_OK))
+        return;
+
+    wr(VM_QUEUE_SEL, 0);
+    u32 max = rd(VM_QUEUE_NUM_MAX);
+    kv_hex("queue_num_max", max);
+    if (max == 0) {
+        line("error=no_queue");
+        return;
+    }
+    kv_hex("queue_ready_before", rd(VM_QUEUE_READY));
+    qsize = max < QSIZE_WANT ? (u16)max : QSIZE_WANT;
+    /* keep a power of two */
+    while (qsize & (qsize - 1))
+        qsize &= (u16)(qsize - 1);
+    kv_hex("queue_size", qsize);
+    wr(VM_QUEUE_NUM, qsize);
+    wr(VM_QUEUE_DESC_LO, (u32)(u64)descs);
+    wr(VM_QUEUE_DESC_HI, (u32)((u64)descs >> 32));
+    wr(VM_QUEUE_DRIVER_LO, (u32)(u64)&avail_ring);
+    wr(VM_QUEUE_DRIVER_HI, (u32)((u64)&avail_ring >> 32));
+    wr(VM_QUEUE_DEVICE_LO, (u32)(u64)&used_ring);
+    wr(VM_QUEUE_DEVICE_HI, (u32)((u64)&used_ring >> 32));
+    wr(VM_QUEUE_READY, 1);
+    wr(VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+    kv_hex("status", rd(VM_STATUS));
+
+    u32 gen, lo, hi;
+    do {
+        gen = rd(VM_CONFIG_GEN);
+        lo = rd(VM_CONFIG);
+        hi = rd(VM_CONFIG + 4);
+    } while (gen != rd(VM_CONFIG_GEN));
+    kv_hex("capacity", ((u64)hi << 32) | lo);
+
+    /* read sector 0 */
+    memset(data, 0, sizeof(data));
+    if (request("read", T_IN, 0, (u64)data, 512, 1) < 0)
+        return;
+    put_text("sector0", data, 16);
+
+    /* write sector 1 */
+    memset(data, 0, sizeof(data));
+    memcpy(data, "WRITTEN-BY-GUEST", 16);
+    if (request("write", T_OUT, 1, (u64)data, 512, 0) < 0)
+        return;
+
+    if (request("flush", T_FLUSH, 0, 0, 0, 0) < 0)
+        return;
+
+    /* read sector 1 back */
+    memset(data, 0, sizeof(data));
+    if (request("read1", T_IN, 1, (u64)data, 512, 1) < 0)
+        return;
+    put_text("sector1", data, 16);
+
+    memset(data, 0, sizeof(data));
+    if (request("id", T_GET_ID, 0, (u64)data, 20, 1) < 0)
+        return;
+    u32 idn = 0;
+    while (idn < 20 && data[idn])
+        idn++;
+    put_text("id", data, idn);
+
+    if (request("unsupp", 0xff, 0, (u64)data, 512, 1) < 0)
+        return;
+
+    if (request("oob", T_IN, 0, OOB_ADDR, 512, 1) < 0)
+        return;
+
+    memset(data, 0, sizeof(data));
+    if (request("read2", T_IN, 0, (u64)data, 512, 1) < 0)
+        return;
+    put_text("sector0_again", data, 16);
+    kv_hex("final_status", rd(VM_STATUS));
+}
+
+void guest_main(u32 boot, u64 info, u64 entry_rflags)
+{
+    (void)entry_rflags;
+    kv_str("boot", boot_name(boot), 16);
+    run(boot_cmdline(boot, info));
+    line("done");
+}
