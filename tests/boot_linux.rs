@@ -1,0 +1,219 @@
+//! Fat boots: the real Linux test guest (resources/) on real KVM. On this project's CI hosts a Linux
+//! guest takes about a minute to reach init (see shared KVM-HOST notes), so each boot checks many things
+//! at once and the time-outs are generous; a hung guest still fails.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{linux_guest, run_vmm, run_vmm_interactive, s, Scratch};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+const GIB: u64 = 1 << 30;
+
+/// The command line the checks run under: the serial console, reset on reboot, and the init's test switch.
+fn test_cmdline(test: &str, token: &str) -> String {
+    format!("console=ttyS0 reboot=k panic=1 vmmtest={test} vmmtoken={token}")
+}
+
+fn copy_rootfs(scratch: &Scratch, from: &std::path::Path) -> String {
+    let to = scratch.path("rootfs.ext4");
+    std::fs::copy(from, &to).expect("copy rootfs");
+    s(&to).to_string()
+}
+
+fn sha256(path: &str) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Reads a file out of an ext4 image without mounting it.
+fn debugfs_cat(image: &str, file: &str) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat {file}"), image])
+        .output()
+        .expect("run debugfs (e2fsprogs)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// ELF vmlinux through its PVH entry with an ext4 root on /dev/vda, 4 vCPUs, 4 GiB (RAM split around
+/// the MMIO gap), a second writable raw disk and a third read-only one.
+#[test]
+fn boot_linux_pvh_disk_root_smp_4g_three_disks() {
+    require_kvm!();
+    let guest = linux_guest();
+    let scratch = Scratch::new("linux-pvh-disk");
+    let rootfs = copy_rootfs(&scratch, &guest.rootfs);
+    let mut vdb = b"HOST-PREFILL-VDB".to_vec();
+    vdb.resize(1 << 20, 0);
+    let vdb = scratch.file("vdb.raw", &vdb);
+    let vdc = scratch.file("vdc.raw", &vec![0x5a; 1 << 20]);
+    let vdc_hash = sha256(&vdc);
+    let token = "tok-pvh-7f3a";
+
+    let cmdline = test_cmdline("full", token);
+    let run = run_vmm(
+        &[
+            "--kernel",
+            s(&guest.vmlinux),
+            "--cpus",
+            "4",
+            "--memory",
+            "4G",
+            "--cmdline",
+            &cmdline,
+            "--disk",
+            &rootfs,
+            "--disk",
+            &format!("{vdb},id=second-disk"),
+            "--disk",
+            &format!("{vdc},readonly=on"),
+        ],
+        BOOT_TIMEOUT,
+    );
+    run.expect(run.stdout.contains("VMM-INIT-OK"), "no init marker");
+    run.expect(
+        run.stdout.contains("VMM-TEST-DONE"),
+        "checks did not finish",
+    );
+    run.expect_success();
+    run.expect(
+        run.check("cpus").as_deref() == Some("4"),
+        "guest does not count 4 CPUs",
+    );
+    let mem_kb: u64 = run
+        .check("memtotal_kb")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mem = mem_kb * 1024;
+    run.expect(
+        mem > 4 * GIB * 95 / 100 && mem <= 4 * GIB,
+        &format!("MemTotal {mem} bytes is not within 5% of 4 GiB"),
+    );
+    run.expect(
+        run.check("root").as_deref() == Some("/dev/vda"),
+        "root is not /dev/vda",
+    );
+    run.expect(
+        run.check("root_write").as_deref() == Some("ok"),
+        "root write failed",
+    );
+    run.expect(
+        run.check("vdb_write").as_deref() == Some("ok"),
+        "vdb write failed",
+    );
+    run.expect(
+        run.check("vdb_before").as_deref() == Some("HOST-PREFILL-VDB"),
+        "vdb did not show the host's bytes",
+    );
+    run.expect(
+        run.check("vdc_write").as_deref() == Some("refused"),
+        "read-only vdc accepted a write",
+    );
+    run.expect(
+        run.check("vdc_ro").as_deref() == Some("1"),
+        "vdc is not read-only in the guest",
+    );
+
+    // What the guest wrote is in the images on the host.
+    assert_eq!(
+        debugfs_cat(&rootfs, "/vmm-token.txt").trim(),
+        token,
+        "{run}"
+    );
+    let vdb_bytes = std::fs::read(&vdb).unwrap();
+    let expect = format!("VDB:{token}");
+    assert_eq!(&vdb_bytes[..expect.len()], expect.as_bytes(), "{run}");
+    assert_eq!(sha256(&vdc), vdc_hash, "the read-only image changed\n{run}");
+}
+
+/// bzImage through the 64-bit boot protocol with an initramfs (no disk).
+#[test]
+fn boot_linux_bzimage_initramfs() {
+    require_kvm!();
+    let guest = linux_guest();
+    let cmdline = test_cmdline("full", "tok-bz-initrd");
+    let run = run_vmm(
+        &[
+            "--kernel",
+            s(&guest.bzimage),
+            "--initrd",
+            s(&guest.initramfs),
+            "--cmdline",
+            &cmdline,
+        ],
+        BOOT_TIMEOUT,
+    );
+    run.expect(run.stdout.contains("VMM-INIT-OK"), "no init marker");
+    run.expect(
+        run.stdout.contains("VMM-TEST-DONE"),
+        "checks did not finish",
+    );
+    run.expect_success();
+    run.expect(
+        run.check("root").as_deref() == Some("rootfs"),
+        "root is not the initramfs",
+    );
+    run.expect(
+        run.check("cpus").as_deref() == Some("1"),
+        "guest does not count 1 CPU",
+    );
+}
+
+/// ELF vmlinux (PVH) with an initramfs.
+#[test]
+fn boot_linux_pvh_initramfs() {
+    require_kvm!();
+    let guest = linux_guest();
+    let cmdline = test_cmdline("marker", "x");
+    let run = run_vmm(
+        &[
+            "--kernel",
+            s(&guest.vmlinux),
+            "--initrd",
+            s(&guest.initramfs),
+            "--cmdline",
+            &cmdline,
+        ],
+        BOOT_TIMEOUT,
+    );
+    run.expect(run.stdout.contains("VMM-INIT-OK"), "no init marker");
+    run.expect(
+        run.stdout.contains("VMM-TEST-DONE"),
+        "marker test did not finish",
+    );
+    run.expect_success();
+}
+
+/// The README's promise: `vmm --kernel K --disk D` with no other flag boots to a shell on the console;
+/// what the person types reaches the shell, and `reboot -f` ends the VM with status 0. bzImage, disk root.
+#[test]
+fn boot_linux_bzimage_disk_root_interactive_shell() {
+    require_kvm!();
+    let guest = linux_guest();
+    let scratch = Scratch::new("linux-bz-disk");
+    let rootfs = copy_rootfs(&scratch, &guest.rootfs);
+    let run = run_vmm_interactive(
+        &["--kernel", s(&guest.bzimage), "--disk", &rootfs],
+        &[
+            ("reboot -f", "echo typed-$((6*7)); cat /proc/cmdline\n"),
+            ("typed-42", "reboot -f\n"),
+        ],
+        BOOT_TIMEOUT,
+    );
+    run.expect(run.stdout.contains("VMM-INIT-OK"), "no init marker");
+    run.expect(run.stdout.contains("typed-42"), "typed command did not run");
+    run.expect(
+        run.stdout.contains("root=/dev/vda"),
+        "VMM did not add root=/dev/vda",
+    );
+    run.expect_success();
+}

@@ -1,0 +1,354 @@
+//! Tiny freestanding guests (crates/test-guests) booted by the `vmm` binary on real KVM. Each runs in
+//! milliseconds and reports what it saw on the serial port as `key=value` lines.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{run_vmm, Run, Scratch};
+use test_guests::{flood_line, fnv1a32, Report, FLOOD_LINES};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const MIB: u64 = 1 << 20;
+
+fn report(run: &Run) -> Report {
+    Report::parse(&run.stdout)
+}
+
+/// Exit 0 through the i8042 (not the guest's triple-fault fallback), with a `done` line.
+fn expect_clean_reset(run: &Run) {
+    run.expect_success();
+    run.expect(
+        run.stdout.lines().any(|l| l == "done"),
+        "guest did not finish",
+    );
+    run.expect(
+        !run.stdout.contains("i8042_reset=ignored"),
+        "the VMM ignored the i8042 reset",
+    );
+}
+
+fn num(run: &Run, r: &Report, key: &str) -> u64 {
+    r.num(key)
+        .unwrap_or_else(|| panic!("guest did not report {key}\n{run}"))
+}
+
+/// Parses `addr,size,type` e820 lines.
+fn e820(r: &Report) -> Vec<(u64, u64, u64)> {
+    r.get_all("e820")
+        .iter()
+        .map(|e| {
+            let v: Vec<u64> = e
+                .split(',')
+                .map(|n| test_guests::parse_num(n).expect("e820 number"))
+                .collect();
+            (v[0], v[1], v[2])
+        })
+        .collect()
+}
+
+/// The initrd is where the boot protocol says, intact, page aligned, inside low RAM.
+fn check_initrd(run: &Run, r: &Report, data: &[u8], mem: u64) {
+    let addr = num(run, r, "initrd_addr");
+    let size = num(run, r, "initrd_size");
+    let sum = num(run, r, "initrd_sum");
+    run.expect(size == data.len() as u64, "initrd size differs");
+    run.expect(sum == u64::from(fnv1a32(data)), "initrd bytes differ");
+    run.expect(addr % 4096 == 0, "initrd not page aligned");
+    run.expect(
+        addr >= MIB && addr + size <= mem.min(3 << 30),
+        "initrd outside low RAM",
+    );
+}
+
+fn initrd_bytes() -> Vec<u8> {
+    (0..100_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect()
+}
+
+fn boot_info_guest(kernel: &str, boot: &str) {
+    require_kvm!();
+    let scratch = Scratch::new(boot);
+    let data = initrd_bytes();
+    let initrd = scratch.file("initrd.bin", &data);
+    let run = run_vmm(
+        &[
+            "--kernel",
+            kernel,
+            "--initrd",
+            &initrd,
+            "--cmdline",
+            "hello=world tiny",
+        ],
+        TIMEOUT,
+    );
+    expect_clean_reset(&run);
+    let r = report(&run);
+    run.expect(r.get("boot") == Some(boot), "wrong boot protocol");
+    let cmdline = r.get("cmdline").unwrap_or_default();
+    run.expect(
+        cmdline.starts_with("hello=world tiny"),
+        "command line not passed",
+    );
+    run.expect(
+        e820(&r) == vec![(0, 0x9fc00, 1), (MIB, 128 * MIB - MIB, 1)],
+        "unexpected e820 map for 128 MiB",
+    );
+    run.expect(num(&run, &r, "e820_count") == 2, "e820 count");
+    check_initrd(&run, &r, &data, 128 * MIB);
+    if boot != "pvh" {
+        run.expect(
+            num(&run, &r, "hdr_magic") == 0x5372_6448,
+            "zero page lacks HdrS",
+        );
+        run.expect(
+            num(&run, &r, "boot_flag") == 0xaa55,
+            "zero page lacks the boot flag",
+        );
+        run.expect(r.get("entry") == Some("64"), "not entered in 64-bit mode");
+    } else {
+        run.expect(
+            num(&run, &r, "magic") == 0x336e_c578,
+            "bad hvm_start_info magic",
+        );
+        run.expect(r.get("entry") == Some("32"), "not entered in 32-bit mode");
+    }
+    run.expect(
+        num(&run, &r, "entry_if") == 0,
+        "interrupts enabled at entry",
+    );
+}
+
+#[test]
+fn boot_pvh_sees_cmdline_e820_initrd() {
+    boot_info_guest(test_guests::PVH_INFO, "pvh");
+}
+
+#[test]
+fn boot_linux64_sees_cmdline_e820_initrd() {
+    boot_info_guest(test_guests::LINUX64_INFO, "linux64");
+}
+
+#[test]
+fn boot_bzimage_sees_cmdline_e820_initrd() {
+    boot_info_guest(test_guests::BZIMAGE_INFO, "bzimage");
+}
+
+/// Above 3 GiB, RAM is split around the 32-bit MMIO gap; both boot protocols report the same map.
+#[test]
+fn boot_memory_split_around_mmio_gap() {
+    require_kvm!();
+    for kernel in [test_guests::PVH_INFO, test_guests::LINUX64_INFO] {
+        let run = run_vmm(&["--kernel", kernel, "--memory", "5G"], TIMEOUT);
+        expect_clean_reset(&run);
+        run.expect(
+            e820(&report(&run))
+                == vec![
+                    (0, 0x9fc00, 1),
+                    (MIB, (3 << 30) - MIB, 1),
+                    (4 << 30, 2 << 30, 1),
+                ],
+            "unexpected e820 map for 5 GiB",
+        );
+    }
+}
+
+#[test]
+fn boot_serial_output_arrives_intact() {
+    require_kvm!();
+    let run = run_vmm(&["--kernel", test_guests::SERIAL_FLOOD], TIMEOUT);
+    expect_clean_reset(&run);
+    let lines: Vec<&str> = run
+        .stdout
+        .lines()
+        .skip_while(|l| *l != "flood_begin")
+        .skip(1)
+        .take_while(|l| *l != "flood_end")
+        .collect();
+    assert_eq!(lines.len(), FLOOD_LINES, "{run}");
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(*line, flood_line(i), "line {i} differs");
+    }
+}
+
+#[test]
+fn boot_i8042_reset_exits_zero() {
+    require_kvm!();
+    let run = run_vmm(
+        &["--kernel", test_guests::ECHO_CMDLINE, "--cmdline", "x"],
+        TIMEOUT,
+    );
+    expect_clean_reset(&run);
+    run.expect(run.stderr.is_empty(), "vmm printed on stderr without -v");
+}
+
+#[test]
+fn boot_triple_fault_exits_zero() {
+    require_kvm!();
+    let run = run_vmm(&["--kernel", test_guests::TRIPLE_FAULT], TIMEOUT);
+    run.expect_success();
+    run.expect(run.stdout.contains("triple_fault=now"), "guest did not run");
+}
+
+/// A KVM internal error (here a CPL0 int3 this host cannot emulate) ends the VM with status 1 and the
+/// vCPU state; on a host that can emulate it the guest simply finishes.
+#[test]
+fn boot_internal_error_exits_one_with_state() {
+    require_kvm!();
+    let run = run_vmm(&["--kernel", test_guests::PVH_HANG_INTERNAL_ERROR], TIMEOUT);
+    if run.stdout.contains("int3=survived") {
+        expect_clean_reset(&run);
+        return;
+    }
+    run.expect(run.code == Some(1), "internal error did not exit 1");
+    run.expect(
+        run.stderr.starts_with("error: vCPU 0: KVM internal error"),
+        "no error line",
+    );
+    run.expect(run.stderr.contains("rip=0x"), "no vCPU state in the error");
+    run.expect(run.stderr.lines().count() == 1, "error is not one line");
+}
+
+fn smp(cpus: u64) {
+    let n = cpus.to_string();
+    let run = run_vmm(&["--kernel", test_guests::SMP, "--cpus", &n], TIMEOUT);
+    expect_clean_reset(&run);
+    let r = report(&run);
+    run.expect(
+        num(&run, &r, "mp_ok") == 1,
+        "MP table checksums or signatures wrong",
+    );
+    run.expect(num(&run, &r, "mp_cpus") == cpus, "MP table CPU count");
+    run.expect(num(&run, &r, "bsp_apic_id") == 0, "BSP APIC ID");
+    let mut aps: Vec<u64> = r
+        .get_all("ap_apic_id")
+        .iter()
+        .map(|v| test_guests::parse_num(v).expect("number"))
+        .collect();
+    aps.sort_unstable();
+    run.expect(
+        aps == (1..cpus).collect::<Vec<_>>(),
+        "every AP runs with its own APIC ID",
+    );
+    run.expect(num(&run, &r, "cpus_seen") == cpus, "CPUs seen");
+}
+
+#[test]
+fn boot_smp_every_vcpu_runs_with_its_apic_id() {
+    require_kvm!();
+    smp(1);
+    smp(4);
+    smp(32);
+}
+
+fn disk_image(scratch: &Scratch, name: &str) -> String {
+    let mut data = b"HELLO-SECTOR-0!!".to_vec();
+    data.resize(MIB as usize, 0);
+    scratch.file(name, &data)
+}
+
+fn virtio_blk(kernel: &str) {
+    require_kvm!();
+    let scratch = Scratch::new("virtio-blk");
+    let disk = disk_image(&scratch, "disk.img");
+    let run = run_vmm(
+        &[
+            "--kernel",
+            kernel,
+            "--disk",
+            &format!("{disk},id=tiny-disk-7"),
+        ],
+        TIMEOUT,
+    );
+    expect_clean_reset(&run);
+    let r = report(&run);
+    let features = num(&run, &r, "features");
+    run.expect(features & (1 << 32) != 0, "no VIRTIO_F_VERSION_1");
+    run.expect(features & (1 << 29) != 0, "no VIRTIO_RING_F_EVENT_IDX");
+    run.expect(features & (1 << 9) != 0, "no VIRTIO_BLK_F_FLUSH");
+    run.expect(features & (1 << 2) != 0, "no VIRTIO_BLK_F_SEG_MAX");
+    run.expect(num(&run, &r, "ro") == 0, "writable disk offered RO");
+    run.expect(
+        num(&run, &r, "status") == 0xf,
+        "device not live after DRIVER_OK",
+    );
+    run.expect(num(&run, &r, "capacity") == MIB / 512, "capacity");
+    run.expect(num(&run, &r, "read_status") == 0, "read failed");
+    run.expect(num(&run, &r, "read_len") == 513, "read used length");
+    run.expect(
+        r.get("sector0") == Some("HELLO-SECTOR-0!!"),
+        "read wrong data",
+    );
+    run.expect(num(&run, &r, "write_status") == 0, "write failed");
+    run.expect(num(&run, &r, "flush_status") == 0, "flush failed");
+    run.expect(
+        r.get("sector1") == Some("WRITTEN-BY-GUEST"),
+        "write not read back",
+    );
+    run.expect(num(&run, &r, "id_status") == 0, "GET_ID failed");
+    run.expect(
+        r.get("id") == Some("tiny-disk-7"),
+        "GET_ID returned the wrong id",
+    );
+    run.expect(
+        num(&run, &r, "unsupp_status") == 2,
+        "unknown type not VIRTIO_BLK_S_UNSUPP",
+    );
+    run.expect(
+        num(&run, &r, "oob_status") == 1,
+        "out-of-memory buffer not VIRTIO_BLK_S_IOERR",
+    );
+    run.expect(
+        num(&run, &r, "read2_status") == 0,
+        "device stopped after a bad request",
+    );
+    run.expect(num(&run, &r, "final_status") == 0xf, "device marked failed");
+    let image = std::fs::read(scratch.path("disk.img")).unwrap();
+    assert_eq!(
+        &image[512..528],
+        b"WRITTEN-BY-GUEST",
+        "write not in the backing file\n{run}"
+    );
+    assert!(image[528..1024].iter().all(|b| *b == 0), "{run}");
+}
+
+#[test]
+fn boot_virtio_blk_requests_land_in_backing_file() {
+    virtio_blk(test_guests::VIRTIO_BLK);
+}
+
+#[test]
+fn boot_virtio_blk_requests_pvh_entry() {
+    virtio_blk(test_guests::VIRTIO_BLK_PVH);
+}
+
+#[test]
+fn boot_virtio_blk_read_only_refuses_writes() {
+    require_kvm!();
+    let scratch = Scratch::new("virtio-blk-ro");
+    let disk = disk_image(&scratch, "ro.img");
+    let before = std::fs::read(&disk).unwrap();
+    let run = run_vmm(
+        &[
+            "--kernel",
+            test_guests::VIRTIO_BLK,
+            "--disk",
+            &format!("{disk},readonly=on"),
+        ],
+        TIMEOUT,
+    );
+    expect_clean_reset(&run);
+    let r = report(&run);
+    run.expect(num(&run, &r, "ro") == 1, "VIRTIO_BLK_F_RO not offered");
+    run.expect(num(&run, &r, "read_status") == 0, "read failed");
+    run.expect(
+        num(&run, &r, "write_status") == 1,
+        "write to a read-only disk not refused",
+    );
+    assert_eq!(
+        std::fs::read(&disk).unwrap(),
+        before,
+        "read-only image changed\n{run}"
+    );
+}

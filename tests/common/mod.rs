@@ -1,0 +1,326 @@
+//! The integration-test harness: find or build guest artifacts, spawn `vmm`, read its console, wait with a
+//! time-out. A guest that hangs fails its test; it never blocks the suite.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The `vmm` binary under test.
+pub fn vmm_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vmm")
+}
+
+/// True when KVM tests should run. Without /dev/kvm they fail loudly, unless VMM_SKIP_KVM_TESTS=1.
+pub fn kvm_available() -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            if std::env::var("VMM_SKIP_KVM_TESTS").as_deref() == Ok("1") {
+                eprintln!("skipping: /dev/kvm is not usable ({e}) and VMM_SKIP_KVM_TESTS=1");
+                false
+            } else {
+                panic!(
+                    "/dev/kvm is not usable ({e}): this test boots a real guest on KVM. \
+                     Run on a host with KVM, or set VMM_SKIP_KVM_TESTS=1 to skip KVM tests explicitly."
+                );
+            }
+        }
+    }
+}
+
+/// Skips (returns from) the calling test when KVM is missing and skipping was asked for.
+#[macro_export]
+macro_rules! require_kvm {
+    () => {
+        if !common::kvm_available() {
+            return;
+        }
+    };
+}
+
+/// What a finished `vmm` run left behind.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    /// `key=value` lines of a tiny guest's report (the last value wins).
+    pub fn facts(&self) -> HashMap<String, String> {
+        let mut map = HashMap::new();
+        for line in self.stdout.lines() {
+            let line = line.trim_end_matches('\r');
+            if let Some((k, v)) = line.split_once('=') {
+                map.insert(k.to_string(), v.to_string());
+            }
+        }
+        map
+    }
+
+    /// All values of a repeated key, in order.
+    pub fn all(&self, key: &str) -> Vec<String> {
+        self.stdout
+            .lines()
+            .filter_map(|l| l.trim_end_matches('\r').split_once('='))
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+            .collect()
+    }
+
+    /// The value of `CHECK key=value` lines from the Linux guest's init.
+    pub fn check(&self, key: &str) -> Option<String> {
+        self.stdout.lines().rev().find_map(|l| {
+            l.trim_end_matches('\r')
+                .strip_prefix("CHECK ")
+                .and_then(|rest| rest.split_once('='))
+                .filter(|(k, _)| *k == key)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    /// Panics with the whole run if the condition does not hold.
+    pub fn expect(&self, ok: bool, what: &str) {
+        assert!(ok, "{what}\n{self}");
+    }
+
+    pub fn expect_success(&self) {
+        self.expect(self.code == Some(0), "vmm did not exit 0");
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tail = |s: &str| {
+            let start = s.len().saturating_sub(6000);
+            let start = (start..s.len())
+                .find(|i| s.is_char_boundary(*i))
+                .unwrap_or(s.len());
+            s[start..].to_string()
+        };
+        write!(
+            f,
+            "--- exit code {:?} after {:.2?}\n--- stdout (tail):\n{}\n--- stderr (tail):\n{}",
+            self.code,
+            self.elapsed,
+            tail(&self.stdout),
+            tail(&self.stderr)
+        )
+    }
+}
+
+/// Runs `vmm ARGS` as a person at the console would: each time the output contains the next `wait_for`
+/// text (counted from where the previous one was found), types its `send` text. Kills vmm after `timeout`.
+pub fn run_vmm_interactive(args: &[&str], script: &[(&str, &str)], timeout: Duration) -> Run {
+    let mut child = Command::new(vmm_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vmm");
+    let mut input = child.stdin.take().expect("stdin");
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let mut out = child.stdout.take().expect("stdout");
+    let pump = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut all = Vec::new();
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            let _ = tx.send(buf[..n].to_vec());
+        }
+        all
+    });
+    let stderr = reader(child.stderr.take().expect("stderr"));
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    let mut from = 0;
+    let mut step = 0;
+    let code = loop {
+        while let Ok(chunk) = rx.try_recv() {
+            seen.extend_from_slice(&chunk);
+        }
+        if step < script.len() {
+            let (wait_for, send) = script[step];
+            let text = String::from_utf8_lossy(&seen[from..]).into_owned();
+            if let Some(pos) = text.find(wait_for) {
+                from += text[..pos + wait_for.len()].len();
+                input.write_all(send.as_bytes()).expect("type into vmm");
+                input.flush().expect("flush stdin");
+                step += 1;
+            }
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code();
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let run = Run {
+                code: None,
+                stdout: String::from_utf8_lossy(&pump.join().unwrap_or_default()).into_owned(),
+                stderr: stderr.recv().unwrap_or_default(),
+                elapsed: start.elapsed(),
+            };
+            panic!("vmm did not exit within {timeout:?} (script step {step}); killed it\n{run}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    drop(input);
+    Run {
+        code,
+        stdout: String::from_utf8_lossy(&pump.join().unwrap_or_default()).into_owned(),
+        stderr: stderr.recv().unwrap_or_default(),
+        elapsed: start.elapsed(),
+    }
+}
+
+/// Runs `vmm ARGS` with stdin from /dev/null, kills it after `timeout`.
+pub fn run_vmm(args: &[&str], timeout: Duration) -> Run {
+    let child = Command::new(vmm_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vmm");
+    wait(child, timeout)
+}
+
+fn wait(mut child: Child, timeout: Duration) -> Run {
+    let start = Instant::now();
+    let stdout = reader(child.stdout.take().expect("stdout"));
+    let stderr = reader(child.stderr.take().expect("stderr"));
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code();
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let run = Run {
+                code: None,
+                stdout: stdout.recv().unwrap_or_default(),
+                stderr: stderr.recv().unwrap_or_default(),
+                elapsed: start.elapsed(),
+            };
+            panic!("vmm did not exit within {timeout:?}; killed it\n{run}");
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    Run {
+        code,
+        stdout: stdout.recv().unwrap_or_default(),
+        stderr: stderr.recv().unwrap_or_default(),
+        elapsed: start.elapsed(),
+    }
+}
+
+fn reader(mut r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
+    });
+    rx
+}
+
+/// A scratch directory removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!(
+            "vmm-test-{name}-{}-{:?}",
+            std::process::id(),
+            thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// Writes a file and returns its path as a String.
+    pub fn file(&self, name: &str, data: &[u8]) -> String {
+        let p = self.path(name);
+        std::fs::write(&p, data).expect("write scratch file");
+        p.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Path as &str for argument lists.
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// The Linux test guest, built by resources/ (or taken from its cache).
+pub struct LinuxGuest {
+    pub vmlinux: PathBuf,
+    pub bzimage: PathBuf,
+    pub rootfs: PathBuf,
+    pub initramfs: PathBuf,
+}
+
+/// Builds (or finds in the cache) the Linux guest. Serialised: the scripts lock, but one call at a time
+/// keeps the output readable.
+pub fn linux_guest() -> LinuxGuest {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("resources");
+    let mut paths = Vec::new();
+    for script in ["build-kernel.sh", "build-rootfs.sh"] {
+        let out = Command::new(root.join(script))
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run resources/{script}: {e}"));
+        assert!(
+            out.status.success(),
+            "resources/{script} failed ({}); see its messages above",
+            out.status
+        );
+        paths.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| PathBuf::from(l.trim())),
+        );
+    }
+    let find = |name: &str| {
+        paths
+            .iter()
+            .find(|p| p.file_name().is_some_and(|f| f == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("the resources scripts did not report {name}: {paths:?}"))
+    };
+    LinuxGuest {
+        vmlinux: find("vmlinux"),
+        bzimage: find("bzImage"),
+        rootfs: find("rootfs.ext4"),
+        initramfs: find("initramfs.cpio.gz"),
+    }
+}
