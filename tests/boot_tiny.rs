@@ -54,7 +54,7 @@ fn check_initrd(run: &Run, r: &Report, data: &[u8], mem: u64) {
     let sum = num(run, r, "initrd_sum");
     run.expect(size == data.len() as u64, "initrd size differs");
     run.expect(sum == u64::from(fnv1a32(data)), "initrd bytes differ");
-    run.expect(addr % 4096 == 0, "initrd not page aligned");
+    run.expect(addr.is_multiple_of(4096), "initrd not page aligned");
     run.expect(
         addr >= MIB && addr + size <= mem.min(3 << 30),
         "initrd outside low RAM",
