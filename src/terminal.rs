@@ -1,11 +1,14 @@
-//! Puts the controlling terminal in raw mode while a guest owns it, and always puts it back.
+//! Puts the controlling terminal in raw mode while a guest owns it, and always puts it back: when the
+//! guard drops, and from a panic hook (release builds abort on panic, so no destructor would run).
 
 use std::io::IsTerminal;
+use std::sync::Mutex;
+
+/// The settings to restore, shared with the panic hook.
+static SAVED: Mutex<Option<libc::termios>> = Mutex::new(None);
 
 /// Raw mode on stdin for as long as this value lives.
-pub struct RawMode {
-    saved: libc::termios,
-}
+pub struct RawMode(());
 
 impl RawMode {
     /// Switches stdin to raw mode; None (with a warning) if it cannot.
@@ -28,6 +31,12 @@ impl RawMode {
         unsafe { libc::cfmakeraw(&mut raw) };
         // Keep output post-processing so the guest's "\n" still returns the carriage on the host.
         raw.c_oflag = saved.c_oflag;
+        *SAVED.lock().unwrap_or_else(|p| p.into_inner()) = Some(saved);
+        let previous_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore();
+            previous_hook(info);
+        }));
         // SAFETY: fd 0 is a terminal and `raw` is a valid termios.
         if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
             log::warn!(
@@ -36,13 +45,20 @@ impl RawMode {
             );
             return None;
         }
-        Some(RawMode { saved })
+        Some(RawMode(()))
+    }
+}
+
+/// Puts back the settings saved by [`RawMode::enter`], once.
+fn restore() {
+    if let Some(saved) = SAVED.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        // SAFETY: restores settings read from the same terminal.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &saved) };
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        // SAFETY: restores the settings read in `enter` on the same terminal.
-        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.saved) };
+        restore();
     }
 }

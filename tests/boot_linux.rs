@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{linux_guest, run_vmm, run_vmm_interactive, s, Scratch};
 
-const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 const GIB: u64 = 1 << 30;
 
 /// The command line the checks run under: the serial console, reset on reboot, and the init's test switch.
@@ -44,10 +44,10 @@ fn debugfs_cat(image: &str, file: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// ELF vmlinux through its PVH entry with an ext4 root on /dev/vda, 4 vCPUs, 4 GiB (RAM split around
-/// the MMIO gap), a second writable raw disk and a third read-only one.
+/// ELF vmlinux through its PVH entry with an ext4 root on /dev/vda, a second writable raw disk and a
+/// third read-only one: what the guest writes lands in the images, and the read-only one is untouched.
 #[test]
-fn boot_linux_pvh_disk_root_smp_4g_three_disks() {
+fn boot_linux_pvh_disk_root_three_disks() {
     require_kvm!();
     let guest = linux_guest();
     let scratch = Scratch::new("linux-pvh-disk");
@@ -64,10 +64,6 @@ fn boot_linux_pvh_disk_root_smp_4g_three_disks() {
         &[
             "--kernel",
             s(&guest.vmlinux),
-            "--cpus",
-            "4",
-            "--memory",
-            "4G",
             "--cmdline",
             &cmdline,
             "--disk",
@@ -86,17 +82,8 @@ fn boot_linux_pvh_disk_root_smp_4g_three_disks() {
     );
     run.expect_success();
     run.expect(
-        run.check("cpus").as_deref() == Some("4"),
-        "guest does not count 4 CPUs",
-    );
-    let mem_kb: u64 = run
-        .check("memtotal_kb")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mem = mem_kb * 1024;
-    run.expect(
-        mem > 4 * GIB * 95 / 100 && mem <= 4 * GIB,
-        &format!("MemTotal {mem} bytes is not within 5% of 4 GiB"),
+        run.check("cpus").as_deref() == Some("1"),
+        "guest does not count 1 CPU",
     );
     run.expect(
         run.check("root").as_deref() == Some("/dev/vda"),
@@ -135,6 +122,54 @@ fn boot_linux_pvh_disk_root_smp_4g_three_disks() {
     assert_eq!(sha256(&vdc), vdc_hash, "the read-only image changed\n{run}");
 }
 
+/// ELF vmlinux (PVH) with an initramfs, 4 vCPUs and 4 GiB (RAM split around the MMIO gap): the guest
+/// counts exactly 4 CPUs and sees 4 GiB. The slowest boot here: the guest kernel initialises a struct
+/// page per 4 KiB of RAM, about 100 µs each on hosts without hardware virtualization (QEMU alike).
+#[test]
+fn boot_linux_pvh_initramfs_smp_4_cpus_4g() {
+    require_kvm!();
+    let guest = linux_guest();
+    let cmdline = test_cmdline("full", "tok-smp");
+    let run = run_vmm(
+        &[
+            "--kernel",
+            s(&guest.vmlinux),
+            "--initrd",
+            s(&guest.initramfs),
+            "--cpus",
+            "4",
+            "--memory",
+            "4G",
+            "--cmdline",
+            &cmdline,
+        ],
+        BOOT_TIMEOUT,
+    );
+    run.expect(run.stdout.contains("VMM-INIT-OK"), "no init marker");
+    run.expect(
+        run.stdout.contains("VMM-TEST-DONE"),
+        "checks did not finish",
+    );
+    run.expect_success();
+    run.expect(
+        run.check("root").as_deref() == Some("rootfs"),
+        "root is not the initramfs",
+    );
+    run.expect(
+        run.check("cpus").as_deref() == Some("4"),
+        "guest does not count 4 CPUs",
+    );
+    let mem_kb: u64 = run
+        .check("memtotal_kb")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mem = mem_kb * 1024;
+    run.expect(
+        mem > 4 * GIB * 95 / 100 && mem <= 4 * GIB,
+        &format!("MemTotal {mem} bytes is not within 5% of 4 GiB"),
+    );
+}
+
 /// bzImage through the 64-bit boot protocol with an initramfs (no disk).
 #[test]
 fn boot_linux_bzimage_initramfs() {
@@ -168,33 +203,8 @@ fn boot_linux_bzimage_initramfs() {
     );
 }
 
-/// ELF vmlinux (PVH) with an initramfs.
-#[test]
-fn boot_linux_pvh_initramfs() {
-    require_kvm!();
-    let guest = linux_guest();
-    let cmdline = test_cmdline("marker", "x");
-    let run = run_vmm(
-        &[
-            "--kernel",
-            s(&guest.vmlinux),
-            "--initrd",
-            s(&guest.initramfs),
-            "--cmdline",
-            &cmdline,
-        ],
-        BOOT_TIMEOUT,
-    );
-    run.expect(run.stdout.contains("VMM-INIT-OK"), "no init marker");
-    run.expect(
-        run.stdout.contains("VMM-TEST-DONE"),
-        "marker test did not finish",
-    );
-    run.expect_success();
-}
-
 /// The README's promise: `vmm --kernel K --disk D` with no other flag boots to a shell on the console;
-/// what the person types reaches the shell, and `reboot -f` ends the VM with status 0. bzImage, disk root.
+/// what the person types reaches the shell, and `reboot` ends the VM with status 0. bzImage, disk root.
 #[test]
 fn boot_linux_bzimage_disk_root_interactive_shell() {
     require_kvm!();
@@ -204,8 +214,8 @@ fn boot_linux_bzimage_disk_root_interactive_shell() {
     let run = run_vmm_interactive(
         &["--kernel", s(&guest.bzimage), "--disk", &rootfs],
         &[
-            ("reboot -f", "echo typed-$((6*7)); cat /proc/cmdline\n"),
-            ("typed-42", "reboot -f\n"),
+            ("to end the VM", "echo typed-$((6*7)); cat /proc/cmdline\n"),
+            ("typed-42", "reboot\n"),
         ],
         BOOT_TIMEOUT,
     );

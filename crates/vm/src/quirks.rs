@@ -10,18 +10,24 @@ use std::path::Path;
 
 use kvm_bindings::CpuId;
 
-/// Boot parameters a Linux guest needs on a host that does not virtualize CPUID.
+/// Boot parameters a Linux guest needs on a host that does not virtualize CPUID, given the vCPUs' TSC
+/// frequency (KVM_GET_TSC_KHZ), if KVM reports one.
 /// - `noxsave`, `clearcpuid=` (popcnt rdrand rdseed fsgsbase smap pcid invpcid rdpid pku umip): features the
 ///   guest sees in the host's CPUID but the host cannot emulate at CPL0.
 /// - `nopv`: the hypervisor leaves the guest reads are the host's own, advertising paravirtual features
 ///   (e.g. KVM_HC_SEND_IPI) that this KVM does not serve; an SMP guest's first PV IPI hangs without it.
+/// - `tsc_early_khz=`: without kvm-clock (`nopv`) the guest cannot calibrate its TSC against the PIT here,
+///   falls back to jiffies and its timers crawl; the VMM knows the frequency, so it says it.
 /// - `no_int3_selftest`: from our guest-kernel patch (resources/kernel/patches); other kernels ignore it.
-pub(crate) const NO_CPUID_VIRT_PARAMS: [&str; 4] = [
-    "noxsave",
-    "nopv",
-    "no_int3_selftest",
-    "clearcpuid=151,158,306,288,308,145,298,534,515,514",
-];
+pub(crate) fn no_cpuid_virt_params(tsc_khz: Option<u32>) -> Vec<String> {
+    let mut params = vec!["noxsave".to_string(), "nopv".to_string()];
+    if let Some(khz) = tsc_khz.filter(|k| *k > 0) {
+        params.push(format!("tsc_early_khz={khz}"));
+    }
+    params.push("no_int3_selftest".to_string());
+    params.push("clearcpuid=151,158,306,288,308,145,298,534,515,514".to_string());
+    params
+}
 
 const XSAVE_BIT: u32 = 1 << 26;
 
@@ -40,4 +46,21 @@ pub(crate) fn cpuid_not_virtualized(supported: &CpuId) -> Option<&'static str> {
         return Some("KVM withholds XSAVE that the host CPU has");
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_with_and_without_tsc() {
+        let p = no_cpuid_virt_params(Some(2_000_000));
+        assert!(p.contains(&"tsc_early_khz=2000000".to_string()));
+        assert!(p.contains(&"nopv".to_string()) && p.contains(&"noxsave".to_string()));
+        let p = no_cpuid_virt_params(None);
+        assert!(!p.iter().any(|x| x.starts_with("tsc_early_khz")));
+        assert!(!no_cpuid_virt_params(Some(0))
+            .iter()
+            .any(|x| x.starts_with("tsc_early_khz")));
+    }
 }

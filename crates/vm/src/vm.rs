@@ -201,14 +201,29 @@ impl Vm {
             .get_supported_cpuid(MAX_CPUID_ENTRIES)
             .map_err(kvm_err("get the supported CPUID"))?;
 
+        let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+        for index in 0..config.vcpus {
+            let vcpu = vm_fd
+                .create_vcpu(u64::from(index))
+                .map_err(kvm_err("create a vCPU"))?;
+            let mut cpuid = supported_cpuid.clone();
+            arch::cpuid::filter_cpuid(&mut cpuid, index, config.vcpus)
+                .map_err(arch_err("set up CPUID"))?;
+            vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+            arch::regs::setup_vcpu(&mem, &vcpu, &kernel.entry)
+                .map_err(arch_err("set up vCPU registers"))?;
+            vcpus.push(vcpu);
+        }
+        steps.done(&format!("configured {} vCPU(s)", config.vcpus));
+
         // The command line: the caller's or ours, then what the guest must be told.
         let base = config.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
         let mut additions = Vec::new();
         if let Some(why) = quirks::cpuid_not_virtualized(&supported_cpuid) {
-            let missing: Vec<String> = quirks::NO_CPUID_VIRT_PARAMS
-                .iter()
+            let tsc_khz = vcpus.first().and_then(|v| v.get_tsc_khz().ok());
+            let missing: Vec<String> = quirks::no_cpuid_virt_params(tsc_khz)
+                .into_iter()
                 .filter(|p| !cmdline_has(base, p.split('=').next().unwrap_or(p)))
-                .map(|p| p.to_string())
                 .collect();
             if !missing.is_empty() {
                 log::info!(
@@ -265,21 +280,6 @@ impl Vm {
         }
         arch::mptable::setup_mptable(&mem, config.vcpus).map_err(arch_err("write the MP table"))?;
         steps.done("wrote boot parameters and MP table");
-
-        let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
-        for index in 0..config.vcpus {
-            let vcpu = vm_fd
-                .create_vcpu(u64::from(index))
-                .map_err(kvm_err("create a vCPU"))?;
-            let mut cpuid = supported_cpuid.clone();
-            arch::cpuid::filter_cpuid(&mut cpuid, index, config.vcpus)
-                .map_err(arch_err("set up CPUID"))?;
-            vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
-            arch::regs::setup_vcpu(&mem, &vcpu, &kernel.entry)
-                .map_err(arch_err("set up vCPU registers"))?;
-            vcpus.push(vcpu);
-        }
-        steps.done(&format!("configured {} vCPU(s)", config.vcpus));
 
         Ok(Vm {
             vcpus,
