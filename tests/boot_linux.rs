@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{linux_guest, run_vmm, run_vmm_interactive, s, Scratch};
+use common::{linux_guest, run_vmm, run_vmm_interactive, s, Run, Scratch};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 const GIB: u64 = 1 << 30;
@@ -15,6 +15,18 @@ const GIB: u64 = 1 << 30;
 /// The command line the checks run under: the serial console, reset on reboot, and the init's test switch.
 fn test_cmdline(test: &str, token: &str) -> String {
     format!("console=ttyS0 reboot=k panic=1 vmmtest={test} vmmtoken={token}")
+}
+
+/// Boots with the init's checks and returns the run once it has passed them and exited 0.
+fn boot_with_checks(args: &[&str]) -> Run {
+    let run = run_vmm(args, BOOT_TIMEOUT);
+    run.expect(run.stdout.contains("VMM-INIT-OK"), "no init marker");
+    run.expect(
+        run.stdout.contains("VMM-TEST-DONE"),
+        "checks did not finish",
+    );
+    run.expect_success();
+    run
 }
 
 fn copy_rootfs(scratch: &Scratch, from: &std::path::Path) -> String {
@@ -60,55 +72,25 @@ fn boot_linux_pvh_disk_root_three_disks() {
     let token = "tok-pvh-7f3a";
 
     let cmdline = test_cmdline("full", token);
-    let run = run_vmm(
-        &[
-            "--kernel",
-            s(&guest.vmlinux),
-            "--cmdline",
-            &cmdline,
-            "--disk",
-            &rootfs,
-            "--disk",
-            &format!("{vdb},id=second-disk"),
-            "--disk",
-            &format!("{vdc},readonly=on"),
-        ],
-        BOOT_TIMEOUT,
-    );
-    run.expect(run.stdout.contains("VMM-INIT-OK"), "no init marker");
-    run.expect(
-        run.stdout.contains("VMM-TEST-DONE"),
-        "checks did not finish",
-    );
-    run.expect_success();
-    run.expect(
-        run.check("cpus").as_deref() == Some("1"),
-        "guest does not count 1 CPU",
-    );
-    run.expect(
-        run.check("root").as_deref() == Some("/dev/vda"),
-        "root is not /dev/vda",
-    );
-    run.expect(
-        run.check("root_write").as_deref() == Some("ok"),
-        "root write failed",
-    );
-    run.expect(
-        run.check("vdb_write").as_deref() == Some("ok"),
-        "vdb write failed",
-    );
-    run.expect(
-        run.check("vdb_before").as_deref() == Some("HOST-PREFILL-VDB"),
-        "vdb did not show the host's bytes",
-    );
-    run.expect(
-        run.check("vdc_write").as_deref() == Some("refused"),
-        "read-only vdc accepted a write",
-    );
-    run.expect(
-        run.check("vdc_ro").as_deref() == Some("1"),
-        "vdc is not read-only in the guest",
-    );
+    let run = boot_with_checks(&[
+        "--kernel",
+        s(&guest.vmlinux),
+        "--cmdline",
+        &cmdline,
+        "--disk",
+        &rootfs,
+        "--disk",
+        &format!("{vdb},id=second-disk"),
+        "--disk",
+        &format!("{vdc},readonly=on"),
+    ]);
+    run.expect_check("cpus", "1");
+    run.expect_check("root", "/dev/vda");
+    run.expect_check("root_write", "ok");
+    run.expect_check("vdb_write", "ok");
+    run.expect_check("vdb_before", "HOST-PREFILL-VDB");
+    run.expect_check("vdc_write", "refused");
+    run.expect_check("vdc_ro", "1");
 
     // What the guest wrote is in the images on the host.
     assert_eq!(
@@ -130,35 +112,20 @@ fn boot_linux_pvh_initramfs_smp_4_cpus_4g() {
     require_kvm!();
     let guest = linux_guest();
     let cmdline = test_cmdline("full", "tok-smp");
-    let run = run_vmm(
-        &[
-            "--kernel",
-            s(&guest.vmlinux),
-            "--initrd",
-            s(&guest.initramfs),
-            "--cpus",
-            "4",
-            "--memory",
-            "4G",
-            "--cmdline",
-            &cmdline,
-        ],
-        BOOT_TIMEOUT,
-    );
-    run.expect(run.stdout.contains("VMM-INIT-OK"), "no init marker");
-    run.expect(
-        run.stdout.contains("VMM-TEST-DONE"),
-        "checks did not finish",
-    );
-    run.expect_success();
-    run.expect(
-        run.check("root").as_deref() == Some("rootfs"),
-        "root is not the initramfs",
-    );
-    run.expect(
-        run.check("cpus").as_deref() == Some("4"),
-        "guest does not count 4 CPUs",
-    );
+    let run = boot_with_checks(&[
+        "--kernel",
+        s(&guest.vmlinux),
+        "--initrd",
+        s(&guest.initramfs),
+        "--cpus",
+        "4",
+        "--memory",
+        "4G",
+        "--cmdline",
+        &cmdline,
+    ]);
+    run.expect_check("root", "rootfs");
+    run.expect_check("cpus", "4");
     let mem_kb: u64 = run
         .check("memtotal_kb")
         .and_then(|v| v.parse().ok())
@@ -176,31 +143,16 @@ fn boot_linux_bzimage_initramfs() {
     require_kvm!();
     let guest = linux_guest();
     let cmdline = test_cmdline("full", "tok-bz-initrd");
-    let run = run_vmm(
-        &[
-            "--kernel",
-            s(&guest.bzimage),
-            "--initrd",
-            s(&guest.initramfs),
-            "--cmdline",
-            &cmdline,
-        ],
-        BOOT_TIMEOUT,
-    );
-    run.expect(run.stdout.contains("VMM-INIT-OK"), "no init marker");
-    run.expect(
-        run.stdout.contains("VMM-TEST-DONE"),
-        "checks did not finish",
-    );
-    run.expect_success();
-    run.expect(
-        run.check("root").as_deref() == Some("rootfs"),
-        "root is not the initramfs",
-    );
-    run.expect(
-        run.check("cpus").as_deref() == Some("1"),
-        "guest does not count 1 CPU",
-    );
+    let run = boot_with_checks(&[
+        "--kernel",
+        s(&guest.bzimage),
+        "--initrd",
+        s(&guest.initramfs),
+        "--cmdline",
+        &cmdline,
+    ]);
+    run.expect_check("root", "rootfs");
+    run.expect_check("cpus", "1");
 }
 
 /// The README's promise: `vmm --kernel K --disk D` with no other flag boots to a shell on the console;

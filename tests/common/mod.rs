@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -91,6 +91,15 @@ impl Run {
         })
     }
 
+    /// Panics with the whole run unless the init printed `CHECK key=want`.
+    pub fn expect_check(&self, key: &str, want: &str) {
+        let got = self.check(key);
+        self.expect(
+            got.as_deref() == Some(want),
+            &format!("CHECK {key}: expected {want}, got {got:?}"),
+        );
+    }
+
     /// Panics with the whole run if the condition does not hold.
     pub fn expect(&self, ok: bool, what: &str) {
         assert!(ok, "{what}\n{self}");
@@ -121,17 +130,33 @@ impl std::fmt::Display for Run {
     }
 }
 
+/// Runs `vmm ARGS` with stdin from /dev/null, kills it after `timeout`.
+pub fn run_vmm(args: &[&str], timeout: Duration) -> Run {
+    drive(args, None, timeout)
+}
+
 /// Runs `vmm ARGS` as a person at the console would: each time the output contains the next `wait_for`
 /// text (counted from where the previous one was found), types its `send` text. Kills vmm after `timeout`.
 pub fn run_vmm_interactive(args: &[&str], script: &[(&str, &str)], timeout: Duration) -> Run {
+    drive(args, Some(script), timeout)
+}
+
+/// Spawns vmm, feeds the script (if any) into its stdin, and waits for it to exit or time out, in which
+/// case it is killed and the test fails with everything it printed.
+fn drive(args: &[&str], script: Option<&[(&str, &str)]>, timeout: Duration) -> Run {
     let mut child = Command::new(vmm_bin())
         .args(args)
-        .stdin(Stdio::piped())
+        .stdin(if script.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn vmm");
-    let mut input = child.stdin.take().expect("stdin");
+    let mut input = child.stdin.take();
+    let script = script.unwrap_or_default();
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
     let mut out = child.stdout.take().expect("stdout");
     let pump = thread::spawn(move || {
@@ -155,80 +180,36 @@ pub fn run_vmm_interactive(args: &[&str], script: &[(&str, &str)], timeout: Dura
         while let Ok(chunk) = rx.try_recv() {
             seen.extend_from_slice(&chunk);
         }
-        if step < script.len() {
-            let (wait_for, send) = script[step];
+        if let (Some((wait_for, send)), Some(stdin)) = (script.get(step), input.as_mut()) {
             let text = String::from_utf8_lossy(&seen[from..]).into_owned();
             if let Some(pos) = text.find(wait_for) {
                 from += text[..pos + wait_for.len()].len();
-                input.write_all(send.as_bytes()).expect("type into vmm");
-                input.flush().expect("flush stdin");
+                stdin.write_all(send.as_bytes()).expect("type into vmm");
+                stdin.flush().expect("flush stdin");
                 step += 1;
             }
         }
         if let Some(status) = child.try_wait().expect("wait") {
-            break status.code();
+            break Some(status.code());
         }
         if start.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
-            let run = Run {
-                code: None,
-                stdout: String::from_utf8_lossy(&pump.join().unwrap_or_default()).into_owned(),
-                stderr: stderr.recv().unwrap_or_default(),
-                elapsed: start.elapsed(),
-            };
-            panic!("vmm did not exit within {timeout:?} (script step {step}); killed it\n{run}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    drop(input);
-    Run {
-        code,
-        stdout: String::from_utf8_lossy(&pump.join().unwrap_or_default()).into_owned(),
-        stderr: stderr.recv().unwrap_or_default(),
-        elapsed: start.elapsed(),
-    }
-}
-
-/// Runs `vmm ARGS` with stdin from /dev/null, kills it after `timeout`.
-pub fn run_vmm(args: &[&str], timeout: Duration) -> Run {
-    let child = Command::new(vmm_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn vmm");
-    wait(child, timeout)
-}
-
-fn wait(mut child: Child, timeout: Duration) -> Run {
-    let start = Instant::now();
-    let stdout = reader(child.stdout.take().expect("stdout"));
-    let stderr = reader(child.stderr.take().expect("stderr"));
-    let code = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status.code();
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            let run = Run {
-                code: None,
-                stdout: stdout.recv().unwrap_or_default(),
-                stderr: stderr.recv().unwrap_or_default(),
-                elapsed: start.elapsed(),
-            };
-            panic!("vmm did not exit within {timeout:?}; killed it\n{run}");
+            break None;
         }
         thread::sleep(Duration::from_millis(5));
     };
-    Run {
-        code,
-        stdout: stdout.recv().unwrap_or_default(),
+    drop(input);
+    let run = Run {
+        code: code.flatten(),
+        stdout: String::from_utf8_lossy(&pump.join().unwrap_or_default()).into_owned(),
         stderr: stderr.recv().unwrap_or_default(),
         elapsed: start.elapsed(),
+    };
+    if code.is_none() {
+        panic!("vmm did not exit within {timeout:?} (script step {step}); killed it\n{run}");
     }
+    run
 }
 
 fn reader(mut r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
