@@ -13,7 +13,7 @@ use arch::GuestMemoryMmap;
 use devices::bus::Bus;
 use devices::legacy::{Serial, SerialInput, I8042};
 use devices::virtio::block::{Block, BlockConfig};
-use devices::virtio::{MmioTransport, NOTIFY_REG_OFFSET};
+use devices::virtio::{MmioTransport, VirtioDevice, NOTIFY_REG_OFFSET};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
@@ -145,50 +145,28 @@ impl Vm {
             config.serial_input,
         )?;
 
-        let mut cmdline_additions = Vec::new();
-        for (slot, disk) in config.disks.iter().enumerate() {
-            let base = layout::VIRTIO_MMIO_BASE + slot as u64 * layout::VIRTIO_MMIO_SIZE;
-            let irq = layout::VIRTIO_MMIO_FIRST_IRQ + slot as u32;
-            let disk_err = |source| Error::Disk {
+        let mut virtio = VirtioSlots {
+            vm_fd: &vm_fd,
+            mem: &mem,
+            mmio: &mut mmio,
+            event_manager: &mut event_manager,
+            cmdline: Vec::new(),
+        };
+        for (index, disk) in config.disks.iter().enumerate() {
+            let block = Block::new(BlockConfig {
+                path: disk.path.clone(),
+                read_only: disk.read_only,
+                id: disk.id.clone(),
+            })
+            .map_err(|source| Error::Disk {
                 path: disk.path.clone(),
                 source,
-            };
-            let block = Arc::new(Mutex::new(
-                Block::new(BlockConfig {
-                    path: disk.path.clone(),
-                    read_only: disk.read_only,
-                    id: disk.id.clone(),
-                })
-                .map_err(disk_err)?,
-            ));
-            let transport = MmioTransport::new(mem.clone(), block.clone()).map_err(disk_err)?;
-            vm_fd
-                .register_irqfd(transport.irq_event(), irq)
-                .map_err(kvm_err("register a virtio irqfd"))?;
-            for (queue, evt) in transport.queue_events().iter().enumerate() {
-                vm_fd
-                    .register_ioevent(
-                        evt,
-                        &IoEventAddress::Mmio(base + NOTIFY_REG_OFFSET),
-                        queue as u32,
-                    )
-                    .map_err(kvm_err("register a virtio ioeventfd"))?;
-            }
-            mmio.insert(
-                Arc::new(Mutex::new(transport)),
-                base,
-                layout::VIRTIO_MMIO_SIZE,
-            )
-            .map_err(|source| Error::Device {
-                what: "virtio-mmio",
-                source,
             })?;
-            event_manager.add_subscriber(block);
-            cmdline_additions.push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+            let (base, irq) = virtio.add("virtio-blk", block)?;
             steps.done(&format!(
                 "disk {} as /dev/vd{} ({}) at {base:#x}, IRQ {irq}",
                 disk.path.display(),
-                (b'a' + (slot as u8 % 26)) as char,
+                (b'a' + (index % 26) as u8) as char,
                 if disk.read_only {
                     "read-only"
                 } else {
@@ -196,6 +174,7 @@ impl Vm {
                 }
             ));
         }
+        let cmdline_additions = virtio.cmdline;
 
         let supported_cpuid = kvm
             .get_supported_cpuid(MAX_CPUID_ENTRIES)
@@ -376,6 +355,61 @@ impl MutEventSubscriber for ExitWatcher {
         if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
             log::error!("cannot watch the VM exit event: {e:?}");
         }
+    }
+}
+
+/// Hands out virtio-mmio slots (4 KiB and one IRQ each, in order) and wires each device into KVM (irqfd,
+/// one ioeventfd per queue), the MMIO bus and the event loop, collecting the `virtio_mmio.device=` entries
+/// for the kernel command line.
+struct VirtioSlots<'a> {
+    vm_fd: &'a VmFd,
+    mem: &'a GuestMemoryMmap,
+    mmio: &'a mut Bus,
+    event_manager: &'a mut EventManager<Subscriber>,
+    cmdline: Vec<String>,
+}
+
+impl VirtioSlots<'_> {
+    /// Adds `device` in the next free slot; returns the slot's base address and IRQ.
+    fn add<D>(&mut self, what: &'static str, device: D) -> Result<(u64, u32)>
+    where
+        D: VirtioDevice + MutEventSubscriber + Send + 'static,
+    {
+        let slot = self.cmdline.len() as u64;
+        let irq = layout::VIRTIO_MMIO_FIRST_IRQ + slot as u32;
+        if irq > layout::IOAPIC_LAST_IRQ {
+            return Err(Error::Config(format!(
+                "too many virtio devices: at most {} fit",
+                layout::IOAPIC_LAST_IRQ - layout::VIRTIO_MMIO_FIRST_IRQ + 1
+            )));
+        }
+        let base = layout::VIRTIO_MMIO_BASE + slot * layout::VIRTIO_MMIO_SIZE;
+        let device = Arc::new(Mutex::new(device));
+        let device_err = |source| Error::Device { what, source };
+        let transport = MmioTransport::new(self.mem.clone(), device.clone()).map_err(device_err)?;
+        self.vm_fd
+            .register_irqfd(transport.irq_event(), irq)
+            .map_err(kvm_err("register a virtio irqfd"))?;
+        for (queue, evt) in transport.queue_events().iter().enumerate() {
+            self.vm_fd
+                .register_ioevent(
+                    evt,
+                    &IoEventAddress::Mmio(base + NOTIFY_REG_OFFSET),
+                    queue as u32,
+                )
+                .map_err(kvm_err("register a virtio ioeventfd"))?;
+        }
+        self.mmio
+            .insert(
+                Arc::new(Mutex::new(transport)),
+                base,
+                layout::VIRTIO_MMIO_SIZE,
+            )
+            .map_err(device_err)?;
+        self.event_manager.add_subscriber(device);
+        self.cmdline
+            .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+        Ok((base, irq))
     }
 }
 
