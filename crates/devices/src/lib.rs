@@ -1,6 +1,8 @@
 //! Device models for the `vmm` virtual machine monitor.
 //!
 //! * [`bus`]: an address → device map shared by the vCPU threads (port I/O and MMIO buses).
+//! * [`chardev`]: console backends (stdio, file, pty, unix socket) shared by the UART and
+//!   virtio-console.
 //! * [`legacy`]: the COM1 16550A UART and the i8042 (only its CPU-reset command).
 //! * [`virtio`]: the virtio-mmio (version 2) transport and one folder per virtio device.
 //!
@@ -13,6 +15,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub mod bus;
+pub mod chardev;
 pub mod legacy;
 pub mod virtio;
 
@@ -104,7 +107,49 @@ pub enum Error {
         /// The virtio-queue error.
         error: virtio_queue::Error,
     },
+    /// A console backend could not be set up.
+    #[error("{what}: {error}")]
+    Chardev {
+        /// What the VMM was doing (names the path).
+        what: String,
+        /// The OS error.
+        error: io::Error,
+    },
     /// The device refused activation.
     #[error("cannot activate virtio device: {0}")]
     Activate(String),
+    /// A tap name that cannot be an interface name.
+    #[error("'{name}' is not a valid tap device name (1 to 15 characters, no '/' or spaces)")]
+    TapName {
+        /// The name as given.
+        name: String,
+    },
+    /// The tap device does not exist and creating it was not asked for.
+    #[error("tap device '{name}' does not exist; create it with 'ip tuntap add {name} mode tap' (then 'ip link set {name} up'), or pass --net tap={name},create=on")]
+    TapMissing {
+        /// The name as given.
+        name: String,
+    },
+    /// The tap device is attached to another process.
+    #[error("tap device '{name}' is busy (is another vmm using it?)")]
+    TapBusy {
+        /// The name as given.
+        name: String,
+    },
+    /// An interface of that name exists but is not a tap.
+    #[error("'{name}' is not a tap device; use a tap made with 'ip tuntap add NAME mode tap'")]
+    TapNotTap {
+        /// The name as given.
+        name: String,
+    },
+    /// A tap operation failed.
+    #[error("tap device '{name}': cannot {what}: {error}")]
+    Tap {
+        /// The tap's name.
+        name: String,
+        /// What the VMM was doing.
+        what: &'static str,
+        /// The OS error.
+        error: io::Error,
+    },
 }

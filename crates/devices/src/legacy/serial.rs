@@ -1,7 +1,6 @@
-//! COM1: a 16550A UART (vm-superio) on the port I/O bus, and its host input subscriber.
+//! COM1: a 16550A UART (vm-superio) on the port I/O bus, and its backend's event-loop side.
 
-use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -11,6 +10,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::EventFdTrigger;
 use crate::bus::BusDevice;
+use crate::chardev::Chardev;
 use crate::Error;
 
 /// Number of I/O ports of the UART.
@@ -117,19 +117,26 @@ impl BusDevice for Serial {
     }
 }
 
-/// What [`SerialInput`] does with its input fd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum InputState {
-    /// Registered with epoll.
-    Watching,
-    /// FIFO full: unregistered until the guest drains it.
-    Paused,
-    /// EOF, an error, or an fd epoll cannot watch: never read again.
-    Stopped,
+/// The UART's output as a `Write`: every byte goes to the shared [`Chardev`] with
+/// [`Chardev::write_lossy`] (the vCPU thread cannot wait for the event loop).
+pub struct ChardevWriter(pub Arc<Mutex<Chardev>>);
+
+impl Write for ChardevWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_lossy(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
-/// Feeds host input (e.g. a dup of stdin) into the serial receive FIFO; an event-manager
-/// subscriber.
+/// The event-loop side of COM1: feeds host input from the [`Chardev`] into the receive FIFO and
+/// serves the backend's own events (socket clients, draining the output backlog).
 ///
 /// When the FIFO is full it stops watching the input and resumes once the guest has emptied
 /// the FIFO, so a guest that does not read never makes the event loop spin. On EOF, a read
@@ -137,14 +144,14 @@ enum InputState {
 /// good, logging at debug level; the VM keeps running.
 pub struct SerialInput {
     serial: Arc<Mutex<Serial>>,
-    input: File,
+    chardev: Arc<Mutex<Chardev>>,
     drained: EventFd,
-    state: InputState,
 }
 
 impl SerialInput {
-    /// A subscriber copying `input` into `serial`'s receive FIFO.
-    pub fn new(serial: Arc<Mutex<Serial>>, input: File) -> Result<Self, Error> {
+    /// A subscriber serving `chardev` for `serial` (whose output should be a
+    /// [`ChardevWriter`] on the same chardev).
+    pub fn new(serial: Arc<Mutex<Serial>>, chardev: Arc<Mutex<Chardev>>) -> Result<Self, Error> {
         let drained = serial
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -156,65 +163,42 @@ impl SerialInput {
             })?;
         Ok(SerialInput {
             serial,
-            input,
+            chardev,
             drained,
-            state: InputState::Watching,
         })
-    }
-
-    fn watch_input(&mut self, ops: &mut EventOps) {
-        match ops.add(Events::new(&self.input, EventSet::IN)) {
-            Ok(()) => self.state = InputState::Watching,
-            Err(e) => {
-                debug!("serial: not reading input (cannot watch it: {e})");
-                self.state = InputState::Stopped;
-            }
-        }
-    }
-
-    fn unwatch_input(&mut self, ops: &mut EventOps, next: InputState) {
-        if self.state == InputState::Watching {
-            if let Err(e) = ops.remove(Events::empty(&self.input)) {
-                debug!("serial: cannot unwatch input: {e}");
-            }
-        }
-        self.state = next;
     }
 
     fn lock_serial(&self) -> std::sync::MutexGuard<'_, Serial> {
         self.serial.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn on_input(&mut self, ops: &mut EventOps) {
+    fn lock_chardev(&self) -> std::sync::MutexGuard<'_, Chardev> {
+        self.chardev.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves input into the FIFO; pauses input when the FIFO is full. Never holds both locks
+    /// (a vCPU thread takes the serial's, then the chardev's).
+    fn on_input(&mut self) {
         let room = self.lock_serial().fifo_room();
         if room == 0 {
-            self.unwatch_input(ops, InputState::Paused);
+            self.lock_chardev().set_input_paused(true);
             return;
         }
         let mut buf = [0u8; FIFO_SIZE];
         let len = room.min(buf.len());
-        match self.input.read(&mut buf[..len]) {
-            Ok(0) => {
-                debug!("serial: end of input");
-                self.unwatch_input(ops, InputState::Stopped);
-            }
-            Ok(n) => {
-                // Only the guest touched the FIFO meanwhile, and it can only have made room.
-                let queued = self.lock_serial().enqueue(&buf[..n]);
-                if queued < n {
-                    debug!("serial: dropped {} input bytes", n - queued);
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => {
-                debug!("serial: not reading input any more: {e}");
-                self.unwatch_input(ops, InputState::Stopped);
+        let n = self.lock_chardev().read_input(&mut buf[..len]);
+        if n > 0 {
+            // Only the guest touched the FIFO meanwhile, and it can only have made room.
+            let queued = self.lock_serial().enqueue(&buf[..n]);
+            if queued < n {
+                debug!("serial: dropped {} input bytes", n - queued);
             }
         }
+    }
+
+    #[cfg(test)]
+    fn input_done(&self) -> bool {
+        !self.lock_chardev().has_input() || self.lock_chardev().input_finished()
     }
 }
 
@@ -223,7 +207,7 @@ impl MutEventSubscriber for SerialInput {
         if let Err(e) = ops.add(Events::new(&self.drained, EventSet::IN)) {
             warn!("serial: cannot watch the FIFO-drained event: {e}");
         }
-        self.watch_input(ops);
+        self.lock_chardev().init(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -231,16 +215,16 @@ impl MutEventSubscriber for SerialInput {
         if events.fd() == self.drained.as_raw_fd() {
             // Non-blocking: an error only means nothing was pending.
             let _ = self.drained.read();
-            if self.state == InputState::Paused {
-                self.watch_input(ops);
-            }
-        } else if events.fd() == self.input.as_raw_fd() {
-            if self.state == InputState::Watching {
-                self.on_input(ops);
+            self.lock_chardev().set_input_paused(false);
+        } else if self.lock_chardev().owns(events.fd()) {
+            let ready = self.lock_chardev().handle_event(&events);
+            if ready.input {
+                self.on_input();
             }
         } else {
             debug!("serial: unexpected event on fd {}", events.fd());
         }
+        self.lock_chardev().update_interest(ops);
     }
 }
 
@@ -248,6 +232,7 @@ impl MutEventSubscriber for SerialInput {
 mod tests {
     use super::*;
     use event_manager::{EventManager, SubscriberOps};
+    use std::fs::File;
     use std::os::fd::FromRawFd;
 
     /// A `Write` whose bytes the test can look at.
@@ -315,7 +300,8 @@ mod tests {
         let (s, _irq, _out) = serial();
         let s = Arc::new(Mutex::new(s));
         let (rx, mut tx) = pipe();
-        let input = SerialInput::new(s.clone(), rx).unwrap();
+        let chardev = Chardev::null("serial").unwrap().with_input(rx);
+        let input = SerialInput::new(s.clone(), Arc::new(Mutex::new(chardev))).unwrap();
         let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
         em.add_subscriber(Arc::new(Mutex::new(input)));
 
@@ -358,11 +344,14 @@ mod tests {
     fn unwatchable_input_is_ignored() {
         let (s, _irq, _out) = serial();
         let s = Arc::new(Mutex::new(s));
-        let input = SerialInput::new(s.clone(), File::open("/dev/null").unwrap()).unwrap();
+        let chardev = Chardev::null("serial")
+            .unwrap()
+            .with_input(File::open("/dev/null").unwrap());
+        let input = SerialInput::new(s.clone(), Arc::new(Mutex::new(chardev))).unwrap();
         let input = Arc::new(Mutex::new(input));
         let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
         em.add_subscriber(input.clone());
-        assert_eq!(input.lock().unwrap().state, InputState::Stopped);
+        assert!(input.lock().unwrap().input_done());
         assert_eq!(em.run_with_timeout(10).unwrap(), 0);
     }
 }

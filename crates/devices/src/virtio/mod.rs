@@ -17,7 +17,9 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::{Error, GuestMemoryMmap};
 
 pub mod block;
+pub mod console;
 mod mmio;
+pub mod net;
 
 pub use mmio::MmioTransport;
 

@@ -1,0 +1,700 @@
+//! The virtio-net device: feature set, config space (the MAC), RX and TX processing.
+//!
+//! TX: each chain the guest makes available is one frame (vnet header first); it goes to the tap
+//! with one `writev` straight from guest memory. A chain that breaks the rules (a device-writable
+//! descriptor, a buffer outside guest memory, shorter than the header or longer than
+//! [`MAX_BUFFER_LEN`]) is returned unused and counted; the device keeps going.
+//!
+//! RX: a frame read from the tap is kept until the guest has posted enough buffers for it. Without
+//! MRG_RXBUF one chain must hold the whole frame; with it, the frame is spread over as many chains
+//! as it needs and `num_buffers` says how many. Chains popped from the available ring but not yet
+//! filled are held by the device ([`Net::held`]), never given back half-used. When the guest has
+//! no buffers the device stops watching the tap (the event handler) until the guest notifies the
+//! RX queue, so a full RX ring costs no CPU and loses no frame.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+
+use log::{debug, error, warn};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::tap::Tap;
+use super::{
+    format_mac, MAX_BUFFER_LEN, NUM_BUFFERS_OFFSET, QUEUE_SIZE, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6,
+    TX_QUEUE, VIRTIO_ID_NET, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_MRG_RXBUF, VNET_HDR_LEN,
+};
+use crate::virtio::{
+    Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_VRING, VIRTIO_RING_F_EVENT_IDX,
+};
+use crate::{Error, GuestMemoryMmap};
+
+/// Frames moved per event before the loop serves others (the event comes back).
+const BUDGET: usize = 256;
+
+/// Counters of one NIC, for logs and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NetStats {
+    /// Frames handed to the guest.
+    pub rx_frames: u64,
+    /// Bytes handed to the guest, vnet headers excluded.
+    pub rx_bytes: u64,
+    /// Frames from the tap that could not be delivered (too large for the guest's buffers).
+    pub rx_dropped: u64,
+    /// RX chains returned unused because they broke the rules.
+    pub rx_bad_chains: u64,
+    /// Frames written to the tap.
+    pub tx_frames: u64,
+    /// Bytes written to the tap, vnet headers excluded.
+    pub tx_bytes: u64,
+    /// TX chains dropped: malformed, or refused by the tap.
+    pub tx_dropped: u64,
+}
+
+/// What the RX side is waiting for, which decides whether the tap is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RxState {
+    /// Not running (not activated, failed, or the tap broke): the tap is not watched.
+    Stopped,
+    /// The tap is drained and buffers may be left: watch the tap.
+    WantFrames,
+    /// A frame waits for guest buffers: do not watch the tap; the RX queue notification resumes.
+    WantBuffers,
+}
+
+/// One RX chain popped from the available ring: its head and device-writable buffers.
+struct RxChain {
+    head: u16,
+    bufs: Vec<(GuestAddress, u32)>,
+    capacity: usize,
+}
+
+/// What the device holds between DRIVER_OK and reset.
+struct Active {
+    mem: GuestMemoryMmap,
+    interrupt: Arc<Interrupt>,
+    rx: Queue,
+    tx: Queue,
+    mergeable: bool,
+}
+
+// Things logged once per device (bit flags).
+const LOG_TX_CHAIN: u32 = 1;
+const LOG_TX_TAP: u32 = 2;
+const LOG_RX_CHAIN: u32 = 4;
+const LOG_RX_BIG: u32 = 8;
+const LOG_TAP_READ: u32 = 16;
+
+/// A virtio-net device backed by a tap.
+///
+/// Two queues of [`QUEUE_SIZE`] (RX, TX); features VERSION_1, EVENT_IDX, MAC, CSUM, GUEST_CSUM,
+/// GUEST_TSO4/6, HOST_TSO4/6 and MRG_RXBUF.
+pub struct Net {
+    pub(super) tap: Tap,
+    mac: [u8; 6],
+    avail_features: u64,
+    queue_max_sizes: [u16; 2],
+    pub(super) queue_evts: [EventFd; 2],
+    active: Option<Active>,
+    /// The driver broke the queue protocol: no more processing until reset.
+    failed: bool,
+    /// Bounce buffer for one frame read from the tap.
+    rx_buf: Vec<u8>,
+    /// Length of the frame in `rx_buf` waiting for guest buffers.
+    rx_pending: Option<usize>,
+    /// RX chains popped but not yet used.
+    held: VecDeque<RxChain>,
+    pub(super) rx_state: RxState,
+    /// The tap would block on write: TX waits for the tap to become writable.
+    pub(super) tx_blocked: bool,
+    /// Reading the tap failed for good (e.g. the interface was deleted).
+    tap_broken: bool,
+    /// What the event loop currently watches on the tap fd.
+    pub(super) tap_watch: event_manager::EventSet,
+    stats: NetStats,
+    logged: u32,
+}
+
+impl Net {
+    /// A NIC on an open tap with the given MAC address.
+    pub fn new(tap: Tap, mac: [u8; 6]) -> Result<Self, Error> {
+        let evt = || {
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|error| Error::EventFd {
+                what: "virtio-net queue",
+                error,
+            })
+        };
+        let avail_features = (1u64 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_NET_F_MAC)
+            | (1 << VIRTIO_NET_F_CSUM)
+            | (1 << VIRTIO_NET_F_GUEST_CSUM)
+            | (1 << VIRTIO_NET_F_GUEST_TSO4)
+            | (1 << VIRTIO_NET_F_GUEST_TSO6)
+            | (1 << VIRTIO_NET_F_HOST_TSO4)
+            | (1 << VIRTIO_NET_F_HOST_TSO6)
+            | (1 << VIRTIO_NET_F_MRG_RXBUF);
+        Ok(Net {
+            tap,
+            mac,
+            avail_features,
+            queue_max_sizes: [QUEUE_SIZE; 2],
+            queue_evts: [evt()?, evt()?],
+            active: None,
+            failed: false,
+            rx_buf: vec![0; MAX_BUFFER_LEN],
+            rx_pending: None,
+            held: VecDeque::new(),
+            rx_state: RxState::Stopped,
+            tx_blocked: false,
+            tap_broken: false,
+            tap_watch: event_manager::EventSet::empty(),
+            stats: NetStats::default(),
+            logged: 0,
+        })
+    }
+
+    /// The guest's MAC address.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// The tap's interface name.
+    pub fn tap_name(&self) -> &str {
+        self.tap.name()
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> NetStats {
+        self.stats
+    }
+
+    /// Whether the driver has started the device.
+    pub fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn log_once(&mut self, what: u32, msg: &str) {
+        if self.logged & what == 0 {
+            self.logged |= what;
+            warn!("virtio-net '{}': {msg} (logged once)", self.tap.name());
+        } else {
+            debug!("virtio-net '{}': {msg}", self.tap.name());
+        }
+    }
+
+    /// The driver broke the queue protocol: log once, ask for a reset, stop processing.
+    fn fail(&mut self, why: &str) {
+        if !self.failed {
+            error!(
+                "virtio-net '{}': {why}; device needs reset",
+                self.tap.name()
+            );
+            self.failed = true;
+            if let Some(active) = &self.active {
+                active.interrupt.set_needs_reset();
+            }
+        }
+    }
+
+    /// Sends every available TX chain to the tap, then interrupts the driver if it wants to know.
+    pub(super) fn process_tx(&mut self) {
+        if self.failed {
+            return;
+        }
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mem = &active.mem;
+        let queue = &mut active.tx;
+        if !queue.ready() {
+            return;
+        }
+        self.tx_blocked = false;
+        let event_idx = queue.event_idx_enabled();
+        let mut used_any = false;
+        let mut failure = None;
+        let mut problems: Vec<(u32, String)> = Vec::new();
+        let mut budget = BUDGET;
+        'outer: loop {
+            if event_idx {
+                if let Err(e) = queue.disable_notification(mem) {
+                    failure = Some(format!("cannot update TX avail_event: {e}"));
+                    break;
+                }
+            }
+            loop {
+                if budget == 0 {
+                    // Come back after the others had their turn.
+                    let _ = self.queue_evts[TX_QUEUE].write(1);
+                    break 'outer;
+                }
+                let chain = match queue.iter(mem) {
+                    Ok(mut iter) => iter.next(),
+                    Err(e) => {
+                        failure = Some(format!("bad TX available ring: {e}"));
+                        break 'outer;
+                    }
+                };
+                let Some(chain) = chain else { break };
+                budget -= 1;
+                let head = chain.head_index();
+                match send_frame(&self.tap, mem, chain) {
+                    Ok(bytes) => {
+                        self.stats.tx_frames += 1;
+                        self.stats.tx_bytes += bytes as u64;
+                    }
+                    Err(TxError::Blocked) => {
+                        // Put the chain back; the tap's writability brings us back.
+                        queue.set_next_avail(queue.next_avail().wrapping_sub(1));
+                        self.tx_blocked = true;
+                        break 'outer;
+                    }
+                    Err(TxError::Chain(why)) => {
+                        self.stats.tx_dropped += 1;
+                        problems.push((LOG_TX_CHAIN, format!("dropped TX chain {head}: {why}")));
+                    }
+                    Err(TxError::Tap(e)) => {
+                        self.stats.tx_dropped += 1;
+                        problems.push((LOG_TX_TAP, format!("the tap refused a frame: {e}")));
+                    }
+                }
+                if let Err(e) = queue.add_used(mem, head, 0) {
+                    failure = Some(format!("cannot return TX chain {head}: {e}"));
+                    break 'outer;
+                }
+                used_any = true;
+            }
+            if !event_idx {
+                break;
+            }
+            match queue.enable_notification(mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    failure = Some(format!("cannot update TX avail_event: {e}"));
+                    break;
+                }
+            }
+        }
+        if used_any {
+            match queue.needs_notification(mem) {
+                Ok(false) => {}
+                Ok(true) | Err(_) => active.interrupt.trigger(VIRTIO_MMIO_INT_VRING),
+            }
+        }
+        for (what, msg) in problems {
+            self.log_once(what, &msg);
+        }
+        if let Some(why) = failure {
+            self.fail(&why);
+        }
+    }
+
+    /// Moves frames from the tap to the guest until the tap is drained, the guest runs out of
+    /// buffers, or the budget is spent. Records and returns the new [`RxState`].
+    pub(super) fn process_rx(&mut self) -> RxState {
+        self.rx_state = self.rx_loop();
+        self.rx_state
+    }
+
+    fn rx_loop(&mut self) -> RxState {
+        if self.failed || self.tap_broken {
+            return RxState::Stopped;
+        }
+        let Some(active) = self.active.as_mut() else {
+            return RxState::Stopped;
+        };
+        if !active.rx.ready() {
+            return RxState::Stopped;
+        }
+        let mut used_any = false;
+        let mut budget = BUDGET;
+        let mut problems: Vec<(u32, String)> = Vec::new();
+        let mut failure = None;
+        let state = loop {
+            let len = match self.rx_pending {
+                Some(len) => len,
+                None => {
+                    if budget == 0 {
+                        break RxState::WantFrames;
+                    }
+                    match self.tap.read(&mut self.rx_buf) {
+                        Ok(n) if n < VNET_HDR_LEN => {
+                            debug!("virtio-net: ignored a {n}-byte read from the tap");
+                            continue;
+                        }
+                        Ok(n) => {
+                            budget -= 1;
+                            self.rx_pending = Some(n);
+                            n
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            break RxState::WantFrames;
+                        }
+                        Err(e) => {
+                            problems.push((LOG_TAP_READ, format!("cannot read the tap: {e}")));
+                            self.tap_broken = true;
+                            break RxState::Stopped;
+                        }
+                    }
+                }
+            };
+            let frame = &mut self.rx_buf[..len];
+            match deliver(
+                &mut active.rx,
+                &active.mem,
+                &mut self.held,
+                frame,
+                active.mergeable,
+            ) {
+                Ok(Delivery::Done) => {
+                    self.rx_pending = None;
+                    self.stats.rx_frames += 1;
+                    self.stats.rx_bytes += (len - VNET_HDR_LEN) as u64;
+                    used_any = true;
+                }
+                Ok(Delivery::TooBig(capacity)) => {
+                    self.rx_pending = None;
+                    self.stats.rx_dropped += 1;
+                    problems.push((
+                        LOG_RX_BIG,
+                        format!(
+                            "dropped a {len}-byte frame: the guest's RX buffer holds {capacity} bytes \
+                             (and MRG_RXBUF is {})",
+                            if active.mergeable { "on" } else { "off" }
+                        ),
+                    ));
+                }
+                Ok(Delivery::NeedBuffers) => match active.rx.enable_notification(&active.mem) {
+                    Ok(true) => continue,
+                    Ok(false) => break RxState::WantBuffers,
+                    Err(e) => {
+                        failure = Some(format!("cannot update RX avail_event: {e}"));
+                        break RxState::Stopped;
+                    }
+                },
+                Err(RxError::BadChains(n)) => {
+                    used_any = true;
+                    self.stats.rx_bad_chains += n;
+                    problems.push((
+                        LOG_RX_CHAIN,
+                        "returned an RX chain with a device-readable or out-of-memory buffer unused"
+                            .to_string(),
+                    ));
+                }
+                Err(RxError::Queue(why)) => {
+                    failure = Some(why);
+                    break RxState::Stopped;
+                }
+            }
+        };
+        if used_any {
+            match active.rx.needs_notification(&active.mem) {
+                Ok(false) => {}
+                Ok(true) | Err(_) => active.interrupt.trigger(VIRTIO_MMIO_INT_VRING),
+            }
+        }
+        for (what, msg) in problems {
+            self.log_once(what, &msg);
+        }
+        if let Some(why) = failure {
+            self.fail(&why);
+            return RxState::Stopped;
+        }
+        state
+    }
+}
+
+/// Why a TX chain was not sent.
+enum TxError {
+    /// The tap would block: retry the same chain later.
+    Blocked,
+    /// The chain breaks the rules.
+    Chain(String),
+    /// The tap refused the frame.
+    Tap(io::Error),
+}
+
+/// Gathers one TX chain and writes it to the tap with one writev; returns the frame's length
+/// without the vnet header.
+fn send_frame(
+    tap: &Tap,
+    mem: &GuestMemoryMmap,
+    chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+) -> Result<usize, TxError> {
+    let mut slices = Vec::new();
+    let mut total = 0usize;
+    let mut truncated = false;
+    // virtio-queue bounds the walk (at most queue-size descriptors, no loops) and stops early
+    // on an unreadable descriptor or indirect table.
+    for desc in chain {
+        truncated = desc.has_next();
+        if desc.is_write_only() {
+            return Err(TxError::Chain("device-writable descriptor".into()));
+        }
+        let len = desc.len() as usize;
+        total = total.saturating_add(len);
+        if total > MAX_BUFFER_LEN {
+            return Err(TxError::Chain(format!(
+                "longer than {MAX_BUFFER_LEN} bytes"
+            )));
+        }
+        let parts = GuestMemory::get_slices(mem, desc.addr(), len, Permissions::Read)
+            .map_err(|e| TxError::Chain(format!("buffer {:#x}: {e}", desc.addr().0)))?;
+        for part in parts {
+            slices.push(
+                part.map_err(|e| TxError::Chain(format!("buffer {:#x}: {e}", desc.addr().0)))?,
+            );
+        }
+    }
+    if truncated {
+        return Err(TxError::Chain(
+            "truncated (loop, too long or unreadable descriptor)".into(),
+        ));
+    }
+    if total < VNET_HDR_LEN {
+        return Err(TxError::Chain(format!(
+            "{total} bytes, shorter than the {VNET_HDR_LEN}-byte header"
+        )));
+    }
+    let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
+    let iovs: Vec<libc::iovec> = guards
+        .iter()
+        .zip(&slices)
+        .map(|(g, s)| libc::iovec {
+            iov_base: g.as_ptr() as *mut libc::c_void,
+            iov_len: s.len(),
+        })
+        .collect();
+    // SAFETY: every iovec points into guest memory checked by vm-memory, kept mapped by `mem`
+    // and the live `guards` for the duration of the call.
+    match unsafe { tap.writev(&iovs) } {
+        Ok(_) => Ok(total - VNET_HDR_LEN),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(TxError::Blocked),
+        Err(e) => Err(TxError::Tap(e)),
+    }
+}
+
+/// What became of the pending RX frame.
+enum Delivery {
+    /// Written to the guest and its chains used.
+    Done,
+    /// More buffers are needed; the frame stays pending.
+    NeedBuffers,
+    /// The frame can never fit (no MRG_RXBUF and the next chain is too small): dropped.
+    TooBig(usize),
+}
+
+enum RxError {
+    /// This many bad chains were returned unused; try again.
+    BadChains(u64),
+    /// The queue itself is broken.
+    Queue(String),
+}
+
+/// Pops the next RX chain and checks it: device-writable buffers inside guest memory only.
+/// `Ok(None)`: the ring is empty; `Err(BadChains)`: the chain was bad and has been returned.
+fn pop_rx_chain(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<RxChain>, RxError> {
+    let chain = match queue.iter(mem) {
+        Ok(mut iter) => iter.next(),
+        Err(e) => return Err(RxError::Queue(format!("bad RX available ring: {e}"))),
+    };
+    let Some(chain) = chain else {
+        return Ok(None);
+    };
+    let head = chain.head_index();
+    let mut bufs = Vec::new();
+    let mut capacity = 0usize;
+    let mut ok = true;
+    let mut truncated = false;
+    for desc in chain {
+        truncated = desc.has_next();
+        if !desc.is_write_only()
+            || !mem.check_range(desc.addr(), desc.len() as usize, Permissions::Write)
+        {
+            ok = false;
+            break;
+        }
+        capacity = capacity.saturating_add(desc.len() as usize);
+        bufs.push((desc.addr(), desc.len()));
+    }
+    if ok && !truncated && capacity > 0 {
+        return Ok(Some(RxChain {
+            head,
+            bufs,
+            capacity,
+        }));
+    }
+    queue
+        .add_used(mem, head, 0)
+        .map_err(|e| RxError::Queue(format!("cannot return RX chain {head}: {e}")))?;
+    Err(RxError::BadChains(1))
+}
+
+/// Writes `frame` (vnet header first) into the held chains, popping more as needed.
+fn deliver(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    held: &mut VecDeque<RxChain>,
+    frame: &mut [u8],
+    mergeable: bool,
+) -> Result<Delivery, RxError> {
+    let total = frame.len();
+    let want = |held: &VecDeque<RxChain>| -> bool {
+        if mergeable {
+            held.iter().map(|c| c.capacity).sum::<usize>() < total
+        } else {
+            held.is_empty()
+        }
+    };
+    while want(held) {
+        match pop_rx_chain(queue, mem)? {
+            Some(chain) => held.push_back(chain),
+            None => return Ok(Delivery::NeedBuffers),
+        }
+    }
+    // How many chains this frame takes.
+    let count = if mergeable {
+        let mut sum = 0usize;
+        held.iter()
+            .take_while(|c| {
+                let before = sum;
+                sum += c.capacity;
+                before < total
+            })
+            .count()
+    } else {
+        let capacity = held.front().map_or(0, |c| c.capacity);
+        if capacity < total {
+            return Ok(Delivery::TooBig(capacity));
+        }
+        1
+    };
+    // num_buffers is part of the header the tap handed us (it leaves the field as it was).
+    let num = u16::try_from(count).unwrap_or(u16::MAX);
+    frame[NUM_BUFFERS_OFFSET..NUM_BUFFERS_OFFSET + 2].copy_from_slice(&num.to_le_bytes());
+
+    let mut offset = 0usize;
+    for _ in 0..count {
+        let Some(chain) = held.pop_front() else { break };
+        let mut written = 0usize;
+        for &(addr, len) in &chain.bufs {
+            if offset == total {
+                break;
+            }
+            let n = (len as usize).min(total - offset);
+            mem.write_slice(&frame[offset..offset + n], addr)
+                .map_err(|e| {
+                    RxError::Queue(format!("cannot write RX buffer {:#x}: {e}", addr.0))
+                })?;
+            offset += n;
+            written += n;
+        }
+        queue
+            .add_used(mem, chain.head, written as u32)
+            .map_err(|e| RxError::Queue(format!("cannot return RX chain {}: {e}", chain.head)))?;
+    }
+    Ok(Delivery::Done)
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_max_sizes
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    /// struct virtio_net_config: mac[6], then status, max_virtqueue_pairs and mtu (all 0: not
+    /// offered).
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| self.mac.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        debug!(
+            "virtio-net: ignored {}-byte config write at {offset:#x}",
+            data.len()
+        );
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<Queue>,
+        acked_features: u64,
+    ) -> Result<(), Error> {
+        let mut queues = queues.into_iter();
+        let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
+            return Err(Error::Activate(
+                "virtio-net needs an RX and a TX queue".into(),
+            ));
+        };
+        let acked = |bit: u32| acked_features & (1u64 << bit) != 0;
+        let mut offload = 0;
+        if acked(VIRTIO_NET_F_GUEST_CSUM) {
+            offload |= TUN_F_CSUM;
+            if acked(VIRTIO_NET_F_GUEST_TSO4) {
+                offload |= TUN_F_TSO4;
+            }
+            if acked(VIRTIO_NET_F_GUEST_TSO6) {
+                offload |= TUN_F_TSO6;
+            }
+        }
+        self.tap.set_offload(offload)?;
+        debug!(
+            "virtio-net '{}': activated, MAC {}, features {acked_features:#x}, tap offloads {offload:#x}",
+            self.tap.name(),
+            format_mac(&self.mac)
+        );
+        self.failed = false;
+        self.tap_broken = false;
+        self.held.clear();
+        self.active = Some(Active {
+            mem,
+            interrupt,
+            rx,
+            tx,
+            mergeable: acked(VIRTIO_NET_F_MRG_RXBUF),
+        });
+        // Let the event loop (not this vCPU thread) start RX (and watch the tap) and send what the
+        // driver queued before DRIVER_OK.
+        for evt in &self.queue_evts {
+            if let Err(e) = evt.write(1) {
+                warn!("virtio-net: cannot kick a queue: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.failed = false;
+        self.held.clear();
+        self.rx_pending = None;
+        self.rx_state = RxState::Stopped;
+        self.tx_blocked = false;
+    }
+}

@@ -1,0 +1,80 @@
+//! The event-loop side of virtio-net: queue notifications and the tap's readiness.
+//!
+//! The tap is watched for input only while the RX side wants frames ([`RxState::WantFrames`]),
+//! and for output only while a TX frame waits for room. With no guest RX buffers the tap is
+//! not watched at all: the frame in hand waits, and the guest's RX notification resumes reading.
+
+use std::os::fd::AsRawFd;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::{debug, warn};
+
+use super::device::RxState;
+use super::{Net, RX_QUEUE, TX_QUEUE};
+
+impl Net {
+    /// Makes the event loop watch the tap for what RX and TX are waiting for, and nothing else.
+    fn update_tap_watch(&mut self, ops: &mut EventOps) {
+        let mut want = EventSet::empty();
+        if self.is_activated() && self.rx_state == RxState::WantFrames {
+            want |= EventSet::IN;
+        }
+        if self.is_activated() && self.tx_blocked {
+            want |= EventSet::OUT;
+        }
+        if want == self.tap_watch {
+            return;
+        }
+        let fd = self.tap.as_raw_fd();
+        let result = if self.tap_watch.is_empty() {
+            ops.add(Events::new_raw(fd, want))
+        } else if want.is_empty() {
+            ops.remove(Events::new_raw(fd, self.tap_watch))
+        } else {
+            ops.modify(Events::new_raw(fd, want))
+        };
+        match result {
+            Ok(()) => self.tap_watch = want,
+            Err(e) => warn!(
+                "virtio-net '{}': cannot watch the tap: {e:?}",
+                self.tap.name()
+            ),
+        }
+    }
+}
+
+impl MutEventSubscriber for Net {
+    fn init(&mut self, ops: &mut EventOps) {
+        for evt in &self.queue_evts {
+            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
+                warn!("virtio-net: cannot watch queue event: {e}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.queue_evts[RX_QUEUE].as_raw_fd() {
+            // Non-blocking eventfd: an error only means no notification was pending.
+            let _ = self.queue_evts[RX_QUEUE].read();
+            self.process_rx();
+        } else if fd == self.queue_evts[TX_QUEUE].as_raw_fd() {
+            let _ = self.queue_evts[TX_QUEUE].read();
+            self.process_tx();
+        } else if fd == self.tap.as_raw_fd() {
+            let set = events.event_set();
+            if set.intersects(EventSet::OUT | EventSet::ERROR | EventSet::HANG_UP)
+                && self.tx_blocked
+            {
+                self.process_tx();
+            }
+            if set.intersects(EventSet::IN | EventSet::ERROR | EventSet::HANG_UP) {
+                self.process_rx();
+            }
+        } else {
+            debug!("virtio-net: unexpected event on fd {fd}");
+            return;
+        }
+        self.update_tap_watch(ops);
+    }
+}

@@ -1,0 +1,443 @@
+//! virtio-net tests against crafted descriptor chains (no KVM, no tap): a SOCK_SEQPACKET
+//! socket pair stands in for the tap, keeping frame boundaries as a tap does.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+use virtio_queue::desc::RawDescriptor;
+use virtio_queue::mock::DescriptorTable;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+
+use super::device::RxState;
+use super::*;
+use crate::virtio::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use crate::GuestMemoryMmap;
+
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+const QSIZE: u16 = 16;
+const MEM_SIZE: u64 = 0x40_0000;
+/// Ring addresses of queue `q`: descriptors, available, used.
+fn rings(q: u64) -> (u64, u64, u64) {
+    let base = q * 0x4000;
+    (base, base + 0x1000, base + 0x2000)
+}
+/// Buffers live from here on.
+const BUF: u64 = 0x10_0000;
+const BAD: u64 = 0x1000_0000;
+
+type Desc = (u64, u32, u16);
+
+struct Driver {
+    q: u64,
+    next_desc: u16,
+    avail_idx: u16,
+    used_seen: u16,
+}
+
+struct Harness {
+    mem: GuestMemoryMmap,
+    net: Net,
+    peer: OwnedFd,
+    interrupt: Arc<Interrupt>,
+    rx: Driver,
+    tx: Driver,
+}
+
+fn socketpair() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two descriptors into `fds`.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0);
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+impl Harness {
+    fn new(features: u64) -> Harness {
+        let (a, b) = socketpair();
+        let net = Net::new(Tap::from_fd(a, "test0"), [0x52, 0x54, 0, 1, 2, 3]).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
+        let mut h = Harness {
+            mem,
+            net,
+            peer: b,
+            interrupt: Arc::new(Interrupt::new().unwrap()),
+            rx: Driver {
+                q: 0,
+                next_desc: 0,
+                avail_idx: 0,
+                used_seen: 0,
+            },
+            tx: Driver {
+                q: 1,
+                next_desc: 0,
+                avail_idx: 0,
+                used_seen: 0,
+            },
+        };
+        let event_idx = features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        let queues = (0..2)
+            .map(|i| {
+                let (d, a, u) = rings(i);
+                let mut q = Queue::new(QSIZE).unwrap();
+                q.set_desc_table_address(Some(d as u32), Some(0));
+                q.set_avail_ring_address(Some(a as u32), Some(0));
+                q.set_used_ring_address(Some(u as u32), Some(0));
+                q.set_event_idx(event_idx);
+                q.set_ready(true);
+                assert!(q.is_valid(&h.mem));
+                q
+            })
+            .collect();
+        h.net
+            .activate(h.mem.clone(), h.interrupt.clone(), queues, features)
+            .unwrap();
+        h
+    }
+
+    fn add_chain(mem: &GuestMemoryMmap, d: &mut Driver, descs: &[Desc]) -> u16 {
+        if usize::from(d.next_desc) + descs.len() > usize::from(QSIZE) {
+            d.next_desc = 0;
+        }
+        let head = d.next_desc;
+        let (table, avail, _) = rings(d.q);
+        let t = DescriptorTable::new(mem, GuestAddress(table), QSIZE);
+        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+            let idx = head + i as u16;
+            let flags = if i + 1 == descs.len() {
+                flags
+            } else {
+                flags | F_NEXT
+            };
+            t.store(
+                idx,
+                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, idx + 1)),
+            )
+            .unwrap();
+        }
+        d.next_desc += descs.len() as u16;
+        let slot = avail + 4 + 2 * u64::from(d.avail_idx % QSIZE);
+        mem.write_obj(head, GuestAddress(slot)).unwrap();
+        d.avail_idx = d.avail_idx.wrapping_add(1);
+        mem.write_obj(d.avail_idx, GuestAddress(avail + 2)).unwrap();
+        head
+    }
+
+    /// Used entries (id, len) added since the last call.
+    fn take_used(mem: &GuestMemoryMmap, d: &mut Driver) -> Vec<(u32, u32)> {
+        let (_, _, used) = rings(d.q);
+        let idx: u16 = mem.read_obj(GuestAddress(used + 2)).unwrap();
+        let mut out = Vec::new();
+        while d.used_seen != idx {
+            let base = used + 4 + 8 * u64::from(d.used_seen % QSIZE);
+            out.push((
+                mem.read_obj(GuestAddress(base)).unwrap(),
+                mem.read_obj(GuestAddress(base + 4)).unwrap(),
+            ));
+            d.used_seen = d.used_seen.wrapping_add(1);
+        }
+        out
+    }
+
+    fn tx_chain(&mut self, descs: &[Desc]) -> u16 {
+        Self::add_chain(&self.mem, &mut self.tx, descs)
+    }
+    fn rx_chain(&mut self, descs: &[Desc]) -> u16 {
+        Self::add_chain(&self.mem, &mut self.rx, descs)
+    }
+    fn tx_used(&mut self) -> Vec<(u32, u32)> {
+        Self::take_used(&self.mem, &mut self.tx)
+    }
+    fn rx_used(&mut self) -> Vec<(u32, u32)> {
+        Self::take_used(&self.mem, &mut self.rx)
+    }
+
+    /// One frame the "tap" received from the device, or None.
+    fn peer_recv(&self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; MAX_BUFFER_LEN + 100];
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe {
+            libc::recv(
+                self.peer.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return None;
+        }
+        buf.truncate(n as usize);
+        Some(buf)
+    }
+
+    /// The "tap" hands the device a frame (vnet header included).
+    fn peer_send(&self, frame: &[u8]) {
+        // SAFETY: `frame` is valid for reads of its length.
+        let n = unsafe { libc::send(self.peer.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        assert_eq!(n, frame.len() as isize);
+    }
+
+    fn put(&self, addr: u64, data: &[u8]) {
+        self.mem.write_slice(data, GuestAddress(addr)).unwrap();
+    }
+
+    fn get(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+        v
+    }
+}
+
+/// A frame with a zeroed vnet header: `len` bytes after the header, byte i = (i * 7 + seed).
+fn frame(len: usize, seed: u8) -> Vec<u8> {
+    let mut f = vec![0u8; VNET_HDR_LEN];
+    f.extend((0..len).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)));
+    f
+}
+
+fn base_features() -> u64 {
+    1 << VIRTIO_F_VERSION_1
+}
+
+#[test]
+fn config_space_holds_the_mac_and_features_are_offered() {
+    let (a, _b) = socketpair();
+    let net = Net::new(Tap::from_fd(a, "t"), [2, 3, 4, 5, 6, 7]).unwrap();
+    let mut mac = [0u8; 8];
+    net.read_config(0, &mut mac);
+    assert_eq!(mac, [2, 3, 4, 5, 6, 7, 0, 0]);
+    let mut far = [0xffu8; 4];
+    net.read_config(u64::MAX - 1, &mut far);
+    assert_eq!(far, [0; 4]);
+    let f = net.avail_features();
+    for bit in [
+        VIRTIO_F_VERSION_1,
+        VIRTIO_RING_F_EVENT_IDX,
+        VIRTIO_NET_F_MAC,
+        VIRTIO_NET_F_CSUM,
+        VIRTIO_NET_F_GUEST_CSUM,
+        VIRTIO_NET_F_GUEST_TSO4,
+        VIRTIO_NET_F_GUEST_TSO6,
+        VIRTIO_NET_F_HOST_TSO4,
+        VIRTIO_NET_F_HOST_TSO6,
+        VIRTIO_NET_F_MRG_RXBUF,
+    ] {
+        assert_ne!(f & (1 << bit), 0, "feature bit {bit}");
+    }
+    assert_eq!(net.device_type(), VIRTIO_ID_NET);
+    assert_eq!(net.queue_max_sizes().len(), 2);
+}
+
+#[test]
+fn mac_from_name_is_stable_local_unicast() {
+    let a = mac_from_name("tap0");
+    assert_eq!(a, mac_from_name("tap0"));
+    assert_ne!(a, mac_from_name("tap1"));
+    assert_eq!(a[0] & 0x03, 0x02, "locally administered unicast");
+    assert_eq!(
+        format_mac(&[0x52, 0x54, 0, 0xab, 1, 2]),
+        "52:54:00:ab:01:02"
+    );
+}
+
+#[test]
+fn tx_gathers_a_chain_into_one_frame() {
+    for features in [
+        base_features(),
+        base_features() | (1 << VIRTIO_RING_F_EVENT_IDX),
+    ] {
+        let mut h = Harness::new(features);
+        let f = frame(100, 1);
+        // header alone in the first descriptor, the payload split over two more
+        h.put(BUF, &f[..12]);
+        h.put(BUF + 0x1000, &f[12..50]);
+        h.put(BUF + 0x2000, &f[50..]);
+        let head = h.tx_chain(&[
+            (BUF, 12, 0),
+            (BUF + 0x1000, 38, 0),
+            (BUF + 0x2000, (f.len() - 50) as u32, 0),
+        ]);
+        h.net.process_tx();
+        assert_eq!(h.peer_recv().as_deref(), Some(&f[..]));
+        assert_eq!(h.tx_used(), vec![(u32::from(head), 0)]);
+        assert_ne!(h.interrupt.status(), 0, "interrupt raised");
+        assert_eq!(h.net.stats().tx_frames, 1);
+        assert_eq!(h.net.stats().tx_bytes, 100);
+    }
+}
+
+#[test]
+fn malformed_tx_chains_are_dropped_counted_and_the_device_goes_on() {
+    let mut h = Harness::new(base_features());
+    let f = frame(60, 9);
+    h.put(BUF, &f);
+    let bad: [&[Desc]; 4] = [
+        &[(BUF, f.len() as u32, F_WRITE)], // device-writable
+        &[(BUF, 8, 0)],                    // shorter than the header
+        &[(BUF, 12, 0), (BAD, 64, 0)],     // outside guest memory
+        &[(BUF, 12, 0), (BUF, (MAX_BUFFER_LEN) as u32, 0)], // too long
+    ];
+    let mut heads = Vec::new();
+    for chain in bad {
+        heads.push(h.tx_chain(chain));
+    }
+    let good = h.tx_chain(&[(BUF, f.len() as u32, 0)]);
+    h.net.process_tx();
+    assert_eq!(
+        h.peer_recv().as_deref(),
+        Some(&f[..]),
+        "only the good frame"
+    );
+    assert_eq!(h.peer_recv(), None);
+    let used = h.tx_used();
+    assert_eq!(used.len(), 5, "every chain returned: {used:?}");
+    assert_eq!(used[4], (u32::from(good), 0));
+    let s = h.net.stats();
+    assert_eq!((s.tx_frames, s.tx_dropped), (1, 4));
+    assert!(!h.interrupt.needs_reset());
+}
+
+#[test]
+fn rx_waits_for_buffers_then_delivers_without_losing_the_frame() {
+    let mut h = Harness::new(base_features() | (1 << VIRTIO_RING_F_EVENT_IDX));
+    let f = frame(200, 3);
+    h.peer_send(&f);
+    // no buffers: the frame stays pending and the tap is not to be watched
+    assert_eq!(h.net.process_rx(), RxState::WantBuffers);
+    assert!(h.rx_used().is_empty());
+    // the device asked to be notified at the next buffer
+    let (_, _, used) = rings(0);
+    let avail_event: u16 = h.mem.read_obj(GuestAddress(used + 4 + 8 * 16)).unwrap();
+    assert_eq!(avail_event, 0);
+
+    let head = h.rx_chain(&[(BUF, 2048, F_WRITE)]);
+    assert_eq!(h.net.process_rx(), RxState::WantFrames);
+    assert_eq!(h.rx_used(), vec![(u32::from(head), f.len() as u32)]);
+    let got = h.get(BUF, f.len());
+    assert_eq!(got[NUM_BUFFERS_OFFSET..12], [1, 0], "num_buffers");
+    assert_eq!(got[12..], f[12..]);
+    assert_eq!(h.net.stats().rx_frames, 1);
+}
+
+#[test]
+fn rx_without_mrg_rxbuf_needs_one_chain_that_holds_the_frame() {
+    let mut h = Harness::new(base_features());
+    let big = frame(3000, 5);
+    let small = frame(100, 6);
+    h.peer_send(&big);
+    h.peer_send(&small);
+    // a chain of two descriptors holds the big frame
+    let head = h.rx_chain(&[(BUF, 1000, F_WRITE), (BUF + 0x1000, 4000, F_WRITE)]);
+    assert_eq!(h.net.process_rx(), RxState::WantBuffers);
+    assert_eq!(h.rx_used(), vec![(u32::from(head), big.len() as u32)]);
+    assert_eq!(h.get(BUF + 12, 988), big[12..1000]);
+    assert_eq!(h.get(BUF + 0x1000, big.len() - 1000), big[1000..]);
+    // a chain too small for the next frame: that frame is dropped, the chain kept for the next
+    let big2 = frame(3000, 7);
+    h.peer_send(&big2);
+    let head2 = h.rx_chain(&[(BUF + 0x3000, 1500, F_WRITE)]);
+    assert_eq!(h.net.process_rx(), RxState::WantBuffers);
+    // the small frame fit, then big2 did not fit in the (empty) ring: pending
+    assert_eq!(h.rx_used(), vec![(u32::from(head2), small.len() as u32)]);
+    let head3 = h.rx_chain(&[(BUF + 0x5000, 1500, F_WRITE)]);
+    assert_eq!(h.net.process_rx(), RxState::WantFrames);
+    assert!(h.rx_used().is_empty(), "big2 dropped, chain {head3} kept");
+    assert_eq!(h.net.stats().rx_dropped, 1);
+    let f = frame(64, 8);
+    h.peer_send(&f);
+    assert_eq!(h.net.process_rx(), RxState::WantFrames);
+    assert_eq!(h.rx_used(), vec![(u32::from(head3), f.len() as u32)]);
+}
+
+#[test]
+fn rx_with_mrg_rxbuf_spreads_a_frame_over_chains() {
+    let mut h = Harness::new(base_features() | (1 << VIRTIO_NET_F_MRG_RXBUF));
+    let f = frame(2500, 11); // 2512 bytes: three 1024-byte chains
+    let heads: Vec<u16> = (0..2)
+        .map(|i| h.rx_chain(&[(BUF + i * 0x1000, 1024, F_WRITE)]))
+        .collect();
+    h.peer_send(&f);
+    assert_eq!(
+        h.net.process_rx(),
+        RxState::WantBuffers,
+        "two chains are not enough"
+    );
+    assert!(h.rx_used().is_empty(), "nothing written half-way");
+    let third = h.rx_chain(&[(BUF + 0x2000, 1024, F_WRITE)]);
+    let fourth = h.rx_chain(&[(BUF + 0x3000, 1024, F_WRITE)]);
+    assert_eq!(h.net.process_rx(), RxState::WantFrames);
+    assert_eq!(
+        h.rx_used(),
+        vec![
+            (u32::from(heads[0]), 1024),
+            (u32::from(heads[1]), 1024),
+            (u32::from(third), 464)
+        ]
+    );
+    let mut got = h.get(BUF, 1024);
+    got.extend(h.get(BUF + 0x1000, 1024));
+    got.extend(h.get(BUF + 0x2000, 464));
+    assert_eq!(got[NUM_BUFFERS_OFFSET..12], [3, 0], "num_buffers");
+    assert_eq!(got[12..], f[12..]);
+    // the fourth chain takes the next frame
+    let g = frame(10, 1);
+    h.peer_send(&g);
+    h.net.process_rx();
+    assert_eq!(h.rx_used(), vec![(u32::from(fourth), g.len() as u32)]);
+    assert_eq!(h.get(BUF + 0x3000 + 10, 2), [1, 0]);
+}
+
+#[test]
+fn bad_rx_chains_are_returned_unused() {
+    let mut h = Harness::new(base_features());
+    let f = frame(50, 2);
+    h.peer_send(&f);
+    let readable = h.rx_chain(&[(BUF, 2048, 0)]);
+    let outside = h.rx_chain(&[(BAD, 2048, F_WRITE)]);
+    let good = h.rx_chain(&[(BUF + 0x1000, 2048, F_WRITE)]);
+    assert_eq!(h.net.process_rx(), RxState::WantFrames);
+    assert_eq!(
+        h.rx_used(),
+        vec![
+            (u32::from(readable), 0),
+            (u32::from(outside), 0),
+            (u32::from(good), f.len() as u32)
+        ]
+    );
+    assert_eq!(h.net.stats().rx_bad_chains, 2);
+    assert!(!h.interrupt.needs_reset());
+}
+
+#[test]
+fn a_broken_available_ring_asks_for_a_reset() {
+    let mut h = Harness::new(base_features());
+    let (_, avail, _) = rings(1);
+    // avail.idx far ahead of anything the queue can hold
+    h.mem.write_obj(1000u16, GuestAddress(avail + 2)).unwrap();
+    h.net.process_tx();
+    assert!(h.interrupt.needs_reset());
+    // after a reset and a new activation the device works again
+    h.net.reset();
+    assert!(!h.net.is_activated());
+}
+
+#[test]
+fn reset_drops_state_and_stops_rx() {
+    let mut h = Harness::new(base_features());
+    h.peer_send(&frame(10, 0));
+    assert_eq!(h.net.process_rx(), RxState::WantBuffers);
+    h.net.reset();
+    assert_eq!(h.net.process_rx(), RxState::Stopped);
+    assert_eq!(h.net.process_rx(), RxState::Stopped);
+}
