@@ -16,20 +16,24 @@ enum Entry {
     Linux64,
     /// bzImage: setup sectors + protected-mode part (32-bit entry at 0, 64-bit at 0x200).
     BzImage,
+    /// ELF with a PVH note, all in the guest's own sources (its own note and `pvh_start`): no entry
+    /// stub, no runtime, no long mode. For guests that must cost nothing but their exits.
+    PvhBare,
 }
 
 impl Entry {
-    fn object(self) -> &'static str {
-        match self {
+    fn object(self) -> Option<&'static str> {
+        Some(match self {
+            Entry::PvhBare => return None,
             Entry::Pvh => "entry_pvh.S",
             Entry::Linux64 => "entry_linux64.S",
             Entry::BzImage => "entry_bzimage.S",
-        }
+        })
     }
 
     fn symbol(self) -> &'static str {
         match self {
-            Entry::Pvh => "pvh_start",
+            Entry::Pvh | Entry::PvhBare => "pvh_start",
             Entry::Linux64 => "linux64_start",
             Entry::BzImage => "bzimage_start64",
         }
@@ -84,6 +88,16 @@ const GUESTS: &[Guest] = &[
         sources: &["virtio_blk.c"],
     },
     Guest {
+        name: "virtio_net",
+        entry: Entry::Pvh,
+        sources: &["virtio_net.c"],
+    },
+    Guest {
+        name: "virtio_console",
+        entry: Entry::Pvh,
+        sources: &["virtio_console.c"],
+    },
+    Guest {
         name: "echo_cmdline",
         entry: Entry::Linux64,
         sources: &["echo_cmdline.c"],
@@ -92,6 +106,26 @@ const GUESTS: &[Guest] = &[
         name: "pvh_hang_internal_error",
         entry: Entry::Pvh,
         sources: &["int3.c"],
+    },
+    Guest {
+        name: "null",
+        entry: Entry::PvhBare,
+        sources: &["null.S"],
+    },
+    Guest {
+        name: "exit_cost_pio",
+        entry: Entry::Pvh,
+        sources: &["exit_cost_pio.c"],
+    },
+    Guest {
+        name: "exit_cost_mmio",
+        entry: Entry::Pvh,
+        sources: &["exit_cost_mmio.c"],
+    },
+    Guest {
+        name: "park",
+        entry: Entry::Pvh,
+        sources: &["park.c"],
     },
 ];
 
@@ -270,7 +304,7 @@ fn main() {
     let mut sources: Vec<&str> = COMMON.to_vec();
     sources.push(REALMODE_STUB);
     for g in GUESTS {
-        sources.push(g.entry.object());
+        sources.extend(g.entry.object());
         sources.extend_from_slice(g.sources);
     }
     sources.sort_unstable();
@@ -281,15 +315,17 @@ fn main() {
     let obj = |src: &str| obj_dir.join(format!("{}.o", src.replace('.', "_")));
 
     for g in GUESTS {
-        let mut objs = vec![obj(g.entry.object())];
-        objs.extend(COMMON.iter().map(|s| obj(s)));
+        let mut objs: Vec<PathBuf> = g.entry.object().map(obj).into_iter().collect();
+        if g.entry.object().is_some() {
+            objs.extend(COMMON.iter().map(|s| obj(s)));
+        }
         objs.extend(g.sources.iter().map(|s| obj(s)));
         let script = match g.entry {
-            Entry::Pvh => &script_pvh,
+            Entry::Pvh | Entry::PvhBare => &script_pvh,
             Entry::Linux64 | Entry::BzImage => &script_no_note,
         };
         match g.entry {
-            Entry::Pvh | Entry::Linux64 => {
+            Entry::Pvh | Entry::PvhBare | Entry::Linux64 => {
                 link(
                     &ld,
                     script,

@@ -131,6 +131,27 @@ pub const VIRTIO_BLK: &str = concat!(env!("OUT_DIR"), "/virtio_blk.elf");
 /// where [`VIRTIO_BLK`] prints `boot=linux64`).
 pub const VIRTIO_BLK_PVH: &str = concat!(env!("OUT_DIR"), "/virtio_blk_pvh.elf");
 
+/// virtio-net guest (PVH), polling, no interrupts.
+///
+/// Takes the first `virtio_mmio.device=` slot of its command line whose DeviceID is 1 and
+/// prints `virtio_base=` (or `virtio=none`, `done`), `version=`, `device_id=`, `features=`
+/// (64-bit device features), `driver_features=` (VERSION_1 and MAC only), `status=` (after
+/// DRIVER_OK), `mac=aa:bb:cc:dd:ee:ff` (config space). It posts eight 2048-byte RX buffers,
+/// sends one 60-byte broadcast frame ([`NET_ETHERTYPE`], payload [`NET_GUEST_TEXT`], zeroed
+/// vnet header in its own descriptor), prints `tx_used_len=`, `tx=sent`, then waits (bounded,
+/// `timeout=rx`) for frames: `rx_len=` for each (vnet header included), and for the first
+/// one of [`NET_ETHERTYPE`]: `rx_num_buffers=`, `rx_dst=`, `rx_src=`, `rx_head=` (first 32
+/// bytes of the frame, hex), `rx_text=` (up to 40 bytes after the Ethernet header, up to
+/// a NUL); with `net_rx=0` on the command line it skips receiving. Then resets the device,
+/// prints `final_status=`, `done`.
+pub const VIRTIO_NET: &str = concat!(env!("OUT_DIR"), "/virtio_net.elf");
+
+/// The ethertype of the frames [`VIRTIO_NET`] sends and waits for (IEEE local experimental).
+pub const NET_ETHERTYPE: u16 = 0x88b5;
+
+/// The payload of the frame [`VIRTIO_NET`] sends.
+pub const NET_GUEST_TEXT: &str = "VMM-NET-TINY-GUEST-HELLO";
+
 /// Linux 64-bit guest printing `boot=linux64`, `cmdline=<text>`, `done`, then resetting.
 pub const ECHO_CMDLINE: &str = concat!(env!("OUT_DIR"), "/echo_cmdline.elf");
 
@@ -138,6 +159,68 @@ pub const ECHO_CMDLINE: &str = concat!(env!("OUT_DIR"), "/echo_cmdline.elf");
 /// host that is a KVM internal error (the VMM must exit 1, not hang). If
 /// execution continues it prints `int3=survived`, `done` and resets.
 pub const PVH_HANG_INTERNAL_ERROR: &str = concat!(env!("OUT_DIR"), "/pvh_hang_internal_error.elf");
+
+/// Benchmark guests (guests/bench.h): the boot timer is one byte, 123, written to port 0x440
+/// ([`BOOT_TIMER_PORT`]), or with `boot_timer_mmio=A` on the command line (not [`NULL`]) to MMIO
+/// address A; they end the VM without printing: i8042 reset (port 0x64), then QEMU's
+/// isa-debug-exit (port 0xf4, if present), then a triple fault.
+///
+/// `null` (guests/null.S, no entry stub): at the PVH entry, in 32-bit mode with paging off, marks
+/// the boot timer and ends the VM: six instructions, no memory writes.
+pub const NULL: &str = concat!(env!("OUT_DIR"), "/null.elf");
+
+/// `count=N` (default 100000) one-byte reads of port `port=P` (default 0x3fd, COM1's LSR), then
+/// marks the boot timer and ends the VM; `count=0` is its baseline. Command-line numbers are
+/// decimal or `0x` hex.
+pub const EXIT_COST_PIO: &str = concat!(env!("OUT_DIR"), "/exit_cost_pio.elf");
+
+/// `count=N` (default 100000) 32-bit reads of MMIO address `mmio=A` (default 0xd0000000, vmm's
+/// first virtio-mmio slot; must be in 3..4 GiB), then as [`EXIT_COST_PIO`].
+pub const EXIT_COST_MMIO: &str = concat!(env!("OUT_DIR"), "/exit_cost_mmio.elf");
+
+/// Prints `parked`, marks the boot timer, then halts with interrupts off until killed.
+pub const PARK: &str = concat!(env!("OUT_DIR"), "/park.elf");
+
+/// The boot timer's port, as the benchmark guests use it.
+pub const BOOT_TIMER_PORT: u16 = 0x440;
+
+/// virtio-console guest (PVH): drives the first virtio-mmio slot of its command line holding
+/// a console (DeviceID 3) by polling, one port, receiveq and transmitq of at most 16 entries.
+///
+/// Prints on COM1 `virtio_base=`, `virtio_irq=` (or `virtio=none`, `done`), `device_id=0x3`,
+/// `version=0x2`, `features=` (64-bit device features), `cols=` and `rows=` if F_SIZE is
+/// offered, `queue_size=`, `status=` (0xf after DRIVER_OK). Every receive buffer (256 bytes) is
+/// posted before DRIVER_OK. Then, with `console_flood=N` on the command line: N
+/// blocks of [`console_flood`] through transmitq, one two-buffer chain per block (up to 8 in
+/// flight), and nothing else, then `flood_bytes=`. Otherwise: sends
+/// [`CONSOLE_HELLO`] through transmitq, prints `tx=ok`, then takes input from receiveq: with
+/// `console_rx=1` it waits (bounded, several seconds) for a line, else it looks once; prints
+/// `rx=<text without the line end>` and sends the same `rx=<text>\n` through transmitq. Finally
+/// `reset_status=` (after writing 0 to Status), `done`, and a reset. A transfer that does not
+/// complete within a bounded spin prints `timeout=<what>`.
+pub const VIRTIO_CONSOLE: &str = concat!(env!("OUT_DIR"), "/virtio_console.elf");
+
+/// Bytes of one [`VIRTIO_CONSOLE`] flood block.
+pub const CONSOLE_FLOOD_BLOCK: usize = 8 + 65536;
+
+/// What [`VIRTIO_CONSOLE`] sends with `console_flood=blocks`: for each block `b`, `b` as a
+/// little-endian u64, then the u64 words 0..8191 (little endian). Cheap for the guest, unique
+/// per position.
+pub fn console_flood(blocks: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(65536);
+    for w in 0..8192u64 {
+        body.extend_from_slice(&w.to_le_bytes());
+    }
+    let mut out = Vec::with_capacity(blocks * CONSOLE_FLOOD_BLOCK);
+    for b in 0..blocks as u64 {
+        out.extend_from_slice(&b.to_le_bytes());
+        out.extend_from_slice(&body);
+    }
+    out
+}
+
+/// The line [`VIRTIO_CONSOLE`] sends through its transmit queue.
+pub const CONSOLE_HELLO: &str = "hello from the virtio console\n";
 
 /// Every guest image, by name, for tests that iterate over all of them.
 pub const ALL: &[(&str, &str)] = &[
@@ -149,8 +232,14 @@ pub const ALL: &[(&str, &str)] = &[
     ("smp", SMP),
     ("virtio_blk", VIRTIO_BLK),
     ("virtio_blk_pvh", VIRTIO_BLK_PVH),
+    ("virtio_net", VIRTIO_NET),
     ("echo_cmdline", ECHO_CMDLINE),
     ("pvh_hang_internal_error", PVH_HANG_INTERNAL_ERROR),
+    ("virtio_console", VIRTIO_CONSOLE),
+    ("null", NULL),
+    ("exit_cost_pio", EXIT_COST_PIO),
+    ("exit_cost_mmio", EXIT_COST_MMIO),
+    ("park", PARK),
 ];
 
 /// Number of pattern lines [`SERIAL_FLOOD`] prints between `flood_begin` and `flood_end`.

@@ -1,0 +1,401 @@
+/* virtio_console: drives the first virtio-mmio slot holding a console (DeviceID 3), by
+ * polling.  Facts go to COM1; the console's own traffic goes through its queues.
+ *
+ * Command line switches:
+ *   console_flood=N  send N flood blocks through transmitq (nothing else), see flood()
+ *   console_rx=1     wait (bounded) for a line of input on receiveq and echo it
+ */
+#include "rt.h"
+
+#define VM_MAGIC 0x000
+#define VM_VERSION 0x004
+#define VM_DEVICE_ID 0x008
+#define VM_DEV_FEATURES 0x010
+#define VM_DEV_FEATURES_SEL 0x014
+#define VM_DRV_FEATURES 0x020
+#define VM_DRV_FEATURES_SEL 0x024
+#define VM_QUEUE_SEL 0x030
+#define VM_QUEUE_NUM_MAX 0x034
+#define VM_QUEUE_NUM 0x038
+#define VM_QUEUE_READY 0x044
+#define VM_QUEUE_NOTIFY 0x050
+#define VM_INT_STATUS 0x060
+#define VM_INT_ACK 0x064
+#define VM_STATUS 0x070
+#define VM_QUEUE_DESC_LO 0x080
+#define VM_QUEUE_DESC_HI 0x084
+#define VM_QUEUE_DRIVER_LO 0x090
+#define VM_QUEUE_DRIVER_HI 0x094
+#define VM_QUEUE_DEVICE_LO 0x0a0
+#define VM_QUEUE_DEVICE_HI 0x0a4
+#define VM_CONFIG 0x100
+
+#define S_ACKNOWLEDGE 1
+#define S_DRIVER 2
+#define S_DRIVER_OK 4
+#define S_FEATURES_OK 8
+
+#define F_SIZE (1ULL << 0)
+#define F_VERSION_1 (1ULL << 32)
+
+#define D_WRITE 2
+
+#define QN 16
+#define BUF 4096
+#define RXQ 0
+#define TXQ 1
+
+struct desc {
+    u64 addr;
+    u32 len;
+    u16 flags;
+    u16 next;
+};
+
+struct avail {
+    u16 flags;
+    u16 idx;
+    u16 ring[QN];
+    u16 used_event;
+};
+
+struct used_elem {
+    u32 id;
+    u32 len;
+};
+
+struct used {
+    u16 flags;
+    u16 idx;
+    struct used_elem ring[QN];
+    u16 avail_event;
+};
+
+struct vq {
+    struct desc descs[QN] __attribute__((aligned(4096)));
+    struct avail avail __attribute__((aligned(4096)));
+    struct used used __attribute__((aligned(4096)));
+    u16 size;
+    u16 avail_idx;
+    u16 used_seen;
+};
+
+static struct vq vqs[2];
+static u8 txbuf[QN][BUF] __attribute__((aligned(4096)));
+static u8 rxbuf[QN][256] __attribute__((aligned(4096)));
+static u8 txfree[QN];
+/* In the flood, transmit slot n uses descriptors 2n and 2n+1. */
+static int flooding;
+
+static u64 base;
+
+static u32 rd(u32 off) { return mmio_read32(base + off); }
+static void wr(u32 off, u32 v) { mmio_write32(base + off, v); }
+
+
+static int find_console(const char *cmdline)
+{
+    const char *p = cmdline;
+    while (p && (p = cmdline_find(p, "virtio_mmio.device=")) != NULL) {
+        u64 size, addr, irq = 0;
+        if (!parse_size(&p, &size) || *p != '@')
+            continue;
+        p++;
+        if (!parse_num(&p, &addr))
+            continue;
+        if (*p == ':') {
+            p++;
+            parse_num(&p, &irq);
+        }
+        if (addr == 0 || addr >= 0x100000000ULL)
+            continue;
+        if (mmio_read32(addr + VM_MAGIC) != 0x74726976 || mmio_read32(addr + VM_DEVICE_ID) != 3)
+            continue;
+        base = addr;
+        kv_hex("virtio_base", addr);
+        kv_hex("virtio_irq", irq);
+        return 1;
+    }
+    return 0;
+}
+
+static int setup_queue(u32 index)
+{
+    struct vq *q = &vqs[index];
+    wr(VM_QUEUE_SEL, index);
+    u32 max = rd(VM_QUEUE_NUM_MAX);
+    if (max == 0)
+        return 0;
+    q->size = max < QN ? (u16)max : QN;
+    while (q->size & (q->size - 1))
+        q->size &= (u16)(q->size - 1);
+    wr(VM_QUEUE_NUM, q->size);
+    wr(VM_QUEUE_DESC_LO, (u32)(u64)q->descs);
+    wr(VM_QUEUE_DESC_HI, (u32)((u64)q->descs >> 32));
+    wr(VM_QUEUE_DRIVER_LO, (u32)(u64)&q->avail);
+    wr(VM_QUEUE_DRIVER_HI, (u32)((u64)&q->avail >> 32));
+    wr(VM_QUEUE_DEVICE_LO, (u32)(u64)&q->used);
+    wr(VM_QUEUE_DEVICE_HI, (u32)((u64)&q->used >> 32));
+    wr(VM_QUEUE_READY, 1);
+    return 1;
+}
+
+/* Makes descriptor `d` (one buffer) available on queue `index`. */
+static void post(u32 index, u16 d, u64 addr, u32 len, u16 flags)
+{
+    struct vq *q = &vqs[index];
+    q->descs[d].addr = addr;
+    q->descs[d].len = len;
+    q->descs[d].flags = flags;
+    q->descs[d].next = 0;
+    q->avail.ring[q->avail_idx % q->size] = d;
+    q->avail_idx++;
+    mb();
+    q->avail.idx = q->avail_idx;
+    mb();
+}
+
+static void ack_irq(void)
+{
+    u32 isr = rd(VM_INT_STATUS);
+    if (isr)
+        wr(VM_INT_ACK, isr);
+}
+
+/* Takes one used element of queue `index` if there is one. */
+static int take_used(u32 index, struct used_elem *out)
+{
+    struct vq *q = &vqs[index];
+    barrier();
+    if (*(volatile u16 *)&q->used.idx == q->used_seen)
+        return 0;
+    mb();
+    *out = q->used.ring[q->used_seen % q->size];
+    q->used_seen++;
+    return 1;
+}
+
+/* Waits until a transmit buffer is free; 0 on timeout. */
+static int tx_wait_free(void)
+{
+    u64 start = rdtsc();
+    for (u64 i = 0;; i++) {
+        struct used_elem e;
+        while (take_used(TXQ, &e)) {
+            if (e.id < QN)
+                txfree[flooding ? e.id / 2 : e.id] = 1;
+        }
+        for (u16 d = 0; d < vqs[TXQ].size; d++)
+            if (txfree[d])
+                return 1;
+        if (!spin_continue(i, 20000000000ULL, start, 60000000000ULL))
+            return 0;
+        cpu_relax();
+    }
+}
+
+static int tx_get(void)
+{
+    if (!tx_wait_free())
+        return -1;
+    for (u16 d = 0; d < vqs[TXQ].size; d++)
+        if (txfree[d]) {
+            txfree[d] = 0;
+            return d;
+        }
+    return -1;
+}
+
+/* Sends `n` bytes as one chain. */
+static int tx_send(const u8 *p, u32 n)
+{
+    int d = tx_get();
+    if (d < 0)
+        return 0;
+    memcpy(txbuf[d], p, n);
+    post(TXQ, (u16)d, (u64)txbuf[d], n, 0);
+    wr(VM_QUEUE_NOTIFY, TXQ);
+    return 1;
+}
+
+static int tx_str(const char *s) { return tx_send((const u8 *)s, (u32)strlen(s)); }
+
+/* Waits until every transmit buffer is back. */
+static int tx_drain(void)
+{
+    u64 start = rdtsc();
+    for (u64 i = 0;; i++) {
+        struct used_elem e;
+        while (take_used(TXQ, &e))
+            if (e.id < QN)
+                txfree[flooding ? e.id / 2 : e.id] = 1;
+        int all = 1;
+        for (u16 d = 0; d < (flooding ? vqs[TXQ].size / 2 : vqs[TXQ].size); d++)
+            all &= txfree[d];
+        if (all)
+            return 1;
+        if (!spin_continue(i, 20000000000ULL, start, 60000000000ULL))
+            return 0;
+        cpu_relax();
+    }
+}
+
+/* The flood: `blocks` chains of two buffers: the block number (u64, little endian), then
+ * the same 64 KiB of u64 words 0..8191.  Cheap for the guest (on hosts where a tiny guest's
+ * instructions are emulated one by one), unique per position for the checker. */
+#define FLOOD_BLOCK 65536
+static u64 flood_words[FLOOD_BLOCK / 8] __attribute__((aligned(4096)));
+static u64 flood_hdr[QN];
+
+static void flood(u64 blocks)
+{
+    u64 bytes = 0;
+    u16 pairs = vqs[TXQ].size / 2;
+    for (u64 w = 0; w < FLOOD_BLOCK / 8; w++)
+        flood_words[w] = w;
+    for (u16 d = 0; d < QN; d++)
+        txfree[d] = d < pairs;
+    for (u64 b = 0; b < blocks; b++) {
+        int slot = tx_get();
+        if (slot < 0) {
+            line("timeout=flood");
+            return;
+        }
+        struct vq *q = &vqs[TXQ];
+        u16 d0 = (u16)(2 * slot), d1 = (u16)(2 * slot + 1);
+        flood_hdr[slot] = b;
+        q->descs[d0].addr = (u64)&flood_hdr[slot];
+        q->descs[d0].len = 8;
+        q->descs[d0].flags = 1; /* NEXT */
+        q->descs[d0].next = d1;
+        q->descs[d1].addr = (u64)flood_words;
+        q->descs[d1].len = FLOOD_BLOCK;
+        q->descs[d1].flags = 0;
+        q->descs[d1].next = 0;
+        q->avail.ring[q->avail_idx % q->size] = d0;
+        q->avail_idx++;
+        mb();
+        q->avail.idx = q->avail_idx;
+        mb();
+        wr(VM_QUEUE_NOTIFY, TXQ);
+        bytes += 8 + FLOOD_BLOCK;
+    }
+    if (!tx_drain()) {
+        line("timeout=flood_drain");
+        return;
+    }
+    kv_hex("flood_bytes", bytes);
+}
+
+static void receive(int wait)
+{
+    /* Every receive buffer is already posted. */
+    char text[128];
+    u32 len = 0;
+    u64 start = rdtsc();
+    for (u64 i = 0;; i++) {
+        struct used_elem e;
+        while (take_used(RXQ, &e)) {
+            u16 d = (u16)e.id;
+            if (d >= QN || e.len > sizeof(rxbuf[0]))
+                continue;
+            for (u32 j = 0; j < e.len && len < sizeof(text) - 1; j++)
+                text[len++] = (char)rxbuf[d][j];
+            post(RXQ, d, (u64)rxbuf[d], sizeof(rxbuf[0]), D_WRITE);
+            wr(VM_QUEUE_NOTIFY, RXQ);
+        }
+        int have_line = 0;
+        for (u32 j = 0; j < len; j++)
+            if (text[j] == '\n' || text[j] == '\r')
+                have_line = 1;
+        if (have_line || !wait ||
+            !spin_continue(i, 20000000000ULL, start, 60000000000ULL))
+            break;
+        cpu_relax();
+    }
+    ack_irq();
+    while (len && (text[len - 1] == '\n' || text[len - 1] == '\r'))
+        len--;
+    text[len] = 0;
+    puts("rx=");
+    line(text);
+    char echo[160];
+    u32 n = 0;
+    memcpy(echo, "rx=", 3);
+    n = 3;
+    memcpy(echo + n, text, len);
+    n += len;
+    echo[n++] = '\n';
+    tx_send((const u8 *)echo, n);
+    tx_drain();
+}
+
+static void run(const char *cmdline)
+{
+    if (!cmdline || !find_console(cmdline)) {
+        line("virtio=none");
+        return;
+    }
+    kv_hex("device_id", rd(VM_DEVICE_ID));
+    kv_hex("version", rd(VM_VERSION));
+    wr(VM_STATUS, 0);
+    wr(VM_STATUS, S_ACKNOWLEDGE);
+    wr(VM_STATUS, S_ACKNOWLEDGE | S_DRIVER);
+    wr(VM_DEV_FEATURES_SEL, 0);
+    u64 feat = rd(VM_DEV_FEATURES);
+    wr(VM_DEV_FEATURES_SEL, 1);
+    feat |= (u64)rd(VM_DEV_FEATURES) << 32;
+    kv_hex("features", feat);
+    u64 drv = feat & (F_VERSION_1 | F_SIZE);
+    wr(VM_DRV_FEATURES_SEL, 0);
+    wr(VM_DRV_FEATURES, (u32)drv);
+    wr(VM_DRV_FEATURES_SEL, 1);
+    wr(VM_DRV_FEATURES, (u32)(drv >> 32));
+    wr(VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
+    if (!(rd(VM_STATUS) & S_FEATURES_OK)) {
+        line("error=features_not_ok");
+        return;
+    }
+    if (feat & F_SIZE) {
+        u32 cfg = rd(VM_CONFIG);
+        kv_hex("cols", cfg & 0xffff);
+        kv_hex("rows", cfg >> 16);
+    }
+    if (!setup_queue(RXQ) || !setup_queue(TXQ)) {
+        line("error=no_queue");
+        return;
+    }
+    kv_hex("queue_size", vqs[TXQ].size);
+    for (u16 d = 0; d < vqs[RXQ].size; d++)
+        post(RXQ, d, (u64)rxbuf[d], sizeof(rxbuf[0]), D_WRITE);
+    for (u16 d = 0; d < vqs[TXQ].size; d++)
+        txfree[d] = 1;
+    wr(VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+    kv_hex("status", rd(VM_STATUS));
+    wr(VM_QUEUE_NOTIFY, RXQ);
+
+    const char *p = cmdline_find(cmdline, "console_flood=");
+    u64 blocks = 0;
+    if (p && parse_num(&p, &blocks) && blocks) {
+        flooding = 1;
+        flood(blocks);
+    } else {
+        if (!tx_str("hello from the virtio console\n") || !tx_drain()) {
+            line("timeout=tx");
+            return;
+        }
+        line("tx=ok");
+        receive(cmdline_find(cmdline, "console_rx=1") != NULL);
+    }
+    ack_irq();
+    wr(VM_STATUS, 0);
+    kv_hex("reset_status", rd(VM_STATUS));
+}
+
+void guest_main(u32 boot, u64 info, u64 entry_rflags)
+{
+    (void)entry_rflags;
+    kv_str("boot", boot_name(boot), 16);
+    run(boot_cmdline(boot, info));
+    line("done");
+}

@@ -1,0 +1,301 @@
+/* virtio_net: drives the first virtio-mmio network device (DeviceID 1) named by
+ * a virtio_mmio.device= entry of the command line, by polling (no interrupts).
+ * Sends one broadcast frame and waits (bounded) for a frame of ethertype
+ * 0x88b5 on RX; see the crate docs (VIRTIO_NET) for the lines it prints. */
+#include "rt.h"
+
+#define VM_MAGIC 0x000
+#define VM_VERSION 0x004
+#define VM_DEVICE_ID 0x008
+#define VM_DEV_FEATURES 0x010
+#define VM_DEV_FEATURES_SEL 0x014
+#define VM_DRV_FEATURES 0x020
+#define VM_DRV_FEATURES_SEL 0x024
+#define VM_QUEUE_SEL 0x030
+#define VM_QUEUE_NUM_MAX 0x034
+#define VM_QUEUE_NUM 0x038
+#define VM_QUEUE_READY 0x044
+#define VM_QUEUE_NOTIFY 0x050
+#define VM_INT_STATUS 0x060
+#define VM_INT_ACK 0x064
+#define VM_STATUS 0x070
+#define VM_QUEUE_DESC_LO 0x080
+#define VM_QUEUE_DESC_HI 0x084
+#define VM_QUEUE_DRIVER_LO 0x090
+#define VM_QUEUE_DRIVER_HI 0x094
+#define VM_QUEUE_DEVICE_LO 0x0a0
+#define VM_QUEUE_DEVICE_HI 0x0a4
+#define VM_CONFIG_GEN 0x0fc
+#define VM_CONFIG 0x100
+
+#define S_ACKNOWLEDGE 1
+#define S_DRIVER 2
+#define S_DRIVER_OK 4
+#define S_FEATURES_OK 8
+
+#define F_NET_MAC (1ULL << 5)
+#define F_VERSION_1 (1ULL << 32)
+
+#define D_NEXT 1
+#define D_WRITE 2
+
+#define QSIZE 8
+#define RX_BUF_LEN 2048
+#define HDR_LEN 12
+#define ETHERTYPE 0x88b5
+#define MAX_FRAMES 32
+
+struct desc {
+    u64 addr;
+    u32 len;
+    u16 flags;
+    u16 next;
+};
+struct avail {
+    u16 flags;
+    u16 idx;
+    u16 ring[QSIZE];
+    u16 used_event;
+};
+struct used_elem {
+    u32 id;
+    u32 len;
+};
+struct used {
+    u16 flags;
+    u16 idx;
+    struct used_elem ring[QSIZE];
+    u16 avail_event;
+};
+
+struct vq {
+    struct desc descs[QSIZE] __attribute__((aligned(4096)));
+    struct avail avail __attribute__((aligned(4096)));
+    struct used used __attribute__((aligned(4096)));
+    u16 avail_idx;
+    u16 used_seen;
+};
+
+static struct vq rxq __attribute__((aligned(4096)));
+static struct vq txq __attribute__((aligned(4096)));
+static u8 rx_bufs[QSIZE][RX_BUF_LEN] __attribute__((aligned(4096)));
+static u8 tx_hdr[HDR_LEN];
+static u8 tx_frame[60];
+
+static u64 base;
+
+static u32 rd(u32 off) { return mmio_read32(base + off); }
+static void wr(u32 off, u32 v) { mmio_write32(base + off, v); }
+
+static void put_bytes_hex(const char *key, const u8 *p, u32 n)
+{
+    static const char hex[] = "0123456789abcdef";
+    puts(key);
+    putc('=');
+    for (u32 i = 0; i < n; i++) {
+        putc(hex[p[i] >> 4]);
+        putc(hex[p[i] & 15]);
+    }
+    nl();
+}
+
+static void put_mac(const char *key, const u8 *m)
+{
+    static const char hex[] = "0123456789abcdef";
+    puts(key);
+    putc('=');
+    for (int i = 0; i < 6; i++) {
+        if (i)
+            putc(':');
+        putc(hex[m[i] >> 4]);
+        putc(hex[m[i] & 15]);
+    }
+    nl();
+}
+
+static int find_device(const char *cmdline)
+{
+    const char *p = cmdline;
+    while (p && (p = cmdline_find(p, "virtio_mmio.device=")) != NULL) {
+        u64 size, addr;
+        if (!parse_size(&p, &size) || *p != '@')
+            continue;
+        p++;
+        if (!parse_num(&p, &addr))
+            continue;
+        if (addr == 0 || addr >= 0x100000000ULL)
+            continue;
+        if (mmio_read32(addr + VM_MAGIC) != 0x74726976 || mmio_read32(addr + VM_DEVICE_ID) != 1)
+            continue;
+        base = addr;
+        kv_hex("virtio_base", addr);
+        return 1;
+    }
+    return 0;
+}
+
+static int setup_queue(u32 index, struct vq *q)
+{
+    wr(VM_QUEUE_SEL, index);
+    u32 max = rd(VM_QUEUE_NUM_MAX);
+    if (max < QSIZE)
+        return 0;
+    wr(VM_QUEUE_NUM, QSIZE);
+    wr(VM_QUEUE_DESC_LO, (u32)(u64)q->descs);
+    wr(VM_QUEUE_DESC_HI, (u32)((u64)q->descs >> 32));
+    wr(VM_QUEUE_DRIVER_LO, (u32)(u64)&q->avail);
+    wr(VM_QUEUE_DRIVER_HI, (u32)((u64)&q->avail >> 32));
+    wr(VM_QUEUE_DEVICE_LO, (u32)(u64)&q->used);
+    wr(VM_QUEUE_DEVICE_HI, (u32)((u64)&q->used >> 32));
+    wr(VM_QUEUE_READY, 1);
+    return 1;
+}
+
+static void make_avail(struct vq *q, u16 head)
+{
+    q->avail.ring[q->avail_idx % QSIZE] = head;
+    q->avail_idx++;
+    mb();
+    q->avail.idx = q->avail_idx;
+    mb();
+}
+
+/* Waits for the next used entry; returns 0 on timeout. */
+static int wait_used(struct vq *q, struct used_elem *out, u64 max_tsc)
+{
+    u64 start = rdtsc();
+    for (u64 i = 0;; i++) {
+        barrier();
+        if (*(volatile u16 *)&q->used.idx != q->used_seen)
+            break;
+        if (!spin_continue(i, 100000000000ULL, start, max_tsc))
+            return 0;
+        cpu_relax();
+    }
+    mb();
+    *out = q->used.ring[q->used_seen % QSIZE];
+    q->used_seen++;
+    u32 isr = rd(VM_INT_STATUS);
+    if (isr)
+        wr(VM_INT_ACK, isr);
+    return 1;
+}
+
+static void run(const char *cmdline)
+{
+    if (!find_device(cmdline)) {
+        line("virtio=none");
+        return;
+    }
+    kv_hex("version", rd(VM_VERSION));
+    kv_hex("device_id", rd(VM_DEVICE_ID));
+
+    wr(VM_STATUS, 0);
+    wr(VM_STATUS, S_ACKNOWLEDGE);
+    wr(VM_STATUS, S_ACKNOWLEDGE | S_DRIVER);
+    wr(VM_DEV_FEATURES_SEL, 0);
+    u64 feat = rd(VM_DEV_FEATURES);
+    wr(VM_DEV_FEATURES_SEL, 1);
+    feat |= (u64)rd(VM_DEV_FEATURES) << 32;
+    kv_hex("features", feat);
+    u64 drv = feat & (F_VERSION_1 | F_NET_MAC);
+    kv_hex("driver_features", drv);
+    wr(VM_DRV_FEATURES_SEL, 0);
+    wr(VM_DRV_FEATURES, (u32)drv);
+    wr(VM_DRV_FEATURES_SEL, 1);
+    wr(VM_DRV_FEATURES, (u32)(drv >> 32));
+    wr(VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
+    if (!(rd(VM_STATUS) & S_FEATURES_OK)) {
+        line("error=features_not_ok");
+        return;
+    }
+    if (!setup_queue(0, &rxq) || !setup_queue(1, &txq)) {
+        line("error=queue");
+        return;
+    }
+    wr(VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+    kv_hex("status", rd(VM_STATUS));
+
+    u8 mac[6];
+    u32 gen;
+    do {
+        gen = rd(VM_CONFIG_GEN);
+        for (int i = 0; i < 6; i++)
+            mac[i] = mmio_read8(base + VM_CONFIG + i);
+    } while (gen != rd(VM_CONFIG_GEN));
+    put_mac("mac", mac);
+
+    /* every RX descriptor is a one-buffer chain */
+    for (u16 i = 0; i < QSIZE; i++) {
+        rxq.descs[i].addr = (u64)rx_bufs[i];
+        rxq.descs[i].len = RX_BUF_LEN;
+        rxq.descs[i].flags = D_WRITE;
+        rxq.descs[i].next = 0;
+        make_avail(&rxq, i);
+    }
+    wr(VM_QUEUE_NOTIFY, 0);
+
+    /* one broadcast frame, header and frame in two descriptors */
+    memset(tx_hdr, 0, sizeof(tx_hdr));
+    memset(tx_frame, 0, sizeof(tx_frame));
+    memset(tx_frame, 0xff, 6);
+    memcpy(tx_frame + 6, mac, 6);
+    tx_frame[12] = ETHERTYPE >> 8;
+    tx_frame[13] = ETHERTYPE & 0xff;
+    memcpy(tx_frame + 14, "VMM-NET-TINY-GUEST-HELLO", 24);
+    txq.descs[0].addr = (u64)tx_hdr;
+    txq.descs[0].len = HDR_LEN;
+    txq.descs[0].flags = D_NEXT;
+    txq.descs[0].next = 1;
+    txq.descs[1].addr = (u64)tx_frame;
+    txq.descs[1].len = sizeof(tx_frame);
+    txq.descs[1].flags = 0;
+    txq.descs[1].next = 0;
+    make_avail(&txq, 0);
+    wr(VM_QUEUE_NOTIFY, 1);
+    struct used_elem e;
+    if (!wait_used(&txq, &e, 10000000000ULL)) {
+        line("timeout=tx");
+        return;
+    }
+    kv_hex("tx_used_len", e.len);
+    line("tx=sent");
+
+    /* receive until a frame of our ethertype arrives (the host may send others first) */
+    int want_rx = !cmdline_find(cmdline, "net_rx=0");
+    for (int n = 0; want_rx && n < MAX_FRAMES; n++) {
+        if (!wait_used(&rxq, &e, 60000000000ULL)) {
+            line("timeout=rx");
+            return;
+        }
+        if (e.id >= QSIZE) {
+            line("error=rx_id");
+            return;
+        }
+        u8 *b = rx_bufs[e.id];
+        u32 len = e.len;
+        kv_hex("rx_len", len);
+        if (len >= HDR_LEN + 14 && b[HDR_LEN + 12] == (ETHERTYPE >> 8) &&
+            b[HDR_LEN + 13] == (ETHERTYPE & 0xff)) {
+            kv_hex("rx_num_buffers", b[10] | (b[11] << 8));
+            put_mac("rx_dst", b + HDR_LEN);
+            put_mac("rx_src", b + HDR_LEN + 6);
+            put_bytes_hex("rx_head", b + HDR_LEN, 32);
+            kv_str("rx_text", (const char *)b + HDR_LEN + 14, len - HDR_LEN - 14 < 40 ? len - HDR_LEN - 14 : 40);
+            break;
+        }
+        /* give the buffer back */
+        make_avail(&rxq, (u16)e.id);
+        wr(VM_QUEUE_NOTIFY, 0);
+    }
+    wr(VM_STATUS, 0);
+    kv_hex("final_status", rd(VM_STATUS));
+}
+
+void guest_main(u32 boot, u64 info, u64 entry_rflags)
+{
+    (void)entry_rflags;
+    kv_str("boot", boot_name(boot), 16);
+    run(boot_cmdline(boot, info));
+    line("done");
+}
