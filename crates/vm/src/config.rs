@@ -11,23 +11,91 @@ pub const DEFAULT_MEMORY_BYTES: u64 = 128 << 20;
 /// The kernel command line used when the caller gives none.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
 
-/// Where the guest's serial port (COM1) output goes.
-pub enum SerialOutput {
-    /// The VMM process's standard output.
+/// The kernel command line used when the caller gives none and the virtio console is on: the
+/// kernel console on hvc0.
+pub const DEFAULT_CONSOLE_CMDLINE: &str = "console=hvc0 reboot=k panic=1 pci=off";
+
+/// A console backend: where a guest console's output goes and where its input comes from (for
+/// the serial port COM1 and for the virtio console).
+pub enum CharBackend {
+    /// No backend: the virtio console is absent; the serial port is present but its output is
+    /// discarded.
+    Off,
+    /// The VMM's standard output, with standard input as the input (at most one device may own
+    /// stdin).
+    Stdio,
+    /// The VMM's standard output, no input.
     Stdout,
-    /// Any writer, e.g. a file or a pipe a test reads.
+    /// A file, created or truncated; output only.
+    File(PathBuf),
+    /// A new pseudo-terminal (its path is reported by [`crate::Vm::ptys`]).
+    Pty,
+    /// A unix socket listening at this path; one client at a time (others are refused); output
+    /// is kept (up to 1 MiB) while no client is connected.
+    Socket(PathBuf),
+    /// Any writer, e.g. a pipe a test reads; output only.
     Writer(Box<dyn Write + Send>),
-    /// Discarded.
-    Sink,
 }
 
-impl fmt::Debug for SerialOutput {
+/// The old name of [`CharBackend`], kept for embedders (`SerialOutput::Writer(w)`,
+/// `SerialOutput::Stdout`).
+pub type SerialOutput = CharBackend;
+
+impl CharBackend {
+    /// Whether the backend is anything but [`CharBackend::Off`].
+    pub fn is_on(&self) -> bool {
+        !matches!(self, CharBackend::Off)
+    }
+
+    /// Whether the backend reads the VMM's standard input.
+    pub fn owns_stdin(&self) -> bool {
+        matches!(self, CharBackend::Stdio)
+    }
+}
+
+impl fmt::Debug for CharBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SerialOutput::Stdout => "Stdout",
-            SerialOutput::Writer(_) => "Writer(..)",
-            SerialOutput::Sink => "Sink",
-        })
+        match self {
+            CharBackend::Off => f.write_str("Off"),
+            CharBackend::Stdio => f.write_str("Stdio"),
+            CharBackend::Stdout => f.write_str("Stdout"),
+            CharBackend::File(p) => write!(f, "File({})", p.display()),
+            CharBackend::Pty => f.write_str("Pty"),
+            CharBackend::Socket(p) => write!(f, "Socket({})", p.display()),
+            CharBackend::Writer(_) => f.write_str("Writer(..)"),
+        }
+    }
+}
+
+impl FromStr for CharBackend {
+    type Err = ParseError;
+
+    /// Parses `off`, `stdio`, `file=PATH`, `pty` or `socket=PATH`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let usage = "use off, stdio, file=PATH, pty or socket=PATH";
+        let path = |p: &str, what: &str| {
+            if p.is_empty() {
+                Err(ParseError(format!("'{s}' has no {what} path; {usage}")))
+            } else {
+                Ok(PathBuf::from(p))
+            }
+        };
+        match s {
+            "off" | "none" => Ok(CharBackend::Off),
+            "stdio" => Ok(CharBackend::Stdio),
+            "pty" => Ok(CharBackend::Pty),
+            _ => {
+                if let Some(p) = s.strip_prefix("file=") {
+                    Ok(CharBackend::File(path(p, "file")?))
+                } else if let Some(p) = s.strip_prefix("socket=") {
+                    Ok(CharBackend::Socket(path(p, "socket")?))
+                } else {
+                    Err(ParseError(format!(
+                        "unknown console backend '{s}'; {usage}"
+                    )))
+                }
+            }
+        }
     }
 }
 
@@ -92,6 +160,91 @@ impl FromStr for DiskConfig {
     }
 }
 
+/// One virtio-net NIC over a host tap device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The tap device's name on the host.
+    pub tap: String,
+    /// The guest's MAC address; by default a stable, locally administered one derived from the
+    /// tap name.
+    pub mac: Option<[u8; 6]>,
+    /// Create the tap (and bring it up) if it does not exist.
+    pub create: bool,
+}
+
+impl NetConfig {
+    /// The MAC the guest sees: the one asked for, or the one derived from the tap name.
+    pub fn guest_mac(&self) -> [u8; 6] {
+        self.mac
+            .unwrap_or_else(|| devices::virtio::net::mac_from_name(&self.tap))
+    }
+}
+
+const NET_USAGE: &str = "use --net tap=NAME[,mac=52:54:00:12:34:56][,create=on]";
+
+impl FromStr for NetConfig {
+    type Err = ParseError;
+
+    /// Parses `tap=NAME[,mac=MAC][,create=on|off]` (the keys in any order).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut tap = None;
+        let mut mac = None;
+        let mut create = false;
+        for part in s.split(',') {
+            let (key, value) = part.split_once('=').ok_or_else(|| {
+                ParseError(format!("net option '{part}' is not key=value; {NET_USAGE}"))
+            })?;
+            match key {
+                "tap" => {
+                    let max = devices::virtio::net::MAX_NAME_LEN;
+                    if value.is_empty() || value.len() > max || value.contains(['/', ' ', '\0']) {
+                        return Err(ParseError(format!(
+                            "net tap '{value}' is not an interface name (1 to {max} characters, no '/' or spaces)"
+                        )));
+                    }
+                    tap = Some(value.to_string());
+                }
+                "mac" => mac = Some(parse_mac(value)?),
+                "create" => create = parse_switch(key, value)?,
+                _ => {
+                    return Err(ParseError(format!(
+                    "unknown net option '{key}'; known options: tap=NAME, mac=MAC, create=on|off"
+                )))
+                }
+            }
+        }
+        let tap = tap.ok_or_else(|| ParseError(format!("net '{s}' names no tap; {NET_USAGE}")))?;
+        Ok(NetConfig { tap, mac, create })
+    }
+}
+
+/// Parses a unicast MAC address `aa:bb:cc:dd:ee:ff` (or with `-`).
+fn parse_mac(value: &str) -> Result<[u8; 6], ParseError> {
+    let bad = || {
+        ParseError(format!(
+            "net mac '{value}' is not a MAC address like 52:54:00:12:34:56"
+        ))
+    };
+    let mut mac = [0u8; 6];
+    let mut parts = value.split([':', '-']);
+    for byte in &mut mac {
+        let part = parts.next().ok_or_else(bad)?;
+        if part.len() != 2 {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    if mac[0] & 1 != 0 {
+        return Err(ParseError(format!(
+            "net mac '{value}' is a multicast address; the first byte must be even (e.g. 52:54:00:12:34:56)"
+        )));
+    }
+    Ok(mac)
+}
+
 fn parse_switch(key: &str, value: &str) -> Result<bool, ParseError> {
     match value {
         "on" | "true" | "yes" | "1" => Ok(true),
@@ -149,14 +302,23 @@ pub struct VmConfig {
     pub memory_bytes: u64,
     /// virtio-blk disks, in order: /dev/vda, /dev/vdb, …
     pub disks: Vec<DiskConfig>,
-    /// Where COM1 output goes.
-    pub serial_output: SerialOutput,
-    /// Feed the VMM's standard input into COM1.
-    pub serial_input: bool,
+    /// virtio-net NICs over host taps, in order: eth0, eth1, …
+    pub nets: Vec<NetConfig>,
+    /// The serial port COM1 (ttyS0): its backend. [`CharBackend::Off`] keeps the UART but
+    /// discards its output.
+    pub serial: CharBackend,
+    /// The virtio console (hvc0), added after the disks and NICs; [`CharBackend::Off`] for none.
+    /// When it is on and no command line is given, [`DEFAULT_CONSOLE_CMDLINE`] is used.
+    pub console: CharBackend,
+    /// Serve the boot timer (port 0x440, MMIO 0xc000_0000): the guest's first write of the magic
+    /// byte is reported once as `boot-timer: <µs> µs since process start` (see
+    /// [`devices::legacy::BootTimer`] and [`crate::process_start`]).
+    pub boot_timer: bool,
 }
 
 impl VmConfig {
-    /// A configuration with the defaults: 1 vCPU, 128 MiB, no disks, serial on stdout, no input.
+    /// A configuration with the defaults: 1 vCPU, 128 MiB, no disks, serial on stdout (no input),
+    /// no virtio console.
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
         VmConfig {
             kernel: kernel.into(),
@@ -165,8 +327,10 @@ impl VmConfig {
             vcpus: 1,
             memory_bytes: DEFAULT_MEMORY_BYTES,
             disks: Vec::new(),
-            serial_output: SerialOutput::Stdout,
-            serial_input: false,
+            nets: Vec::new(),
+            serial: CharBackend::Stdout,
+            console: CharBackend::Off,
+            boot_timer: false,
         }
     }
 }
@@ -174,6 +338,22 @@ impl VmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_backends() {
+        let parse = |s: &str| s.parse::<CharBackend>().map(|b| format!("{b:?}"));
+        assert_eq!(parse("off").unwrap(), "Off");
+        assert_eq!(parse("stdio").unwrap(), "Stdio");
+        assert_eq!(parse("pty").unwrap(), "Pty");
+        assert_eq!(parse("file=/tmp/x").unwrap(), "File(/tmp/x)");
+        assert_eq!(parse("socket=/run/c.sock").unwrap(), "Socket(/run/c.sock)");
+        for bad in ["", "bogus", "file=", "socket=", "file", "stdio,x", "tcp=1"] {
+            assert!(!parse(bad).unwrap_err().0.is_empty(), "{bad}");
+        }
+        assert!(CharBackend::Stdio.owns_stdin());
+        assert!(!CharBackend::Stdout.owns_stdin());
+        assert!(!CharBackend::Off.is_on());
+    }
 
     #[test]
     fn memory_sizes() {
@@ -190,6 +370,45 @@ mod tests {
         assert!(parse_memory_size("12X").is_err());
         assert!(parse_memory_size("-1").is_err());
         assert!(parse_memory_size("99999999999999T").is_err());
+    }
+
+    #[test]
+    fn net_options() {
+        let n: NetConfig = "tap=tap0".parse().unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.mac, None);
+        assert!(!n.create);
+        assert_eq!(n.guest_mac(), devices::virtio::net::mac_from_name("tap0"));
+
+        let n: NetConfig = "tap=vmtap1,mac=52:54:00:12:34:56,create=on"
+            .parse()
+            .unwrap();
+        assert_eq!(n.tap, "vmtap1");
+        assert_eq!(n.mac, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        assert_eq!(n.guest_mac(), [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        assert!(n.create);
+
+        let n: NetConfig = "mac=02-AA-bb-00-00-01,tap=t".parse().unwrap();
+        assert_eq!(n.mac, Some([2, 0xaa, 0xbb, 0, 0, 1]));
+
+        for (bad, names) in [
+            ("", "net option"),
+            ("tap0", "net option"),
+            ("mac=52:54:00:12:34:56", "names no tap"),
+            ("tap=", "tap"),
+            ("tap=abcdefghijklmnop", "tap"),
+            ("tap=a/b", "tap"),
+            ("tap=t,mac=52:54:00:12:34", "mac"),
+            ("tap=t,mac=52:54:00:12:34:56:78", "mac"),
+            ("tap=t,mac=52:54:00:12:34:zz", "mac"),
+            ("tap=t,mac=5:54:00:12:34:56", "mac"),
+            ("tap=t,mac=01:00:5e:00:00:01", "multicast"),
+            ("tap=t,create=maybe", "create"),
+            ("tap=t,queues=2", "unknown net option 'queues'"),
+        ] {
+            let err = bad.parse::<NetConfig>().unwrap_err();
+            assert!(err.0.contains(names), "{bad}: {}", err.0);
+        }
     }
 
     #[test]

@@ -89,6 +89,15 @@ pub enum Error {
         #[source]
         source: devices::Error,
     },
+    /// A NIC could not be set up (the device's message names the tap and the fix).
+    #[error("{source}")]
+    Net {
+        /// The tap device's name.
+        tap: String,
+        /// The device's error.
+        #[source]
+        source: devices::Error,
+    },
     /// A device could not be created or wired.
     #[error("device {what}: {source}")]
     Device {

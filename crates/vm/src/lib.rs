@@ -20,14 +20,16 @@ mod config;
 mod error;
 mod kernel;
 mod quirks;
+mod start;
 mod vcpu;
 mod vm;
 
 pub use config::{
-    parse_memory_size, DiskConfig, ParseError, SerialOutput, VmConfig, DEFAULT_CMDLINE,
-    DEFAULT_MEMORY_BYTES,
+    parse_memory_size, CharBackend, DiskConfig, NetConfig, ParseError, SerialOutput, VmConfig,
+    DEFAULT_CMDLINE, DEFAULT_CONSOLE_CMDLINE, DEFAULT_MEMORY_BYTES,
 };
 pub use error::{Error, Result};
+pub use start::{mark_process_start, process_start};
 pub use vm::Vm;
 
 /// Why a guest stopped running without an error.

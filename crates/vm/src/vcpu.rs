@@ -133,6 +133,12 @@ impl Vcpu {
     /// The thread body: runs until the guest stops, an error, or the stop flag.
     pub(crate) fn run(mut self) {
         KVM_RUN.with(|run| run.set(self.fd.get_kvm_run() as *mut kvm_run));
+        // The start-up figure the benchmark reads (`-v`): process start to the first KVM_RUN.
+        log::info!(
+            "vCPU {}: first KVM_RUN at {} µs since process start",
+            self.index,
+            crate::start::micros_since_start()
+        );
         let outcome = self.run_loop();
         KVM_RUN.with(|run| run.set(std::ptr::null_mut()));
         if let Some(outcome) = outcome {

@@ -1,7 +1,6 @@
 //! The boot sequence (see DESIGN.md): build a VM from a [`VmConfig`], then run it to an [`ExitReason`].
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -11,8 +10,14 @@ use arch::layout;
 use arch::regs::BootEntry;
 use arch::GuestMemoryMmap;
 use devices::bus::Bus;
-use devices::legacy::{Serial, SerialInput, I8042};
+use devices::chardev::Chardev;
+use devices::legacy::{
+    BootTimer, ChardevWriter, Serial, SerialInput, BOOT_TIMER_MMIO_ADDR, BOOT_TIMER_MMIO_LEN,
+    BOOT_TIMER_PORT, BOOT_TIMER_PORT_LEN, I8042,
+};
 use devices::virtio::block::{Block, BlockConfig};
+use devices::virtio::console::Console;
+use devices::virtio::net::{Net, Tap};
 use devices::virtio::{MmioTransport, VirtioDevice, NOTIFY_REG_OFFSET};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
@@ -22,7 +27,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
-use crate::config::{SerialOutput, VmConfig, DEFAULT_CMDLINE};
+use crate::config::{CharBackend, VmConfig, DEFAULT_CMDLINE, DEFAULT_CONSOLE_CMDLINE};
 use crate::error::{Error, Result};
 use crate::kernel::{build_cmdline, cmdline_has, load_initrd, load_kernel};
 use crate::quirks;
@@ -70,6 +75,8 @@ pub struct Vm {
     event_manager: EventManager<Subscriber>,
     exit: Arc<ExitState>,
     exit_seen: Arc<AtomicBool>,
+    /// Pseudo-terminals created for console backends: (device, secondary path).
+    ptys: Vec<(&'static str, PathBuf)>,
     _vm_fd: VmFd,
     _kvm: Kvm,
     _mem: GuestMemoryMmap,
@@ -136,14 +143,24 @@ impl Vm {
 
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
-        add_legacy_devices(
-            &vm_fd,
-            &mut pio,
-            &mut event_manager,
-            &exit,
-            config.serial_output,
-            config.serial_input,
-        )?;
+        let mut ptys = Vec::new();
+        let console_on = config.console.is_on();
+        let serial = open_chardev("serial", config.serial)?;
+        if let Some(path) = serial.pty_path() {
+            ptys.push(("serial", path.to_path_buf()));
+        }
+        add_legacy_devices(&vm_fd, &mut pio, &mut event_manager, &exit, serial)?;
+        if config.boot_timer {
+            let timer = Arc::new(Mutex::new(BootTimer::new(crate::process_start())));
+            let dev_err = |source| Error::Device {
+                what: "boot timer",
+                source,
+            };
+            pio.insert(timer.clone(), BOOT_TIMER_PORT, BOOT_TIMER_PORT_LEN)
+                .map_err(dev_err)?;
+            mmio.insert(timer, BOOT_TIMER_MMIO_ADDR, BOOT_TIMER_MMIO_LEN)
+                .map_err(dev_err)?;
+        }
 
         let mut virtio = VirtioSlots {
             vm_fd: &vm_fd,
@@ -174,6 +191,41 @@ impl Vm {
                 }
             ));
         }
+        for (index, nic) in config.nets.iter().enumerate() {
+            let net_err = |source| Error::Net {
+                tap: nic.tap.clone(),
+                source,
+            };
+            let mac = nic.guest_mac();
+            let tap = Tap::open(&nic.tap, nic.create).map_err(net_err)?;
+            let (base, irq) = virtio.add("virtio-net", Net::new(tap, mac).map_err(net_err)?)?;
+            steps.done(&format!(
+                "NIC eth{index} on tap {} (MAC {}) at {base:#x}, IRQ {irq}",
+                nic.tap,
+                devices::virtio::net::format_mac(&mac)
+            ));
+        }
+        if console_on {
+            let chardev = open_chardev("console", config.console)?;
+            let pty = chardev.pty_path().map(Path::to_path_buf);
+            let console = Console::new(chardev).map_err(|source| Error::Device {
+                what: "console",
+                source,
+            })?;
+            let size = console.size();
+            let (base, irq) = virtio.add("virtio-console", console)?;
+            steps.done(&format!(
+                "virtio console (hvc0) at {base:#x}, IRQ {irq}{}",
+                if size.0 > 0 {
+                    format!(", {}x{}", size.0, size.1)
+                } else {
+                    String::new()
+                }
+            ));
+            if let Some(path) = pty {
+                ptys.push(("console", path));
+            }
+        }
         let cmdline_additions = virtio.cmdline;
 
         let supported_cpuid = kvm
@@ -196,7 +248,12 @@ impl Vm {
         steps.done(&format!("configured {} vCPU(s)", config.vcpus));
 
         // The command line: the caller's or ours, then what the guest must be told.
-        let base = config.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
+        let default_cmdline = if console_on {
+            DEFAULT_CONSOLE_CMDLINE
+        } else {
+            DEFAULT_CMDLINE
+        };
+        let base = config.cmdline.as_deref().unwrap_or(default_cmdline);
         let mut additions = Vec::new();
         if let Some(why) = quirks::cpuid_not_virtualized(&supported_cpuid) {
             let tsc_khz = vcpus.first().and_then(|v| v.get_tsc_khz().ok());
@@ -267,10 +324,17 @@ impl Vm {
             event_manager,
             exit,
             exit_seen,
+            ptys,
             _vm_fd: vm_fd,
             _kvm: kvm,
             _mem: mem,
         })
+    }
+
+    /// The pseudo-terminals created for `pty` console backends, as (`"serial"` or `"console"`,
+    /// path of the secondary to open, e.g. `/dev/pts/3`).
+    pub fn ptys(&self) -> &[(&'static str, PathBuf)] {
+        &self.ptys
     }
 
     /// Runs the guest until it resets, powers off or fails: one thread per vCPU, the event loop on this
@@ -436,6 +500,11 @@ fn open_kvm() -> Result<Kvm> {
 }
 
 fn validate(config: &VmConfig, kvm: &Kvm) -> Result<()> {
+    if config.serial.owns_stdin() && config.console.owns_stdin() {
+        return Err(Error::Config(
+            "--serial stdio and --console stdio: only one of them can read stdin; move one to off, file=, pty or socket=".into(),
+        ));
+    }
     let max_vcpus = kvm.get_max_vcpus().min(usize::from(layout::MAX_VCPUS));
     if config.vcpus == 0 || usize::from(config.vcpus) > max_vcpus {
         return Err(Error::Config(format!(
@@ -519,44 +588,42 @@ fn create_memory(vm_fd: &VmFd, size: u64) -> Result<GuestMemoryMmap> {
     Ok(mem)
 }
 
+/// Opens the backend of the device `name` (`"serial"` or `"console"`).
+fn open_chardev(name: &'static str, backend: CharBackend) -> Result<Chardev> {
+    match backend {
+        CharBackend::Off => Chardev::null(name),
+        CharBackend::Stdio => Chardev::stdio(name, true),
+        CharBackend::Stdout => Chardev::stdio(name, false),
+        CharBackend::File(path) => Chardev::file(name, &path),
+        CharBackend::Pty => Chardev::pty(name),
+        CharBackend::Socket(path) => Chardev::socket(name, &path),
+        CharBackend::Writer(w) => Chardev::writer(name, w),
+    }
+    .map_err(|source| Error::Device { what: name, source })
+}
+
 fn add_legacy_devices(
     vm_fd: &VmFd,
     pio: &mut Bus,
     event_manager: &mut EventManager<Subscriber>,
     exit: &Arc<ExitState>,
-    output: SerialOutput,
-    input: bool,
+    chardev: Chardev,
 ) -> Result<()> {
     let dev_err = |what| move |source| Error::Device { what, source };
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
     vm_fd
         .register_irqfd(&serial_irq, layout::SERIAL_IRQ)
         .map_err(kvm_err("register the serial irqfd"))?;
-    let out: Box<dyn std::io::Write + Send> = match output {
-        SerialOutput::Stdout => Box::new(std::io::stdout()),
-        SerialOutput::Writer(w) => w,
-        SerialOutput::Sink => Box::new(std::io::sink()),
-    };
+    let chardev = Arc::new(Mutex::new(chardev));
+    let out = Box::new(ChardevWriter(chardev.clone()));
     let serial = Arc::new(Mutex::new(
         Serial::new(serial_irq, out).map_err(dev_err("serial"))?,
     ));
     pio.insert(serial.clone(), SERIAL_PORT, SERIAL_PORT_LEN)
         .map_err(dev_err("serial"))?;
-    if input {
-        // SAFETY: dup of our own stdin; the new descriptor is owned by the File.
-        let fd = unsafe { libc::dup(std::io::stdin().as_raw_fd()) };
-        if fd < 0 {
-            log::warn!(
-                "cannot duplicate stdin for the serial console: {}",
-                std::io::Error::last_os_error()
-            );
-        } else {
-            // SAFETY: `fd` is a freshly duplicated descriptor nobody else owns.
-            let stdin: File = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
-            let input = SerialInput::new(serial, stdin).map_err(dev_err("serial input"))?;
-            event_manager.add_subscriber(Arc::new(Mutex::new(input)));
-        }
-    }
+    // The backend's event-loop side: input into the FIFO, socket clients, the output backlog.
+    let input = SerialInput::new(serial, chardev).map_err(dev_err("serial input"))?;
+    event_manager.add_subscriber(Arc::new(Mutex::new(input)));
     let i8042 = I8042::with_trigger(ResetTrigger(exit.clone()));
     pio.insert(Arc::new(Mutex::new(i8042)), I8042_PORT, I8042_PORT_LEN)
         .map_err(dev_err("i8042"))?;
