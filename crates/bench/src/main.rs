@@ -1,0 +1,719 @@
+//! `vmm-bench`: what vmm costs, measured side by side with QEMU `-M microvm` on the same guests in
+//! one run. Prints a table (median [min–max] per VMM, the ratio, the target) and writes JSON.
+//!
+//! ```sh
+//! cargo run --release -p bench -- [--quick] [--json out.json]
+//! ```
+//! It builds the release `vmm` (unless `--vmm PATH`), uses the tiny guests of crates/test-guests,
+//! and for the Linux figures the kernel and rootfs of resources/ (built or taken from the cache).
+
+mod report;
+mod run;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use report::{Figure, Samples, Target};
+use run::{Engine, Guest, QEMU_HOST_PARAMS, QEMU_VIRTIO_MMIO_BASE, VMM_VIRTIO_MMIO_BASE};
+
+/// Benchmarks vmm against QEMU microvm on the same guests.
+#[derive(Parser, Debug)]
+#[command(name = "vmm-bench")]
+struct Cli {
+    /// A smoke run: few repetitions, fewer accesses, no Linux boots (unless --linux-runs is given).
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions of each tiny-guest measurement (default 20, quick 5).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Sequential Linux boots per VMM (default 3, quick 0).
+    #[arg(long)]
+    linux_runs: Option<usize>,
+    /// Write the figures as JSON here.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Only these groups (comma-separated): null, exit, rss, rate, many, linux, linux4.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Use this vmm binary instead of building target/release/vmm.
+    #[arg(long, value_name = "PATH")]
+    vmm: Option<PathBuf>,
+    /// The QEMU binary; `none` leaves QEMU out.
+    #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
+    qemu: String,
+}
+
+const TINY_TIMEOUT: Duration = Duration::from_secs(60);
+const LINUX_TIMEOUT: Duration = Duration::from_secs(900);
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn build_vmm() -> Result<PathBuf, String> {
+    let root = workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    eprintln!("vmm-bench: building the release vmm");
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "--release", "--quiet", "-p", "vmm", "--bin", "vmm"])
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("cargo build --release -p vmm failed ({status})"));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target.join("release/vmm"))
+}
+
+fn find_qemu(name: &str) -> Option<PathBuf> {
+    if name == "none" {
+        return None;
+    }
+    let ok = Command::new(name)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then(|| PathBuf::from(name))
+}
+
+/// The Linux guest from resources/ (vmlinux, rootfs.ext4).
+fn linux_guest() -> Result<(PathBuf, PathBuf), String> {
+    let res = workspace_root().join("resources");
+    let mut paths = Vec::new();
+    for script in ["build-kernel.sh", "build-rootfs.sh"] {
+        eprintln!("vmm-bench: resources/{script} (builds on first use, minutes)");
+        let out = Command::new(res.join(script))
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot run resources/{script}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("resources/{script} failed ({})", out.status));
+        }
+        paths.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| PathBuf::from(l.trim())),
+        );
+    }
+    let find = |name: &str| {
+        paths
+            .iter()
+            .find(|p| p.file_name().is_some_and(|f| f == name))
+            .cloned()
+            .ok_or(format!("resources/ did not report {name}"))
+    };
+    Ok((find("vmlinux")?, find("rootfs.ext4")?))
+}
+
+struct Bench {
+    vmm: Engine,
+    qemu: Option<Engine>,
+    runs: usize,
+    quick: bool,
+    scratch: PathBuf,
+    figures: Vec<Figure>,
+    failures: Vec<String>,
+}
+
+impl Bench {
+    fn engines(&self) -> Vec<Engine> {
+        let mut e = vec![self.vmm.clone()];
+        e.extend(self.qemu.clone());
+        e
+    }
+
+    /// Runs `guest` once under `engine`; a failed run is recorded and yields `None`.
+    fn once(
+        &mut self,
+        engine: &Engine,
+        guest: &Guest,
+        timeout: Duration,
+        watch: &[&str],
+        stop_at: Option<&str>,
+    ) -> Option<run::Outcome> {
+        match run::run(guest.command(engine), timeout, watch, stop_at) {
+            Ok(o) if o.ok(engine) => Some(o),
+            Ok(o) => {
+                self.failures.push(format!(
+                    "{} {}: exit {:?} after {:.1?}; stderr: {}",
+                    engine.name(),
+                    guest.kernel.display(),
+                    o.status,
+                    o.elapsed,
+                    o.stderr.lines().last().unwrap_or("")
+                ));
+                None
+            }
+            Err(e) => {
+                self.failures
+                    .push(format!("{}: cannot spawn: {e}", engine.name()));
+                None
+            }
+        }
+    }
+
+    /// Median spawn→exit of `guest` for each engine, in ms, alternating the engines.
+    fn timed(&mut self, guests: &[(Engine, Guest)], runs: usize) -> Vec<Samples> {
+        let mut out = vec![Samples::default(); guests.len()];
+        for _ in 0..runs {
+            for (i, (engine, guest)) in guests.iter().enumerate() {
+                if let Some(o) = self.once(engine, guest, TINY_TIMEOUT, &[], None) {
+                    out[i].push(o.elapsed.as_secs_f64() * 1e3);
+                }
+            }
+        }
+        out
+    }
+
+    fn null_group(&mut self) {
+        eprintln!("vmm-bench: null guest start → exit");
+        let null = Guest::tiny(test_guests::NULL);
+        let pairs: Vec<(Engine, Guest)> = self
+            .engines()
+            .into_iter()
+            .map(|e| (e, null.clone()))
+            .collect();
+        let mut s = self.timed(&pairs, self.runs).into_iter();
+        let mut f = Figure::new("null_start_to_exit", "null guest: start → exit", "ms");
+        f.vmm = s.next().unwrap_or_default();
+        f.qemu = s.next();
+        f.targets = vec![Target::AtMost(5.0), Target::RatioAtMost(0.5)];
+        f.note = "spawn to reaped exit, measured by the parent".to_string();
+        self.figures.push(f);
+
+        // In-process figures from vmm's own clock (`-v --boot-timer`).
+        let traced = Guest {
+            verbose: true,
+            boot_timer: true,
+            ..null.clone()
+        };
+        let mut first_run = Figure::new(
+            "start_to_first_kvm_run",
+            "start → first KVM_RUN (vmm)",
+            "ms",
+        );
+        first_run.targets = vec![Target::AtMost(2.0)];
+        first_run.note = "from vmm's `-v` trace, measured from the first line of main".to_string();
+        let mut mark = Figure::new(
+            "null_boot_timer",
+            "null guest: start → boot-timer mark (vmm)",
+            "ms",
+        );
+        let vmm = self.vmm.clone();
+        for _ in 0..self.runs {
+            if let Some(o) = self.once(&vmm, &traced, TINY_TIMEOUT, &[], None) {
+                if let Some(us) = o.stderr_micros("first KVM_RUN at ") {
+                    first_run.vmm.push(us / 1e3);
+                }
+                if let Some(us) = o.stderr_micros("boot-timer: ") {
+                    mark.vmm.push(us / 1e3);
+                }
+            }
+        }
+        self.figures.push(first_run);
+        self.figures.push(mark);
+    }
+
+    fn exit_group(&mut self) {
+        let count: u64 = if self.quick { 20_000 } else { 100_000 };
+        let disk = self.scratch.join("exit-cost.img");
+        if let Err(e) = std::fs::write(&disk, vec![0u8; 1 << 20]) {
+            self.failures
+                .push(format!("cannot write {}: {e}", disk.display()));
+            return;
+        }
+        for kind in ["pio", "mmio"] {
+            eprintln!("vmm-bench: exit cost ({kind}, {count} accesses)");
+            let mut pairs = Vec::new();
+            for engine in self.engines() {
+                let mut guest = Guest::tiny(if kind == "pio" {
+                    test_guests::EXIT_COST_PIO
+                } else {
+                    test_guests::EXIT_COST_MMIO
+                });
+                let mut extra = String::new();
+                if kind == "mmio" {
+                    let addr = match engine {
+                        Engine::Vmm(_) => VMM_VIRTIO_MMIO_BASE,
+                        Engine::Qemu(_) => QEMU_VIRTIO_MMIO_BASE,
+                    };
+                    extra = format!(" mmio={addr:#x}");
+                    guest.disk = Some(disk.clone());
+                }
+                // The baseline is the same guest, devices and all, with no accesses.
+                let mut base = guest.clone();
+                base.cmdline = Some(format!("count=0{extra}"));
+                guest.cmdline = Some(format!("count={count}{extra}"));
+                pairs.push((engine.clone(), base));
+                pairs.push((engine, guest));
+            }
+            let runs = (self.runs / 2).max(3);
+            let s = self.timed(&pairs, runs);
+            // Per access: (median(with accesses) − median(null)) / count, in µs.
+            let per = |base: &Samples, with: &Samples| -> Samples {
+                match (base.median(), with.median()) {
+                    (Some(b), Some(w)) => Samples(vec![(w - b) * 1e3 / count as f64]),
+                    _ => Samples::default(),
+                }
+            };
+            let mut f = Figure::new(
+                &format!("exit_cost_{kind}"),
+                &format!("one {kind} exit, served in user space"),
+                "µs",
+            );
+            f.vmm = per(&s[0], &s[1]);
+            if s.len() >= 4 {
+                f.qemu = Some(per(&s[2], &s[3]));
+            }
+            f.targets = vec![Target::RatioAtMost(1.0)];
+            f.note = format!(
+                "(median total − median with count=0) / {count}; totals vmm {:.0} ms, qemu {} ms",
+                s[1].median().unwrap_or(f64::NAN),
+                s.get(3)
+                    .and_then(Samples::median)
+                    .map_or("n/a".to_string(), |m| format!("{m:.0}"))
+            );
+            self.figures.push(f);
+        }
+    }
+
+    fn rss_group(&mut self) {
+        eprintln!("vmm-bench: memory overhead (park guest, 1 vCPU, 128 MiB)");
+        let park = Guest::tiny(test_guests::PARK);
+        let mut f = Figure::new("rss_overhead", "RSS minus guest RAM, parked guest", "MiB");
+        let mut q = Samples::default();
+        let runs = if self.quick { 2 } else { 5 };
+        for _ in 0..runs {
+            for engine in self.engines() {
+                match run::parked_memory(&engine, &park, "parked", TINY_TIMEOUT) {
+                    Ok(Some(m)) => {
+                        let mib = m.rss_kib.saturating_sub(m.guest_rss_kib) as f64 / 1024.0;
+                        match engine {
+                            Engine::Vmm(_) => f.vmm.push(mib),
+                            Engine::Qemu(_) => q.push(mib),
+                        }
+                    }
+                    Ok(None) => self
+                        .failures
+                        .push(format!("{}: park guest did not park", engine.name())),
+                    Err(e) => self.failures.push(format!("{}: {e}", engine.name())),
+                }
+            }
+        }
+        if self.qemu.is_some() {
+            f.qemu = Some(q);
+        }
+        f.targets = vec![Target::AtMost(3.0)];
+        f.note =
+            "VmRSS − Rss of the guest RAM mapping (/proc/PID/smaps), 300 ms after `parked`".into();
+        self.figures.push(f);
+    }
+
+    fn rate_group(&mut self) {
+        let secs = if self.quick { 2 } else { 5 };
+        let workers = thread::available_parallelism().map_or(2, |n| n.get());
+        eprintln!("vmm-bench: VM creation rate ({workers} workers, {secs} s)");
+        let mut f = Figure::new("vm_creation_rate", "null VMs back to back", "VMs/s");
+        let mut q = Samples::default();
+        let reps = if self.quick { 1 } else { 3 };
+        for _ in 0..reps {
+            for engine in self.engines() {
+                let (done, failed, elapsed) = creation_rate(&engine, workers, secs);
+                if failed > 0 {
+                    self.failures
+                        .push(format!("{}: {failed} null guests failed", engine.name()));
+                }
+                let rate = done as f64 / elapsed.as_secs_f64();
+                match engine {
+                    Engine::Vmm(_) => f.vmm.push(rate),
+                    Engine::Qemu(_) => q.push(rate),
+                }
+            }
+        }
+        if self.qemu.is_some() {
+            f.qemu = Some(q);
+        }
+        f.targets = vec![Target::AtLeast(100.0)];
+        f.note = format!("{workers} parallel workers for {secs} s each");
+        self.figures.push(f);
+    }
+
+    fn many_group(&mut self) {
+        let n = if self.quick { 10 } else { 50 };
+        eprintln!("vmm-bench: {n} null guests at once");
+        let mut done = Figure::new(
+            "many_null_completed",
+            &format!("{n} null guests at once: completed"),
+            "VMs",
+        );
+        let mut wall = Figure::new(
+            "many_null_wall",
+            &format!("{n} null guests at once: wall time"),
+            "ms",
+        );
+        let (mut qd, mut qw) = (Samples::default(), Samples::default());
+        for engine in self.engines() {
+            let guest = Guest::tiny(test_guests::NULL);
+            let (ok, elapsed) = at_once(&engine, &guest, n, TINY_TIMEOUT, None);
+            match engine {
+                Engine::Vmm(_) => {
+                    done.vmm.push(ok as f64);
+                    wall.vmm.push(elapsed.as_secs_f64() * 1e3);
+                }
+                Engine::Qemu(_) => {
+                    qd.push(ok as f64);
+                    qw.push(elapsed.as_secs_f64() * 1e3);
+                }
+            }
+        }
+        if self.qemu.is_some() {
+            done.qemu = Some(qd);
+            wall.qemu = Some(qw);
+        }
+        done.targets = vec![Target::AtLeast(n as f64)];
+        self.figures.push(done);
+        self.figures.push(wall);
+    }
+
+    fn linux_guest_for(
+        &self,
+        engine: &Engine,
+        kernel: &Path,
+        rootfs: &Path,
+        tag: &str,
+    ) -> Result<Guest, String> {
+        let disk = self
+            .scratch
+            .join(format!("rootfs-{}-{tag}.ext4", engine.name()));
+        std::fs::copy(rootfs, &disk).map_err(|e| format!("cannot copy the rootfs: {e}"))?;
+        let base = "console=ttyS0 reboot=k panic=1 pci=off vmmtest=marker";
+        let cmdline = match engine {
+            Engine::Vmm(_) => base.to_string(),
+            Engine::Qemu(_) => format!("{base} {QEMU_HOST_PARAMS} root=/dev/vda rw"),
+        };
+        Ok(Guest {
+            kernel: kernel.to_path_buf(),
+            cmdline: Some(cmdline),
+            disk: Some(disk),
+            memory_mib: 128,
+            boot_timer: true,
+            verbose: false,
+        })
+    }
+
+    fn linux_group(&mut self, runs: usize, parallel: bool) {
+        let (kernel, rootfs) = match linux_guest() {
+            Ok(p) => p,
+            Err(e) => {
+                self.failures.push(e);
+                return;
+            }
+        };
+        if runs > 0 {
+            self.linux_sequential(&kernel, &rootfs, runs);
+        }
+        if parallel {
+            self.linux_parallel(&kernel, &rootfs);
+        }
+    }
+
+    fn linux_sequential(&mut self, kernel: &Path, rootfs: &Path, runs: usize) {
+        let mut init = Figure::new("linux_start_to_init", "Linux: start → VMM-INIT-OK", "s");
+        let mut done = Figure::new("linux_start_to_done", "Linux: start → VMM-TEST-DONE", "s");
+        let mut exit = Figure::new("linux_start_to_exit", "Linux: start → exit (vmm)", "s");
+        let mut mark = Figure::new(
+            "linux_boot_timer",
+            "Linux: start → init's boot-timer mark (vmm)",
+            "s",
+        );
+        let (mut qi, mut qd) = (Samples::default(), Samples::default());
+        for i in 0..runs {
+            for engine in self.engines() {
+                eprintln!(
+                    "vmm-bench: Linux boot {}/{runs} under {}",
+                    i + 1,
+                    engine.name()
+                );
+                let guest = match self.linux_guest_for(&engine, kernel, rootfs, "seq") {
+                    Ok(g) => g,
+                    Err(e) => {
+                        self.failures.push(e);
+                        return;
+                    }
+                };
+                // QEMU microvm has no i8042: `reboot=k` cannot end it, so it is stopped at the marker.
+                let stop = matches!(engine, Engine::Qemu(_)).then_some("VMM-TEST-DONE");
+                let o = self.once(
+                    &engine,
+                    &guest,
+                    LINUX_TIMEOUT,
+                    &["VMM-INIT-OK", "VMM-TEST-DONE"],
+                    stop,
+                );
+                let _ = std::fs::remove_file(guest.disk.as_deref().unwrap_or(Path::new("")));
+                let Some(o) = o else { continue };
+                let s = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+                match engine {
+                    Engine::Vmm(_) => {
+                        init.vmm.0.extend(s(o.mark("VMM-INIT-OK")));
+                        done.vmm.0.extend(s(o.mark("VMM-TEST-DONE")));
+                        exit.vmm.push(o.elapsed.as_secs_f64());
+                        mark.vmm
+                            .0
+                            .extend(o.stderr_micros("boot-timer: ").map(|us| us / 1e6));
+                    }
+                    Engine::Qemu(_) => {
+                        qi.0.extend(s(o.mark("VMM-INIT-OK")));
+                        qd.0.extend(s(o.mark("VMM-TEST-DONE")));
+                    }
+                }
+            }
+        }
+        if self.qemu.is_some() {
+            init.qemu = Some(qi);
+            done.qemu = Some(qd);
+        }
+        init.targets = vec![Target::RatioAtMost(1.0)];
+        done.targets = vec![Target::RatioAtMost(1.0)];
+        done.note = "the guest's last line before `reboot -f`: QEMU microvm has no reset path for \
+                     this guest (no i8042), so this is the comparable 'boot to exit'"
+            .into();
+        exit.note = "process exit after the guest's i8042 reset".into();
+        self.figures.extend([init, done, exit, mark]);
+    }
+
+    fn linux_parallel(&mut self, kernel: &Path, rootfs: &Path) {
+        const N: usize = 4;
+        let mut booted = Figure::new(
+            "linux4_booted",
+            "4 Linux guests at once: reached VMM-TEST-DONE",
+            "VMs",
+        );
+        let mut wall = Figure::new("linux4_wall", "4 Linux guests at once: wall time", "s");
+        let (mut qb, mut qw) = (Samples::default(), Samples::default());
+        for engine in self.engines() {
+            eprintln!(
+                "vmm-bench: {N} Linux guests at once under {}",
+                engine.name()
+            );
+            let mut guests = Vec::new();
+            for i in 0..N {
+                match self.linux_guest_for(&engine, kernel, rootfs, &format!("par{i}")) {
+                    Ok(g) => guests.push(g),
+                    Err(e) => {
+                        self.failures.push(e);
+                        return;
+                    }
+                }
+            }
+            let stop = matches!(engine, Engine::Qemu(_)).then_some("VMM-TEST-DONE");
+            let start = Instant::now();
+            let handles: Vec<_> = guests
+                .iter()
+                .map(|g| {
+                    let cmd = g.command(&engine);
+                    thread::spawn(move || {
+                        run::run(cmd, LINUX_TIMEOUT, &["VMM-TEST-DONE"], stop)
+                            .ok()
+                            .and_then(|o| o.mark("VMM-TEST-DONE"))
+                    })
+                })
+                .collect();
+            let ok = handles
+                .into_iter()
+                .map(|h| h.join().ok().flatten().is_some())
+                .filter(|b| *b)
+                .count();
+            let secs = start.elapsed().as_secs_f64();
+            for g in &guests {
+                let _ = std::fs::remove_file(g.disk.as_deref().unwrap_or(Path::new("")));
+            }
+            match engine {
+                Engine::Vmm(_) => {
+                    booted.vmm.push(ok as f64);
+                    wall.vmm.push(secs);
+                }
+                Engine::Qemu(_) => {
+                    qb.push(ok as f64);
+                    qw.push(secs);
+                }
+            }
+        }
+        if self.qemu.is_some() {
+            booted.qemu = Some(qb);
+            wall.qemu = Some(qw);
+        }
+        booted.targets = vec![Target::AtLeast(N as f64)];
+        self.figures.extend([booted, wall]);
+    }
+}
+
+/// Null guests back to back on `workers` threads for `secs` seconds: (completed, failed, elapsed).
+fn creation_rate(engine: &Engine, workers: usize, secs: u64) -> (usize, usize, Duration) {
+    let done = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(secs);
+    let handles: Vec<_> = (0..workers)
+        .map(|_| {
+            let (engine, done, failed) = (engine.clone(), done.clone(), failed.clone());
+            thread::spawn(move || {
+                let guest = Guest::tiny(test_guests::NULL);
+                while Instant::now() < deadline {
+                    match run::run(guest.command(&engine), TINY_TIMEOUT, &[], None) {
+                        Ok(o) if o.ok(&engine) => done.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    (
+        done.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        start.elapsed(),
+    )
+}
+
+/// `n` copies of `guest` started at once; (how many ended cleanly, wall time).
+fn at_once(
+    engine: &Engine,
+    guest: &Guest,
+    n: usize,
+    timeout: Duration,
+    stop: Option<&'static str>,
+) -> (usize, Duration) {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let (engine, cmd) = (engine.clone(), guest.command(engine));
+            thread::spawn(move || run::run(cmd, timeout, &[], stop).is_ok_and(|o| o.ok(&engine)))
+        })
+        .collect();
+    let ok = handles
+        .into_iter()
+        .filter_map(|h| h.join().ok())
+        .filter(|b| *b)
+        .count();
+    (ok, start.elapsed())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let vmm = match cli.vmm.clone().map_or_else(build_vmm, Ok) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let qemu = find_qemu(&cli.qemu).map(Engine::Qemu);
+    if qemu.is_none() && cli.qemu != "none" {
+        eprintln!(
+            "vmm-bench: {} not found; QEMU figures are n/a (apt-get install qemu-system-x86)",
+            cli.qemu
+        );
+    }
+    let scratch = std::env::temp_dir().join(format!("vmm-bench-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&scratch) {
+        eprintln!("error: cannot create {}: {e}", scratch.display());
+        return ExitCode::FAILURE;
+    }
+    let mut bench = Bench {
+        vmm: Engine::Vmm(vmm.clone()),
+        qemu,
+        runs: cli.runs.unwrap_or(if cli.quick { 5 } else { 20 }).max(1),
+        quick: cli.quick,
+        scratch: scratch.clone(),
+        figures: Vec::new(),
+        failures: Vec::new(),
+    };
+    let wants = |g: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == g);
+    let load_before = loadavg();
+    let started = Instant::now();
+
+    if wants("null") {
+        bench.null_group();
+    }
+    if wants("exit") {
+        bench.exit_group();
+    }
+    if wants("rss") {
+        bench.rss_group();
+    }
+    if wants("rate") {
+        bench.rate_group();
+    }
+    if wants("many") {
+        bench.many_group();
+    }
+    let linux_runs = cli.linux_runs.unwrap_or(if cli.quick { 0 } else { 3 });
+    let linux4 = !cli.only.is_empty() && wants("linux4") || cli.only.is_empty() && !cli.quick;
+    if (wants("linux") && linux_runs > 0) || linux4 {
+        bench.linux_group(if wants("linux") { linux_runs } else { 0 }, linux4);
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+
+    let load_after = loadavg();
+    let meta = vec![
+        ("vmm", vmm.display().to_string()),
+        (
+            "qemu",
+            bench
+                .qemu
+                .as_ref()
+                .map_or("none".to_string(), |_| cli.qemu.clone()),
+        ),
+        ("runs", bench.runs.to_string()),
+        ("quick", cli.quick.to_string()),
+        ("loadavg_before", load_before.clone()),
+        ("loadavg_after", load_after.clone()),
+        (
+            "cpus",
+            thread::available_parallelism()
+                .map_or(0, |n| n.get())
+                .to_string(),
+        ),
+        (
+            "duration_s",
+            format!("{:.0}", started.elapsed().as_secs_f64()),
+        ),
+        ("failures", bench.failures.join("; ")),
+    ];
+    println!("{}", report::table(&bench.figures));
+    println!(
+        "load average before {load_before}, after {load_after}; {} s",
+        started.elapsed().as_secs()
+    );
+    for f in &bench.failures {
+        println!("failed: {f}");
+    }
+    if let Some(path) = &cli.json {
+        if let Err(e) = std::fs::write(path, report::json(&meta, &bench.figures)) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
