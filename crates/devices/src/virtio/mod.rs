@@ -134,3 +134,16 @@ impl Interrupt {
         self.needs_reset.store(false, Ordering::SeqCst);
     }
 }
+
+/// Copies `data.len()` bytes of a device's config space from `offset`; bytes past its end read as 0
+/// (a guest may read any offset and width).
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| config.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}

@@ -622,14 +622,7 @@ impl VirtioDevice for Net {
     /// struct virtio_net_config: mac[6], then status, max_virtqueue_pairs and mtu (all 0: not
     /// offered).
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| self.mac.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::virtio::read_config_bytes(&self.mac, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
