@@ -5,7 +5,6 @@
 
 /* virtio-mmio registers */
 
-
 #define F_BLK_RO (1ULL << 5)
 #define F_BLK_FLUSH (1ULL << 9)
 
@@ -13,7 +12,6 @@
 #define T_OUT 1
 #define T_FLUSH 4
 #define T_GET_ID 8
-
 
 #define QSIZE_WANT 16
 #define OOB_ADDR 0xF00000000000ULL
@@ -143,19 +141,8 @@ static int request(const char *name, u32 type, u64 sector, u64 buf, u32 len, int
 static int find_device(const char *cmdline)
 {
     const char *p = cmdline;
-    while (p && (p = cmdline_find(p, "virtio_mmio.device=")) != NULL) {
-        u64 size, addr, irq = 0;
-        if (!parse_size(&p, &size) || *p != '@')
-            continue;
-        p++;
-        if (!parse_num(&p, &addr))
-            continue;
-        if (*p == ':') {
-            p++;
-            parse_num(&p, &irq);
-        }
-        if (addr == 0 || addr >= 0x100000000ULL)
-            continue;
+    u64 size, addr, irq;
+    while (virtio_mmio_next(&p, &size, &addr, &irq)) {
         if (mmio_read32(addr + VM_MAGIC) == 0x74726976 && mmio_read32(addr + VM_DEVICE_ID) == 0)
             continue; /* empty slot */
         base = addr;

@@ -8,10 +8,7 @@
 #include "rt.h"
 #include "virtio_mmio.h"
 
-
-
 #define F_SIZE (1ULL << 0)
-
 
 #define QN 16
 #define BUF 4096
@@ -65,23 +62,11 @@ static u64 base;
 static u32 rd(u32 off) { return mmio_read32(base + off); }
 static void wr(u32 off, u32 v) { mmio_write32(base + off, v); }
 
-
 static int find_console(const char *cmdline)
 {
     const char *p = cmdline;
-    while (p && (p = cmdline_find(p, "virtio_mmio.device=")) != NULL) {
-        u64 size, addr, irq = 0;
-        if (!parse_size(&p, &size) || *p != '@')
-            continue;
-        p++;
-        if (!parse_num(&p, &addr))
-            continue;
-        if (*p == ':') {
-            p++;
-            parse_num(&p, &irq);
-        }
-        if (addr == 0 || addr >= 0x100000000ULL)
-            continue;
+    u64 size, addr, irq;
+    while (virtio_mmio_next(&p, &size, &addr, &irq)) {
         if (mmio_read32(addr + VM_MAGIC) != 0x74726976 || mmio_read32(addr + VM_DEVICE_ID) != 3)
             continue;
         base = addr;

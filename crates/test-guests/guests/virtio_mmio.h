@@ -35,4 +35,26 @@
 #define D_NEXT 1
 #define D_WRITE 2
 
+/* Parses the next `virtio_mmio.device=<size>@<addr>[:<irq>]` entry of the command line at or after *p
+ * whose slot lies below 4 GiB; returns 1 and advances *p past it, or 0 when there is none left. */
+static inline int virtio_mmio_next(const char **p, u64 *size, u64 *addr, u64 *irq)
+{
+    while (*p && (*p = cmdline_find(*p, "virtio_mmio.device=")) != 0) {
+        *irq = 0;
+        if (!parse_size(p, size) || **p != '@')
+            continue;
+        (*p)++;
+        if (!parse_num(p, addr))
+            continue;
+        if (**p == ':') {
+            (*p)++;
+            parse_num(p, irq);
+        }
+        if (*addr == 0 || *addr >= 0x100000000ULL)
+            continue;
+        return 1;
+    }
+    return 0;
+}
+
 #endif

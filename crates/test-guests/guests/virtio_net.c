@@ -5,10 +5,7 @@
 #include "rt.h"
 #include "virtio_mmio.h"
 
-
-
 #define F_NET_MAC (1ULL << 5)
-
 
 #define QSIZE 8
 #define RX_BUF_LEN 2048
@@ -87,15 +84,8 @@ static void put_mac(const char *key, const u8 *m)
 static int find_device(const char *cmdline)
 {
     const char *p = cmdline;
-    while (p && (p = cmdline_find(p, "virtio_mmio.device=")) != NULL) {
-        u64 size, addr;
-        if (!parse_size(&p, &size) || *p != '@')
-            continue;
-        p++;
-        if (!parse_num(&p, &addr))
-            continue;
-        if (addr == 0 || addr >= 0x100000000ULL)
-            continue;
+    u64 size, addr, irq;
+    while (virtio_mmio_next(&p, &size, &addr, &irq)) {
         if (mmio_read32(addr + VM_MAGIC) != 0x74726976 || mmio_read32(addr + VM_DEVICE_ID) != 1)
             continue;
         base = addr;
