@@ -53,10 +53,34 @@ struct FileAt<'a> {
 }
 
 impl FileAt<'_> {
-    fn offset(&self) -> Result<libc::off_t, VolatileMemoryError> {
-        libc::off_t::try_from(self.offset).map_err(|_| {
-            VolatileMemoryError::IOError(std::io::Error::from_raw_os_error(libc::EINVAL))
-        })
+    /// Runs positioned I/O of `len` bytes from the current offset until done, end of file (a 0 return)
+    /// or an error, retrying on EINTR. `op(done, offset)` transfers bytes `done..len` at `offset`, as
+    /// pread/pwrite do, and returns the syscall's result. Returns the bytes transferred.
+    fn transfer(
+        &mut self,
+        len: usize,
+        mut op: impl FnMut(usize, libc::off_t) -> isize,
+    ) -> std::io::Result<usize> {
+        let mut done = 0usize;
+        while done < len {
+            let offset = libc::off_t::try_from(self.offset)
+                .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+            let n = op(done, offset);
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            if n == 0 {
+                break;
+            }
+            // n > 0 and at most the requested length.
+            done += n as usize;
+            self.offset += n as u64;
+        }
+        Ok(done)
     }
 }
 
@@ -68,38 +92,25 @@ impl ReadVolatile for FileAt<'_> {
     ) -> Result<usize, VolatileMemoryError> {
         let guard = buf.ptr_guard_mut();
         let base = guard.as_ptr();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let offset = self.offset()?;
-            // SAFETY: the fd is valid for the borrow of `self.file`; `base + done` points into
-            // the guest memory described by `buf`, valid for writes of `buf.len() - done`
-            // bytes while `guard` lives (VolatileSlice invariant).
-            let n = unsafe {
-                libc::pread(
-                    self.file.as_raw_fd(),
-                    base.add(done).cast(),
-                    buf.len() - done,
-                    offset,
-                )
-            };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
+        let len = buf.len();
+        let fd = self.file.as_raw_fd();
+        let result = self.transfer(len, |done, offset| {
+            // SAFETY: `fd` is valid for the borrow of `self.file`; `base + done` points into the
+            // guest memory described by `buf`, valid for writes of `len - done` bytes while `guard`
+            // lives (VolatileSlice invariant).
+            unsafe { libc::pread(fd, base.add(done).cast(), len - done, offset) }
+        });
+        match result {
+            Ok(done) => {
+                buf.bitmap().mark_dirty(0, done);
+                Ok(done)
+            }
+            Err(err) => {
                 // Part of the buffer may have been written.
-                buf.bitmap().mark_dirty(0, buf.len());
-                return Err(VolatileMemoryError::IOError(err));
+                buf.bitmap().mark_dirty(0, len);
+                Err(VolatileMemoryError::IOError(err))
             }
-            if n == 0 {
-                break;
-            }
-            // n > 0 and at most the requested length.
-            done += n as usize;
-            self.offset += n as u64;
         }
-        buf.bitmap().mark_dirty(0, done);
-        Ok(done)
     }
 }
 
@@ -111,34 +122,15 @@ impl WriteVolatile for FileAt<'_> {
     ) -> Result<usize, VolatileMemoryError> {
         let guard = buf.ptr_guard();
         let base = guard.as_ptr();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let offset = self.offset()?;
-            // SAFETY: the fd is valid for the borrow of `self.file`; `base + done` points into
-            // the guest memory described by `buf`, valid for reads of `buf.len() - done` bytes
-            // while `guard` lives (VolatileSlice invariant).
-            let n = unsafe {
-                libc::pwrite(
-                    self.file.as_raw_fd(),
-                    base.add(done).cast(),
-                    buf.len() - done,
-                    offset,
-                )
-            };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(VolatileMemoryError::IOError(err));
-            }
-            if n == 0 {
-                break;
-            }
-            done += n as usize;
-            self.offset += n as u64;
-        }
-        Ok(done)
+        let len = buf.len();
+        let fd = self.file.as_raw_fd();
+        self.transfer(len, |done, offset| {
+            // SAFETY: `fd` is valid for the borrow of `self.file`; `base + done` points into the
+            // guest memory described by `buf`, valid for reads of `len - done` bytes while `guard`
+            // lives (VolatileSlice invariant).
+            unsafe { libc::pwrite(fd, base.add(done).cast(), len - done, offset) }
+        })
+        .map_err(VolatileMemoryError::IOError)
     }
 }
 
