@@ -4,6 +4,7 @@
 //! * [`chardev`]: console backends (stdio, file, pty, unix socket) shared by the UART and
 //!   virtio-console.
 //! * [`legacy`]: the COM1 16550A UART and the i8042 (only its CPU-reset command).
+//! * [`rate_limiter`]: token buckets (bytes/s, ops/s) that throttle virtio-blk and virtio-net.
 //! * [`virtio`]: the virtio-mmio (version 2) transport and one folder per virtio device.
 //!
 //! A device never sees the VM: it learns about it only through what it is handed (guest
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 pub mod bus;
 pub mod chardev;
 pub mod legacy;
+pub mod rate_limiter;
 pub mod virtio;
 
 /// The guest memory type used by every device.
@@ -59,6 +61,14 @@ pub enum Error {
     #[error("cannot create eventfd for {what}: {error}")]
     EventFd {
         /// Which event this was for.
+        what: &'static str,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// Creating or setting up a timerfd failed.
+    #[error("cannot create the timerfd for the {what}: {error}")]
+    Timer {
+        /// Which timer this was for.
         what: &'static str,
         /// The OS error.
         error: io::Error,

@@ -135,6 +135,35 @@ impl Interrupt {
     }
 }
 
+/// A device's failures (the driver broke the queue protocol) over its whole life, resets
+/// included: a guest that fails the device, resets it and fails it again in a loop gets one
+/// error line, not one per round.
+#[derive(Default)]
+pub(crate) struct FailureLog {
+    count: u64,
+}
+
+impl FailureLog {
+    /// Logs failure `why` of `device`: the first at error level, later ones at debug level.
+    pub(crate) fn record(&mut self, device: &str, why: &str) {
+        self.count += 1;
+        if self.count == 1 {
+            log::error!("{device}: {why}; device needs reset (later failures at debug level)");
+        } else {
+            log::debug!(
+                "{device}: {why}; device needs reset (failure {})",
+                self.count
+            );
+        }
+    }
+
+    /// How many failures were recorded.
+    #[cfg(test)]
+    pub(crate) fn count(&self) -> u64 {
+        self.count
+    }
+}
+
 /// Copies `data.len()` bytes of a device's config space from `offset`; bytes past its end read as 0
 /// (a guest may read any offset and width).
 pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {

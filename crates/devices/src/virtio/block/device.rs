@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
-use log::{debug, error, warn};
+use log::{debug, warn};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -15,6 +15,7 @@ use super::{
     BlockConfig, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
     VIRTIO_BLK_F_SEG_MAX, VIRTIO_ID_BLOCK,
 };
+use crate::rate_limiter::RateLimiter;
 use crate::virtio::{
     Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_VRING, VIRTIO_RING_F_EVENT_IDX,
 };
@@ -42,6 +43,12 @@ pub struct Block {
     active: Option<Active>,
     /// The driver broke the queue protocol: no more processing until reset.
     failed: bool,
+    /// Every failure since creation (log once, count the rest).
+    pub(super) failures: crate::virtio::FailureLog,
+    /// Bytes/s and requests/s limits; its timer is watched by the event handler.
+    pub(super) rate_limiter: Option<RateLimiter>,
+    /// A request waits at the head of the queue for the rate limiter's timer.
+    pub(super) throttled: bool,
 }
 
 impl Block {
@@ -122,7 +129,23 @@ impl Block {
             queue_evts: [queue_evt],
             active: None,
             failed: false,
+            failures: Default::default(),
+            rate_limiter: None,
+            throttled: false,
         })
+    }
+
+    /// Throttles the disk: each request waits (at the head of the queue, not popped) until the
+    /// limiter has tokens for its data bytes and one operation. Set it before the device is
+    /// added to the event loop, which then watches the limiter's timer.
+    pub fn with_rate_limiter(mut self, limiter: Option<RateLimiter>) -> Self {
+        self.rate_limiter = limiter;
+        self
+    }
+
+    /// The rate limiter, if any.
+    pub fn rate_limiter(&self) -> Option<&RateLimiter> {
+        self.rate_limiter.as_ref()
     }
 
     /// The configuration the device was opened with.
@@ -148,10 +171,8 @@ impl Block {
     /// The driver broke the queue protocol: log once, ask for a reset, stop processing.
     fn fail(&mut self, why: &str) {
         if !self.failed {
-            error!(
-                "virtio-blk '{}': {why}; device needs reset",
-                self.config.path.display()
-            );
+            let name = format!("virtio-blk '{}'", self.config.path.display());
+            self.failures.record(&name, why);
             self.failed = true;
             if let Some(active) = &self.active {
                 active.interrupt.set_needs_reset();
@@ -191,11 +212,27 @@ impl Block {
                     }
                 };
                 let Some(chain) = chain else { break };
+                if let Some(limiter) = self.rate_limiter.as_mut() {
+                    if !limiter.try_consume(request::data_len(&chain), 1) {
+                        // Leave the request in the ring; the limiter's timer brings us back.
+                        queue.set_next_avail(queue.next_avail().wrapping_sub(1));
+                        self.throttled = true;
+                        break 'outer;
+                    }
+                }
                 let head = chain.head_index();
+                if head >= queue.size() {
+                    // The chain could never be returned: do not serve it, ask for a reset.
+                    failure = Some(format!(
+                        "available ring names descriptor {head}, beyond the queue size {}",
+                        queue.size()
+                    ));
+                    break 'outer;
+                }
                 let len = request::process(&self.disk, mem, chain);
                 if let Err(e) = queue.add_used(mem, head, len) {
-                    debug!("virtio-blk: cannot return chain {head}: {e}");
-                    continue;
+                    failure = Some(format!("cannot return chain {head}: {e}"));
+                    break 'outer;
                 }
                 used_any = true;
             }
@@ -310,5 +347,6 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         self.active = None;
         self.failed = false;
+        self.throttled = false;
     }
 }

@@ -157,6 +157,17 @@ enum ReqError {
     Io(String),
 }
 
+/// What a request costs a rate limiter: the bytes of its data descriptors (all but the first,
+/// the header, and the last, the status), whatever their direction. Nothing is checked here;
+/// a lying chain only costs its own guest more.
+pub(crate) fn data_len(chain: &DescriptorChain<&GuestMemoryMmap>) -> u64 {
+    let lens: Vec<u64> = chain.clone().map(|d| u64::from(d.len())).collect();
+    match lens.len() {
+        0..=2 => 0,
+        n => lens[1..n - 1].iter().sum(),
+    }
+}
+
 /// Processes one descriptor chain; returns the used length (bytes written to guest memory).
 pub(crate) fn process(
     disk: &Disk,

@@ -426,7 +426,7 @@ fn unusable_status_descriptor() {
 }
 
 #[test]
-fn descriptor_loop_and_bad_head() {
+fn descriptor_loop_comes_back_empty() {
     let mut h = Harness::new(false, None, false);
     // 0 -> 1 -> 0 -> ...
     let table = DescriptorTable::new(&h.mem, GuestAddress(DESC_TABLE), QSIZE);
@@ -445,9 +445,7 @@ fn descriptor_loop_and_bad_head() {
     h.next_desc = 2;
     h.header(VIRTIO_BLK_T_FLUSH, 0);
     h.publish(0);
-    // A head index beyond the queue: cannot even be returned.
-    h.publish(QSIZE + 3);
-    // A good request after them still works.
+    // The loop comes back with a used length of 0; a good request after it still works.
     h.header(VIRTIO_BLK_T_FLUSH, 0);
     let head = h.add_chain(&[hdr(), status()]);
     h.block.process_queue();
@@ -456,6 +454,79 @@ fn descriptor_loop_and_bad_head() {
     assert_eq!(h.used(1), (u32::from(head), 1));
     assert_eq!(h.status(), VIRTIO_BLK_S_OK);
     assert!(!h.interrupt.needs_reset());
+}
+
+/// A head index beyond the queue can never be returned: rather than drop it silently (the driver
+/// would wait for it forever), the device asks for a reset and serves nothing more; it works again
+/// after the reset.
+#[test]
+fn head_index_beyond_the_queue_fails_the_device() {
+    let mut h = Harness::new(false, None, false);
+    h.header(VIRTIO_BLK_T_OUT, 0);
+    h.mem.write_slice(&[0x5a; 512], GuestAddress(DATA)).unwrap();
+    let original = h.disk();
+    // Descriptor QSIZE + 3 would be read from beyond the table: a valid-looking write there.
+    let table = DescriptorTable::new(&h.mem, GuestAddress(DESC_TABLE), QSIZE + 8);
+    table
+        .store(
+            QSIZE + 3,
+            RawDescriptor::from(SplitDescriptor::new(HDR, 16, F_NEXT, QSIZE + 4)),
+        )
+        .unwrap();
+    table
+        .store(
+            QSIZE + 4,
+            RawDescriptor::from(SplitDescriptor::new(DATA, 512, F_NEXT, QSIZE + 5)),
+        )
+        .unwrap();
+    table
+        .store(
+            QSIZE + 5,
+            RawDescriptor::from(SplitDescriptor::new(STATUS, 1, F_WRITE, 0)),
+        )
+        .unwrap();
+    h.publish(QSIZE + 3);
+    h.header(VIRTIO_BLK_T_FLUSH, 0);
+    h.add_chain(&[hdr(), status()]);
+    h.block.process_queue();
+    assert_eq!(h.used_idx(), 0, "nothing served");
+    assert!(h.interrupt.needs_reset());
+    assert_eq!(
+        h.disk(),
+        original,
+        "the out-of-table chain was not executed"
+    );
+    h.block.process_queue();
+    assert_eq!(h.used_idx(), 0, "stays stopped until reset");
+}
+
+/// A guest that fails the device, resets it and fails it again is counted each time but logged
+/// once (FailureLog), so it cannot flood the VMM's log.
+#[test]
+fn repeated_failures_are_counted_across_resets() {
+    let mut h = Harness::new(false, None, false);
+    for round in 1..=3u64 {
+        h.mem.write_obj(QSIZE + 1, GuestAddress(AVAIL + 2)).unwrap();
+        h.block.process_queue();
+        assert!(h.interrupt.needs_reset());
+        assert_eq!(h.block.failures.count(), round);
+        h.block.reset();
+        h.interrupt.clear();
+        let mut q = Queue::new(QSIZE).unwrap();
+        q.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
+        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
+        q.set_used_ring_address(Some(USED as u32), Some(0));
+        q.set_ready(true);
+        h.mem.write_obj(0u16, GuestAddress(AVAIL + 2)).unwrap();
+        h.block
+            .activate(
+                h.mem.clone(),
+                h.interrupt.clone(),
+                vec![q],
+                1 << VIRTIO_F_VERSION_1,
+            )
+            .unwrap();
+    }
 }
 
 #[test]
@@ -714,4 +785,65 @@ fn through_transport_and_event_loop() {
     // A notification now is consumed and ignored.
     wr(&mut t, 0x50, 0);
     assert_eq!(em.run_with_timeout(100).unwrap(), 1);
+}
+
+/// Waits (at most 5 s) for a rate limiter's timer to fire.
+fn wait_for_timer(fd: std::os::fd::RawFd) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on the stack, for the duration of the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, 5000) };
+    assert_eq!(n, 1, "the rate-limit timer never fired");
+}
+
+#[test]
+fn rate_limited_requests_wait_in_the_ring_then_all_complete() {
+    use crate::rate_limiter::{BucketConfig, RateLimitConfig, RateLimiter};
+    for event_idx in [false, true] {
+        let mut h = Harness::new(false, None, event_idx);
+        // 100 KiB/s with a 1 KiB bucket: two 512-byte reads go at once, each next one waits ~5 ms.
+        let limits = RateLimitConfig {
+            bytes: Some(BucketConfig {
+                rate: 100 << 10,
+                burst: Some(1024),
+            }),
+            ops: None,
+        };
+        h.block.rate_limiter = Some(RateLimiter::new(&limits).unwrap());
+        h.header(VIRTIO_BLK_T_IN, 2);
+        for i in 0..5u64 {
+            h.add_chain(&[hdr(), (DATA + i * 0x1000, 512, F_WRITE), status()]);
+        }
+        h.block.process_queue();
+        assert_eq!(h.used_idx(), 2, "the burst goes at once");
+        assert!(h.block.throttled);
+        // A notification while throttled changes nothing: the request stays in the ring.
+        h.block.process_queue();
+        assert_eq!(h.used_idx(), 2);
+        let mut rounds = 0;
+        while h.used_idx() < 5 {
+            rounds += 1;
+            assert!(rounds <= 10, "stuck at {} used", h.used_idx());
+            let fd = h.block.rate_limiter().unwrap().timer_fd();
+            wait_for_timer(fd);
+            h.block.rate_limiter.as_mut().unwrap().timer_fired();
+            h.block.throttled = false;
+            h.block.process_queue();
+        }
+        // Nothing failed: every request completed with its data, in order.
+        for n in 0..5u16 {
+            assert_eq!(h.used(n), (u32::from(n) * 3, 513), "used entry {n}");
+            let mut got = vec![0u8; 512];
+            h.mem
+                .read_slice(&mut got, GuestAddress(DATA + u64::from(n) * 0x1000))
+                .unwrap();
+            assert_eq!(got, image_byte_range(1024, 1536));
+        }
+        assert_eq!(h.status(), VIRTIO_BLK_S_OK);
+        assert!(h.block.rate_limiter().unwrap().throttled_count() >= 2);
+        assert!(!h.block.throttled);
+    }
 }

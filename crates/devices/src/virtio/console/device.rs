@@ -3,7 +3,7 @@
 use std::io::ErrorKind;
 use std::sync::Arc;
 
-use log::{debug, error, warn};
+use log::{debug, warn};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
@@ -57,6 +57,8 @@ pub struct Console {
     pub(super) active: Option<Active>,
     /// The driver broke the queue protocol: no more processing until reset.
     failed: bool,
+    /// Every failure since creation (log once, count the rest).
+    failures: crate::virtio::FailureLog,
     /// Host input read but not yet in guest buffers.
     rx_pending: Vec<u8>,
     /// Guest output copied out of guest memory, not yet taken by the backend.
@@ -117,6 +119,7 @@ impl Console {
             resize_evt: None,
             active: None,
             failed: false,
+            failures: Default::default(),
             rx_pending: Vec::new(),
             tx_stage: Vec::new(),
             tx_pos: 0,
@@ -179,7 +182,7 @@ impl Console {
     /// The driver broke the queue protocol: log once, ask for a reset, stop processing.
     fn fail(&mut self, why: &str) {
         if !self.failed {
-            error!("virtio-console: {why}; device needs reset");
+            self.failures.record("virtio-console", why);
             self.failed = true;
             if let Some(active) = &self.active {
                 active.interrupt.set_needs_reset();

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 
-use log::{debug, error, warn};
+use log::{debug, warn};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 use vmm_sys_util::eventfd::EventFd;
@@ -28,6 +28,7 @@ use super::{
     VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
     VIRTIO_NET_F_MRG_RXBUF, VNET_HDR_LEN,
 };
+use crate::rate_limiter::RateLimiter;
 use crate::virtio::{
     Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_VRING, VIRTIO_RING_F_EVENT_IDX,
 };
@@ -64,6 +65,8 @@ pub(super) enum RxState {
     WantFrames,
     /// A frame waits for guest buffers: do not watch the tap; the RX queue notification resumes.
     WantBuffers,
+    /// The RX rate limiter is out of tokens: do not watch the tap; its timer resumes.
+    Throttled,
 }
 
 /// One RX chain popped from the available ring: its head and device-writable buffers.
@@ -102,6 +105,8 @@ pub struct Net {
     active: Option<Active>,
     /// The driver broke the queue protocol: no more processing until reset.
     failed: bool,
+    /// Every failure since creation (log once, count the rest).
+    failures: crate::virtio::FailureLog,
     /// Bounce buffer for one frame read from the tap.
     rx_buf: Vec<u8>,
     /// Length of the frame in `rx_buf` waiting for guest buffers.
@@ -117,6 +122,12 @@ pub struct Net {
     pub(super) tap_watch: event_manager::EventSet,
     stats: NetStats,
     logged: u32,
+    /// Limits on frames to the guest; its timer is watched by the event handler.
+    pub(super) rx_limiter: Option<RateLimiter>,
+    /// Limits on frames from the guest; its timer is watched by the event handler.
+    pub(super) tx_limiter: Option<RateLimiter>,
+    /// A TX chain waits at the head of the queue for the TX limiter's timer.
+    pub(super) tx_throttled: bool,
 }
 
 impl Net {
@@ -146,6 +157,7 @@ impl Net {
             queue_evts: [evt()?, evt()?],
             active: None,
             failed: false,
+            failures: Default::default(),
             rx_buf: vec![0; MAX_BUFFER_LEN],
             rx_pending: None,
             held: VecDeque::new(),
@@ -155,7 +167,25 @@ impl Net {
             tap_watch: event_manager::EventSet::empty(),
             stats: NetStats::default(),
             logged: 0,
+            rx_limiter: None,
+            tx_limiter: None,
+            tx_throttled: false,
         })
+    }
+
+    /// Throttles the NIC, each direction on its own limiter (bytes without the vnet header, one
+    /// operation per frame). TX: a frame waits at the head of the TX queue. RX: the device stops
+    /// reading the tap (frames wait in the tap's queue). Set them before the device is added to
+    /// the event loop, which then watches their timers.
+    pub fn with_rate_limiters(mut self, rx: Option<RateLimiter>, tx: Option<RateLimiter>) -> Self {
+        self.rx_limiter = rx;
+        self.tx_limiter = tx;
+        self
+    }
+
+    /// The (RX, TX) rate limiters.
+    pub fn rate_limiters(&self) -> (Option<&RateLimiter>, Option<&RateLimiter>) {
+        (self.rx_limiter.as_ref(), self.tx_limiter.as_ref())
     }
 
     /// The guest's MAC address.
@@ -190,10 +220,8 @@ impl Net {
     /// The driver broke the queue protocol: log once, ask for a reset, stop processing.
     fn fail(&mut self, why: &str) {
         if !self.failed {
-            error!(
-                "virtio-net '{}': {why}; device needs reset",
-                self.tap.name()
-            );
+            let name = format!("virtio-net '{}'", self.tap.name());
+            self.failures.record(&name, why);
             self.failed = true;
             if let Some(active) = &self.active {
                 active.interrupt.set_needs_reset();
@@ -241,6 +269,16 @@ impl Net {
                     }
                 };
                 let Some(chain) = chain else { break };
+                if let Some(limiter) = self.tx_limiter.as_mut() {
+                    let bytes: u64 = chain.clone().map(|d| u64::from(d.len())).sum();
+                    let frame = bytes.saturating_sub(VNET_HDR_LEN as u64);
+                    if !limiter.try_consume(frame, 1) {
+                        // Leave the frame in the ring; the limiter's timer brings us back.
+                        queue.set_next_avail(queue.next_avail().wrapping_sub(1));
+                        self.tx_throttled = true;
+                        break 'outer;
+                    }
+                }
                 budget -= 1;
                 let head = chain.head_index();
                 match send_frame(&self.tap, mem, chain) {
@@ -323,6 +361,11 @@ impl Net {
                     if budget == 0 {
                         break RxState::WantFrames;
                     }
+                    if let Some(limiter) = self.rx_limiter.as_mut() {
+                        if !limiter.try_ready() {
+                            break RxState::Throttled;
+                        }
+                    }
                     match self.tap.read(&mut self.rx_buf) {
                         Ok(n) if n < VNET_HDR_LEN => {
                             debug!("virtio-net: ignored a {n}-byte read from the tap");
@@ -330,6 +373,9 @@ impl Net {
                         }
                         Ok(n) => {
                             budget -= 1;
+                            if let Some(limiter) = self.rx_limiter.as_mut() {
+                                limiter.charge((n - VNET_HDR_LEN) as u64, 1);
+                            }
                             self.rx_pending = Some(n);
                             n
                         }
@@ -689,5 +735,6 @@ impl VirtioDevice for Net {
         self.rx_pending = None;
         self.rx_state = RxState::Stopped;
         self.tx_blocked = false;
+        self.tx_throttled = false;
     }
 }

@@ -3,6 +3,8 @@
 //! The tap is watched for input only while the RX side wants frames ([`RxState::WantFrames`]),
 //! and for output only while a TX frame waits for room. With no guest RX buffers the tap is
 //! not watched at all: the frame in hand waits, and the guest's RX notification resumes reading.
+//! With an RX rate limiter out of tokens the tap is not watched either; the limiter's timer
+//! resumes reading. A throttled TX frame waits in the ring for the TX limiter's timer.
 
 use std::os::fd::AsRawFd;
 
@@ -50,6 +52,11 @@ impl MutEventSubscriber for Net {
                 warn!("virtio-net: cannot watch queue event: {e}");
             }
         }
+        for limiter in self.rx_limiter.iter().chain(self.tx_limiter.iter()) {
+            if let Err(e) = ops.add(Events::new_raw(limiter.timer_fd(), EventSet::IN)) {
+                warn!("virtio-net: cannot watch a rate-limit timer: {e}");
+            }
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -60,7 +67,21 @@ impl MutEventSubscriber for Net {
             self.process_rx();
         } else if fd == self.queue_evts[TX_QUEUE].as_raw_fd() {
             let _ = self.queue_evts[TX_QUEUE].read();
-            self.process_tx();
+            // A throttled frame waits for the TX limiter's timer, not for more notifications.
+            if !self.tx_throttled {
+                self.process_tx();
+            }
+        } else if let Some(limiter) = self.rx_limiter.as_mut().filter(|l| l.timer_fd() == fd) {
+            limiter.timer_fired();
+            if self.rx_state == RxState::Throttled {
+                self.process_rx();
+            }
+        } else if let Some(limiter) = self.tx_limiter.as_mut().filter(|l| l.timer_fd() == fd) {
+            limiter.timer_fired();
+            if self.tx_throttled {
+                self.tx_throttled = false;
+                self.process_tx();
+            }
         } else if fd == self.tap.as_raw_fd() {
             let set = events.event_set();
             if set.intersects(EventSet::OUT | EventSet::ERROR | EventSet::HANG_UP)
