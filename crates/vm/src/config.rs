@@ -100,7 +100,7 @@ impl FromStr for CharBackend {
 }
 
 /// One virtio-blk disk.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DiskConfig {
     /// The raw image file backing the disk.
     pub path: PathBuf,
@@ -108,6 +108,85 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// The serial the guest reads with VIRTIO_BLK_T_GET_ID (at most 20 bytes).
     pub id: Option<String>,
+    /// Bytes/s and requests/s limits (`bw=`, `iops=`); unlimited by default. A throttled
+    /// request waits; it never fails.
+    pub rate_limit: RateLimitConfig,
+}
+
+pub use devices::rate_limiter::{BucketConfig, RateLimitConfig};
+
+/// The rate-limit keys of `--disk` (`ops` is `iops`) and `--net` (`ops` is `pps`), collected
+/// while parsing and checked together at the end.
+#[derive(Default)]
+struct RateLimitKeys {
+    bw: Option<u64>,
+    bw_burst: Option<u64>,
+    ops: Option<u64>,
+    ops_burst: Option<u64>,
+}
+
+impl RateLimitKeys {
+    /// Takes `key=value` if it is one of the rate-limit keys; `Ok(false)` if it is not.
+    fn take(&mut self, ops_key: &str, key: &str, value: &str) -> Result<bool, ParseError> {
+        let ops_burst_key = format!("{ops_key}_burst");
+        match key {
+            "bw" => self.bw = Some(parse_rate(key, value, true)?),
+            "bw_burst" => self.bw_burst = Some(parse_rate(key, value, true)?),
+            k if k == ops_key => self.ops = Some(parse_rate(key, value, false)?),
+            k if k == ops_burst_key => self.ops_burst = Some(parse_rate(key, value, false)?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn finish(self, ops_key: &str) -> Result<RateLimitConfig, ParseError> {
+        let bucket = |rate: Option<u64>, burst: Option<u64>, key: &str| {
+            if rate.is_none() && burst.is_some() {
+                return Err(ParseError(format!(
+                    "{key}_burst is set without {key}; give {key}= too (the burst is the bucket size of that limit)"
+                )));
+            }
+            Ok(rate.map(|rate| BucketConfig { rate, burst }))
+        };
+        Ok(RateLimitConfig {
+            bytes: bucket(self.bw, self.bw_burst, "bw")?,
+            ops: bucket(self.ops, self.ops_burst, ops_key)?,
+        })
+    }
+}
+
+/// Parses a positive rate or burst: a number, for bytes with an optional binary `K`, `M` or `G`
+/// suffix (`50M` = 50 MiB).
+fn parse_rate(key: &str, value: &str, bytes: bool) -> Result<u64, ParseError> {
+    let usage = if bytes {
+        "bytes per second (or bytes for a burst), with an optional K, M or G suffix (binary: 50M = 50 MiB)"
+    } else {
+        "a whole number per second (or a count for a burst)"
+    };
+    let (digits, shift) = match value.char_indices().last() {
+        Some((i, c)) if bytes && c.is_ascii_alphabetic() => match c.to_ascii_uppercase() {
+            'K' => (&value[..i], 10),
+            'M' => (&value[..i], 20),
+            'G' => (&value[..i], 30),
+            _ if value[..i].parse::<u64>().is_ok() => {
+                return Err(ParseError(format!(
+                    "{key}={value} has an unknown unit; use {usage}"
+                )))
+            }
+            _ => (value, 0),
+        },
+        _ => (value, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| ParseError(format!("{key}={value} is not a number; use {usage}")))?;
+    if n == 0 {
+        return Err(ParseError(format!(
+            "{key}={value}: must be at least 1; leave {key} out for no limit"
+        )));
+    }
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| ParseError(format!("{key}={value} is too large")))
 }
 
 /// An option value that could not be parsed; the message names the value and what is expected.
@@ -118,7 +197,8 @@ pub struct ParseError(pub String);
 impl FromStr for DiskConfig {
     type Err = ParseError;
 
-    /// Parses `PATH[,readonly=on|off][,id=NAME]`, or the same with `path=PATH` as the first item.
+    /// Parses `PATH[,readonly=on|off][,id=NAME][,bw=RATE][,iops=N][,bw_burst=SIZE][,iops_burst=N]`,
+    /// or the same with `path=PATH` as the first item.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut parts = s.split(',');
         let first = parts.next().unwrap_or_default();
@@ -130,9 +210,9 @@ impl FromStr for DiskConfig {
         }
         let mut disk = DiskConfig {
             path: PathBuf::from(path),
-            read_only: false,
-            id: None,
+            ..DiskConfig::default()
         };
+        let mut limits = RateLimitKeys::default();
         for part in parts {
             let (key, value) = part.split_once('=').ok_or_else(|| {
                 ParseError(format!(
@@ -149,13 +229,15 @@ impl FromStr for DiskConfig {
                     }
                     disk.id = Some(value.to_string());
                 }
+                _ if limits.take("iops", key, value)? => {}
                 _ => {
                     return Err(ParseError(format!(
-                        "unknown disk option '{key}'; known options: readonly=on|off, id=NAME"
+                        "unknown disk option '{key}'; known options: readonly=on|off, id=NAME, bw=RATE, iops=N, bw_burst=SIZE, iops_burst=N"
                     )))
                 }
             }
         }
+        disk.rate_limit = limits.finish("iops")?;
         Ok(disk)
     }
 }
@@ -170,6 +252,9 @@ pub struct NetConfig {
     pub mac: Option<[u8; 6]>,
     /// Create the tap (and bring it up) if it does not exist.
     pub create: bool,
+    /// Bytes/s and frames/s limits (`bw=`, `pps=`), applied to each direction on its own;
+    /// unlimited by default.
+    pub rate_limit: RateLimitConfig,
 }
 
 impl NetConfig {
@@ -185,11 +270,13 @@ const NET_USAGE: &str = "use --net tap=NAME[,mac=52:54:00:12:34:56][,create=on]"
 impl FromStr for NetConfig {
     type Err = ParseError;
 
-    /// Parses `tap=NAME[,mac=MAC][,create=on|off]` (the keys in any order).
+    /// Parses `tap=NAME[,mac=MAC][,create=on|off][,bw=RATE][,pps=N][,bw_burst=SIZE][,pps_burst=N]`
+    /// (the keys in any order).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut tap = None;
         let mut mac = None;
         let mut create = false;
+        let mut limits = RateLimitKeys::default();
         for part in s.split(',') {
             let (key, value) = part.split_once('=').ok_or_else(|| {
                 ParseError(format!("net option '{part}' is not key=value; {NET_USAGE}"))
@@ -206,15 +293,22 @@ impl FromStr for NetConfig {
                 }
                 "mac" => mac = Some(parse_mac(value)?),
                 "create" => create = parse_switch(key, value)?,
+                _ if limits.take("pps", key, value)? => {}
                 _ => {
                     return Err(ParseError(format!(
-                    "unknown net option '{key}'; known options: tap=NAME, mac=MAC, create=on|off"
+                    "unknown net option '{key}'; known options: tap=NAME, mac=MAC, create=on|off, bw=RATE, pps=N, bw_burst=SIZE, pps_burst=N"
                 )))
                 }
             }
         }
         let tap = tap.ok_or_else(|| ParseError(format!("net '{s}' names no tap; {NET_USAGE}")))?;
-        Ok(NetConfig { tap, mac, create })
+        let rate_limit = limits.finish("pps")?;
+        Ok(NetConfig {
+            tap,
+            mac,
+            create,
+            rate_limit,
+        })
     }
 }
 
@@ -314,6 +408,10 @@ pub struct VmConfig {
     /// byte is reported once as `boot-timer: <µs> µs since process start` (see
     /// [`devices::legacy::BootTimer`] and [`crate::process_start`]).
     pub boot_timer: bool,
+    /// Which threads get a seccomp filter (see [`crate::seccomp`]): by default the vCPU threads;
+    /// [`crate::SeccompMode::AllThreads`] also confines the thread that calls
+    /// [`crate::Vm::run`], for good.
+    pub seccomp: crate::SeccompMode,
 }
 
 impl VmConfig {
@@ -331,6 +429,7 @@ impl VmConfig {
             serial: CharBackend::Stdout,
             console: CharBackend::Off,
             boot_timer: false,
+            seccomp: crate::SeccompMode::default(),
         }
     }
 }
@@ -408,6 +507,79 @@ mod tests {
         ] {
             let err = bad.parse::<NetConfig>().unwrap_err();
             assert!(err.0.contains(names), "{bad}: {}", err.0);
+        }
+    }
+
+    #[test]
+    fn disk_and_net_rate_limits() {
+        let d: DiskConfig = "path=x.img,bw=50M,iops=1000".parse().unwrap();
+        assert_eq!(d.path, PathBuf::from("x.img"));
+        assert_eq!(d.rate_limit.bytes, Some(BucketConfig::new(50 << 20)));
+        assert_eq!(d.rate_limit.ops, Some(BucketConfig::new(1000)));
+        assert_eq!(d.rate_limit.bytes.unwrap().capacity(), 5 << 20);
+
+        let d: DiskConfig = "x.img,iops=200,iops_burst=5,bw=8192,bw_burst=1M,readonly=on"
+            .parse()
+            .unwrap();
+        assert!(d.read_only);
+        let ops = d.rate_limit.ops.unwrap();
+        assert_eq!((ops.rate, ops.burst), (200, Some(5)));
+        let bytes = d.rate_limit.bytes.unwrap();
+        assert_eq!((bytes.rate, bytes.burst), (8192, Some(1 << 20)));
+        for (s, rate) in [("1k", 1 << 10), ("3G", 3 << 30), ("7", 7)] {
+            let d: DiskConfig = format!("x.img,bw={s}").parse().unwrap();
+            assert_eq!(d.rate_limit.bytes.unwrap().rate, rate, "{s}");
+            assert_eq!(d.rate_limit.ops, None);
+        }
+        assert!("x.img"
+            .parse::<DiskConfig>()
+            .unwrap()
+            .rate_limit
+            .is_unlimited());
+
+        let n: NetConfig = "tap=t0,bw=10M,pps=5000,pps_burst=50".parse().unwrap();
+        assert_eq!(n.rate_limit.bytes, Some(BucketConfig::new(10 << 20)));
+        assert_eq!(
+            n.rate_limit.ops,
+            Some(BucketConfig {
+                rate: 5000,
+                burst: Some(50)
+            })
+        );
+        assert!("tap=t0"
+            .parse::<NetConfig>()
+            .unwrap()
+            .rate_limit
+            .is_unlimited());
+
+        for (bad, says) in [
+            (
+                "x.img,bw=0",
+                "bw=0: must be at least 1; leave bw out for no limit",
+            ),
+            ("x.img,bw=abc", "bw=abc is not a number"),
+            ("x.img,bw=", "bw= is not a number"),
+            ("x.img,bw=-5M", "is not a number"),
+            ("x.img,bw=5X", "bw=5X has an unknown unit"),
+            ("x.img,bw=5MB", "not a number"),
+            ("x.img,bw=99999999999G", "too large"),
+            ("x.img,iops=0", "iops=0: must be at least 1"),
+            ("x.img,iops=1.5", "iops=1.5 is not a number"),
+            ("x.img,iops=5K", "iops=5K is not a number"),
+            ("x.img,bw_burst=1M", "bw_burst is set without bw"),
+            ("x.img,iops_burst=3,bw=1M", "iops_burst is set without iops"),
+            ("x.img,pps=10", "unknown disk option 'pps'"),
+            ("tap=t,bw=0", "bw=0: must be at least 1"),
+            ("tap=t,pps=abc", "pps=abc is not a number"),
+            ("tap=t,pps_burst=2", "pps_burst is set without pps"),
+            ("tap=t,iops=10", "unknown net option 'iops'"),
+        ] {
+            let err = if bad.starts_with("tap=") {
+                bad.parse::<NetConfig>().unwrap_err()
+            } else {
+                bad.parse::<DiskConfig>().unwrap_err()
+            };
+            assert!(err.0.contains(says), "{bad}: {}", err.0);
         }
     }
 

@@ -18,17 +18,24 @@
 
 mod config;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod jail;
 mod kernel;
 mod quirks;
+pub mod seccomp;
 mod start;
 mod vcpu;
 mod vm;
 
 pub use config::{
-    parse_memory_size, CharBackend, DiskConfig, NetConfig, ParseError, SerialOutput, VmConfig,
-    DEFAULT_CMDLINE, DEFAULT_CONSOLE_CMDLINE, DEFAULT_MEMORY_BYTES,
+    parse_memory_size, BucketConfig, CharBackend, DiskConfig, NetConfig, ParseError,
+    RateLimitConfig, SerialOutput, VmConfig, DEFAULT_CMDLINE, DEFAULT_CONSOLE_CMDLINE,
+    DEFAULT_MEMORY_BYTES,
 };
 pub use error::{Error, Result};
+pub use seccomp::SeccompMode;
 pub use start::{mark_process_start, process_start};
 pub use vm::Vm;
 

@@ -14,10 +14,12 @@ use kvm_bindings::{
     kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use seccompiler::BpfProgram;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::error::{Error, Result};
+use crate::seccomp::{StartGate, ThreadKind};
 use crate::ExitReason;
 
 /// The real-time signal offset used to kick vCPU threads out of KVM_RUN.
@@ -127,11 +129,25 @@ pub(crate) struct Vcpu {
     pub mmio: Arc<Bus>,
     pub exit: Arc<ExitState>,
     pub stop: Arc<AtomicBool>,
+    /// The vCPU seccomp filter, installed before the first KVM_RUN (`None`: seccomp off).
+    pub seccomp: Option<Arc<BpfProgram>>,
+    /// Opened by the event-loop thread once it is filtered too.
+    pub gate: Arc<StartGate>,
 }
 
 impl Vcpu {
     /// The thread body: runs until the guest stops, an error, or the stop flag.
     pub(crate) fn run(mut self) {
+        if let Some(program) = self.seccomp.take() {
+            let name = format!("vcpu{}", self.index);
+            if let Err(e) = crate::seccomp::apply(ThreadKind::Vcpu, &program, &name) {
+                self.exit.finish(Err(e));
+                return;
+            }
+        }
+        if !self.gate.wait() {
+            return;
+        }
         KVM_RUN.with(|run| run.set(self.fd.get_kvm_run() as *mut kvm_run));
         // The start-up figure the benchmark reads (`-v`): process start to the first KVM_RUN.
         log::info!(

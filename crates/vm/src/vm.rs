@@ -31,6 +31,7 @@ use crate::config::{CharBackend, VmConfig, DEFAULT_CMDLINE, DEFAULT_CONSOLE_CMDL
 use crate::error::{Error, Result};
 use crate::kernel::{build_cmdline, cmdline_has, load_initrd, load_kernel};
 use crate::quirks;
+use crate::seccomp::{self, Filters, SeccompMode, StartGate, ThreadKind};
 use crate::vcpu::{install_kick_handler, kick_signal, ExitState, ResetTrigger, Vcpu};
 use crate::ExitReason;
 
@@ -77,6 +78,7 @@ pub struct Vm {
     exit_seen: Arc<AtomicBool>,
     /// Pseudo-terminals created for console backends: (device, secondary path).
     ptys: Vec<(&'static str, PathBuf)>,
+    seccomp: SeccompMode,
     _vm_fd: VmFd,
     _kvm: Kvm,
     _mem: GuestMemoryMmap,
@@ -87,6 +89,7 @@ impl Vm {
     /// line, writes the boot tables, creates the devices and the vCPUs. Nothing runs yet.
     pub fn new(config: VmConfig) -> Result<Vm> {
         let steps = Steps(Instant::now());
+        let seccomp_mode = config.seccomp;
         let kvm = open_kvm()?;
         steps.done("opened /dev/kvm");
         validate(&config, &kvm)?;
@@ -170,15 +173,17 @@ impl Vm {
             cmdline: Vec::new(),
         };
         for (index, disk) in config.disks.iter().enumerate() {
+            let disk_err = |source| Error::Disk {
+                path: disk.path.clone(),
+                source,
+            };
             let block = Block::new(BlockConfig {
                 path: disk.path.clone(),
                 read_only: disk.read_only,
                 id: disk.id.clone(),
             })
-            .map_err(|source| Error::Disk {
-                path: disk.path.clone(),
-                source,
-            })?;
+            .map_err(disk_err)?
+            .with_rate_limiter(rate_limiter(&disk.rate_limit).map_err(disk_err)?);
             let (base, irq) = virtio.add("virtio-blk", block)?;
             steps.done(&format!(
                 "disk {} as /dev/vd{} ({}) at {base:#x}, IRQ {irq}",
@@ -198,7 +203,11 @@ impl Vm {
             };
             let mac = nic.guest_mac();
             let tap = Tap::open(&nic.tap, nic.create).map_err(net_err)?;
-            let (base, irq) = virtio.add("virtio-net", Net::new(tap, mac).map_err(net_err)?)?;
+            let net = Net::new(tap, mac).map_err(net_err)?.with_rate_limiters(
+                rate_limiter(&nic.rate_limit).map_err(net_err)?,
+                rate_limiter(&nic.rate_limit).map_err(net_err)?,
+            );
+            let (base, irq) = virtio.add("virtio-net", net)?;
             steps.done(&format!(
                 "NIC eth{index} on tap {} (MAC {}) at {base:#x}, IRQ {irq}",
                 nic.tap,
@@ -325,6 +334,7 @@ impl Vm {
             exit,
             exit_seen,
             ptys,
+            seccomp: seccomp_mode,
             _vm_fd: vm_fd,
             _kvm: kvm,
             _mem: mem,
@@ -339,8 +349,14 @@ impl Vm {
 
     /// Runs the guest until it resets, powers off or fails: one thread per vCPU, the event loop on this
     /// thread. All vCPU threads are stopped and joined before this returns.
+    ///
+    /// With seccomp on ([`VmConfig::seccomp`]), every vCPU thread installs its filter before its
+    /// first KVM_RUN and, with [`SeccompMode::AllThreads`], this thread installs its own (for good)
+    /// before any vCPU runs guest code.
     pub fn run(mut self) -> Result<ExitReason> {
         install_kick_handler()?;
+        let filters = Filters::new(self.seccomp)?;
+        let gate = Arc::new(StartGate::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads: Vec<(u8, JoinHandle<()>)> = Vec::with_capacity(self.vcpus.len());
         let mut spawn_error = None;
@@ -352,6 +368,8 @@ impl Vm {
                 mmio: self.mmio.clone(),
                 exit: self.exit.clone(),
                 stop: stop.clone(),
+                seccomp: filters.vcpu.clone(),
+                gate: gate.clone(),
             };
             let name = format!("vcpu{index}");
             match thread::Builder::new()
@@ -367,10 +385,14 @@ impl Vm {
         }
         log::info!("started {} vCPU thread(s)", threads.len());
 
-        let mut result = match spawn_error {
-            Some(e) => Err(e),
-            None => self.event_loop(),
+        // This thread's filter goes on before the gate opens: no guest code runs unconfined.
+        let ready = match (spawn_error, &filters.vmm) {
+            (Some(e), _) => Err(e),
+            (None, Some(program)) => seccomp::apply(ThreadKind::Vmm, program, "vmm"),
+            (None, None) => Ok(()),
         };
+        gate.open(ready.is_ok());
+        let mut result = ready.and_then(|()| self.event_loop());
 
         stop.store(true, Ordering::Release);
         for (_, handle) in &threads {
@@ -475,6 +497,16 @@ impl VirtioSlots<'_> {
             .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
         Ok((base, irq))
     }
+}
+
+/// A limiter for `config`, or none when it sets no limit.
+fn rate_limiter(
+    config: &devices::rate_limiter::RateLimitConfig,
+) -> std::result::Result<Option<devices::rate_limiter::RateLimiter>, devices::Error> {
+    if config.is_unlimited() {
+        return Ok(None);
+    }
+    devices::rate_limiter::RateLimiter::new(config).map(Some)
 }
 
 fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
