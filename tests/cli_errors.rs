@@ -180,3 +180,17 @@ fn bad_disk_option() {
     let run = run_vmm(&["--kernel", "k", "--disk", "x.img,cache=none"], TIMEOUT);
     expect_usage_error(&run, &["--disk", "cache"]);
 }
+
+#[test]
+fn bad_rate_limits_are_usage_errors() {
+    for (opt, value, names) in [
+        ("--disk", "x.img,bw=0", ["bw=0", "at least 1"]),
+        ("--disk", "x.img,bw=abc", ["bw=abc", "not a number"]),
+        ("--disk", "x.img,iops=ten", ["iops=ten", "not a number"]),
+        ("--disk", "x.img,bw_burst=1M", ["bw_burst", "without bw"]),
+        ("--net", "tap=t0,pps=0", ["pps=0", "at least 1"]),
+    ] {
+        let run = run_vmm(&["--kernel", "k", opt, value], TIMEOUT);
+        expect_usage_error(&run, &[opt, names[0], names[1]]);
+    }
+}

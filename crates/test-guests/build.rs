@@ -127,6 +127,21 @@ const GUESTS: &[Guest] = &[
         entry: Entry::Pvh,
         sources: &["park.c"],
     },
+    Guest {
+        name: "hostile",
+        entry: Entry::Pvh,
+        sources: &["hostile.c"],
+    },
+    Guest {
+        name: "blk_writer",
+        entry: Entry::Pvh,
+        sources: &["blk_writer.c"],
+    },
+    Guest {
+        name: "rate_probe",
+        entry: Entry::Pvh,
+        sources: &["rate_probe.c"],
+    },
 ];
 
 /// Real-mode entry stub of the bzImage guest.

@@ -222,6 +222,88 @@ pub fn console_flood(blocks: usize) -> Vec<u8> {
 /// The line [`VIRTIO_CONSOLE`] sends through its transmit queue.
 pub const CONSOLE_HELLO: &str = "hello from the virtio console\n";
 
+/// Hostile virtio driver (PVH): attacks the first virtio-mmio slot of the type named by
+/// `hostile=blk|console|net` on its command line (default blk), the *target*, while the *witness*
+/// (the first blk slot that is not the target) must keep working. Needs `--memory 128M` (one
+/// attack puts rings at the end of RAM).
+///
+/// Prints `target_type=`, `target_base=`, `witness_base=` (or `error=no_target` /
+/// `error=no_witness`), `start_target=` and `start_witness=` (Status after start-up, 0xf),
+/// `start_target_valid=0x1`, `start_witness_valid=0x1`. Then per attack (see [`HOSTILE_ATTACKS`];
+/// `hostile_only=NAME` runs one, `hostile_rounds=N` runs the list N times) a line with its name, its own `<name>_<fact>=` lines, and
+/// `<name>_dstatus=` (target Status after the attack, bit 0x40 = DEVICE_NEEDS_RESET),
+/// `<name>_recover=` (0x1: after a reset and a fresh start a valid request was served),
+/// `<name>_witness=` (0x1: the witness served a valid request). Chain attacks print `<name>_res=`
+/// (0x1 the device used the chain, 0x2 it set DEVICE_NEEDS_RESET, 0x0 neither within a bounded
+/// wait) and for blk `<name>_st=` (the status byte; 0xee unwritten). Ends with `attacks=`, `done`
+/// and an i8042 reset. A valid request on blk writes and reads back sectors 2..6 of the disk.
+pub const HOSTILE: &str = concat!(env!("OUT_DIR"), "/hostile.elf");
+
+/// The attacks of [`HOSTILE`], in order.
+pub const HOSTILE_ATTACKS: &[&str] = &[
+    "regs_garbage",
+    "config_past_end",
+    "status_order",
+    "queue_sel",
+    "qnum_zero",
+    "qnum_npot",
+    "qnum_big",
+    "qnum_huge",
+    "q_outside_ram",
+    "q_mmio_gap",
+    "q_ram_end",
+    "q_misaligned",
+    "q_wrap",
+    "desc_loop",
+    "chain_longer_than_queue",
+    "zero_len_descs",
+    "zero_len_chain",
+    "next_oob",
+    "head_oob",
+    "indirect_loop",
+    "indirect_odd_len",
+    "indirect_outside_ram",
+    "buf_outside_ram",
+    "buf_in_mmio_gap",
+    "buf_huge",
+    "len_overflow",
+    "avail_idx_lie",
+    "used_idx_lie",
+    "notify_flood",
+    "same_head_many",
+];
+
+/// virtio-blk writer (PVH) for data-safety tests: record `n` ([`writer_record`], 4 KiB) goes to
+/// sector `8n` of the first blk disk, then a FLUSH; `flushed=<n>` is printed once the flush
+/// completed with status OK. Prints `status=` (0xf), `capacity=`, then the `flushed=` lines; stops
+/// at the end of the disk or after `writer_max=N` records (`records=`), or at the first failed
+/// request (`error_write=<n>` / `error_flush=<n>`); then `done` and a reset.
+pub const BLK_WRITER: &str = concat!(env!("OUT_DIR"), "/blk_writer.elf");
+
+/// Rate probe (PVH): measures with its own clock (the TSC, calibrated against PIT channel 2) how
+/// fast the first virtio-blk disk serves reads kept in flight, or with `probe_dev=net` how fast the
+/// first virtio-net NIC takes TX frames. Command line: `probe_size=` bytes per read (multiple of
+/// 512, ≤ 256 KiB, default 64 KiB) or per frame without the vnet header (60..1514, default 60),
+/// `probe_depth=` requests in flight (≤ 16, default 8), `probe_warm_ms=` requests before measuring,
+/// to spend a limiter's burst (default 500), `probe_ms=` measurement length (default 2000). Prints
+/// `tsc_khz=` (or `error=pit_timeout`), `tsc_sharp_windows=`, `status=`, `capacity=` (blk),
+/// `probe_size=`, `probe_depth=`, `warm_ops=`, `probe_ops=`, `probe_us=`, `probe_errors=` (status
+/// byte not OK), `bw_bytes_per_s=`, `iops=` (or `timeout=probe` if a request waits over 5 s), then
+/// `done` and a reset.
+pub const RATE_PROBE: &str = concat!(env!("OUT_DIR"), "/rate_probe.elf");
+
+/// Record `n` as [`BLK_WRITER`] writes it: "VMMREC", two zero bytes, `n` (u64 LE), then byte `i`
+/// (16..4096) = `n * 31 + i * 7` (mod 256).
+pub fn writer_record(n: u64) -> Vec<u8> {
+    let mut b = vec![0u8; 4096];
+    b[..6].copy_from_slice(b"VMMREC");
+    b[8..16].copy_from_slice(&n.to_le_bytes());
+    for (i, x) in b.iter_mut().enumerate().skip(16) {
+        *x = (n.wrapping_mul(31)).wrapping_add(i as u64 * 7) as u8;
+    }
+    b
+}
+
 /// Every guest image, by name, for tests that iterate over all of them.
 pub const ALL: &[(&str, &str)] = &[
     ("pvh_info", PVH_INFO),
@@ -240,6 +322,9 @@ pub const ALL: &[(&str, &str)] = &[
     ("exit_cost_pio", EXIT_COST_PIO),
     ("exit_cost_mmio", EXIT_COST_MMIO),
     ("park", PARK),
+    ("hostile", HOSTILE),
+    ("blk_writer", BLK_WRITER),
+    ("rate_probe", RATE_PROBE),
 ];
 
 /// Number of pattern lines [`SERIAL_FLOOD`] prints between `flood_begin` and `flood_end`.

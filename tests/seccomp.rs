@@ -1,0 +1,402 @@
+//! seccomp: every VMM thread runs under its filter while the guest runs, `--seccomp off` turns them off
+//! with a warning, and a forbidden system call stops the VMM with a line naming the thread and the
+//! call. Tiny guests on real KVM (the `park` guest keeps the VM up while /proc is read).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::vmm_bin;
+use vm::{CharBackend, ExitReason, SeccompMode, Vm, VmConfig};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A `vmm` running the park guest, its stdin a pipe held open (so the serial port reads it).
+struct Parked {
+    child: Child,
+    stderr: Option<thread::JoinHandle<String>>,
+}
+
+impl Parked {
+    fn start(extra: &[&str]) -> Parked {
+        let mut child = Command::new(vmm_bin())
+            .args(["--kernel", test_guests::PARK, "--cpus", "2"])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vmm");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let mut err = child.stderr.take().expect("stderr");
+        let stderr = Some(thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        }));
+        let mut parked = Parked { child, stderr };
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line == "parked" => break,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "the park guest did not report within {TIMEOUT:?}; stderr:\n{}",
+                    parked.stop()
+                ),
+            }
+        }
+        parked
+    }
+
+    /// (thread name, `Seccomp:` value, `Seccomp_filters:` value) of every thread of the VMM.
+    fn threads(&self) -> Vec<(String, String, Option<String>)> {
+        threads_of(self.child.id())
+    }
+
+    /// The jailed VMM: the only child of the `--jail` supervisor.
+    fn jailed_pid(&self) -> u32 {
+        let pid = self.child.id();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .expect("the supervisor's children");
+        let pids: Vec<u32> = children
+            .split_whitespace()
+            .map(|p| p.parse().expect("pid"))
+            .collect();
+        assert_eq!(pids.len(), 1, "one jailed child expected: {pids:?}");
+        pids[0]
+    }
+
+    /// Stops the VMM (SIGTERM, so a `--jail` supervisor removes its cgroup; SIGKILL if that does
+    /// not do) and returns what it wrote on stderr.
+    fn stop(&mut self) -> String {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let start = Instant::now();
+        while matches!(self.child.try_wait(), Ok(None)) && start.elapsed() < TIMEOUT {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// (thread name, `Seccomp:` value, `Seccomp_filters:` value) of every thread of process `pid`.
+fn threads_of(pid: u32) -> Vec<(String, String, Option<String>)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir") {
+        let dir = task.expect("task").path();
+        let Ok(status) = std::fs::read_to_string(dir.join("status")) else {
+            continue; // the thread just exited
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+        };
+        out.push((
+            field("Name:").unwrap_or_default(),
+            field("Seccomp:").unwrap_or_default(),
+            field("Seccomp_filters:"),
+        ));
+    }
+    out
+}
+
+/// Threads the kernel starts inside the VMM process for KVM (e.g. `kvm-nx-lpage-recovery`) never
+/// run user code; their seccomp state depends on which thread created them, so they are left out.
+fn is_kernel_worker(name: &str) -> bool {
+    name.starts_with("kvm-")
+}
+
+#[test]
+fn seccomp_every_vmm_thread_is_filtered_while_the_guest_runs() {
+    require_kvm!();
+    let mut vmm = Parked::start(&[]);
+    let threads = vmm.threads();
+    let names: Vec<&str> = threads.iter().map(|t| t.0.as_str()).collect();
+    // The event loop (the main thread), one per vCPU, and nothing else of ours.
+    for want in ["vmm", "vcpu0", "vcpu1"] {
+        assert!(names.contains(&want), "no thread {want}: {names:?}");
+    }
+    for (name, mode, filters) in &threads {
+        if is_kernel_worker(name) {
+            continue;
+        }
+        assert_eq!(
+            mode, "2",
+            "thread {name} is not in seccomp filter mode: {threads:?}"
+        );
+        if let Some(filters) = filters {
+            assert_eq!(
+                filters, "1",
+                "thread {name}: one filter expected: {threads:?}"
+            );
+        }
+    }
+    assert_eq!(
+        threads.iter().filter(|t| !is_kernel_worker(&t.0)).count(),
+        3,
+        "unexpected threads: {threads:?}"
+    );
+    let stderr = vmm.stop();
+    assert!(!stderr.contains("seccomp"), "{stderr}");
+}
+
+#[test]
+fn seccomp_off_leaves_threads_unfiltered_and_warns() {
+    require_kvm!();
+    let mut vmm = Parked::start(&["--seccomp", "off"]);
+    let threads = vmm.threads();
+    for (name, mode, _) in &threads {
+        assert_eq!(
+            mode, "0",
+            "thread {name} is filtered with --seccomp off: {threads:?}"
+        );
+    }
+    let stderr = vmm.stop();
+    assert!(
+        stderr.contains("--seccomp off: the VMM runs unconfined"),
+        "no warning on stderr:\n{stderr}"
+    );
+}
+
+#[test]
+fn seccomp_on_is_the_default_and_accepts_on() {
+    require_kvm!();
+    let vmm = Parked::start(&["--seccomp", "on"]);
+    assert!(vmm
+        .threads()
+        .iter()
+        .all(|(name, mode, _)| is_kernel_worker(name) || mode == "2"));
+}
+
+#[test]
+fn seccomp_bad_value_is_a_usage_error() {
+    let out = Command::new(vmm_bin())
+        .args(["--kernel", test_guests::NULL, "--seccomp", "maybe"])
+        .output()
+        .expect("run vmm");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--seccomp"), "{stderr}");
+}
+
+/// Runs the park guest with a thread of `kind` making a forbidden call (debug builds only); returns
+/// (exit status, stderr).
+fn provoke(kind: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(vmm_bin())
+        .args(["--kernel", test_guests::PARK, "--cpus", "2"])
+        .args(extra)
+        .env("VMM_SECCOMP_TEST_FORBIDDEN", kind)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vmm");
+    let mut err = child.stderr.take().expect("stderr");
+    let stderr = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "vmm kept running after a forbidden system call on a {kind} thread; stderr:\n{}",
+                stderr.join().unwrap_or_default()
+            );
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    (status.code(), stderr.join().unwrap_or_default())
+}
+
+/// The test switch exists in debug builds only (`cargo test` builds `vmm` with the test profile).
+fn debug_build() -> bool {
+    if !cfg!(debug_assertions) {
+        eprintln!("skipping: VMM_SECCOMP_TEST_FORBIDDEN is honoured by debug builds only");
+    }
+    cfg!(debug_assertions)
+}
+
+#[test]
+fn seccomp_forbidden_call_on_a_vcpu_thread_stops_with_a_named_message() {
+    require_kvm!();
+    if !debug_build() {
+        return;
+    }
+    let (code, stderr) = provoke("vcpu", &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    // Either vCPU may be the first to get there; the line names it and the call.
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("vmm: seccomp: thread 'vcpu"))
+        .unwrap_or_else(|| panic!("no seccomp line:\n{stderr}"));
+    assert!(
+        line.ends_with(
+            "' made a forbidden system call: openat (257); stopping. Run with --seccomp off to debug."
+        ),
+        "{line}"
+    );
+    assert!(!stderr.contains("Bad system call"), "{stderr}");
+}
+
+#[test]
+fn seccomp_forbidden_call_on_the_event_loop_thread_stops_with_a_named_message() {
+    require_kvm!();
+    if !debug_build() {
+        return;
+    }
+    let (code, stderr) = provoke("vmm", &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "vmm: seccomp: thread 'vmm' made a forbidden system call: openat (257); stopping. \
+             Run with --seccomp off to debug."
+        ),
+        "{stderr}"
+    );
+}
+
+fn null_guest(seccomp: SeccompMode) -> VmConfig {
+    let mut config = VmConfig::new(test_guests::NULL);
+    config.serial = CharBackend::Off;
+    config.seccomp = seccomp;
+    config
+}
+
+fn seccomp_of(tid: i32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn gettid() -> i32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// The library default filters the vCPU threads only: the caller's thread stays free to build and
+/// run more VMs.
+#[test]
+fn seccomp_library_default_leaves_the_calling_thread_free() {
+    require_kvm!();
+    assert_eq!(VmConfig::new("k").seccomp, SeccompMode::VcpusOnly);
+    // On a thread of its own: another test's thread may share this process.
+    thread::spawn(|| {
+        for _ in 0..2 {
+            let reason = Vm::new(null_guest(SeccompMode::VcpusOnly))
+                .expect("build")
+                .run()
+                .expect("run");
+            assert!(matches!(
+                reason,
+                ExitReason::Reset | ExitReason::TripleFault
+            ));
+        }
+        assert_eq!(seccomp_of(gettid()), "0");
+    })
+    .join()
+    .expect("runner");
+}
+
+/// `AllThreads` confines the calling thread for good, after the VM ran normally.
+#[test]
+fn seccomp_all_threads_confines_the_calling_thread() {
+    require_kvm!();
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let runner = thread::spawn(move || {
+        let reason = Vm::new(null_guest(SeccompMode::AllThreads))
+            .expect("build")
+            .run();
+        tid_tx.send(gettid()).expect("send");
+        // Stay alive (filtered) until the test has looked.
+        let _ = done_rx.recv();
+        reason.map(|_| ()).map_err(|e| e.to_string())
+    });
+    let tid = tid_rx.recv().expect("tid");
+    assert_eq!(seccomp_of(tid), "2");
+    done_tx.send(()).expect("done");
+    runner.join().expect("runner").expect("the VM ran");
+}
+
+/// The jail tests' rule: they run as root, or fail unless VMM_SKIP_JAIL_TESTS=1.
+fn root_available() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("VMM_SKIP_JAIL_TESTS").as_deref() == Ok("1") {
+        eprintln!("skipping: --jail needs root and VMM_SKIP_JAIL_TESTS=1");
+        return false;
+    }
+    panic!("--jail needs root: run as root, or set VMM_SKIP_JAIL_TESTS=1 to skip");
+}
+
+/// seccomp goes on after the jail closes: the jailed VMM's threads are filtered too, and a forbidden
+/// call is still named (on the stderr the supervisor shares) with status 1 passed through.
+#[test]
+fn seccomp_holds_inside_the_jail() {
+    require_kvm!();
+    if !root_available() {
+        return;
+    }
+    let scratch = common::Scratch::new("seccomp-jail");
+    let root = scratch.path("root");
+    std::fs::create_dir(&root).expect("jail dir");
+    let root = common::s(&root);
+
+    let vmm = Parked::start(&["--jail", root]);
+    let threads = threads_of(vmm.jailed_pid());
+    assert!(threads.len() >= 3, "{threads:?}");
+    for (name, mode, _) in &threads {
+        assert!(
+            is_kernel_worker(name) || mode == "2",
+            "jailed thread {name} is not filtered: {threads:?}"
+        );
+    }
+    drop(vmm);
+
+    if debug_build() {
+        let (code, stderr) = provoke("vcpu", &["--jail", root]);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains("' made a forbidden system call: openat (257); stopping."),
+            "{stderr}"
+        );
+    }
+}
