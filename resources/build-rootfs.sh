@@ -5,12 +5,14 @@
 #   initramfs.cpio     the same archive uncompressed (not printed; boots faster
 #                      on the development host, where the guest kernel's
 #                      inflate is slow)
-# Both hold busybox and its applet links, /dev /proc /sys /tmp /root /etc and
-# our init script (resources/rootfs/init) as /init and /sbin/init.
+# Both hold busybox and its applet links, /dev /proc /sys /tmp /root /etc, our
+# init script (resources/rootfs/init) as /init and /sbin/init, and /bin/tcpblast
+# (resources/rootfs/tcpblast.c, built static with the host's gcc).
 #
 # Output: ${VMM_CACHE:-$HOME/.cache/vmm}/rootfs-<key>/{rootfs.ext4,initramfs.cpio.gz,initramfs.cpio}
 # where <key> is a sha256 prefix over every input (package versions of
-# busybox-static, e2fsprogs and cpio, the init script, this script). A complete
+# busybox-static, e2fsprogs, cpio, gcc and libc6-dev, the init script,
+# tcpblast.c, this script). A complete
 # output folder is reused as is. Progress goes to stderr; the artifact paths go
 # to stdout:
 #     /…/rootfs-<key>/rootfs.ext4
@@ -22,6 +24,7 @@ set -euo pipefail
 script=$(readlink -f "${BASH_SOURCE[0]}")
 here=$(dirname "$script")
 init_script="$here/rootfs/init"
+tcpblast_src="$here/rootfs/tcpblast.c"
 cache=${VMM_CACHE:-$HOME/.cache/vmm}
 image_size=64M
 
@@ -29,14 +32,14 @@ log() { printf 'build-rootfs: %s\n' "$*" >&2; }
 die() { printf 'build-rootfs: error: %s\n' "$*" >&2; exit 1; }
 
 [[ -f $init_script ]] || die "missing $init_script"
-for tool in mke2fs cpio gzip dpkg-query; do
+for tool in mke2fs cpio gzip dpkg-query gcc; do
     command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
 busybox=/bin/busybox
 [[ -x $busybox ]] || die "missing $busybox (apt-get install busybox-static)"
 
 versions=""
-for pkg in busybox-static e2fsprogs cpio; do
+for pkg in busybox-static e2fsprogs cpio gcc libc6-dev; do
     v=$(dpkg-query -W -f='${Version}' "$pkg" 2>/dev/null) || die "$pkg is not installed"
     versions+="$pkg $v"$'\n'
 done
@@ -46,6 +49,7 @@ key=$(
         printf '%s' "$versions"
         printf 'size %s\n' "$image_size"
         printf 'init\n'; cat "$init_script"
+        printf 'tcpblast\n'; cat "$tcpblast_src"
         printf 'script\n'; cat "$script"
     } | sha256sum | cut -c1-16
 )
@@ -86,6 +90,8 @@ while IFS= read -r applet; do
 done < <("$busybox" --list-full)
 install -m 0755 "$init_script" "$tree/init"
 install -m 0755 "$init_script" "$tree/sbin/init"
+gcc -static -O2 -Wall -Werror -o "$tree/bin/tcpblast" "$tcpblast_src" || die "cannot build tcpblast"
+strip "$tree/bin/tcpblast"
 
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$tree/etc/passwd"
 printf 'root:x:0:\n' >"$tree/etc/group"
