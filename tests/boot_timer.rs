@@ -3,12 +3,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{run_vmm, vmm_bin, Run, Scratch};
+use common::{run_vmm, Run, Running, Scratch};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -121,25 +118,8 @@ fn boot_exit_cost_mmio_guest_finishes() {
 #[test]
 fn boot_park_guest_stays_up_until_killed() {
     require_kvm!();
-    let mut child = Command::new(vmm_bin())
-        .args(["--kernel", test_guests::PARK])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn vmm");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let parked = rx.recv_timeout(TIMEOUT);
+    let mut vmm = Running::start(&["--kernel", test_guests::PARK]);
+    vmm.wait_for_line("parked", TIMEOUT);
     std::thread::sleep(Duration::from_millis(200));
-    let still_running = child.try_wait().expect("try_wait").is_none();
-    let _ = child.kill();
-    let _ = child.wait();
-    assert_eq!(parked.as_deref(), Ok("parked"));
-    assert!(still_running, "the parked guest must keep the VM up");
+    assert!(vmm.is_running(), "the parked guest must keep the VM up");
 }

@@ -8,12 +8,10 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{run_vmm, s, vmm_bin, Run, Scratch};
+use common::netns::NetNs;
+use common::{run_vmm, s, Run, Scratch};
 use test_guests::{Report, HOSTILE, HOSTILE_ATTACKS};
 
 /// Generous: the whole list takes ~10 s here, most of it the 110 000-exit notification flood.
@@ -66,13 +64,7 @@ fn num(run: &Run, r: &Report, key: &str) -> u64 {
 
 /// Everything every hostile run must show, whatever the target.
 fn check(run: &Run, target_type: u64, rounds: u64) -> Report {
-    run.expect_success();
-    let r = Report::parse(&run.stdout);
-    run.expect(r.done, "guest did not finish");
-    run.expect(
-        !run.stdout.contains("i8042_reset=ignored"),
-        "the VMM ignored the i8042 reset",
-    );
+    let r = run.finished_report();
     run.expect(!run.stdout.contains("error="), "guest setup error");
     run.expect(num(run, &r, "target_type") == target_type, "target type");
     for k in ["start_target", "start_witness"] {
@@ -225,81 +217,13 @@ fn boot_hostile_guest_vs_virtio_console() {
     );
 }
 
-/// A network namespace deleted on drop.
-struct NetNs(String);
-
-impl NetNs {
-    fn new(tag: &str) -> NetNs {
-        let name = format!("vmmh-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .expect("run ip (iproute2)");
-        assert!(
-            out.status.success(),
-            "cannot create network namespace {name} (this test needs root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        NetNs(name)
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-/// Runs vmm inside `ns`, killed after `timeout` (then the test fails).
-fn run_in_netns(ns: &NetNs, args: &[&str], timeout: Duration) -> Run {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.0, vmm_bin()])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ip netns exec vmm");
-    let pipe = |mut r: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            String::from_utf8_lossy(&v).into_owned()
-        })
-    };
-    let out = pipe(Box::new(child.stdout.take().expect("stdout")));
-    let err = pipe(Box::new(child.stderr.take().expect("stderr")));
-    let start = Instant::now();
-    let code = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break Some(st.code());
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    let run = Run {
-        code: code.flatten(),
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-        elapsed: start.elapsed(),
-    };
-    assert!(code.is_some(), "vmm did not exit within {timeout:?}\n{run}");
-    run
-}
-
 #[test]
 fn boot_hostile_guest_vs_virtio_net() {
     require_kvm!();
     let scratch = Scratch::new("hostile-net");
     let w = disk(&scratch, "witness.img");
-    let ns = NetNs::new("net");
-    let run = run_in_netns(
-        &ns,
+    let ns = NetNs::new("hostile");
+    let run = ns.run_vmm(
         &[
             "--kernel",
             HOSTILE,

@@ -6,33 +6,15 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
-use common::{run_vmm, s, vmm_bin, Scratch};
+use common::{root_available, run_vmm, s, vmm_bin, Running, Scratch};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const MIB: u64 = 1 << 20;
-
-/// True when the jail tests should run: as root. Otherwise they fail, unless VMM_SKIP_JAIL_TESTS=1.
-fn root_available() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("VMM_SKIP_JAIL_TESTS").as_deref() == Ok("1") {
-        eprintln!("skipping: the jail tests need root and VMM_SKIP_JAIL_TESTS=1");
-        return false;
-    }
-    panic!(
-        "the jail tests need root (namespaces, cgroups, pivot_root): run them as root, or set \
-         VMM_SKIP_JAIL_TESTS=1 to skip them explicitly"
-    );
-}
 
 macro_rules! require_root {
     () => {
@@ -41,77 +23,6 @@ macro_rules! require_root {
             return;
         }
     };
-}
-
-/// A running `vmm` whose stdout lines arrive on a channel.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Running {
-    fn start(args: &[&str]) -> Running {
-        let mut child = Command::new(vmm_bin())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn vmm");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Running { child, lines }
-    }
-
-    /// Waits for a stdout line equal to `want`; panics (killing vmm) if it does not come.
-    fn wait_for_line(&mut self, want: &str) {
-        loop {
-            match self.lines.recv_timeout(TIMEOUT) {
-                Ok(line) if line.trim_end() == want => return,
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = self.child.kill();
-                    let status = self.child.wait();
-                    panic!("vmm never printed '{want}' ({e}); status {status:?}");
-                }
-            }
-        }
-    }
-
-    /// The jailed VMM: the only child of the supervisor we started.
-    fn jailed_pid(&self) -> u32 {
-        let pid = self.child.id();
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .expect("read the supervisor's children");
-        let pids: Vec<u32> = children
-            .split_whitespace()
-            .map(|p| p.parse().expect("pid"))
-            .collect();
-        assert_eq!(
-            pids.len(),
-            1,
-            "the supervisor should have one child: {pids:?}"
-        );
-        pids[0]
-    }
-
-    /// Sends `signal` to the supervisor and returns its exit code.
-    fn signal_and_wait(mut self, signal: libc::c_int) -> Option<i32> {
-        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let _ = tx.send(self.child.wait().map(|s| s.code()));
-        });
-        rx.recv_timeout(TIMEOUT)
-            .expect("the supervisor did not exit after the signal")
-            .expect("wait")
-    }
 }
 
 /// `Name:\tvalue` from /proc/PID/status.
@@ -198,7 +109,7 @@ fn boot_jail_confines_the_vmm() {
         "--cpu-quota",
         "0.5",
     ]);
-    vmm.wait_for_line("parked");
+    vmm.wait_for_line("parked", TIMEOUT);
     let supervisor = vmm.child.id();
     let pid = vmm.jailed_pid();
 
@@ -290,7 +201,7 @@ fn boot_jail_confines_the_vmm() {
     assert_eq!(limit("Max file size"), "1");
 
     // SIGTERM to the supervisor ends the VM; the status says so; the cgroup is removed.
-    let code = vmm.signal_and_wait(libc::SIGTERM);
+    let code = vmm.signal_and_wait(libc::SIGTERM, TIMEOUT);
     assert_eq!(code, Some(128 + libc::SIGTERM));
     // The supervisor reaped the jailed VMM before exiting.
     assert!(
@@ -385,7 +296,7 @@ fn boot_jail_with_a_tap_keeps_the_net_namespace() {
         "--jail",
         s(&scratch.0),
     ]);
-    vmm.wait_for_line("parked");
+    vmm.wait_for_line("parked", TIMEOUT);
     let jailed = vmm.jailed_pid();
     // Without --uid/--gid: an id of its own, 2000000000 + the supervisor's pid.
     let id = 2_000_000_000 + vmm.child.id();
@@ -403,7 +314,10 @@ fn boot_jail_with_a_tap_keeps_the_net_namespace() {
         assert_ne!(ns(&pid, kind), ns("self", kind), "{kind} namespace");
     }
     assert!(Path::new(&format!("/sys/class/net/{tap}")).exists());
-    assert_eq!(vmm.signal_and_wait(libc::SIGINT), Some(128 + libc::SIGINT));
+    assert_eq!(
+        vmm.signal_and_wait(libc::SIGINT, TIMEOUT),
+        Some(128 + libc::SIGINT)
+    );
     assert!(
         !Path::new(&format!("/sys/class/net/{tap}")).exists(),
         "tap left behind"

@@ -6,12 +6,12 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{run_vmm, vmm_bin, Run, Scratch};
-use test_guests::{Report, RATE_PROBE};
+use common::netns::NetNs;
+use common::{run_vmm, Run, Scratch};
+use test_guests::RATE_PROBE;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const MIB: u64 = 1 << 20;
@@ -41,13 +41,7 @@ fn host_tsc_khz() -> u64 {
 /// Checks a finished probe run and returns its figures: clean reset, every request OK, and the
 /// guest's clock agrees with the host's TSC within 1% (so its rates are in real seconds).
 fn measured(run: &Run, what: &str) -> Measured {
-    run.expect_success();
-    let r = Report::parse(&run.stdout);
-    run.expect(r.done, "the probe did not finish");
-    run.expect(
-        !run.stdout.contains("i8042_reset=ignored"),
-        "the VMM ignored the i8042 reset",
-    );
+    let r = run.finished_report();
     let num = |key: &str| {
         r.num(key)
             .unwrap_or_else(|| panic!("probe did not report {key}\n{run}"))
@@ -143,49 +137,14 @@ fn disk_unlimited_measures_clearly_above_the_limits() {
     run.expect(m.iops > 2 * 500, "unlimited disk not above 2× 500 reads/s");
 }
 
-/// A network namespace of its own, removed on drop (also when the test panics).
-struct NetNs(String);
-
-impl NetNs {
-    fn new(tag: &str) -> NetNs {
-        let name = format!("vmmt-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .expect("run ip (iproute2)");
-        assert!(
-            out.status.success(),
-            "cannot create network namespace {name} (this test needs root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        NetNs(name)
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
 /// Runs the probe in TX mode, in `ns`, on a tap vmm creates there, with the given `--net` options.
 fn probe_net(ns: &NetNs, opts: &str, size: u32) -> (Run, Measured) {
-    let start = Instant::now();
-    let secs = TIMEOUT.as_secs().to_string();
     let net = format!("tap=rp0,create=on{opts}");
     let cmdline = format!("probe_dev=net probe_size={size}");
-    let out = Command::new("timeout")
-        .args(["-s", "KILL", &secs, "ip", "netns", "exec", &ns.0, vmm_bin()])
-        .args(["--kernel", RATE_PROBE, "--net", &net, "--cmdline", &cmdline])
-        .output()
-        .expect("run timeout ip netns exec vmm");
-    let run = Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        elapsed: start.elapsed(),
-    };
+    let run = ns.run_vmm(
+        &["--kernel", RATE_PROBE, "--net", &net, "--cmdline", &cmdline],
+        TIMEOUT,
+    );
     let m = measured(&run, &format!("net '{opts}', {size}-byte frames"));
     (run, m)
 }

@@ -4,103 +4,29 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::vmm_bin;
+use common::{root_available, vmm_bin, Running};
 use vm::{CharBackend, ExitReason, SeccompMode, Vm, VmConfig};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A `vmm` running the park guest, its stdin a pipe held open (so the serial port reads it).
-struct Parked {
-    child: Child,
-    stderr: Option<thread::JoinHandle<String>>,
+/// A `vmm` running the park guest with two vCPUs, once it has reported (its stdin a pipe held open,
+/// so the serial port reads it).
+fn parked(extra: &[&str]) -> Running {
+    let mut args = vec!["--kernel", test_guests::PARK, "--cpus", "2"];
+    args.extend_from_slice(extra);
+    let mut vmm = Running::start(&args);
+    vmm.wait_for_line("parked", TIMEOUT);
+    vmm
 }
 
-impl Parked {
-    fn start(extra: &[&str]) -> Parked {
-        let mut child = Command::new(vmm_bin())
-            .args(["--kernel", test_guests::PARK, "--cpus", "2"])
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn vmm");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let mut err = child.stderr.take().expect("stderr");
-        let stderr = Some(thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        }));
-        let mut parked = Parked { child, stderr };
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line == "parked" => break,
-                Ok(_) => {}
-                Err(_) => panic!(
-                    "the park guest did not report within {TIMEOUT:?}; stderr:\n{}",
-                    parked.stop()
-                ),
-            }
-        }
-        parked
-    }
-
-    /// (thread name, `Seccomp:` value, `Seccomp_filters:` value) of every thread of the VMM.
-    fn threads(&self) -> Vec<(String, String, Option<String>)> {
-        threads_of(self.child.id())
-    }
-
-    /// The jailed VMM: the only child of the `--jail` supervisor.
-    fn jailed_pid(&self) -> u32 {
-        let pid = self.child.id();
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .expect("the supervisor's children");
-        let pids: Vec<u32> = children
-            .split_whitespace()
-            .map(|p| p.parse().expect("pid"))
-            .collect();
-        assert_eq!(pids.len(), 1, "one jailed child expected: {pids:?}");
-        pids[0]
-    }
-
-    /// Stops the VMM (SIGTERM, so a `--jail` supervisor removes its cgroup; SIGKILL if that does
-    /// not do) and returns what it wrote on stderr.
-    fn stop(&mut self) -> String {
-        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let start = Instant::now();
-        while matches!(self.child.try_wait(), Ok(None)) && start.elapsed() < TIMEOUT {
-            thread::sleep(Duration::from_millis(5));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.stderr
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Parked {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// (thread name, `Seccomp:` value, `Seccomp_filters:` value) of every thread of the VMM.
+fn vmm_threads(vmm: &Running) -> Vec<(String, String, Option<String>)> {
+    threads_of(vmm.child.id())
 }
 
 /// (thread name, `Seccomp:` value, `Seccomp_filters:` value) of every thread of process `pid`.
@@ -135,8 +61,8 @@ fn is_kernel_worker(name: &str) -> bool {
 #[test]
 fn seccomp_every_vmm_thread_is_filtered_while_the_guest_runs() {
     require_kvm!();
-    let mut vmm = Parked::start(&[]);
-    let threads = vmm.threads();
+    let mut vmm = parked(&[]);
+    let threads = vmm_threads(&vmm);
     let names: Vec<&str> = threads.iter().map(|t| t.0.as_str()).collect();
     // The event loop (the main thread), one per vCPU, and nothing else of ours.
     for want in ["vmm", "vcpu0", "vcpu1"] {
@@ -169,8 +95,8 @@ fn seccomp_every_vmm_thread_is_filtered_while_the_guest_runs() {
 #[test]
 fn seccomp_off_leaves_threads_unfiltered_and_warns() {
     require_kvm!();
-    let mut vmm = Parked::start(&["--seccomp", "off"]);
-    let threads = vmm.threads();
+    let mut vmm = parked(&["--seccomp", "off"]);
+    let threads = vmm_threads(&vmm);
     for (name, mode, _) in &threads {
         assert_eq!(
             mode, "0",
@@ -187,9 +113,8 @@ fn seccomp_off_leaves_threads_unfiltered_and_warns() {
 #[test]
 fn seccomp_on_is_the_default_and_accepts_on() {
     require_kvm!();
-    let vmm = Parked::start(&["--seccomp", "on"]);
-    assert!(vmm
-        .threads()
+    let vmm = parked(&["--seccomp", "on"]);
+    assert!(vmm_threads(&vmm)
         .iter()
         .all(|(name, mode, _)| is_kernel_worker(name) || mode == "2"));
 }
@@ -206,39 +131,12 @@ fn seccomp_bad_value_is_a_usage_error() {
 }
 
 /// Runs the park guest with a thread of `kind` making a forbidden call (debug builds only); returns
-/// (exit status, stderr).
+/// (exit status, stderr). The test fails if vmm keeps running.
 fn provoke(kind: &str, extra: &[&str]) -> (Option<i32>, String) {
-    let mut child = Command::new(vmm_bin())
-        .args(["--kernel", test_guests::PARK, "--cpus", "2"])
-        .args(extra)
-        .env("VMM_SECCOMP_TEST_FORBIDDEN", kind)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn vmm");
-    let mut err = child.stderr.take().expect("stderr");
-    let stderr = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if start.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "vmm kept running after a forbidden system call on a {kind} thread; stderr:\n{}",
-                stderr.join().unwrap_or_default()
-            );
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    (status.code(), stderr.join().unwrap_or_default())
+    let mut cmd = common::vmm_command(&["--kernel", test_guests::PARK, "--cpus", "2"]);
+    cmd.args(extra).env("VMM_SECCOMP_TEST_FORBIDDEN", kind);
+    let run = common::run_command(cmd, TIMEOUT);
+    (run.code, run.stderr)
 }
 
 /// The test switch exists in debug builds only (`cargo test` builds `vmm` with the test profile).
@@ -354,19 +252,6 @@ fn seccomp_all_threads_confines_the_calling_thread() {
     runner.join().expect("runner").expect("the VM ran");
 }
 
-/// The jail tests' rule: they run as root, or fail unless VMM_SKIP_JAIL_TESTS=1.
-fn root_available() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("VMM_SKIP_JAIL_TESTS").as_deref() == Ok("1") {
-        eprintln!("skipping: --jail needs root and VMM_SKIP_JAIL_TESTS=1");
-        return false;
-    }
-    panic!("--jail needs root: run as root, or set VMM_SKIP_JAIL_TESTS=1 to skip");
-}
-
 /// seccomp goes on after the jail closes: the jailed VMM's threads are filtered too, and a forbidden
 /// call is still named (on the stderr the supervisor shares) with status 1 passed through.
 #[test]
@@ -380,7 +265,7 @@ fn seccomp_holds_inside_the_jail() {
     std::fs::create_dir(&root).expect("jail dir");
     let root = common::s(&root);
 
-    let vmm = Parked::start(&["--jail", root]);
+    let vmm = parked(&["--jail", root]);
     let threads = threads_of(vmm.jailed_pid());
     assert!(threads.len() >= 3, "{threads:?}");
     for (name, mode, _) in &threads {

@@ -6,9 +6,6 @@
 //! image never grows and a read-only one never changes.
 #![no_main]
 
-use std::sync::{Arc, Mutex};
-
-use devices::virtio::block::{Block, BlockConfig};
 use libfuzzer_sys::arbitrary::{Result as AResult, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress};
@@ -64,14 +61,7 @@ fn run(data: &[u8]) -> AResult<()> {
     let mem = memory(&[]);
     let q = QueueLayout::standard(0, size);
     let posted = post(&mem, &q, &chains, used_event);
-    let Ok(block) = Block::new(BlockConfig {
-        path,
-        read_only,
-        id: Some("fuzz".into()),
-    }) else {
-        panic!("cannot open the memfd disk");
-    };
-    let block = Arc::new(Mutex::new(block));
+    let block = block_device(path, read_only, Some("fuzz".into()));
     let mut el = Loop::new(block.clone());
     let mut t = transport(&mem, &block);
     let features = (1u64 << 32) | (1 << 9) | if event_idx { 1 << 29 } else { 0 };
@@ -95,17 +85,7 @@ fn run(data: &[u8]) -> AResult<()> {
     assert_eq!(again, used, "a kick with no new chains returned some");
     wr(&mut t, reg::STATUS, 0);
 
-    assert_eq!(
-        file_len(&disk),
-        DISK_LEN as u64,
-        "the disk image changed size"
-    );
-    if read_only {
-        assert!(
-            disk_unchanged(&disk, DISK_LEN),
-            "a read-only disk was written"
-        );
-    }
+    check_disk(&disk, DISK_LEN, read_only);
     Ok(())
 }
 

@@ -4,9 +4,6 @@
 //! loop. Nothing may panic, and the disk image may neither grow nor change when read-only.
 #![no_main]
 
-use std::sync::{Arc, Mutex};
-
-use devices::virtio::block::{Block, BlockConfig};
 use libfuzzer_sys::arbitrary::{Result as AResult, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress};
@@ -50,14 +47,7 @@ fn run(data: &[u8]) -> AResult<()> {
 
     let (disk, path) = memfd(DISK_LEN);
     let mem = memory(image);
-    let Ok(block) = Block::new(BlockConfig {
-        path,
-        read_only,
-        id: None,
-    }) else {
-        panic!("cannot open the memfd disk");
-    };
-    let block = Arc::new(Mutex::new(block));
+    let block = block_device(path, read_only, None);
     let mut el = Loop::new(block.clone());
     let mut t = transport(&mem, &block);
     let features = (1u64 << 32) | if event_idx { 1 << 29 } else { 0 };
@@ -74,17 +64,7 @@ fn run(data: &[u8]) -> AResult<()> {
     wr(&mut t, reg::STATUS, 0);
     assert_eq!(rd(&mut t, reg::STATUS), 0);
 
-    assert_eq!(
-        file_len(&disk),
-        DISK_LEN as u64,
-        "the disk image changed size"
-    );
-    if read_only {
-        assert!(
-            disk_unchanged(&disk, DISK_LEN),
-            "a read-only disk was written"
-        );
-    }
+    check_disk(&disk, DISK_LEN, read_only);
     Ok(())
 }
 

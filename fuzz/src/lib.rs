@@ -9,9 +9,11 @@
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use devices::bus::BusDevice;
+use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::{MmioTransport, VirtioDevice};
 use devices::GuestMemoryMmap;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
@@ -419,6 +421,28 @@ pub fn check_used(mem: &GuestMemoryMmap, q: &QueueLayout, posted: &Posted) -> u1
         );
     }
     used_idx
+}
+
+/// A virtio-blk device on the [`memfd`] disk at `path`, shared with the event loop and the
+/// transport.
+pub fn block_device(path: PathBuf, read_only: bool, id: Option<String>) -> Arc<Mutex<Block>> {
+    let Ok(block) = Block::new(BlockConfig {
+        path,
+        read_only,
+        id,
+    }) else {
+        panic!("cannot open the memfd disk");
+    };
+    Arc::new(Mutex::new(block))
+}
+
+/// What no guest may do to a [`memfd`] disk of `len` bytes, whatever it sent: change its size,
+/// or write it when it is read-only.
+pub fn check_disk(disk: &File, len: usize, read_only: bool) {
+    assert_eq!(file_len(disk), len as u64, "the disk image changed size");
+    if read_only {
+        assert!(disk_unchanged(disk, len), "a read-only disk was written");
+    }
 }
 
 /// The fd behind a device that a target keeps, e.g. for `fstat`.

@@ -4,9 +4,9 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -108,6 +108,19 @@ impl Run {
     pub fn expect_success(&self) {
         self.expect(self.code == Some(0), "vmm did not exit 0");
     }
+
+    /// A tiny guest's report, once its run ended well: vmm exited 0 through the guest's i8042
+    /// reset (not its triple-fault fallback) after the guest printed `done`.
+    pub fn finished_report(&self) -> test_guests::Report {
+        self.expect_success();
+        let r = test_guests::Report::parse(&self.stdout);
+        self.expect(r.done, "guest did not finish");
+        self.expect(
+            !self.stdout.contains("i8042_reset=ignored"),
+            "the VMM ignored the i8042 reset",
+        );
+        r
+    }
 }
 
 impl std::fmt::Display for Run {
@@ -130,22 +143,36 @@ impl std::fmt::Display for Run {
     }
 }
 
+pub mod netns;
+
 /// Runs `vmm ARGS` with stdin from /dev/null, kills it after `timeout`.
 pub fn run_vmm(args: &[&str], timeout: Duration) -> Run {
-    drive(args, None, timeout)
+    run_command(vmm_command(args), timeout)
+}
+
+/// Runs `cmd` (vmm, or a wrapper that runs it) with stdin from /dev/null; kills it after `timeout`,
+/// and then fails the test with everything it printed.
+pub fn run_command(cmd: Command, timeout: Duration) -> Run {
+    drive(cmd, None, timeout)
+}
+
+/// `vmm ARGS`, not started yet.
+pub fn vmm_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(vmm_bin());
+    cmd.args(args);
+    cmd
 }
 
 /// Runs `vmm ARGS` as a person at the console would: each time the output contains the next `wait_for`
 /// text (counted from where the previous one was found), types its `send` text. Kills vmm after `timeout`.
 pub fn run_vmm_interactive(args: &[&str], script: &[(&str, &str)], timeout: Duration) -> Run {
-    drive(args, Some(script), timeout)
+    drive(vmm_command(args), Some(script), timeout)
 }
 
 /// Spawns vmm, feeds the script (if any) into its stdin, and waits for it to exit or time out, in which
 /// case it is killed and the test fails with everything it printed.
-fn drive(args: &[&str], script: Option<&[(&str, &str)]>, timeout: Duration) -> Run {
-    let mut child = Command::new(vmm_bin())
-        .args(args)
+fn drive(mut cmd: Command, script: Option<&[(&str, &str)]>, timeout: Duration) -> Run {
+    let mut child = cmd
         .stdin(if script.is_some() {
             Stdio::piped()
         } else {
@@ -220,6 +247,142 @@ fn reader(mut r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
         let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
     });
     rx
+}
+
+/// True when the tests that need root (`--jail`, network namespaces) should run: as root.
+/// Otherwise they fail, unless VMM_SKIP_JAIL_TESTS=1 is set.
+pub fn root_available() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("VMM_SKIP_JAIL_TESTS").as_deref() == Ok("1") {
+        eprintln!("skipping: this test needs root and VMM_SKIP_JAIL_TESTS=1");
+        return false;
+    }
+    panic!(
+        "this test needs root (namespaces, cgroups, pivot_root): run it as root, or set \
+         VMM_SKIP_JAIL_TESTS=1 to skip it explicitly"
+    );
+}
+
+/// A `vmm` left running (stdin a pipe held open, so the serial port has an idle input): its
+/// stdout lines arrive on a channel, its stderr is collected. Stopped on drop.
+pub struct Running {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: Option<thread::JoinHandle<String>>,
+}
+
+impl Running {
+    pub fn start(args: &[&str]) -> Running {
+        let mut child = vmm_command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vmm");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut err = child.stderr.take().expect("stderr");
+        let stderr = Some(thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        }));
+        Running {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// Waits for a stdout line equal to `want`; if it does not come within `timeout`, stops vmm
+    /// and panics with its stderr.
+    pub fn wait_for_line(&mut self, want: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.trim_end() == want => return,
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "vmm never printed '{want}' within {timeout:?} ({e}); stderr:\n{}",
+                    self.stop()
+                ),
+            }
+        }
+    }
+
+    /// Whether vmm is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The jailed VMM: the only child of the `--jail` supervisor we started.
+    pub fn jailed_pid(&self) -> u32 {
+        let pid = self.child.id();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .expect("read the supervisor's children");
+        let pids: Vec<u32> = children
+            .split_whitespace()
+            .map(|p| p.parse().expect("pid"))
+            .collect();
+        assert_eq!(
+            pids.len(),
+            1,
+            "the supervisor should have one child: {pids:?}"
+        );
+        pids[0]
+    }
+
+    /// Sends `signal` to vmm and waits (up to `timeout`) for it to exit; returns its exit code.
+    pub fn signal_and_wait(&mut self, signal: libc::c_int, timeout: Duration) -> Option<i32> {
+        if self.is_running() {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        }
+        let start = Instant::now();
+        loop {
+            match self.child.try_wait().expect("wait") {
+                Some(status) => return status.code(),
+                None if start.elapsed() > timeout => {
+                    panic!("vmm did not exit within {timeout:?} of signal {signal}")
+                }
+                None => thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
+    /// Stops vmm (SIGTERM, so a `--jail` supervisor removes its cgroup; SIGKILL if that does not
+    /// do within 30 s) and returns what it wrote on stderr.
+    pub fn stop(&mut self) -> String {
+        if self.is_running() {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        let start = Instant::now();
+        while self.is_running() && start.elapsed() < Duration::from_secs(30) {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// A scratch directory removed when dropped.

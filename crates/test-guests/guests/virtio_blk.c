@@ -1,67 +1,21 @@
 /* virtio_blk: drives the virtio-mmio (version 2) block device named by the
  * first usable virtio_mmio.device= entry of the command line, by polling. */
-#include "rt.h"
-#include "virtio_mmio.h"
-
-/* virtio-mmio registers */
+#include "vq.h"
 
 #define F_BLK_RO (1ULL << 5)
-#define F_BLK_FLUSH (1ULL << 9)
-
-#define T_IN 0
-#define T_OUT 1
-#define T_FLUSH 4
 #define T_GET_ID 8
 
 #define QSIZE_WANT 16
 #define OOB_ADDR 0xF00000000000ULL
 
-struct desc {
-    u64 addr;
-    u32 len;
-    u16 flags;
-    u16 next;
-};
-
-struct avail {
-    u16 flags;
-    u16 idx;
-    u16 ring[QSIZE_WANT];
-    u16 used_event;
-};
-
-struct used_elem {
-    u32 id;
-    u32 len;
-};
-
-struct used {
-    u16 flags;
-    u16 idx;
-    struct used_elem ring[QSIZE_WANT];
-    u16 avail_event;
-};
-
-struct req_hdr {
-    u32 type;
-    u32 reserved;
-    u64 sector;
-};
-
-static struct desc descs[QSIZE_WANT] __attribute__((aligned(4096)));
-static struct avail avail_ring __attribute__((aligned(4096)));
-static struct used used_ring __attribute__((aligned(4096)));
-static struct req_hdr hdr __attribute__((aligned(16)));
+static struct rings rings __attribute__((aligned(4096)));
+static struct dev blk;
+static struct blk_hdr hdr __attribute__((aligned(16)));
 static u8 data[512] __attribute__((aligned(512)));
 static volatile u8 status_byte __attribute__((aligned(16)));
 
-static u64 base;
-static u16 qsize;
-static u16 avail_idx;
-static u16 used_seen;
-
-static u32 rd(u32 off) { return mmio_read32(base + off); }
-static void wr(u32 off, u32 v) { mmio_write32(base + off, v); }
+static u32 rd(u32 off) { return dev_rd(&blk, off); }
+static void wr(u32 off, u32 v) { dev_wr(&blk, off, v); }
 
 static void put_text(const char *key, const u8 *p, u32 n)
 {
@@ -76,55 +30,15 @@ static void put_text(const char *key, const u8 *p, u32 n)
  * byte (0..255), or -1 on timeout (after printing timeout=<name>). */
 static int request(const char *name, u32 type, u64 sector, u64 buf, u32 len, int dev_writes)
 {
-    int n = 0;
-    hdr.type = type;
-    hdr.reserved = 0;
-    hdr.sector = sector;
-    status_byte = 0xee;
-
-    descs[0].addr = (u64)&hdr;
-    descs[0].len = sizeof(hdr);
-    descs[0].flags = D_NEXT;
-    descs[0].next = 1;
-    n = 1;
-    if (len) {
-        descs[1].addr = buf;
-        descs[1].len = len;
-        descs[1].flags = D_NEXT | (dev_writes ? D_WRITE : 0);
-        descs[1].next = 2;
-        n = 2;
+    struct vq *q = &blk.q[0];
+    struct used_elem e;
+    blk_layout(q->r->d, &hdr, type, sector, buf, len, dev_writes, &status_byte);
+    vq_push(&blk, q, 0);
+    if (!vq_take_wait(&blk, q, 1000000000ULL, 10000000000ULL, &e)) {
+        puts("timeout=");
+        line(name);
+        return -1;
     }
-    descs[n].addr = (u64)&status_byte;
-    descs[n].len = 1;
-    descs[n].flags = D_WRITE;
-    descs[n].next = 0;
-
-    avail_ring.ring[avail_idx % qsize] = 0;
-    avail_idx++;
-    mb();
-    avail_ring.idx = avail_idx;
-    mb();
-    wr(VM_QUEUE_NOTIFY, 0);
-
-    u64 start = rdtsc();
-    for (u64 i = 0;; i++) {
-        barrier();
-        if (*(volatile u16 *)&used_ring.idx != used_seen)
-            break;
-        if (!spin_continue(i, 1000000000ULL, start, 10000000000ULL)) {
-            puts("timeout=");
-            line(name);
-            return -1;
-        }
-        cpu_relax();
-    }
-    mb();
-    struct used_elem e = used_ring.ring[used_seen % qsize];
-    used_seen++;
-    /* acknowledge whatever interrupt the device raised (interrupts stay off) */
-    u32 isr = rd(VM_INT_STATUS);
-    if (isr)
-        wr(VM_INT_ACK, isr);
 
     puts(name);
     puts("_status=");
@@ -145,7 +59,8 @@ static int find_device(const char *cmdline)
     while (virtio_mmio_next(&p, &size, &addr, &irq)) {
         if (mmio_read32(addr + VM_MAGIC) == 0x74726976 && mmio_read32(addr + VM_DEVICE_ID) == 0)
             continue; /* empty slot */
-        base = addr;
+        blk.base = addr;
+        blk.type = ID_BLK;
         kv_hex("virtio_base", addr);
         kv_hex("virtio_size", size);
         kv_hex("virtio_irq", irq);
@@ -202,19 +117,9 @@ static void run(const char *cmdline)
         return;
     }
     kv_hex("queue_ready_before", rd(VM_QUEUE_READY));
-    qsize = max < QSIZE_WANT ? (u16)max : QSIZE_WANT;
-    /* keep a power of two */
-    while (qsize & (qsize - 1))
-        qsize &= (u16)(qsize - 1);
+    u16 qsize = vq_fit(max, QSIZE_WANT);
     kv_hex("queue_size", qsize);
-    wr(VM_QUEUE_NUM, qsize);
-    wr(VM_QUEUE_DESC_LO, (u32)(u64)descs);
-    wr(VM_QUEUE_DESC_HI, (u32)((u64)descs >> 32));
-    wr(VM_QUEUE_DRIVER_LO, (u32)(u64)&avail_ring);
-    wr(VM_QUEUE_DRIVER_HI, (u32)((u64)&avail_ring >> 32));
-    wr(VM_QUEUE_DEVICE_LO, (u32)(u64)&used_ring);
-    wr(VM_QUEUE_DEVICE_HI, (u32)((u64)&used_ring >> 32));
-    wr(VM_QUEUE_READY, 1);
+    vq_setup(&blk, 0, 0, qsize, &rings);
     wr(VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
     kv_hex("status", rd(VM_STATUS));
 

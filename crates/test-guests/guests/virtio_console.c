@@ -5,8 +5,7 @@
  *   console_flood=N  send N flood blocks through transmitq (nothing else), see flood()
  *   console_rx=1     wait (bounded) for a line of input on receiveq and echo it
  */
-#include "rt.h"
-#include "virtio_mmio.h"
+#include "vq.h"
 
 #define F_SIZE (1ULL << 0)
 
@@ -15,61 +14,27 @@
 #define RXQ 0
 #define TXQ 1
 
-struct desc {
-    u64 addr;
-    u32 len;
-    u16 flags;
-    u16 next;
-};
-
-struct avail {
-    u16 flags;
-    u16 idx;
-    u16 ring[QN];
-    u16 used_event;
-};
-
-struct used_elem {
-    u32 id;
-    u32 len;
-};
-
-struct used {
-    u16 flags;
-    u16 idx;
-    struct used_elem ring[QN];
-    u16 avail_event;
-};
-
-struct vq {
-    struct desc descs[QN] __attribute__((aligned(4096)));
-    struct avail avail __attribute__((aligned(4096)));
-    struct used used __attribute__((aligned(4096)));
-    u16 size;
-    u16 avail_idx;
-    u16 used_seen;
-};
-
-static struct vq vqs[2];
+static struct rings rings[2];
+static struct dev con;
+static struct vq *const vqs = con.q;
 static u8 txbuf[QN][BUF] __attribute__((aligned(4096)));
 static u8 rxbuf[QN][256] __attribute__((aligned(4096)));
 static u8 txfree[QN];
 /* In the flood, transmit slot n uses descriptors 2n and 2n+1. */
 static int flooding;
 
-static u64 base;
-
-static u32 rd(u32 off) { return mmio_read32(base + off); }
-static void wr(u32 off, u32 v) { mmio_write32(base + off, v); }
+static u32 rd(u32 off) { return dev_rd(&con, off); }
+static void wr(u32 off, u32 v) { dev_wr(&con, off, v); }
 
 static int find_console(const char *cmdline)
 {
     const char *p = cmdline;
     u64 size, addr, irq;
     while (virtio_mmio_next(&p, &size, &addr, &irq)) {
-        if (mmio_read32(addr + VM_MAGIC) != 0x74726976 || mmio_read32(addr + VM_DEVICE_ID) != 3)
+        if (mmio_read32(addr + VM_MAGIC) != 0x74726976 || mmio_read32(addr + VM_DEVICE_ID) != ID_CONSOLE)
             continue;
-        base = addr;
+        con.base = addr;
+        con.type = ID_CONSOLE;
         kv_hex("virtio_base", addr);
         kv_hex("virtio_irq", irq);
         return 1;
@@ -79,22 +44,11 @@ static int find_console(const char *cmdline)
 
 static int setup_queue(u32 index)
 {
-    struct vq *q = &vqs[index];
     wr(VM_QUEUE_SEL, index);
     u32 max = rd(VM_QUEUE_NUM_MAX);
     if (max == 0)
         return 0;
-    q->size = max < QN ? (u16)max : QN;
-    while (q->size & (q->size - 1))
-        q->size &= (u16)(q->size - 1);
-    wr(VM_QUEUE_NUM, q->size);
-    wr(VM_QUEUE_DESC_LO, (u32)(u64)q->descs);
-    wr(VM_QUEUE_DESC_HI, (u32)((u64)q->descs >> 32));
-    wr(VM_QUEUE_DRIVER_LO, (u32)(u64)&q->avail);
-    wr(VM_QUEUE_DRIVER_HI, (u32)((u64)&q->avail >> 32));
-    wr(VM_QUEUE_DEVICE_LO, (u32)(u64)&q->used);
-    wr(VM_QUEUE_DEVICE_HI, (u32)((u64)&q->used >> 32));
-    wr(VM_QUEUE_READY, 1);
+    vq_setup(&con, (int)index, index, vq_fit(max, QN), &rings[index]);
     return 1;
 }
 
@@ -102,36 +56,15 @@ static int setup_queue(u32 index)
 static void post(u32 index, u16 d, u64 addr, u32 len, u16 flags)
 {
     struct vq *q = &vqs[index];
-    q->descs[d].addr = addr;
-    q->descs[d].len = len;
-    q->descs[d].flags = flags;
-    q->descs[d].next = 0;
-    q->avail.ring[q->avail_idx % q->size] = d;
-    q->avail_idx++;
-    mb();
-    q->avail.idx = q->avail_idx;
-    mb();
-}
-
-static void ack_irq(void)
-{
-    u32 isr = rd(VM_INT_STATUS);
-    if (isr)
-        wr(VM_INT_ACK, isr);
+    q->r->d[d].addr = addr;
+    q->r->d[d].len = len;
+    q->r->d[d].flags = flags;
+    q->r->d[d].next = 0;
+    vq_publish(q, d);
 }
 
 /* Takes one used element of queue `index` if there is one. */
-static int take_used(u32 index, struct used_elem *out)
-{
-    struct vq *q = &vqs[index];
-    barrier();
-    if (*(volatile u16 *)&q->used.idx == q->used_seen)
-        return 0;
-    mb();
-    *out = q->used.ring[q->used_seen % q->size];
-    q->used_seen++;
-    return 1;
-}
+static int take_used(u32 index, struct used_elem *out) { return vq_take(&vqs[index], out); }
 
 /* Waits until a transmit buffer is free; 0 on timeout. */
 static int tx_wait_free(void)
@@ -222,20 +155,15 @@ static void flood(u64 blocks)
         struct vq *q = &vqs[TXQ];
         u16 d0 = (u16)(2 * slot), d1 = (u16)(2 * slot + 1);
         flood_hdr[slot] = b;
-        q->descs[d0].addr = (u64)&flood_hdr[slot];
-        q->descs[d0].len = 8;
-        q->descs[d0].flags = 1; /* NEXT */
-        q->descs[d0].next = d1;
-        q->descs[d1].addr = (u64)flood_words;
-        q->descs[d1].len = FLOOD_BLOCK;
-        q->descs[d1].flags = 0;
-        q->descs[d1].next = 0;
-        q->avail.ring[q->avail_idx % q->size] = d0;
-        q->avail_idx++;
-        mb();
-        q->avail.idx = q->avail_idx;
-        mb();
-        wr(VM_QUEUE_NOTIFY, TXQ);
+        q->r->d[d0].addr = (u64)&flood_hdr[slot];
+        q->r->d[d0].len = 8;
+        q->r->d[d0].flags = D_NEXT;
+        q->r->d[d0].next = d1;
+        q->r->d[d1].addr = (u64)flood_words;
+        q->r->d[d1].len = FLOOD_BLOCK;
+        q->r->d[d1].flags = 0;
+        q->r->d[d1].next = 0;
+        vq_push(&con, q, d0);
         bytes += 8 + FLOOD_BLOCK;
     }
     if (!tx_drain()) {
@@ -271,7 +199,7 @@ static void receive(int wait)
             break;
         cpu_relax();
     }
-    ack_irq();
+    dev_ack_irq(&con);
     while (len && (text[len - 1] == '\n' || text[len - 1] == '\r'))
         len--;
     text[len] = 0;
@@ -345,7 +273,7 @@ static void run(const char *cmdline)
         line("tx=ok");
         receive(cmdline_find(cmdline, "console_rx=1") != NULL);
     }
-    ack_irq();
+    dev_ack_irq(&con);
     wr(VM_STATUS, 0);
     kv_hex("reset_status", rd(VM_STATUS));
 }

@@ -2,8 +2,7 @@
  * a virtio_mmio.device= entry of the command line, by polling (no interrupts).
  * Sends one broadcast frame and waits (bounded) for a frame of ethertype
  * 0x88b5 on RX; see the crate docs (VIRTIO_NET) for the lines it prints. */
-#include "rt.h"
-#include "virtio_mmio.h"
+#include "vq.h"
 
 #define F_NET_MAC (1ULL << 5)
 
@@ -13,47 +12,16 @@
 #define ETHERTYPE 0x88b5
 #define MAX_FRAMES 32
 
-struct desc {
-    u64 addr;
-    u32 len;
-    u16 flags;
-    u16 next;
-};
-struct avail {
-    u16 flags;
-    u16 idx;
-    u16 ring[QSIZE];
-    u16 used_event;
-};
-struct used_elem {
-    u32 id;
-    u32 len;
-};
-struct used {
-    u16 flags;
-    u16 idx;
-    struct used_elem ring[QSIZE];
-    u16 avail_event;
-};
-
-struct vq {
-    struct desc descs[QSIZE] __attribute__((aligned(4096)));
-    struct avail avail __attribute__((aligned(4096)));
-    struct used used __attribute__((aligned(4096)));
-    u16 avail_idx;
-    u16 used_seen;
-};
-
-static struct vq rxq __attribute__((aligned(4096)));
-static struct vq txq __attribute__((aligned(4096)));
+static struct rings rings[2];
+static struct dev net;
+static struct vq *const rxq = &net.q[0];
+static struct vq *const txq = &net.q[1];
 static u8 rx_bufs[QSIZE][RX_BUF_LEN] __attribute__((aligned(4096)));
 static u8 tx_hdr[HDR_LEN];
 static u8 tx_frame[60];
 
-static u64 base;
-
-static u32 rd(u32 off) { return mmio_read32(base + off); }
-static void wr(u32 off, u32 v) { mmio_write32(base + off, v); }
+static u32 rd(u32 off) { return dev_rd(&net, off); }
+static void wr(u32 off, u32 v) { dev_wr(&net, off, v); }
 
 static void put_bytes_hex(const char *key, const u8 *p, u32 n)
 {
@@ -83,62 +51,19 @@ static void put_mac(const char *key, const u8 *m)
 
 static int find_device(const char *cmdline)
 {
-    const char *p = cmdline;
-    u64 size, addr, irq;
-    while (virtio_mmio_next(&p, &size, &addr, &irq)) {
-        if (mmio_read32(addr + VM_MAGIC) != 0x74726976 || mmio_read32(addr + VM_DEVICE_ID) != 1)
-            continue;
-        base = addr;
-        kv_hex("virtio_base", addr);
-        return 1;
-    }
-    return 0;
-}
-
-static int setup_queue(u32 index, struct vq *q)
-{
-    wr(VM_QUEUE_SEL, index);
-    u32 max = rd(VM_QUEUE_NUM_MAX);
-    if (max < QSIZE)
+    if (!dev_find(cmdline, ID_NET, 0, &net))
         return 0;
-    wr(VM_QUEUE_NUM, QSIZE);
-    wr(VM_QUEUE_DESC_LO, (u32)(u64)q->descs);
-    wr(VM_QUEUE_DESC_HI, (u32)((u64)q->descs >> 32));
-    wr(VM_QUEUE_DRIVER_LO, (u32)(u64)&q->avail);
-    wr(VM_QUEUE_DRIVER_HI, (u32)((u64)&q->avail >> 32));
-    wr(VM_QUEUE_DEVICE_LO, (u32)(u64)&q->used);
-    wr(VM_QUEUE_DEVICE_HI, (u32)((u64)&q->used >> 32));
-    wr(VM_QUEUE_READY, 1);
+    kv_hex("virtio_base", net.base);
     return 1;
 }
 
-static void make_avail(struct vq *q, u16 head)
+/* Sets up queue `index` with QSIZE entries; 0 if the device offers fewer. */
+static int setup_queue(u32 index)
 {
-    q->avail.ring[q->avail_idx % QSIZE] = head;
-    q->avail_idx++;
-    mb();
-    q->avail.idx = q->avail_idx;
-    mb();
-}
-
-/* Waits for the next used entry; returns 0 on timeout. */
-static int wait_used(struct vq *q, struct used_elem *out, u64 max_tsc)
-{
-    u64 start = rdtsc();
-    for (u64 i = 0;; i++) {
-        barrier();
-        if (*(volatile u16 *)&q->used.idx != q->used_seen)
-            break;
-        if (!spin_continue(i, 100000000000ULL, start, max_tsc))
-            return 0;
-        cpu_relax();
-    }
-    mb();
-    *out = q->used.ring[q->used_seen % QSIZE];
-    q->used_seen++;
-    u32 isr = rd(VM_INT_STATUS);
-    if (isr)
-        wr(VM_INT_ACK, isr);
+    wr(VM_QUEUE_SEL, index);
+    if (rd(VM_QUEUE_NUM_MAX) < QSIZE)
+        return 0;
+    vq_setup(&net, (int)index, index, QSIZE, &rings[index]);
     return 1;
 }
 
@@ -170,7 +95,7 @@ static void run(const char *cmdline)
         line("error=features_not_ok");
         return;
     }
-    if (!setup_queue(0, &rxq) || !setup_queue(1, &txq)) {
+    if (!setup_queue(0) || !setup_queue(1)) {
         line("error=queue");
         return;
     }
@@ -182,17 +107,17 @@ static void run(const char *cmdline)
     do {
         gen = rd(VM_CONFIG_GEN);
         for (int i = 0; i < 6; i++)
-            mac[i] = mmio_read8(base + VM_CONFIG + i);
+            mac[i] = mmio_read8(net.base + VM_CONFIG + i);
     } while (gen != rd(VM_CONFIG_GEN));
     put_mac("mac", mac);
 
     /* every RX descriptor is a one-buffer chain */
     for (u16 i = 0; i < QSIZE; i++) {
-        rxq.descs[i].addr = (u64)rx_bufs[i];
-        rxq.descs[i].len = RX_BUF_LEN;
-        rxq.descs[i].flags = D_WRITE;
-        rxq.descs[i].next = 0;
-        make_avail(&rxq, i);
+        rxq->r->d[i].addr = (u64)rx_bufs[i];
+        rxq->r->d[i].len = RX_BUF_LEN;
+        rxq->r->d[i].flags = D_WRITE;
+        rxq->r->d[i].next = 0;
+        vq_publish(rxq, i);
     }
     wr(VM_QUEUE_NOTIFY, 0);
 
@@ -204,18 +129,18 @@ static void run(const char *cmdline)
     tx_frame[12] = ETHERTYPE >> 8;
     tx_frame[13] = ETHERTYPE & 0xff;
     memcpy(tx_frame + 14, "VMM-NET-TINY-GUEST-HELLO", 24);
-    txq.descs[0].addr = (u64)tx_hdr;
-    txq.descs[0].len = HDR_LEN;
-    txq.descs[0].flags = D_NEXT;
-    txq.descs[0].next = 1;
-    txq.descs[1].addr = (u64)tx_frame;
-    txq.descs[1].len = sizeof(tx_frame);
-    txq.descs[1].flags = 0;
-    txq.descs[1].next = 0;
-    make_avail(&txq, 0);
-    wr(VM_QUEUE_NOTIFY, 1);
+    struct desc *td = txq->r->d;
+    td[0].addr = (u64)tx_hdr;
+    td[0].len = HDR_LEN;
+    td[0].flags = D_NEXT;
+    td[0].next = 1;
+    td[1].addr = (u64)tx_frame;
+    td[1].len = sizeof(tx_frame);
+    td[1].flags = 0;
+    td[1].next = 0;
+    vq_push(&net, txq, 0);
     struct used_elem e;
-    if (!wait_used(&txq, &e, 10000000000ULL)) {
+    if (!vq_take_wait(&net, txq, 100000000000ULL, 10000000000ULL, &e)) {
         line("timeout=tx");
         return;
     }
@@ -225,7 +150,7 @@ static void run(const char *cmdline)
     /* receive until a frame of our ethertype arrives (the host may send others first) */
     int want_rx = !cmdline_find(cmdline, "net_rx=0");
     for (int n = 0; want_rx && n < MAX_FRAMES; n++) {
-        if (!wait_used(&rxq, &e, 60000000000ULL)) {
+        if (!vq_take_wait(&net, rxq, 100000000000ULL, 60000000000ULL, &e)) {
             line("timeout=rx");
             return;
         }
@@ -246,8 +171,7 @@ static void run(const char *cmdline)
             break;
         }
         /* give the buffer back */
-        make_avail(&rxq, (u16)e.id);
-        wr(VM_QUEUE_NOTIFY, 0);
+        vq_push(&net, rxq, (u16)e.id);
     }
     wr(VM_STATUS, 0);
     kv_hex("final_status", rd(VM_STATUS));

@@ -1,6 +1,6 @@
-/* vq.h: a tiny polling virtio-mmio (version 2) driver core shared by the hostile and blk_writer
- * guests: device discovery, start-up, split virtqueues with rings in .bss, bounded waits and one
- * valid request per device type.  Everything is static inline so a guest links only what it uses. */
+/* vq.h: a tiny polling virtio-mmio (version 2) driver core shared by the test guests (virtio_blk,
+ * virtio_net, virtio_console, hostile, blk_writer, rate_probe): device discovery, start-up, split
+ * virtqueues with rings in .bss, bounded waits and one valid request per device type.  Everything is static inline so a guest links only what it uses. */
 #ifndef VQ_H
 #define VQ_H
 
@@ -91,6 +91,16 @@ static inline int dev_find(const char *cmdline, u32 type, int nth, struct dev *d
     return 0;
 }
 
+/* The queue size a driver wanting `want` entries (a power of two) uses when the device offers
+ * `max`: the largest power of two no bigger than either. */
+static inline u16 vq_fit(u32 max, u16 want)
+{
+    u16 size = max < want ? (u16)max : want;
+    while (size & (size - 1))
+        size &= (u16)(size - 1);
+    return size;
+}
+
 /* Configures queue `qi` (QueueSel `sel`) with `size` entries on the rings `r` (zeroed). */
 static inline void vq_setup(struct dev *d, int qi, u32 sel, u16 size, struct rings *r)
 {
@@ -153,15 +163,56 @@ static inline u32 dev_start(struct dev *d, u16 size, struct rings *r0, struct ri
     return dev_rd(d, VM_STATUS);
 }
 
-/* Publishes `head` on the avail ring and notifies the queue. */
-static inline void vq_push(struct dev *d, struct vq *q, u16 head)
+/* Puts `head` on the avail ring and publishes the new index, without notifying. */
+static inline void vq_publish(struct vq *q, u16 head)
 {
     q->r->a.ring[q->aidx % q->size] = head;
     q->aidx++;
     mb();
     *(volatile u16 *)&q->r->a.idx = q->aidx;
     mb();
+}
+
+/* Publishes `head` on the avail ring and notifies the queue. */
+static inline void vq_push(struct dev *d, struct vq *q, u16 head)
+{
+    vq_publish(q, head);
     dev_wr(d, VM_QUEUE_NOTIFY, q->sel);
+}
+
+/* Acknowledges whatever interrupt the device raised (the guests poll; interrupts stay off). */
+static inline void dev_ack_irq(struct dev *d)
+{
+    u32 isr = dev_rd(d, VM_INT_STATUS);
+    if (isr)
+        dev_wr(d, VM_INT_ACK, isr);
+}
+
+/* Takes the next used element into *e if the device used one more chain; 0 if it did not.  For
+ * drivers that consume used elements one at a time (vq_wait jumps to the latest index). */
+static inline int vq_take(struct vq *q, struct used_elem *e)
+{
+    barrier();
+    if (*(volatile u16 *)&q->r->u.idx == q->useen)
+        return 0;
+    mb();
+    *e = q->r->u.ring[q->useen % q->size];
+    q->useen++;
+    return 1;
+}
+
+/* Waits (at most `max_iters` polls or `tsc` ticks) for the next used element, takes it into *e
+ * and acknowledges the interrupt.  Returns 0 on a timeout. */
+static inline int vq_take_wait(struct dev *d, struct vq *q, u64 max_iters, u64 tsc, struct used_elem *e)
+{
+    u64 start = rdtsc();
+    for (u64 i = 0; !vq_take(q, e); i++) {
+        if (!spin_continue(i, max_iters, start, tsc))
+            return 0;
+        cpu_relax();
+    }
+    dev_ack_irq(d);
+    return 1;
 }
 
 #define WAIT_TIMEOUT 0
@@ -178,9 +229,7 @@ static inline int vq_wait(struct dev *d, struct vq *q, u64 tsc)
         if (idx != q->useen) {
             mb();
             q->useen = idx;
-            u32 isr = dev_rd(d, VM_INT_STATUS);
-            if (isr)
-                dev_wr(d, VM_INT_ACK, isr);
+            dev_ack_irq(d);
             return WAIT_USED;
         }
         if ((i & 255) == 0 && (dev_rd(d, VM_STATUS) & S_NEEDS_RESET))
@@ -205,33 +254,41 @@ static struct blk_hdr vq_hdr[2] __attribute__((aligned(64)));
 static volatile u8 vq_status[2][64] __attribute__((aligned(64)));
 static u8 vq_buf[2][512] __attribute__((aligned(512)));
 
-/* One valid blk request on descriptors 0..2 (head 0).  Returns the status byte, or -1 on a timeout,
- * -2 when the device asked for a reset. */
-static inline int blk_request(struct dev *d, int slot, u32 type, u64 sector, void *buf, u32 len, int dev_writes)
+/* Lays out a blk request on descriptors 0..2 of `ds` (head 0): the header `h` (filled in here), the
+ * data buffer (none when `len` is 0; the device writes it when `dev_writes`), and the status byte
+ * (set to 0xee, which no device status is). */
+static inline void blk_layout(struct desc *ds, struct blk_hdr *h, u32 type, u64 sector, u64 buf, u32 len,
+                             int dev_writes, volatile u8 *status)
 {
-    struct vq *q = &d->q[0];
-    struct desc *ds = q->r->d;
-    vq_hdr[slot].type = type;
-    vq_hdr[slot].reserved = 0;
-    vq_hdr[slot].sector = sector;
-    vq_status[slot][0] = 0xee;
+    h->type = type;
+    h->reserved = 0;
+    h->sector = sector;
+    *status = 0xee;
     int n = 0;
-    ds[0].addr = (u64)&vq_hdr[slot];
+    ds[0].addr = (u64)h;
     ds[0].len = sizeof(struct blk_hdr);
     ds[0].flags = D_NEXT;
     ds[0].next = 1;
     n = 1;
     if (len) {
-        ds[1].addr = (u64)buf;
+        ds[1].addr = buf;
         ds[1].len = len;
         ds[1].flags = D_NEXT | (dev_writes ? D_WRITE : 0);
         ds[1].next = 2;
         n = 2;
     }
-    ds[n].addr = (u64)&vq_status[slot][0];
+    ds[n].addr = (u64)status;
     ds[n].len = 1;
     ds[n].flags = D_WRITE;
     ds[n].next = 0;
+}
+
+/* One valid blk request on descriptors 0..2 (head 0).  Returns the status byte, or -1 on a timeout,
+ * -2 when the device asked for a reset. */
+static inline int blk_request(struct dev *d, int slot, u32 type, u64 sector, void *buf, u32 len, int dev_writes)
+{
+    struct vq *q = &d->q[0];
+    blk_layout(q->r->d, &vq_hdr[slot], type, sector, (u64)buf, len, dev_writes, &vq_status[slot][0]);
     vq_push(d, q, 0);
     int w = vq_wait(d, q, LONG_WAIT);
     if (w == WAIT_TIMEOUT)
