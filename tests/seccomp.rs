@@ -274,6 +274,13 @@ fn seccomp_holds_inside_the_jail() {
             "jailed thread {name} is not filtered: {threads:?}"
         );
     }
+    // The supervisor (the process the test started, outside the jail) filters itself too.
+    let supervisor = threads_of(vmm.child.id());
+    assert_eq!(supervisor.len(), 1, "{supervisor:?}");
+    assert_eq!(
+        supervisor[0].1, "2",
+        "the supervisor is not filtered: {supervisor:?}"
+    );
     drop(vmm);
 
     if debug_build() {

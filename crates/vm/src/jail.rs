@@ -155,6 +155,8 @@ pub struct Jail {
     nproc: u64,
     /// Socket files the VMM creates; the supervisor removes them (the jailed VMM cannot reach them).
     sockets: Vec<PathBuf>,
+    /// Whether the supervisor filters itself (`--seccomp on`).
+    seccomp: bool,
 }
 
 impl Jail {
@@ -228,6 +230,7 @@ impl Jail {
             fsize,
             nproc: limits.pids,
             sockets,
+            seccomp: vm.seccomp != crate::SeccompMode::Off,
         })
     }
 
@@ -280,6 +283,7 @@ impl Jail {
                 termios,
                 cgroup: self.cgroup,
                 sockets: self.sockets,
+                seccomp: self.seccomp,
             }));
         }
         // The child.
@@ -339,6 +343,7 @@ pub struct Supervisor {
     termios: Option<libc::termios>,
     cgroup: Cgroup,
     sockets: Vec<PathBuf>,
+    seccomp: bool,
 }
 
 impl Supervisor {
@@ -350,7 +355,17 @@ impl Supervisor {
     /// Waits for the jailed VMM, turning SIGINT, SIGTERM, SIGHUP and SIGQUIT into SIGKILL of it,
     /// then restores the terminal, removes the cgroup and the socket files, and returns the exit
     /// status to use: the child's, or 128 + the signal that ended it (or that was forwarded).
+    ///
+    /// With seccomp on, the supervisor first confines itself to what this needs (waiting, signals,
+    /// the terminal, removing files and directories): it stays root outside the jail.
     pub fn wait(self) -> u8 {
+        if self.seccomp {
+            if let Err(e) = crate::seccomp::confine_supervisor(self.child) {
+                log::error!("{e}; stopping the jailed VMM");
+                // SAFETY: kill has no memory-safety preconditions; the child is ours and unreaped.
+                unsafe { libc::kill(self.child, libc::SIGKILL) };
+            }
+        }
         let mut forwarded = None;
         let status = loop {
             let mut status = 0;

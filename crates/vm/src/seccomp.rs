@@ -64,6 +64,8 @@ pub enum ThreadKind {
     Vmm,
     /// A vCPU thread.
     Vcpu,
+    /// The `--jail` supervisor: the parent that waits for the jailed VMM and cleans up after it.
+    Supervisor,
 }
 
 impl ThreadKind {
@@ -72,6 +74,7 @@ impl ThreadKind {
         match self {
             ThreadKind::Vmm => "vmm",
             ThreadKind::Vcpu => "vcpu",
+            ThreadKind::Supervisor => "supervisor",
         }
     }
 }
@@ -187,6 +190,17 @@ const VMM_ONLY: &[i64] = &[
     libc::SYS_unlink,
 ];
 
+/// The supervisor's own calls, on top of [`COMMON`]: reap the child, wait for signals, sleep while
+/// a cgroup is busy, remove socket files and cgroup directories.
+const SUPERVISOR_ONLY: &[i64] = &[
+    libc::SYS_wait4,
+    libc::SYS_rt_sigtimedwait,
+    libc::SYS_nanosleep,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_unlink,
+    libc::SYS_rmdir,
+];
+
 /// `ioctl` requests each kind may make.
 fn ioctls(kind: ThreadKind) -> Vec<u64> {
     // The tap's offloads are set when the guest acknowledges the features (a register write, on a
@@ -196,6 +210,8 @@ fn ioctls(kind: ThreadKind) -> Vec<u64> {
         ThreadKind::Vcpu => {
             v.extend([KVM_RUN(), KVM_GET_REGS(), KVM_GET_SREGS()]);
         }
+        // The terminal's mode restored after the jailed VMM ends.
+        ThreadKind::Supervisor => return vec![libc::TCSETS],
         ThreadKind::Vmm => v.extend([
             // Non-blocking sockets, the console size, the terminal's mode restored at exit.
             libc::FIONBIO,
@@ -270,6 +286,20 @@ fn rules(kind: ThreadKind) -> std::result::Result<BTreeMap<i64, Vec<SeccompRule>
     );
     map.insert(libc::SYS_mmap, no_exec()?);
     map.insert(libc::SYS_mprotect, no_exec()?);
+    if kind == ThreadKind::Supervisor {
+        for &nr in SUPERVISOR_ONLY {
+            map.insert(nr, Vec::new());
+        }
+        // kill(the jailed VMM, SIGKILL) only.
+        let child = SUPERVISED_CHILD.load(std::sync::atomic::Ordering::Relaxed) as u64;
+        map.insert(
+            libc::SYS_kill,
+            vec![rule(vec![
+                cond(0, SeccompCmpOp::Eq, child)?,
+                cond(1, SeccompCmpOp::Eq, libc::SIGKILL as u64)?,
+            ])?],
+        );
+    }
     // tgkill(this process, any thread, SIGABRT or, for the event loop, the vCPU kick signal).
     // The pid is checked with the process's own: a filter installed in a forked child is never
     // reused.
@@ -305,6 +335,17 @@ pub fn compile(kind: ThreadKind) -> Result<BpfProgram> {
     )
     .map_err(|e| err(e.to_string()))?;
     BpfProgram::try_from(filter).map_err(|e| err(e.to_string()))
+}
+
+/// The pid the supervisor's filter lets it kill (0 until [`confine_supervisor`] sets it).
+static SUPERVISED_CHILD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Confines the calling process's only thread to [`ThreadKind::Supervisor`]'s allow-list, which
+/// may kill `child` (with SIGKILL) and no other process.
+pub(crate) fn confine_supervisor(child: libc::pid_t) -> Result<()> {
+    SUPERVISED_CHILD.store(child, std::sync::atomic::Ordering::Relaxed);
+    let program = compile(ThreadKind::Supervisor)?;
+    apply(ThreadKind::Supervisor, &program, "supervisor")
 }
 
 thread_local! {
