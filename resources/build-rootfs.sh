@@ -8,11 +8,17 @@
 # Both hold busybox and its applet links, /dev /proc /sys /tmp /root /etc, our
 # init script (resources/rootfs/init) as /init and /sbin/init, and /bin/tcpblast
 # (resources/rootfs/tcpblast.c, built static with the host's gcc).
+# rootfs.ext4 alone also holds the benchmark tools from Debian's fio and iperf3
+# packages: /usr/bin/fio, /usr/bin/iperf3, every shared library ldd lists for
+# them and the dynamic loader (~85 MB, kept out of the initramfs), and the fio
+# job file /etc/vmm-bench.fio (resources/rootfs/bench.fio), and
+# /usr/lib/vmm-shmshim.so (resources/rootfs/shmshim.c: SysV shared memory and
+# timerfd for fio, which the guest kernel lacks).
 #
 # Output: ${VMM_CACHE:-$HOME/.cache/vmm}/rootfs-<key>/{rootfs.ext4,initramfs.cpio.gz,initramfs.cpio}
 # where <key> is a sha256 prefix over every input (package versions of
-# busybox-static, e2fsprogs, cpio, gcc and libc6-dev, the init script,
-# tcpblast.c, this script). A complete
+# busybox-static, e2fsprogs, cpio, gcc, libc6-dev, fio and iperf3, the init
+# script, tcpblast.c, bench.fio, shmshim.c, this script). A complete
 # output folder is reused as is. Progress goes to stderr; the artifact paths go
 # to stdout:
 #     /…/rootfs-<key>/rootfs.ext4
@@ -25,8 +31,11 @@ script=$(readlink -f "${BASH_SOURCE[0]}")
 here=$(dirname "$script")
 init_script="$here/rootfs/init"
 tcpblast_src="$here/rootfs/tcpblast.c"
+fio_job="$here/rootfs/bench.fio"
+shmshim_src="$here/rootfs/shmshim.c"
+bench_tools=(/usr/bin/fio /usr/bin/iperf3)
 cache=${VMM_CACHE:-$HOME/.cache/vmm}
-image_size=64M
+image_size=192M
 
 log() { printf 'build-rootfs: %s\n' "$*" >&2; }
 die() { printf 'build-rootfs: error: %s\n' "$*" >&2; exit 1; }
@@ -37,9 +46,12 @@ for tool in mke2fs cpio gzip dpkg-query gcc; do
 done
 busybox=/bin/busybox
 [[ -x $busybox ]] || die "missing $busybox (apt-get install busybox-static)"
+for tool in "${bench_tools[@]}"; do
+    [[ -x $tool ]] || die "missing $tool (apt-get install fio iperf3)"
+done
 
 versions=""
-for pkg in busybox-static e2fsprogs cpio gcc libc6-dev; do
+for pkg in busybox-static e2fsprogs cpio gcc libc6-dev fio iperf3; do
     v=$(dpkg-query -W -f='${Version}' "$pkg" 2>/dev/null) || die "$pkg is not installed"
     versions+="$pkg $v"$'\n'
 done
@@ -50,6 +62,8 @@ key=$(
         printf 'size %s\n' "$image_size"
         printf 'init\n'; cat "$init_script"
         printf 'tcpblast\n'; cat "$tcpblast_src"
+        printf 'bench.fio\n'; cat "$fio_job"
+        printf 'shmshim\n'; cat "$shmshim_src"
         printf 'script\n'; cat "$script"
     } | sha256sum | cut -c1-16
 )
@@ -112,6 +126,24 @@ log "making initramfs.cpio and initramfs.cpio.gz"
 (cd "$tree" && find . -mindepth 1 | LC_ALL=C sort |
     cpio --quiet -o -H newc -R 0:0) >"$stage/initramfs.cpio"
 gzip -9n <"$stage/initramfs.cpio" >"$stage/initramfs.cpio.gz"
+
+# The benchmark tools, on the ext4 image only: each binary, the libraries ldd
+# resolves for it (at the same paths, so their RUNPATHs still hold) and the loader.
+log "adding ${bench_tools[*]} and their libraries to the ext4 tree"
+install -m 0644 "$fio_job" "$tree/etc/vmm-bench.fio"
+mkdir -p "$tree/usr/lib"
+gcc -shared -fPIC -O2 -Wall -Werror -pthread -o "$tree/usr/lib/vmm-shmshim.so" "$shmshim_src" ||
+    die "cannot build shmshim.so"
+for tool in "${bench_tools[@]}"; do
+    install -D -m 0755 "$tool" "$tree$tool"
+    libs=$(ldd "$tool" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }') ||
+        die "ldd $tool failed"
+    for lib in $libs; do
+        [[ -e $tree$lib ]] || install -D -m 0755 "$(readlink -f "$lib")" "$tree$lib"
+    done
+done
+chroot "$tree" /usr/bin/fio --version >/dev/null 2>&1 ||
+    [[ $(id -u) != 0 ]] || die "fio does not run in the new tree (a library missing?)"
 
 log "making rootfs.ext4 ($image_size, mke2fs -d)"
 truncate -s "$image_size" "$stage/rootfs.ext4"

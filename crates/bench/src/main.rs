@@ -31,13 +31,14 @@ struct Cli {
     /// Repetitions of each tiny-guest measurement (default 20, quick 5).
     #[arg(long)]
     runs: Option<usize>,
-    /// Sequential Linux boots per VMM (default 3, quick 0).
+    /// Sequential Linux boots per VMM (default 3, quick 0); blk and net boot
+    /// min(--runs, this) times per VMM.
     #[arg(long)]
     linux_runs: Option<usize>,
     /// Write the figures as JSON here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
-    /// Only these groups (comma-separated): null, exit, rss, rate, many, linux, linux4.
+    /// Only these groups (comma-separated): null, exit, rss, rate, many, linux, linux4, blk, net.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Use this vmm binary instead of building target/release/vmm.
@@ -399,14 +400,15 @@ impl Bench {
         kernel: &Path,
         rootfs: &Path,
         tag: &str,
+        mode: &str,
     ) -> Result<Guest, String> {
         let disk = self
             .scratch
             .join(format!("rootfs-{}-{tag}.ext4", engine.name()));
         std::fs::copy(rootfs, &disk).map_err(|e| format!("cannot copy the rootfs: {e}"))?;
-        let base = "console=ttyS0 reboot=k panic=1 pci=off vmmtest=marker";
+        let base = format!("console=ttyS0 reboot=k panic=1 pci=off vmmtest={mode}");
         let cmdline = match engine {
-            Engine::Vmm(_) => base.to_string(),
+            Engine::Vmm(_) => base,
             Engine::Qemu(_) => format!("{base} {QEMU_HOST_PARAMS} root=/dev/vda rw"),
         };
         Ok(Guest {
@@ -415,11 +417,11 @@ impl Bench {
             disk: Some(disk),
             memory_mib: 128,
             boot_timer: true,
-            verbose: false,
+            ..Guest::default()
         })
     }
 
-    fn linux_group(&mut self, runs: usize, parallel: bool) {
+    fn linux_group(&mut self, runs: usize, parallel: bool, io: &[&str], io_runs: usize) {
         let (kernel, rootfs) = match linux_guest() {
             Ok(p) => p,
             Err(e) => {
@@ -430,9 +432,207 @@ impl Bench {
         if runs > 0 {
             self.linux_sequential(&kernel, &rootfs, runs);
         }
+        if io.contains(&"blk") {
+            self.blk_group(&kernel, &rootfs, io_runs);
+        }
+        if io.contains(&"net") {
+            self.net_group(&kernel, &rootfs, io_runs);
+        }
         if parallel {
             self.linux_parallel(&kernel, &rootfs);
         }
+    }
+
+    /// One Linux guest run for an I/O benchmark: boots `guest` under `engine` to VMM-TEST-DONE,
+    /// removes its rootfs copy, and returns the outcome if the guest got there.
+    fn linux_io_run(&mut self, engine: &Engine, guest: &Guest) -> Option<run::Outcome> {
+        let stop = matches!(engine, Engine::Qemu(_)).then_some("VMM-TEST-DONE");
+        let o = self.once(engine, guest, LINUX_TIMEOUT, &["VMM-TEST-DONE"], stop);
+        let _ = std::fs::remove_file(guest.disk.as_deref().unwrap_or(Path::new("")));
+        let o = o?;
+        if o.mark("VMM-TEST-DONE").is_none() {
+            self.failures.push(format!(
+                "{}: the Linux guest ended before VMM-TEST-DONE",
+                engine.name()
+            ));
+            return None;
+        }
+        Some(o)
+    }
+
+    /// virtio-blk: the fio jobs of resources/rootfs/bench.fio on /dev/vdb (a 256 MiB raw image
+    /// in the scratch folder, the same file for both VMMs), and the same jobs on the host
+    /// against that file.
+    fn blk_group(&mut self, kernel: &Path, rootfs: &Path, runs: usize) {
+        let secs = if self.quick { 2 } else { 5 };
+        let image = self.scratch.join("blk-scratch.img");
+        if let Err(e) = fill_image(&image, 256) {
+            self.failures
+                .push(format!("cannot write {}: {e}", image.display()));
+            return;
+        }
+        let mut iops: Vec<Figure> = Vec::new();
+        let mut bw: Vec<Figure> = Vec::new();
+        for (job, title) in FIO_JOBS {
+            let mut f = Figure::new(&format!("blk_{job}_iops"), &format!("fio {title}"), "IOPS");
+            f.targets = vec![Target::RatioAtLeast(1.0)];
+            f.host = Some(Samples::default());
+            let mut b = Figure::new(&format!("blk_{job}_bw"), &format!("fio {title}"), "MiB/s");
+            b.targets = vec![Target::RatioAtLeast(1.0)];
+            b.host = Some(Samples::default());
+            if self.qemu.is_some() {
+                f.qemu = Some(Samples::default());
+                b.qemu = Some(Samples::default());
+            }
+            iops.push(f);
+            bw.push(b);
+        }
+        let push = |f: &mut Figure, engine: Option<&Engine>, v: Option<f64>| {
+            let Some(v) = v else { return };
+            match engine {
+                Some(Engine::Vmm(_)) => f.vmm.push(v),
+                Some(Engine::Qemu(_)) => f.qemu.get_or_insert_with(Samples::default).push(v),
+                None => f.host.get_or_insert_with(Samples::default).push(v),
+            }
+        };
+        for i in 0..runs {
+            eprintln!("vmm-bench: fio on the host, run {}/{runs}", i + 1);
+            match host_fio(&image, secs) {
+                Ok(lines) => {
+                    for (j, (job, _)) in FIO_JOBS.iter().enumerate() {
+                        let r = lines.iter().find(|(name, _, _)| name == job);
+                        push(&mut iops[j], None, r.map(|r| r.1));
+                        push(&mut bw[j], None, r.map(|r| r.2 / 1024.0));
+                    }
+                }
+                Err(e) => self.failures.push(e),
+            }
+            for engine in self.engines() {
+                eprintln!(
+                    "vmm-bench: fio in a Linux guest under {}, run {}/{runs}",
+                    engine.name(),
+                    i + 1
+                );
+                let mode = format!("fio vmmfiotime={secs}");
+                let mut guest = match self.linux_guest_for(&engine, kernel, rootfs, "blk", &mode) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        self.failures.push(e);
+                        return;
+                    }
+                };
+                guest.memory_mib = 256;
+                guest.extra_disks = vec![image.clone()];
+                let Some(o) = self.linux_io_run(&engine, &guest) else {
+                    continue;
+                };
+                if o.checks.iter().any(|(k, _)| k == "fio") {
+                    self.failures
+                        .push(format!("{}: fio failed in the guest", engine.name()));
+                }
+                for (j, (job, _)) in FIO_JOBS.iter().enumerate() {
+                    push(
+                        &mut iops[j],
+                        Some(&engine),
+                        o.check(&format!("fio_{job}_iops")),
+                    );
+                    let kib = o.check(&format!("fio_{job}_bw_kib"));
+                    push(&mut bw[j], Some(&engine), kib.map(|k| k / 1024.0));
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&image);
+        for f in iops.iter_mut().chain(bw.iter_mut()) {
+            f.note = if f.key.contains("4k") {
+                format!(
+                    "O_DIRECT, psync, {secs} s; the guest kernel has no AIO/io_uring: \
+                     32 threads make the 32 in flight"
+                )
+            } else {
+                format!("O_DIRECT, psync, one thread, {secs} s")
+            };
+        }
+        for (f, b) in iops.into_iter().zip(bw) {
+            self.figures.push(f);
+            self.figures.push(b);
+        }
+    }
+
+    /// virtio-net: iperf3 TCP between the guest and a host server on a tap (MTU 65520) in a
+    /// network namespace of the bench's own, guest → host and host → guest (-R).
+    fn net_group(&mut self, kernel: &Path, rootfs: &Path, runs: usize) {
+        let secs = if self.quick { 2 } else { 5 };
+        let ns = match NetNs::new() {
+            Ok(ns) => ns,
+            Err(e) => {
+                self.failures.push(e);
+                return;
+            }
+        };
+        let mut server = match ns.iperf3_server() {
+            Ok(c) => c,
+            Err(e) => {
+                self.failures.push(e);
+                return;
+            }
+        };
+        let mut tx = Figure::new("net_tx", "iperf3 TCP guest → host", "Mbit/s");
+        let mut rx = Figure::new("net_rx", "iperf3 TCP host → guest", "Mbit/s");
+        let (mut qtx, mut qrx) = (Samples::default(), Samples::default());
+        for i in 0..runs {
+            for engine in self.engines() {
+                eprintln!(
+                    "vmm-bench: iperf3 with a Linux guest under {}, run {}/{runs}",
+                    engine.name(),
+                    i + 1
+                );
+                let mode = format!(
+                    "iperf vmmip=10.0.2.15/24 vmmhost=10.0.2.1 vmmmtu=65520 vmmiperftime={secs}"
+                );
+                let mut guest = match self.linux_guest_for(&engine, kernel, rootfs, "net", &mode) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        self.failures.push(e);
+                        return;
+                    }
+                };
+                guest.memory_mib = 256;
+                guest.tap = Some(NetNs::TAP.to_string());
+                guest.netns = Some(ns.name.clone());
+                let Some(o) = self.linux_io_run(&engine, &guest) else {
+                    continue;
+                };
+                let mbit = |k: &str| o.check(k).filter(|v| *v > 0.0).map(|v| v / 1000.0);
+                let (t, r) = (mbit("iperf_tx_kbit_s"), mbit("iperf_rx_kbit_s"));
+                if t.is_none() || r.is_none() {
+                    self.failures
+                        .push(format!("{}: iperf3 failed in the guest", engine.name()));
+                }
+                match engine {
+                    Engine::Vmm(_) => {
+                        tx.vmm.0.extend(t);
+                        rx.vmm.0.extend(r);
+                    }
+                    Engine::Qemu(_) => {
+                        qtx.0.extend(t);
+                        qrx.0.extend(r);
+                    }
+                }
+            }
+        }
+        let _ = server.kill();
+        let _ = server.wait();
+        if self.qemu.is_some() {
+            tx.qemu = Some(qtx);
+            rx.qemu = Some(qrx);
+        }
+        for f in [&mut tx, &mut rx] {
+            f.targets = vec![Target::RatioAtLeast(1.0)];
+            f.note = format!(
+                "receiver's rate, {secs} s, tap MTU 65520, no vhost; QEMU: -netdev tap,script=no"
+            );
+        }
+        self.figures.extend([tx, rx]);
     }
 
     fn linux_sequential(&mut self, kernel: &Path, rootfs: &Path, runs: usize) {
@@ -452,7 +652,7 @@ impl Bench {
                     i + 1,
                     engine.name()
                 );
-                let guest = match self.linux_guest_for(&engine, kernel, rootfs, "seq") {
+                let guest = match self.linux_guest_for(&engine, kernel, rootfs, "seq", "marker") {
                     Ok(g) => g,
                     Err(e) => {
                         self.failures.push(e);
@@ -516,7 +716,7 @@ impl Bench {
             );
             let mut guests = Vec::new();
             for i in 0..N {
-                match self.linux_guest_for(&engine, kernel, rootfs, &format!("par{i}")) {
+                match self.linux_guest_for(&engine, kernel, rootfs, &format!("par{i}"), "marker") {
                     Ok(g) => guests.push(g),
                     Err(e) => {
                         self.failures.push(e);
@@ -563,6 +763,150 @@ impl Bench {
         }
         booted.targets = vec![Target::AtLeast(N as f64)];
         self.figures.extend([booted, wall]);
+    }
+}
+
+/// The fio jobs of resources/rootfs/bench.fio: (job name, title).
+const FIO_JOBS: [(&str, &str); 4] = [
+    ("randread4k", "4k random read, 32 in flight"),
+    ("randwrite4k", "4k random write, 32 in flight"),
+    ("read1m", "1M sequential read"),
+    ("write1m", "1M sequential write"),
+];
+
+/// Writes `mib` MiB of non-zero data to `path` (no holes: reads must reach the disk).
+fn fill_image(path: &Path, mib: usize) -> std::io::Result<()> {
+    use std::io::Write;
+    let chunk: Vec<u8> = (0..1usize << 20).map(|i| (i % 251) as u8 | 1).collect();
+    let mut f = std::fs::File::create(path)?;
+    for _ in 0..mib {
+        f.write_all(&chunk)?;
+    }
+    f.sync_all()
+}
+
+/// The fio jobs on the host against `file`: (job, IOPS, KiB/s) per job.
+fn host_fio(file: &Path, secs: u64) -> Result<Vec<(String, f64, f64)>, String> {
+    let job = workspace_root().join("resources/rootfs/bench.fio");
+    let out = Command::new("fio")
+        .arg("--output-format=terse")
+        .arg(&job)
+        .env("FIO_FILE", file)
+        .env("FIO_RUNTIME", secs.to_string())
+        .output()
+        .map_err(|e| format!("cannot run fio on the host (apt-get install fio): {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "fio on the host failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(parse_fio_terse(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// fio's terse (v3) lines: field 3 the job, 7/8 read KiB/s and IOPS, 48/49 write KiB/s and IOPS.
+fn parse_fio_terse(text: &str) -> Vec<(String, f64, f64)> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(';').collect();
+            let num = |i: usize| f.get(i - 1).and_then(|v| v.parse::<f64>().ok());
+            if f.len() < 50 {
+                return None;
+            }
+            Some((f[2].to_string(), num(8)? + num(49)?, num(7)? + num(48)?))
+        })
+        .collect()
+}
+
+/// A network namespace for the net benchmark, with a tap (MTU 65520, 10.0.2.1/24); deleted on drop.
+struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    const TAP: &'static str = "vbtap0";
+
+    fn ip(args: &[&str]) -> Result<(), String> {
+        let out = Command::new("ip")
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run ip (apt-get install iproute2): {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "ip {} failed (the net benchmark needs root): {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    fn new() -> Result<NetNs, String> {
+        let name = format!("vmmbench-{}", std::process::id());
+        Self::ip(&["netns", "add", &name])?;
+        let ns = NetNs { name };
+        let n = ns.name.as_str();
+        for args in [
+            &["netns", "exec", n, "ip", "link", "set", "lo", "up"][..],
+            &[
+                "netns",
+                "exec",
+                n,
+                "ip",
+                "tuntap",
+                "add",
+                Self::TAP,
+                "mode",
+                "tap",
+            ],
+            &[
+                "netns",
+                "exec",
+                n,
+                "ip",
+                "link",
+                "set",
+                Self::TAP,
+                "mtu",
+                "65520",
+            ],
+            &[
+                "netns",
+                "exec",
+                n,
+                "ip",
+                "addr",
+                "add",
+                "10.0.2.1/24",
+                "dev",
+                Self::TAP,
+            ],
+            &["netns", "exec", n, "ip", "link", "set", Self::TAP, "up"],
+        ] {
+            Self::ip(args)?;
+        }
+        Ok(ns)
+    }
+
+    /// `iperf3 -s` inside the namespace, serving one client after another.
+    fn iperf3_server(&self) -> Result<std::process::Child, String> {
+        Command::new("ip")
+            .args([
+                "netns", "exec", &self.name, "iperf3", "-s", "-B", "10.0.2.1",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start iperf3 -s (apt-get install iperf3): {e}"))
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Self::ip(&["netns", "del", &self.name]);
     }
 }
 
@@ -670,8 +1014,19 @@ fn main() -> ExitCode {
     }
     let linux_runs = cli.linux_runs.unwrap_or(if cli.quick { 0 } else { 3 });
     let linux4 = !cli.only.is_empty() && wants("linux4") || cli.only.is_empty() && !cli.quick;
-    if (wants("linux") && linux_runs > 0) || linux4 {
-        bench.linux_group(if wants("linux") { linux_runs } else { 0 }, linux4);
+    // blk and net boot Linux too: by default in a full run, or when named with --only.
+    let io: Vec<&str> = ["blk", "net"]
+        .into_iter()
+        .filter(|g| !cli.only.is_empty() && wants(g) || cli.only.is_empty() && !cli.quick)
+        .collect();
+    let io_runs = bench.runs.min(cli.linux_runs.unwrap_or(3)).max(1);
+    if (wants("linux") && linux_runs > 0) || linux4 || !io.is_empty() {
+        bench.linux_group(
+            if wants("linux") { linux_runs } else { 0 },
+            linux4,
+            &io,
+            io_runs,
+        );
     }
     let _ = std::fs::remove_dir_all(&scratch);
 
@@ -716,4 +1071,33 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fio_terse_lines() {
+        let mut read = vec!["0"; 130];
+        read[0] = "3";
+        read[2] = "randread4k";
+        read[6] = "657";
+        read[7] = "164";
+        let mut write = read.clone();
+        write[2] = "write1m";
+        write[6] = "0";
+        write[7] = "0";
+        write[47] = "5651";
+        write[48] = "5";
+        let text = format!("{}\n{}\nnoise\n", read.join(";"), write.join(";"));
+        let got = parse_fio_terse(&text);
+        assert_eq!(
+            got,
+            vec![
+                ("randread4k".to_string(), 164.0, 657.0),
+                ("write1m".to_string(), 5.0, 5651.0)
+            ]
+        );
+    }
 }

@@ -45,6 +45,8 @@ pub enum Target {
     AtLeast(f64),
     /// vmm median ≤ factor × QEMU median.
     RatioAtMost(f64),
+    /// vmm median ≥ factor × QEMU median (throughput).
+    RatioAtLeast(f64),
 }
 
 /// One line of the table.
@@ -57,6 +59,8 @@ pub struct Figure {
     pub qemu: Option<Samples>,
     pub targets: Vec<Target>,
     pub note: String,
+    /// The same measurement without a VM (e.g. fio on the host), where one applies.
+    pub host: Option<Samples>,
 }
 
 impl Figure {
@@ -69,6 +73,7 @@ impl Figure {
             qemu: None,
             targets: Vec::new(),
             note: String::new(),
+            host: None,
         }
     }
 
@@ -90,6 +95,7 @@ impl Figure {
                 Target::AtMost(x) => v <= x,
                 Target::AtLeast(x) => v >= x,
                 Target::RatioAtMost(f) => self.ratio()? <= f,
+                Target::RatioAtLeast(f) => self.ratio()? >= f,
             };
             all &= ok;
         }
@@ -104,6 +110,7 @@ impl Figure {
                 Target::AtMost(x) => format!("≤ {}", num(x)),
                 Target::AtLeast(x) => format!("≥ {}", num(x)),
                 Target::RatioAtMost(f) => format!("≤ {f}× qemu"),
+                Target::RatioAtLeast(f) => format!("≥ {f}× qemu"),
             })
             .collect();
         parts.join(", ")
@@ -182,8 +189,20 @@ pub fn table(figures: &[Figure]) -> String {
     for r in &rows {
         line(r);
     }
-    for f in figures.iter().filter(|f| !f.note.is_empty()) {
-        let _ = writeln!(out, "  {}: {}", f.key, f.note);
+    for f in figures
+        .iter()
+        .filter(|f| !f.note.is_empty() || f.host.is_some())
+    {
+        let host = f
+            .host
+            .as_ref()
+            .map_or(String::new(), |h| format!("host {} {}", cell(h), f.unit));
+        let sep = if host.is_empty() || f.note.is_empty() {
+            ""
+        } else {
+            "; "
+        };
+        let _ = writeln!(out, "  {}: {host}{sep}{}", f.key, f.note);
     }
     out
 }
@@ -237,12 +256,13 @@ pub fn json(meta: &[(&str, String)], figures: &[Figure]) -> String {
         .iter()
         .map(|f| {
             format!(
-                "    {{\"key\": {}, \"title\": {}, \"unit\": {}, \"vmm\": {}, \"qemu\": {}, \"ratio\": {}, \"target\": {}, \"met\": {}, \"note\": {}}}",
+                "    {{\"key\": {}, \"title\": {}, \"unit\": {}, \"vmm\": {}, \"qemu\": {}, \"host\": {}, \"ratio\": {}, \"target\": {}, \"met\": {}, \"note\": {}}}",
                 json_str(&f.key),
                 json_str(&f.title),
                 json_str(f.unit),
                 json_samples(&f.vmm),
                 f.qemu.as_ref().map_or("null".to_string(), json_samples),
+                f.host.as_ref().map_or("null".to_string(), json_samples),
                 json_num(f.ratio()),
                 json_str(&f.target_text()),
                 f.met().map_or("null".to_string(), |b| b.to_string()),

@@ -46,6 +46,12 @@ pub struct Guest {
     pub boot_timer: bool,
     /// vmm only: `-v` (the start-up trace).
     pub verbose: bool,
+    /// More disks after `disk` (/dev/vdb, …).
+    pub extra_disks: Vec<PathBuf>,
+    /// A virtio-net NIC on this (existing) host tap.
+    pub tap: Option<String>,
+    /// Run the VMM inside this network namespace (`ip netns exec NS …`).
+    pub netns: Option<String>,
 }
 
 impl Guest {
@@ -59,16 +65,27 @@ impl Guest {
 
     /// The command that boots this guest under `engine`.
     pub fn command(&self, engine: &Engine) -> Command {
+        let new = |bin: &PathBuf| match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         match engine {
             Engine::Vmm(bin) => {
-                let mut c = Command::new(bin);
+                let mut c = new(bin);
                 c.arg("--kernel").arg(&self.kernel);
                 c.arg("--memory").arg(format!("{}M", self.memory_mib));
                 if let Some(cmdline) = &self.cmdline {
                     c.arg("--cmdline").arg(cmdline);
                 }
-                if let Some(disk) = &self.disk {
+                for disk in self.disk.iter().chain(&self.extra_disks) {
                     c.arg("--disk").arg(disk);
+                }
+                if let Some(tap) = &self.tap {
+                    c.arg("--net").arg(format!("tap={tap}"));
                 }
                 if self.boot_timer {
                     c.arg("--boot-timer");
@@ -79,7 +96,7 @@ impl Guest {
                 c
             }
             Engine::Qemu(bin) => {
-                let mut c = Command::new(bin);
+                let mut c = new(bin);
                 c.args([
                     "-M",
                     "microvm,x-option-roms=off,isa-serial=on,rtc=off,acpi=off",
@@ -102,10 +119,17 @@ impl Guest {
                 ]);
                 c.arg("-m").arg(self.memory_mib.to_string());
                 c.arg("-kernel").arg(&self.kernel);
-                if let Some(disk) = &self.disk {
-                    c.arg("-drive")
-                        .arg(format!("id=d0,file={},format=raw,if=none", disk.display()));
-                    c.args(["-device", "virtio-blk-device,drive=d0"]);
+                for (i, disk) in self.disk.iter().chain(&self.extra_disks).enumerate() {
+                    c.arg("-drive").arg(format!(
+                        "id=d{i},file={},format=raw,if=none",
+                        disk.display()
+                    ));
+                    c.args(["-device", &format!("virtio-blk-device,drive=d{i}")]);
+                }
+                if let Some(tap) = &self.tap {
+                    c.arg("-netdev")
+                        .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"));
+                    c.args(["-device", "virtio-net-device,netdev=n0"]);
                 }
                 if let Some(cmdline) = &self.cmdline {
                     c.arg("-append").arg(cmdline);
@@ -128,9 +152,19 @@ pub struct Outcome {
     pub stderr: String,
     /// The first time (since spawn) each watched marker appeared on the console.
     pub marks: Vec<(String, Duration)>,
+    /// `CHECK key=value` lines of the console (when watching it).
+    pub checks: Vec<(String, String)>,
 }
 
 impl Outcome {
+    /// The number of a `CHECK key=value` line, if the guest printed one.
+    pub fn check(&self, key: &str) -> Option<f64> {
+        self.checks
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.trim().parse().ok())
+    }
+
     pub fn mark(&self, marker: &str) -> Option<Duration> {
         self.marks
             .iter()
@@ -208,12 +242,19 @@ pub fn run(
     let stdout = child.stdout.take().map(|out| {
         thread::spawn(move || {
             let mut marks: Vec<(String, Duration)> = Vec::new();
+            let mut checks: Vec<(String, String)> = Vec::new();
             let mut stopped = false;
             let mut reader = BufReader::new(out);
             let mut line = Vec::new();
             while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
                 let now = start.elapsed();
                 let text = String::from_utf8_lossy(&line);
+                if let Some((k, v)) = text
+                    .find("CHECK ")
+                    .and_then(|i| text[i + 6..].trim_end().split_once('='))
+                {
+                    checks.push((k.to_string(), v.to_string()));
+                }
                 for m in &watch {
                     if text.contains(m.as_str()) && !marks.iter().any(|(k, _)| k == m) {
                         marks.push((m.clone(), now));
@@ -227,7 +268,7 @@ pub fn run(
                 }
                 line.clear();
             }
-            (marks, stopped)
+            (marks, checks, stopped)
         })
     });
 
@@ -235,7 +276,7 @@ pub fn run(
     let elapsed = start.elapsed();
     let _ = stop_tx.send(());
     let timed_out = watchdog.join().unwrap_or(false);
-    let (marks, stopped_at_marker) = stdout.and_then(|t| t.join().ok()).unwrap_or_default();
+    let (marks, checks, stopped_at_marker) = stdout.and_then(|t| t.join().ok()).unwrap_or_default();
     let stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
     Ok(Outcome {
         elapsed,
@@ -243,6 +284,7 @@ pub fn run(
         stopped_at_marker,
         stderr,
         marks,
+        checks,
     })
 }
 
