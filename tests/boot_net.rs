@@ -373,13 +373,12 @@ fn boot_linux_net_two_nics_ping_and_tcp() {
         listener
             .set_nonblocking(true)
             .expect("non-blocking listener");
+        // The guest hashes the 64 MiB before it connects back: minutes on an emulated guest kernel.
         let waited = Instant::now();
         let mut stream = loop {
             match listener.accept() {
                 Ok((stream, _)) => break stream,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock && waited.elapsed() < STALL =>
-                {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && waited.elapsed() < BOOT => {
                     thread::sleep(Duration::from_millis(100))
                 }
                 Err(e) => panic!("the guest did not connect back: {e}"),
