@@ -8,8 +8,11 @@
 //! - `vmm`: the thread that runs [`crate::Vm::run`]'s event loop (the CLI's main thread). Device
 //!   emulation (disk, tap, console I/O, the socket backend's accept), epoll, the rate limiters'
 //!   timerfds, the kick signal to the vCPUs, terminal restore, and tearing the VM down.
+//! - `helper`: a thread `Vm::run` starts for one ioctl (turning off the PIT's tick reinjection, see
+//!   `vm.rs`) while the guest starts; it filters itself before that ioctl and then exits.
 //!
-//! There is no other thread (console input is read on the event loop).
+//! There is no other thread (console input is read on the event loop). Every thread the VMM starts
+//! is filtered unless seccomp is off; the caller's own thread only with [`SeccompMode::AllThreads`].
 //!
 //! When: each vCPU thread installs its filter first thing, then waits at a gate that the `vmm` thread
 //! opens once it has installed its own, so no guest instruction runs while any VMM thread is
@@ -66,6 +69,9 @@ pub enum ThreadKind {
     Vcpu,
     /// The `--jail` supervisor: the parent that waits for the jailed VMM and cleans up after it.
     Supervisor,
+    /// The short-lived thread that turns off the PIT's tick reinjection while the guest starts
+    /// (one ioctl, then it exits).
+    Helper,
 }
 
 impl ThreadKind {
@@ -75,6 +81,7 @@ impl ThreadKind {
             ThreadKind::Vmm => "vmm",
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Supervisor => "supervisor",
+            ThreadKind::Helper => "helper",
         }
     }
 }
@@ -139,6 +146,8 @@ const KVMIO: u32 = 0xAE;
 ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
 ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+// Takes a `kvm_reinject_control` although it is declared without a direction.
+ioctl_io_nr!(KVM_REINJECT_CONTROL, KVMIO, 0x71);
 
 /// The system calls every kind of thread makes: memory management (glibc's malloc), locks, the
 /// return from a signal handler, logging to stderr, thread and process exit.
@@ -212,6 +221,7 @@ fn ioctls(kind: ThreadKind) -> Vec<u64> {
         }
         // The terminal's mode restored after the jailed VMM ends.
         ThreadKind::Supervisor => return vec![libc::TCSETS],
+        ThreadKind::Helper => return vec![KVM_REINJECT_CONTROL()],
         ThreadKind::Vmm => v.extend([
             // Non-blocking sockets, the console size, the terminal's mode restored at exit.
             libc::FIONBIO,
@@ -489,7 +499,12 @@ mod tests {
 
     #[test]
     fn filters_compile_for_every_kind() {
-        for kind in [ThreadKind::Vmm, ThreadKind::Vcpu] {
+        for kind in [
+            ThreadKind::Vmm,
+            ThreadKind::Vcpu,
+            ThreadKind::Supervisor,
+            ThreadKind::Helper,
+        ] {
             let program = compile(kind).unwrap();
             assert!(!program.is_empty(), "{kind:?}");
             // seccomp programs are limited to 4096 instructions.
@@ -522,6 +537,12 @@ mod tests {
         }
         assert!(ioctls(ThreadKind::Vcpu).contains(&KVM_RUN()));
         assert!(!ioctls(ThreadKind::Vmm).contains(&KVM_RUN()));
+        // The PIT helper: one ioctl, none of the event loop's I/O.
+        let helper = rules(ThreadKind::Helper).unwrap();
+        assert_eq!(ioctls(ThreadKind::Helper), vec![KVM_REINJECT_CONTROL()]);
+        for nr in [libc::SYS_epoll_wait, libc::SYS_pwrite64, libc::SYS_openat] {
+            assert!(!helper.contains_key(&nr), "{nr}");
+        }
     }
 
     #[test]
@@ -529,6 +550,7 @@ mod tests {
         assert_eq!(KVM_RUN(), 0xae80);
         assert_eq!(KVM_GET_REGS(), 0x8090_ae81);
         assert_eq!(KVM_GET_SREGS(), 0x8138_ae83);
+        assert_eq!(KVM_REINJECT_CONTROL(), 0xae71);
     }
 
     #[test]
