@@ -92,6 +92,8 @@ pub(crate) struct Filters {
     pub vcpu: Option<Arc<BpfProgram>>,
     /// For the thread running the event loop.
     pub vmm: Option<BpfProgram>,
+    /// For the PIT helper thread (compiled here so that the helper allocates nothing).
+    pub helper: Option<BpfProgram>,
 }
 
 impl Filters {
@@ -100,14 +102,17 @@ impl Filters {
             SeccompMode::Off => Filters {
                 vcpu: None,
                 vmm: None,
+                helper: None,
             },
             SeccompMode::VcpusOnly => Filters {
                 vcpu: Some(Arc::new(compile(ThreadKind::Vcpu)?)),
                 vmm: None,
+                helper: Some(compile(ThreadKind::Helper)?),
             },
             SeccompMode::AllThreads => Filters {
                 vcpu: Some(Arc::new(compile(ThreadKind::Vcpu)?)),
                 vmm: Some(compile(ThreadKind::Vmm)?),
+                helper: Some(compile(ThreadKind::Helper)?),
             },
         })
     }

@@ -22,6 +22,7 @@ use devices::virtio::{MmioTransport, VirtioDevice, NOTIFY_REG_OFFSET};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
+use seccompiler::BpfProgram;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -365,9 +366,9 @@ impl Vm {
         install_kick_handler()?;
         // Joined before this returns; it filters itself.
         let steps = Steps::new();
+        let mut filters = Filters::new(self.seccomp)?;
         // Joined with the vCPUs; it filters itself.
-        let pit_helper = pit_reinject_off(self.vm_fd.clone(), self.seccomp);
-        let filters = Filters::new(self.seccomp)?;
+        let pit_helper = pit_reinject_off(self.vm_fd.clone(), filters.helper.take());
         steps.done("compiled the seccomp filters");
         let gate = Arc::new(StartGate::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -545,14 +546,12 @@ fn rate_limiter(
 /// no guest instruction runs while this thread is unconfined.
 fn pit_reinject_off(
     vm_fd: Arc<VmFd>,
-    mode: SeccompMode,
+    filter: Option<BpfProgram>,
 ) -> Option<(JoinHandle<()>, mpsc::Receiver<()>)> {
     let (filtered, ready) = mpsc::sync_channel(1);
     let work = move || {
-        if mode != SeccompMode::Off {
-            let confined = seccomp::compile(ThreadKind::Helper)
-                .and_then(|program| seccomp::apply(ThreadKind::Helper, &program, "pit"));
-            if let Err(e) = confined {
+        if let Some(program) = filter {
+            if let Err(e) = seccomp::apply(ThreadKind::Helper, &program, "pit") {
                 log::warn!("PIT helper thread: {e}; leaving PIT tick reinjection on");
                 return;
             }
