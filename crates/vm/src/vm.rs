@@ -275,7 +275,7 @@ impl Vm {
         let mut additions = Vec::new();
         if let Some(why) = quirks::cpuid_not_virtualized(&supported_cpuid) {
             let tsc_khz = vcpus.first().and_then(|v| v.get_tsc_khz().ok());
-            let missing: Vec<String> = quirks::no_cpuid_virt_params(tsc_khz)
+            let missing: Vec<String> = quirks::no_cpuid_virt_params(tsc_khz, config.vcpus)
                 .into_iter()
                 .filter(|p| !cmdline_has(base, p.split('=').next().unwrap_or(p)))
                 .collect();
