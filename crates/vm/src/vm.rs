@@ -59,7 +59,6 @@ const REQUIRED_CAPS: [(Cap, &str); 7] = [
 /// Room for KVM_GET_SUPPORTED_CPUID's answer.
 const MAX_CPUID_ENTRIES: usize = kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 
-/// Logs a boot step with the time since the VM started being built (shown with `-v`).
 /// The `-v` start-up trace: each step with its time since the process started
 /// ([`crate::process_start`]), the same reference as the first KVM_RUN and the boot timer.
 struct Steps(Instant);
@@ -364,7 +363,6 @@ impl Vm {
     /// before any vCPU runs guest code.
     pub fn run(mut self) -> Result<ExitReason> {
         install_kick_handler()?;
-        // Joined before this returns; it filters itself.
         let steps = Steps::new();
         let mut filters = Filters::new(self.seccomp)?;
         // Joined with the vCPUs; it filters itself.
