@@ -445,6 +445,27 @@ impl Bench {
 
     /// One Linux guest run for an I/O benchmark: boots `guest` under `engine` to VMM-TEST-DONE,
     /// removes its rootfs copy, and returns the outcome if the guest got there.
+    /// The Linux guest of the fio and iperf3 runs (256 MiB); a failure to make it is recorded.
+    fn io_guest(
+        &mut self,
+        engine: &Engine,
+        kernel: &Path,
+        rootfs: &Path,
+        tag: &str,
+        mode: &str,
+    ) -> Option<Guest> {
+        match self.linux_guest_for(engine, kernel, rootfs, tag, mode) {
+            Ok(guest) => Some(Guest {
+                memory_mib: 256,
+                ..guest
+            }),
+            Err(e) => {
+                self.failures.push(e);
+                None
+            }
+        }
+    }
+
     fn linux_io_run(&mut self, engine: &Engine, guest: &Guest) -> Option<run::Outcome> {
         let stop = matches!(engine, Engine::Qemu(_)).then_some("VMM-TEST-DONE");
         let o = self.once(engine, guest, LINUX_TIMEOUT, &["VMM-TEST-DONE"], stop);
@@ -514,14 +535,9 @@ impl Bench {
                     i + 1
                 );
                 let mode = format!("fio vmmfiotime={secs}");
-                let mut guest = match self.linux_guest_for(&engine, kernel, rootfs, "blk", &mode) {
-                    Ok(g) => g,
-                    Err(e) => {
-                        self.failures.push(e);
-                        return;
-                    }
+                let Some(mut guest) = self.io_guest(&engine, kernel, rootfs, "blk", &mode) else {
+                    return;
                 };
-                guest.memory_mib = 256;
                 guest.extra_disks = vec![image.clone()];
                 let Some(o) = self.linux_io_run(&engine, &guest) else {
                     continue;
@@ -589,14 +605,9 @@ impl Bench {
                 let mode = format!(
                     "iperf vmmip=10.0.2.15/24 vmmhost=10.0.2.1 vmmmtu=65520 vmmiperftime={secs}"
                 );
-                let mut guest = match self.linux_guest_for(&engine, kernel, rootfs, "net", &mode) {
-                    Ok(g) => g,
-                    Err(e) => {
-                        self.failures.push(e);
-                        return;
-                    }
+                let Some(mut guest) = self.io_guest(&engine, kernel, rootfs, "net", &mode) else {
+                    return;
                 };
-                guest.memory_mib = 256;
                 guest.tap = Some(NetNs::TAP.to_string());
                 guest.netns = Some(ns.name.clone());
                 let Some(o) = self.linux_io_run(&engine, &guest) else {
