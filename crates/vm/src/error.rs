@@ -160,6 +160,9 @@ pub enum Error {
         /// Registers at the time of the exit.
         state: String,
     },
+    /// A VMM thread other than a vCPU's panicked (a bug in the VMM).
+    #[error("the {0} thread panicked")]
+    ThreadPanicked(&'static str),
     /// A vCPU thread panicked (a bug in the VMM).
     #[error("vCPU {0} thread panicked")]
     VcpuPanicked(u8),

@@ -421,7 +421,7 @@ impl Jailed {
     /// the jail's uid and gid with no capabilities and no_new_privs, under rlimits. Call after
     /// [`crate::Vm::new`] and before [`crate::Vm::run`], while the process is single-threaded.
     pub fn lock_down(self) -> Result<(), JailError> {
-        let threads = thread_count();
+        let threads = settled_thread_count();
         if threads != 1 {
             return Err(JailError::Config(format!(
                 "{threads} threads are running; the jail can only be closed while the VMM has one"
@@ -672,6 +672,20 @@ fn is_regular_file(fd: libc::c_int) -> bool {
 
 fn thread_count() -> usize {
     fs::read_dir("/proc/self/task").map_or(1, |d| d.count())
+}
+
+/// [`thread_count`], after giving a thread that was just joined (`Vm::new`'s prep thread) up to
+/// 100 ms to leave: the join returns when the thread has released its memory, and it stays listed
+/// in /proc/self/task until the rest of its exit completes, microseconds later.
+fn settled_thread_count() -> usize {
+    for _ in 0..1000 {
+        let threads = thread_count();
+        if threads == 1 {
+            return 1;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+    thread_count()
 }
 
 fn highest_fd() -> u64 {

@@ -86,7 +86,8 @@ impl ThreadKind {
     }
 }
 
-/// The compiled filters a VM's threads install, per [`SeccompMode`].
+/// The compiled filters a VM's threads install, per [`SeccompMode`]. The default has none.
+#[derive(Default)]
 pub(crate) struct Filters {
     /// For the vCPU threads.
     pub vcpu: Option<Arc<BpfProgram>>,
