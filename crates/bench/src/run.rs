@@ -101,8 +101,10 @@ impl Guest {
                     "-M",
                     "microvm,x-option-roms=off,isa-serial=on,rtc=off,acpi=off",
                     "-enable-kvm",
+                    // Without -arch-capabilities, QEMU 7.2 on AMD hosts aborts writing MSR 0x10a,
+                    // which KVM refuses there; vmm does not set that MSR either.
                     "-cpu",
-                    "host",
+                    "host,-arch-capabilities",
                     "-smp",
                     "1",
                     "-nodefaults",
