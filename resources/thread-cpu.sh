@@ -5,32 +5,40 @@
 #   resources/thread-cpu.sh & target/release/vmm-bench --only blk --linux-runs 1; kill %1
 # On a kvm_pvm host the guest's own execution shows as the vCPU thread's system time; the
 # VMM's own work is everything else (user time of the vCPU threads: exits served in user space;
-# the event-loop and helper threads).
+# the event-loop and helper threads). Shell built-ins only, so watching costs little CPU.
 set -euo pipefail
 names=("${@:-vmm}")
 [ $# -eq 0 ] && names+=(qemu-system-x86)
 tick=$(getconf CLK_TCK)
 declare -A last started
 
+seconds() { # VAR TICKS: VAR="S.ss"
+    printf -v "$1" '%d.%02d' $(($2 / tick)) $(($2 * 100 / tick % 100))
+}
+
 report() { # pid
     printf '%s (pid %s), %s s:\n%s\n' "${started[$1]%% *}" "$1" \
-        "$(( SECONDS - ${started[$1]##* } ))" "${last[$1]:-  (no sample)}"
+        "$((SECONDS - ${started[$1]##* }))" "${last[$1]:-  (no sample)}"
     unset "last[$1]" "started[$1]"
 }
 
 while :; do
     for comm_file in /proc/[0-9]*/comm; do
-        pid=${comm_file#/proc/}; pid=${pid%/comm}
-        comm=$(cat "$comm_file" 2>/dev/null) || continue
+        pid=${comm_file#/proc/}
+        pid=${pid%/comm}
+        read -r comm < "$comm_file" 2>/dev/null || continue
         [[ " ${names[*]} " == *" $comm "* ]] || continue
         [ -n "${started[$pid]:-}" ] || started[$pid]="$comm $SECONDS"
         lines=""
         for stat in /proc/"$pid"/task/*/stat; do
-            s=$(cat "$stat" 2>/dev/null) || continue
-            name=${s#*(}; name=${name%)*}
+            read -r s < "$stat" 2>/dev/null || continue
+            name=${s#*(}
+            name=${name%)*}
             read -ra f <<< "${s##*) }"
-            lines+=$(awk -v n="$name" -v u="${f[11]}" -v s="${f[12]}" -v t="$tick" \
-                'BEGIN { printf "  %-16s user %8.2f s  system %8.2f s", n, u / t, s / t }')$'\n'
+            seconds user "${f[11]}"
+            seconds system "${f[12]}"
+            printf -v line '  %-16s user %8s s  system %8s s' "$name" "$user" "$system"
+            lines+=$line$'\n'
         done
         [ -n "$lines" ] && last[$pid]=${lines%$'\n'}
     done
