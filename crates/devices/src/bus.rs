@@ -18,6 +18,8 @@ pub trait BusDevice: Send {
 
 struct Entry {
     len: u64,
+    /// What the device sees as the range's first offset.
+    offset: u64,
     device: Arc<Mutex<dyn BusDevice>>,
 }
 
@@ -44,6 +46,19 @@ impl Bus {
         base: u64,
         len: u64,
     ) -> Result<(), Error> {
+        self.insert_at(device, base, len, 0)
+    }
+
+    /// Puts `device` at `[base, base + len)`, where it sees offsets from `offset` on: one device
+    /// can answer several separate ranges (the i8042's ports 0x60 and 0x64, with port 0x61 between
+    /// them belonging to another device).
+    pub fn insert_at(
+        &mut self,
+        device: Arc<Mutex<dyn BusDevice>>,
+        base: u64,
+        len: u64,
+        offset: u64,
+    ) -> Result<(), Error> {
         if len == 0 {
             return Err(Error::BusZeroLength { base });
         }
@@ -64,7 +79,14 @@ impl Bus {
                 });
             }
         }
-        self.devices.insert(base, Entry { len, device });
+        self.devices.insert(
+            base,
+            Entry {
+                len,
+                offset,
+                device,
+            },
+        );
         Ok(())
     }
 
@@ -73,7 +95,7 @@ impl Bus {
         let (base, entry) = self.devices.range(..=addr).next_back()?;
         let offset = addr - base;
         let end = offset.checked_add(len as u64)?;
-        (end <= entry.len).then_some((entry, offset))
+        (end <= entry.len).then_some((entry, entry.offset.saturating_add(offset)))
     }
 
     /// Reads from the device covering `[addr, addr + data.len())`.
@@ -194,6 +216,23 @@ mod tests {
         assert_eq!(data, [0xff; 4]);
         assert!(!bus.write(0x3ff, &[1, 2]));
         assert!(!bus.write(0, &[]));
+    }
+
+    #[test]
+    fn one_device_at_two_ranges_sees_its_offsets() {
+        let mut bus = Bus::new();
+        let dev = probe();
+        bus.insert_at(dev.clone(), 0x60, 1, 0).unwrap();
+        bus.insert_at(dev.clone(), 0x64, 1, 4).unwrap();
+        bus.insert(probe(), 0x61, 1).unwrap();
+        bus.write(0x64, &[0xfe]);
+        assert_eq!(dev.lock().unwrap().last_write, Some((4, vec![0xfe])));
+        let mut b = [0u8];
+        assert!(bus.read(0x60, &mut b));
+        assert_eq!(b, [0]);
+        assert!(bus.read(0x64, &mut b));
+        assert_eq!(b, [4]);
+        assert!(!bus.read(0x63, &mut b));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! * [`bus`]: an address → device map shared by the vCPU threads (port I/O and MMIO buses).
 //! * [`chardev`]: console backends (stdio, file, pty, unix socket) shared by the UART and
 //!   virtio-console.
-//! * [`legacy`]: the COM1 16550A UART and the i8042 (only its CPU-reset command).
+//! * [`legacy`]: the COM1 16550A UART, the i8042 (only its CPU-reset command), the boot timer,
+//!   and the I/O APIC and 8254 PIT of a split irqchip.
 //! * [`rate_limiter`]: token buckets (bytes/s, ops/s) that throttle virtio-blk and virtio-net.
 //! * [`virtio`]: the virtio-mmio (version 2) transport and one folder per virtio device.
 //!
@@ -23,6 +24,26 @@ pub mod virtio;
 
 /// The guest memory type used by every device.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+
+/// A disarmed `timerfd` whose reads never block. The event loop reads a timer only when epoll says
+/// it fired, but re-arming it in between (another event of the same batch, or a vCPU) clears the
+/// expiration: such a read must return EAGAIN, not wait for the next one.
+pub(crate) fn nonblocking_timer(
+    what: &'static str,
+) -> Result<vmm_sys_util::timerfd::TimerFd, Error> {
+    use std::os::fd::AsRawFd;
+    let timer_err = |error| Error::Timer { what, error };
+    let timer = vmm_sys_util::timerfd::TimerFd::new().map_err(|e| timer_err(io::Error::from(e)))?;
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory is passed.
+    let flags = unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0
+        || unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
+    {
+        return Err(timer_err(io::Error::last_os_error()));
+    }
+    Ok(timer)
+}
 
 /// Errors of the `devices` crate.
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,6 @@
 //! request in the ring, or stops reading its tap), and the event loop resumes it when the timer
 //! fires. Nothing polls or spins, and nothing the guest asked for fails: it only waits.
 
-use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -227,22 +226,7 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// A limiter with full buckets and a disarmed, non-blocking timer.
     pub fn new(config: &RateLimitConfig) -> Result<Self, Error> {
-        let timer_err = |error| Error::Timer {
-            what: "rate limiter",
-            error,
-        };
-        let timer = TimerFd::new().map_err(|e| timer_err(io::Error::from(e)))?;
-        // The event loop reads the timer only when epoll says it fired, but re-arming it in between
-        // (another event of the same batch) clears the expiration: never let that read block.
-        // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory is passed.
-        let flags = unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_GETFL) };
-        // SAFETY: as above.
-        if flags < 0
-            || unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) }
-                < 0
-        {
-            return Err(timer_err(io::Error::last_os_error()));
-        }
+        let timer = crate::nonblocking_timer("rate limiter")?;
         Ok(RateLimiter {
             buckets: Buckets::new(config, Instant::now()),
             timer,

@@ -13,8 +13,9 @@ const COMMAND_OFFSET: u64 = 4;
 /// i8042 at ports 0x60..0x65: writing 0xFE to port 0x64 fires the reset trigger (an EventFd by default;
 /// a VMM can pass its own [`Trigger`] to stop the writing vCPU at once).
 ///
-/// Insert at port 0x60 with length 5 (offset 0 = data port 0x60, offset 4 = command/status
-/// port 0x64). Every read returns 0: no data pending, input buffer empty (status 0), so a
+/// Offset 0 is the data port 0x60, offset 4 the command/status port 0x64: insert it at both with
+/// [`crate::bus::Bus::insert_at`] (length 1, offsets 0 and 4), leaving port 0x61 to the PIT, or at
+/// 0x60 with length 5. Every read returns 0: no data pending, input buffer empty (status 0), so a
 /// guest driver that polls the status never waits.
 pub struct I8042<T: Trigger = EventFdTrigger> {
     inner: I8042Device<T>,

@@ -1,7 +1,10 @@
-//! Legacy PC devices: the COM1 serial port, the i8042 controller (reset only) and the boot timer.
+//! Legacy PC devices: the COM1 serial port, the i8042 controller (reset only), the boot timer, and
+//! the I/O APIC and PIT that a split irqchip leaves to user space.
 
 mod boot_timer;
 mod i8042;
+mod ioapic;
+mod pit;
 mod serial;
 
 pub use boot_timer::{
@@ -9,6 +12,13 @@ pub use boot_timer::{
     BOOT_TIMER_PORT_LEN,
 };
 pub use i8042::I8042;
+pub use ioapic::{
+    Ioapic, IrqRouter, MsiMessage, IOAPIC_MMIO_ADDR, IOAPIC_MMIO_LEN, IOAPIC_NUM_PINS,
+};
+pub use pit::{
+    Pit, PitPorts, PitTimer, SpeakerPort, MIN_IRQ_PERIOD, PIT_FREQ_HZ, PIT_PORT, PIT_PORT_LEN,
+    SPEAKER_PORT,
+};
 pub use serial::{ChardevWriter, Serial, SerialInput};
 /// What fires a device's interrupt or reset line.
 pub use vm_superio::Trigger;
