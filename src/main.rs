@@ -74,6 +74,12 @@ struct Cli {
     #[arg(long, value_name = "off|stdio|file=PATH|pty|socket=PATH", value_parser = check_backend)]
     serial: Option<String>,
 
+    /// Where the interrupt controllers and the PIT are emulated: split (KVM emulates the local
+    /// APICs, vmm the I/O APIC and PIT; no 8259 PIC), kernel (all in KVM, PICs included), or auto
+    /// (split when KVM supports it).
+    #[arg(long, value_name = "auto|split|kernel", default_value = "auto")]
+    irqchip: vm::IrqChip,
+
     /// More logging on stderr: -v for the boot steps with timings, -vv for debug.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -200,6 +206,7 @@ fn main() -> ExitCode {
         } else {
             SeccompMode::AllThreads
         },
+        irqchip: cli.irqchip,
     };
 
     // The jail: the parent supervises and exits with the jailed child's status; the child builds

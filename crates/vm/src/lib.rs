@@ -30,7 +30,7 @@ mod vcpu;
 mod vm;
 
 pub use config::{
-    parse_memory_size, BucketConfig, CharBackend, DiskConfig, NetConfig, ParseError,
+    parse_memory_size, BucketConfig, CharBackend, DiskConfig, IrqChip, NetConfig, ParseError,
     RateLimitConfig, SerialOutput, VmConfig, DEFAULT_CMDLINE, DEFAULT_CONSOLE_CMDLINE,
     DEFAULT_MEMORY_BYTES,
 };

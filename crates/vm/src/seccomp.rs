@@ -4,12 +4,14 @@
 //! The kinds ([`ThreadKind`]):
 //! - `vcpu`: a vCPU thread. KVM_RUN and the register reads of an error report, port/MMIO emulation
 //!   (eventfd writes, console output, the tap's TUNSETOFFLOAD when the guest acks the net
-//!   features), memory management, thread exit.
+//!   features, KVM_SET_GSI_ROUTING when it programs the split irqchip's I/O APIC, the PIT's
+//!   timerfd), memory management, thread exit.
 //! - `vmm`: the thread that runs [`crate::Vm::run`]'s event loop (the CLI's main thread). Device
 //!   emulation (disk, tap, console I/O, the socket backend's accept), epoll, the rate limiters'
 //!   timerfds, the kick signal to the vCPUs, terminal restore, and tearing the VM down.
-//! - `helper`: a thread `Vm::run` starts for one ioctl (turning off the PIT's tick reinjection, see
-//!   `vm.rs`) while the guest starts; it filters itself before that ioctl and then exits.
+//! - `helper`: with the in-kernel irqchip, a thread `Vm::run` starts for one ioctl (turning off the
+//!   PIT's tick reinjection, see `vm.rs`) while the guest starts; it filters itself before that
+//!   ioctl and then exits.
 //!
 //! There is no other thread (console input is read on the event loop). Every thread the VMM starts
 //! is filtered unless seccomp is off; the caller's own thread only with [`SeccompMode::AllThreads`].
@@ -35,13 +37,13 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, Once};
 
-use kvm_bindings::{kvm_regs, kvm_sregs};
+use kvm_bindings::{kvm_irq_routing, kvm_regs, kvm_sregs};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
 };
 use vmm_sys_util::signal::register_signal_handler;
-use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr};
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
 
 use crate::error::{Error, Result};
 
@@ -98,23 +100,20 @@ pub(crate) struct Filters {
 }
 
 impl Filters {
-    pub(crate) fn new(mode: SeccompMode) -> Result<Filters> {
-        Ok(match mode {
-            SeccompMode::Off => Filters {
-                vcpu: None,
-                vmm: None,
-                helper: None,
+    /// The filters of `mode`; the helper's only with `pit_helper` (the in-kernel irqchip).
+    pub(crate) fn new(mode: SeccompMode, pit_helper: bool) -> Result<Filters> {
+        if mode == SeccompMode::Off {
+            return Ok(Filters::default());
+        }
+        Ok(Filters {
+            vcpu: Some(Arc::new(compile(ThreadKind::Vcpu)?)),
+            vmm: match mode {
+                SeccompMode::AllThreads => Some(compile(ThreadKind::Vmm)?),
+                _ => None,
             },
-            SeccompMode::VcpusOnly => Filters {
-                vcpu: Some(Arc::new(compile(ThreadKind::Vcpu)?)),
-                vmm: None,
-                helper: Some(compile(ThreadKind::Helper)?),
-            },
-            SeccompMode::AllThreads => Filters {
-                vcpu: Some(Arc::new(compile(ThreadKind::Vcpu)?)),
-                vmm: Some(compile(ThreadKind::Vmm)?),
-                helper: Some(compile(ThreadKind::Helper)?),
-            },
+            helper: pit_helper
+                .then(|| compile(ThreadKind::Helper))
+                .transpose()?,
         })
     }
 }
@@ -152,6 +151,7 @@ const KVMIO: u32 = 0xAE;
 ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
 ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
 // Takes a `kvm_reinject_control` although it is declared without a direction.
 ioctl_io_nr!(KVM_REINJECT_CONTROL, KVMIO, 0x71);
 
@@ -223,7 +223,13 @@ fn ioctls(kind: ThreadKind) -> Vec<u64> {
     let mut v: Vec<u64> = vec![libc::TUNSETOFFLOAD];
     match kind {
         ThreadKind::Vcpu => {
-            v.extend([KVM_RUN(), KVM_GET_REGS(), KVM_GET_SREGS()]);
+            // KVM_SET_GSI_ROUTING: the guest programs the split irqchip's I/O APIC.
+            v.extend([
+                KVM_RUN(),
+                KVM_GET_REGS(),
+                KVM_GET_SREGS(),
+                KVM_SET_GSI_ROUTING(),
+            ]);
         }
         // The terminal's mode restored after the jailed VMM ends.
         ThreadKind::Supervisor => return vec![libc::TCSETS],
@@ -277,6 +283,10 @@ fn rules(kind: ThreadKind) -> std::result::Result<BTreeMap<i64, Vec<SeccompRule>
         for &nr in VMM_ONLY {
             map.insert(nr, Vec::new());
         }
+    }
+    if kind == ThreadKind::Vcpu {
+        // The guest (re)programs the PIT's channel 0, whose timer the event loop waits on.
+        map.insert(libc::SYS_timerfd_settime, Vec::new());
     }
     map.insert(libc::SYS_ioctl, one_of(1, &ioctls(kind))?);
     let cmds: Vec<u64> = FCNTL_CMDS.iter().map(|&c| c as u64).collect();

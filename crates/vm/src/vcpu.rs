@@ -204,6 +204,10 @@ impl Vcpu {
                             other => Err(self.unexpected(&format!("system event {other}"))),
                         });
                     }
+                    VcpuExit::IoapicEoi(vector) => {
+                        // Only level-triggered routes ask for these, and the I/O APIC makes none.
+                        log::trace!("vCPU {index}: I/O APIC EOI for vector {vector:#x}");
+                    }
                     VcpuExit::Hlt => {
                         // With the in-kernel LAPIC, KVM handles HLT itself; should one reach us, run on.
                         log::debug!("vCPU {index}: HLT exit");

@@ -12,15 +12,19 @@ use arch::GuestMemoryMmap;
 use devices::bus::Bus;
 use devices::chardev::Chardev;
 use devices::legacy::{
-    BootTimer, ChardevWriter, Serial, SerialInput, BOOT_TIMER_MMIO_ADDR, BOOT_TIMER_MMIO_LEN,
-    BOOT_TIMER_PORT, BOOT_TIMER_PORT_LEN, I8042,
+    BootTimer, ChardevWriter, Ioapic, IrqRouter, MsiMessage, Pit, PitTimer, Serial, SerialInput,
+    BOOT_TIMER_MMIO_ADDR, BOOT_TIMER_MMIO_LEN, BOOT_TIMER_PORT, BOOT_TIMER_PORT_LEN, I8042,
+    IOAPIC_MMIO_ADDR, IOAPIC_MMIO_LEN, IOAPIC_NUM_PINS, PIT_PORT, PIT_PORT_LEN, SPEAKER_PORT,
 };
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::console::Console;
 use devices::virtio::net::{Net, Tap};
 use devices::virtio::{MmioTransport, VirtioDevice, NOTIFY_REG_OFFSET};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_enable_cap, kvm_irq_routing_entry, kvm_pit_config, kvm_userspace_memory_region,
+    KvmIrqRouting, KVM_CAP_SPLIT_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use seccompiler::BpfProgram;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -28,7 +32,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
-use crate::config::{CharBackend, VmConfig, DEFAULT_CMDLINE, DEFAULT_CONSOLE_CMDLINE};
+use crate::config::{CharBackend, IrqChip, VmConfig, DEFAULT_CMDLINE, DEFAULT_CONSOLE_CMDLINE};
 use crate::error::{Error, Result};
 use crate::kernel::{build_cmdline, cmdline_has, load_initrd, load_kernel};
 use crate::quirks;
@@ -43,19 +47,29 @@ const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 /// COM1.
 const SERIAL_PORT: u64 = 0x3f8;
 const SERIAL_PORT_LEN: u64 = 8;
-/// i8042 data port 0x60 through command port 0x64.
-const I8042_PORT: u64 = 0x60;
-const I8042_PORT_LEN: u64 = 5;
-/// Capabilities the VMM cannot work without.
-const REQUIRED_CAPS: [(Cap, &str); 7] = [
-    (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+/// i8042 data and command ports.
+const I8042_DATA_PORT: u64 = 0x60;
+const I8042_COMMAND_PORT: u64 = 0x64;
+/// Capabilities the VMM cannot work without, whatever the irqchip.
+const REQUIRED_CAPS: [(Cap, &str); 5] = [
     (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
     (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
-    (Cap::Pit2, "KVM_CAP_PIT2"),
     (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
     (Cap::Irqfd, "KVM_CAP_IRQFD"),
     (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
 ];
+/// What [`IrqChip::Split`] needs.
+const SPLIT_CAPS: [(Cap, &str); 2] = [
+    (Cap::SplitIrqchip, "KVM_CAP_SPLIT_IRQCHIP"),
+    (Cap::IrqRouting, "KVM_CAP_IRQ_ROUTING"),
+];
+/// What [`IrqChip::Kernel`] needs.
+const KERNEL_IRQCHIP_CAPS: [(Cap, &str); 2] = [
+    (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+    (Cap::Pit2, "KVM_CAP_PIT2"),
+];
+/// The PIT's channel 0 output: IRQ 0, I/O APIC pin 0 (as the MP table says).
+const PIT_IRQ: u32 = 0;
 /// Room for KVM_GET_SUPPORTED_CPUID's answer.
 const MAX_CPUID_ENTRIES: usize = kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 
@@ -86,6 +100,8 @@ pub struct Vm {
     ptys: Vec<(&'static str, PathBuf)>,
     filters: Filters,
     vm_fd: Arc<VmFd>,
+    /// Split or in-kernel (never `Auto` here).
+    irqchip: IrqChip,
     _kvm: Arc<Kvm>,
     _mem: GuestMemoryMmap,
 }
@@ -98,9 +114,10 @@ impl Vm {
         let kvm = Arc::new(open_kvm()?);
         steps.done("opened /dev/kvm");
         validate(&config, &kvm)?;
-        let prepared = Prepared::start(kvm.clone(), config.seccomp);
+        let irqchip = choose_irqchip(config.irqchip, &kvm)?;
+        let prepared = Prepared::start(kvm.clone(), config.seccomp, irqchip == IrqChip::Kernel);
 
-        let vm_fd = kvm.create_vm().map_err(kvm_err("create the VM"))?;
+        let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("create the VM"))?);
         // Memory before the irqchip: on some hosts the first memory slot added after
         // KVM_CREATE_IRQCHIP waits several milliseconds for an SRCU grace period; added before it,
         // both take microseconds.
@@ -112,17 +129,11 @@ impl Vm {
         vm_fd
             .set_tss_address(KVM_TSS_ADDRESS)
             .map_err(kvm_err("set the TSS address"))?;
-        vm_fd
-            .create_irq_chip()
-            .map_err(kvm_err("create the in-kernel irqchip"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm_fd
-            .create_pit2(pit)
-            .map_err(kvm_err("create the in-kernel PIT"))?;
-        steps.done("created the VM, irqchip and PIT");
+        create_irqchip(&vm_fd, irqchip)?;
+        steps.done(match irqchip {
+            IrqChip::Kernel => "created the in-kernel irqchip (LAPICs, I/O APIC, PICs) and PIT",
+            _ => "created the split irqchip (LAPICs in KVM; I/O APIC and PIT here)",
+        });
 
         let kernel = load_kernel(&mem, &config.kernel)?;
         steps.done(&format!(
@@ -161,6 +172,9 @@ impl Vm {
             ptys.push(("serial", path.to_path_buf()));
         }
         add_legacy_devices(&vm_fd, &mut pio, &mut event_manager, &exit, serial)?;
+        if irqchip == IrqChip::Split {
+            add_split_irqchip_devices(&vm_fd, &mut pio, &mut mmio, &mut event_manager)?;
+        }
         if config.boot_timer {
             let timer = Arc::new(Mutex::new(BootTimer::new(crate::process_start())));
             let dev_err = |source| Error::Device {
@@ -344,7 +358,8 @@ impl Vm {
             exit_seen,
             ptys,
             filters,
-            vm_fd: Arc::new(vm_fd),
+            vm_fd,
+            irqchip,
             _kvm: kvm,
             _mem: mem,
         })
@@ -366,8 +381,12 @@ impl Vm {
         install_kick_handler()?;
         let steps = Steps::new();
         let mut filters = std::mem::take(&mut self.filters);
-        // Joined with the vCPUs; it filters itself.
-        let pit_helper = pit_reinject_off(self.vm_fd.clone(), filters.helper.take());
+        // Joined with the vCPUs; it filters itself. Only the in-kernel PIT has reinjection.
+        let helper_filter = filters.helper.take();
+        let pit_helper = match self.irqchip {
+            IrqChip::Kernel => pit_reinject_off(self.vm_fd.clone(), helper_filter),
+            _ => None,
+        };
         let gate = Arc::new(StartGate::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads: Vec<(u8, JoinHandle<()>)> = Vec::with_capacity(self.vcpus.len());
@@ -541,28 +560,29 @@ struct Prepared {
 /// [`Prepared`] in the making: on its thread, or not started yet if no thread could be.
 enum Preparing {
     Thread(JoinHandle<Result<Prepared>>),
-    Inline(SeccompMode),
+    Inline(SeccompMode, bool),
 }
 
 impl Prepared {
-    fn make(kvm: &Kvm, mode: SeccompMode) -> Result<Prepared> {
+    /// `pit_helper`: also compile the filter of the in-kernel PIT's helper thread.
+    fn make(kvm: &Kvm, mode: SeccompMode, pit_helper: bool) -> Result<Prepared> {
         Ok(Prepared {
             cpuid: kvm
                 .get_supported_cpuid(MAX_CPUID_ENTRIES)
                 .map_err(kvm_err("get the supported CPUID"))?,
-            filters: Filters::new(mode)?,
+            filters: Filters::new(mode, pit_helper)?,
         })
     }
 
-    fn start(kvm: Arc<Kvm>, mode: SeccompMode) -> Preparing {
+    fn start(kvm: Arc<Kvm>, mode: SeccompMode, pit_helper: bool) -> Preparing {
         match thread::Builder::new()
             .name("prep".into())
-            .spawn(move || Prepared::make(&kvm, mode))
+            .spawn(move || Prepared::make(&kvm, mode, pit_helper))
         {
             Ok(handle) => Preparing::Thread(handle),
             Err(e) => {
                 log::debug!("cannot start the prep thread ({e}); preparing inline");
-                Preparing::Inline(mode)
+                Preparing::Inline(mode, pit_helper)
             }
         }
     }
@@ -574,7 +594,7 @@ impl Preparing {
             Preparing::Thread(handle) => {
                 handle.join().unwrap_or(Err(Error::ThreadPanicked("prep")))
             }
-            Preparing::Inline(mode) => Prepared::make(kvm, mode),
+            Preparing::Inline(mode, pit_helper) => Prepared::make(kvm, mode, pit_helper),
         }
     }
 }
@@ -642,6 +662,116 @@ fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
 
 fn arch_err(what: &'static str) -> impl Fn(arch::Error) -> Error {
     move |source| Error::Arch { what, source }
+}
+
+/// Resolves `asked` against what KVM offers (`Auto`: split when it can) and checks the
+/// capabilities the result needs.
+fn choose_irqchip(asked: IrqChip, kvm: &Kvm) -> Result<IrqChip> {
+    let has_all = |caps: &[(Cap, &'static str)]| caps.iter().all(|(c, _)| kvm.check_extension(*c));
+    let chosen = match asked {
+        IrqChip::Auto if has_all(&SPLIT_CAPS) => IrqChip::Split,
+        IrqChip::Auto => {
+            log::info!("KVM has no split irqchip here; using the in-kernel one");
+            IrqChip::Kernel
+        }
+        other => other,
+    };
+    let caps: &[(Cap, &'static str)] = match chosen {
+        IrqChip::Kernel => &KERNEL_IRQCHIP_CAPS,
+        _ => &SPLIT_CAPS,
+    };
+    for (cap, name) in caps {
+        if !kvm.check_extension(*cap) {
+            return Err(match chosen {
+                IrqChip::Kernel => Error::KvmCapability(name),
+                _ => Error::Config(format!(
+                    "--irqchip split: KVM on this host lacks {name}; use --irqchip kernel"
+                )),
+            });
+        }
+    }
+    Ok(chosen)
+}
+
+/// KVM's part of the irqchip: all of it (`Kernel`), or the local APICs with 24 routes reserved for
+/// the user-space I/O APIC's pins (`Split`).
+fn create_irqchip(vm_fd: &VmFd, irqchip: IrqChip) -> Result<()> {
+    if irqchip == IrqChip::Kernel {
+        vm_fd
+            .create_irq_chip()
+            .map_err(kvm_err("create the in-kernel irqchip"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        return vm_fd
+            .create_pit2(pit)
+            .map_err(kvm_err("create the in-kernel PIT"));
+    }
+    let mut cap = kvm_enable_cap {
+        cap: KVM_CAP_SPLIT_IRQCHIP,
+        ..Default::default()
+    };
+    cap.args[0] = IOAPIC_NUM_PINS as u64;
+    vm_fd
+        .enable_cap(&cap)
+        .map_err(kvm_err("create the split irqchip"))
+}
+
+/// The I/O APIC's routes as KVM's GSI routing table: GSI n is pin n.
+struct KvmRoutes(Arc<VmFd>);
+
+impl IrqRouter for KvmRoutes {
+    fn set_routes(
+        &mut self,
+        routes: &[Option<MsiMessage>; IOAPIC_NUM_PINS],
+    ) -> std::io::Result<()> {
+        let fam_err = |e| std::io::Error::other(format!("{e:?}"));
+        let mut table = KvmIrqRouting::new(0).map_err(fam_err)?;
+        for (gsi, msi) in routes.iter().enumerate() {
+            let Some(msi) = msi else { continue };
+            let mut entry = kvm_irq_routing_entry {
+                gsi: gsi as u32,
+                type_: KVM_IRQ_ROUTING_MSI,
+                ..Default::default()
+            };
+            entry.u.msi.address_lo = msi.address as u32;
+            entry.u.msi.address_hi = (msi.address >> 32) as u32;
+            entry.u.msi.data = msi.data;
+            table.push(entry).map_err(fam_err)?;
+        }
+        self.0.set_gsi_routing(&table).map_err(std::io::Error::from)
+    }
+}
+
+/// The user-space half of a split irqchip: the I/O APIC (MMIO 0xfec0_0000) and the PIT (ports
+/// 0x40–0x43 and 0x61, channel 0 on IRQ 0 through an irqfd, its timer on the event loop).
+fn add_split_irqchip_devices(
+    vm_fd: &Arc<VmFd>,
+    pio: &mut Bus,
+    mmio: &mut Bus,
+    event_manager: &mut EventManager<Subscriber>,
+) -> Result<()> {
+    let dev_err = |what| move |source| Error::Device { what, source };
+    let ioapic = Ioapic::new(Box::new(KvmRoutes(vm_fd.clone())));
+    mmio.insert(
+        Arc::new(Mutex::new(ioapic)),
+        IOAPIC_MMIO_ADDR,
+        IOAPIC_MMIO_LEN,
+    )
+    .map_err(dev_err("I/O APIC"))?;
+    let pit_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+    vm_fd
+        .register_irqfd(&pit_irq, PIT_IRQ)
+        .map_err(kvm_err("register the PIT irqfd"))?;
+    let pit = Pit::new(pit_irq).map_err(dev_err("PIT"))?;
+    let (ports, speaker) = Pit::port_devices(&pit);
+    pio.insert(Arc::new(Mutex::new(ports)), PIT_PORT, PIT_PORT_LEN)
+        .map_err(dev_err("PIT"))?;
+    pio.insert(Arc::new(Mutex::new(speaker)), SPEAKER_PORT, 1)
+        .map_err(dev_err("PIT"))?;
+    event_manager.add_subscriber(Arc::new(Mutex::new(PitTimer(pit))));
+    Ok(())
 }
 
 fn open_kvm() -> Result<Kvm> {
@@ -783,8 +913,11 @@ fn add_legacy_devices(
     // The backend's event-loop side: input into the FIFO, socket clients, the output backlog.
     let input = SerialInput::new(serial, chardev).map_err(dev_err("serial input"))?;
     event_manager.add_subscriber(Arc::new(Mutex::new(input)));
-    let i8042 = I8042::with_trigger(ResetTrigger(exit.clone()));
-    pio.insert(Arc::new(Mutex::new(i8042)), I8042_PORT, I8042_PORT_LEN)
-        .map_err(dev_err("i8042"))?;
+    // Its data and command ports only: port 0x61 between them is the PIT's (split irqchip).
+    let i8042 = Arc::new(Mutex::new(I8042::with_trigger(ResetTrigger(exit.clone()))));
+    for port in [I8042_DATA_PORT, I8042_COMMAND_PORT] {
+        pio.insert_at(i8042.clone(), port, 1, port - I8042_DATA_PORT)
+            .map_err(dev_err("i8042"))?;
+    }
     Ok(())
 }
