@@ -133,6 +133,12 @@ fn cpus_out_of_range() {
 }
 
 #[test]
+fn irqchip_unknown_mode_is_a_usage_error() {
+    let run = run_vmm(&["--kernel", "k", "--irqchip", "userspace"], TIMEOUT);
+    expect_usage_error(&run, &["--irqchip", "'userspace'", "auto, split or kernel"]);
+}
+
+#[test]
 fn memory_sizes_refused() {
     let run = run_vmm(&["--kernel", "k", "--memory", "0"], TIMEOUT);
     expect_usage_error(&run, &["--memory", "zero"]);

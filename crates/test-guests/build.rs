@@ -142,6 +142,11 @@ const GUESTS: &[Guest] = &[
         entry: Entry::Pvh,
         sources: &["rate_probe.c"],
     },
+    Guest {
+        name: "irq",
+        entry: Entry::Pvh,
+        sources: &["irq.c"],
+    },
 ];
 
 /// Real-mode entry stub of the bzImage guest.

@@ -292,6 +292,15 @@ pub const BLK_WRITER: &str = concat!(env!("OUT_DIR"), "/blk_writer.elf");
 /// `done` and a reset.
 pub const RATE_PROBE: &str = concat!(env!("OUT_DIR"), "/rate_probe.elf");
 
+/// Interrupts (PVH): programs the local APIC, the I/O APIC and the PIT as a kernel does and counts
+/// what arrives. Prints `lapic_id=`, `ioapic_version=`, `ioapic_id=` (after writing ID 5),
+/// `ioapic_rte0_readback=` (entry 0 written masked with vector 0x30), `pit_periodic_ticks=`
+/// (channel 0 in mode 2 at 1 kHz over 50 ms measured by channel 2), `pit_readback_status=`,
+/// `pit_masked_ticks=` (20 ms with entry 0 masked), `pit_oneshot_ticks=` (30 ms after a 5 ms
+/// mode-0 count), `serial_irqs=` (after enabling the UART's THR-empty interrupt), `other_irqs=`,
+/// `spurious_irqs=`, then `done` and a reset; `timeout=NAME` if a PIT window never ends.
+pub const IRQ: &str = concat!(env!("OUT_DIR"), "/irq.elf");
+
 /// Record `n` as [`BLK_WRITER`] writes it: "VMMREC", two zero bytes, `n` (u64 LE), then byte `i`
 /// (16..4096) = `n * 31 + i * 7` (mod 256).
 pub fn writer_record(n: u64) -> Vec<u8> {
@@ -325,6 +334,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("hostile", HOSTILE),
     ("blk_writer", BLK_WRITER),
     ("rate_probe", RATE_PROBE),
+    ("irq", IRQ),
 ];
 
 /// Number of pattern lines [`SERIAL_FLOOD`] prints between `flood_begin` and `flood_end`.
