@@ -192,12 +192,29 @@ impl Bench {
             .into_iter()
             .map(|e| (e, null.clone()))
             .collect();
-        let mut s = self.timed(&pairs, self.runs).into_iter();
+        // The in-kernel irqchip alongside, to show what the split one saves.
+        let mut runs = pairs.clone();
+        let kernel_irqchip = Guest {
+            vmm_args: vec!["--irqchip".into(), "kernel".into()],
+            ..null.clone()
+        };
+        runs.push((self.vmm.clone(), kernel_irqchip));
+        let mut s = self.timed(&runs, self.runs);
+        let kernel = s.pop().unwrap_or_default();
+        let mut s = s.into_iter();
         let mut f = Figure::new("null_start_to_exit", "null guest: start → exit", "ms");
         f.vmm = s.next().unwrap_or_default();
         f.qemu = s.next();
         f.targets = vec![Target::AtMost(5.0), Target::RatioAtMost(0.5)];
         f.note = "spawn to reaped exit, measured by the parent".to_string();
+        self.figures.push(f);
+        let mut f = Figure::new(
+            "null_start_to_exit_kernel_irqchip",
+            "null guest: start → exit, --irqchip kernel (vmm)",
+            "ms",
+        );
+        f.vmm = kernel;
+        f.note = "the same with KVM's in-kernel I/O APIC, PICs and PIT".to_string();
         self.figures.push(f);
 
         // In-process figures from vmm's own clock (`-v --boot-timer`).

@@ -52,6 +52,8 @@ pub struct Guest {
     pub tap: Option<String>,
     /// Run the VMM inside this network namespace (`ip netns exec NS …`).
     pub netns: Option<String>,
+    /// vmm only: more options (e.g. `--irqchip kernel`).
+    pub vmm_args: Vec<String>,
 }
 
 impl Guest {
@@ -93,6 +95,7 @@ impl Guest {
                 if self.verbose {
                     c.arg("-v");
                 }
+                c.args(&self.vmm_args);
                 c
             }
             Engine::Qemu(bin) => {
