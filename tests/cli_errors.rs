@@ -90,10 +90,8 @@ fn disk_locked_by_another_process() {
         .open(&disk)
         .unwrap();
     // SAFETY: flock on a descriptor we own.
-    assert_eq!(
-        unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
-        0
-    );
+    let locked = unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(locked, 0);
     let run = run_vmm(
         &["--kernel", test_guests::ECHO_CMDLINE, "--disk", &disk],
         TIMEOUT,

@@ -5,6 +5,8 @@
 //!   virtio-console.
 //! * [`legacy`]: the COM1 16550A UART, the i8042 (only its CPU-reset command), the boot timer,
 //!   and the I/O APIC and 8254 PIT of a split irqchip.
+//! * [`persist`]: the [`persist::Persist`] trait through which every device saves and restores
+//!   its state for snapshots.
 //! * [`rate_limiter`]: token buckets (bytes/s, ops/s) that throttle virtio-blk and virtio-net.
 //! * [`virtio`]: the virtio-mmio (version 2) transport and one folder per virtio device.
 //!
@@ -19,6 +21,7 @@ use std::path::PathBuf;
 pub mod bus;
 pub mod chardev;
 pub mod legacy;
+pub mod persist;
 pub mod rate_limiter;
 pub mod virtio;
 
@@ -34,12 +37,13 @@ pub(crate) fn nonblocking_timer(
     use std::os::fd::AsRawFd;
     let timer_err = |error| Error::Timer { what, error };
     let timer = vmm_sys_util::timerfd::TimerFd::new().map_err(|e| timer_err(io::Error::from(e)))?;
-    // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory is passed.
+    // SAFETY: F_GETFL on a descriptor we own; no memory is passed.
     let flags = unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0
-        || unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
-    {
+    if flags < 0 {
+        return Err(timer_err(io::Error::last_os_error()));
+    }
+    // SAFETY: F_SETFL on a descriptor we own; no memory is passed.
+    if unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
         return Err(timer_err(io::Error::last_os_error()));
     }
     Ok(timer)

@@ -253,8 +253,8 @@ impl Jail {
         let signals = supervised_signals();
         // SAFETY: an all-zero sigset_t is a valid value to be overwritten by pthread_sigmask.
         let mut old_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: both sets are valid; blocking signals in this (only) thread.
         check(
+            // SAFETY: both sets are valid; blocking signals in this (only) thread.
             unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, &mut old_mask) },
             || "block signals".into(),
         )?;
@@ -302,8 +302,8 @@ impl Jail {
             )
         })?;
         // Nothing the jail mounts may propagate back to the host.
-        // SAFETY: the path is a valid C string; the other arguments may be null for MS_PRIVATE.
         check(
+            // SAFETY: the path is a valid C string; the other arguments may be null for MS_PRIVATE.
             unsafe {
                 libc::mount(
                     std::ptr::null(),
@@ -462,8 +462,8 @@ impl Jailed {
     fn pivot(&self) -> Result<(), JailError> {
         let dir = cstring(&self.dir)?;
         let shown = self.dir.display();
-        // SAFETY: `dir` is a valid C string; null fs type and data are allowed for a bind.
         check(
+            // SAFETY: `dir` is a valid C string; null fs type and data are allowed for a bind.
             unsafe {
                 libc::mount(
                     dir.as_ptr(),
@@ -481,8 +481,8 @@ impl Jailed {
             | libc::MS_NOSUID
             | libc::MS_NODEV
             | libc::MS_NOEXEC;
-        // SAFETY: as above.
         check(
+            // SAFETY: as above.
             unsafe {
                 libc::mount(
                     std::ptr::null(),
@@ -499,13 +499,13 @@ impl Jailed {
             format!("enter {shown}")
         })?;
         // pivot_root(".", "."): the old root ends up stacked on the new one, and is detached next.
-        // SAFETY: both paths are valid C strings.
         check(
+            // SAFETY: both paths are valid C strings.
             unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as i32 },
             || format!("pivot_root into {shown}"),
         )?;
-        // SAFETY: the path is a valid C string.
         check(
+            // SAFETY: the path is a valid C string.
             unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) },
             || "detach the old root".into(),
         )?;
@@ -551,8 +551,8 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
             ));
         }
     }
-    // SAFETY: prctl with integer arguments only.
     check(
+        // SAFETY: prctl with integer arguments only.
         unsafe {
             libc::prctl(
                 libc::PR_CAP_AMBIENT,
@@ -583,14 +583,14 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
         pid: 0,
     };
     let empty = [CapData::default(); 2];
-    // SAFETY: capset reads a version-3 header and two data structs, which is what we pass.
     check(
+        // SAFETY: capset reads a version-3 header and two data structs, which is what we pass.
         unsafe { libc::syscall(libc::SYS_capset, &header, empty.as_ptr()) as i32 },
         || "empty the capability sets".into(),
     )?;
     let mut now = [CapData::default(); 2];
-    // SAFETY: capget writes two data structs for a version-3 header.
     check(
+        // SAFETY: capget writes two data structs for a version-3 header.
         unsafe { libc::syscall(libc::SYS_capget, &header, now.as_mut_ptr()) as i32 },
         || "read back the capability sets".into(),
     )?;
@@ -603,8 +603,8 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
             io::Error::other("capabilities remain after capset"),
         ));
     }
-    // SAFETY: prctl with integer arguments only.
     check(
+        // SAFETY: prctl with integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
         || "set no_new_privs".into(),
     )?;
@@ -629,8 +629,8 @@ struct CapData {
 
 /// The jailed VMM dies with its supervisor (e.g. when that is SIGKILLed).
 fn set_parent_death_signal() -> Result<(), JailError> {
-    // SAFETY: prctl with integer arguments only.
     check(
+        // SAFETY: prctl with integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
         || "set the parent-death signal".into(),
     )?;
