@@ -18,7 +18,7 @@ mode=${1:-pvh}
 shift || true
 timeout_s=${VMM_QEMU_TIMEOUT:-300}
 
-# Parameters this host (KVM-PVM, CPUID not virtualized) needs; see KVM-HOST.md.
+# Parameters this host (KVM-PVM, CPUID not virtualized) needs; see DESIGN.md, "Host quirks".
 host_params="noxsave clearcpuid=151,158,306,288,308,145,298,534,515,514"
 token=qemu$$
 params="console=ttyS0 reboot=k panic=1 $host_params vmmtest=full vmmtoken=$token"

@@ -1,5 +1,5 @@
 //! Fat boots: the real Linux test guest (resources/) on real KVM. On this project's CI hosts a Linux
-//! guest takes about a minute to reach init (see shared KVM-HOST notes), so each boot checks many things
+//! guest takes about a minute to reach init (DESIGN.md, "Host quirks"), so each boot checks many things
 //! at once and the time-outs are generous; a hung guest still fails.
 
 mod common;
@@ -60,7 +60,7 @@ fn debugfs_cat(image: &str, file: &str) -> String {
 /// third read-only one: what the guest writes lands in the images, and the read-only one is untouched.
 /// A fourth disk is rate limited (bw=512K, iops=10): the guest's timed direct reads complete and
 /// never measure above either limit (+10%). How close to the limit they get depends on the host:
-/// where the guest kernel is emulated (KVM-HOST.md) every guest syscall and I/O costs milliseconds
+/// where the guest kernel is emulated (DESIGN.md, "Host quirks") every guest syscall and I/O costs milliseconds
 /// of guest CPU and, with other guests booting beside it, Linux may not even reach these limits;
 /// the ±10% accuracy is proved from inside a tiny guest that can (tests/rate_limit.rs).
 #[test]

@@ -26,7 +26,7 @@ impl Engine {
 }
 
 /// Kernel parameters this host (KVM-PVM, CPUID not virtualized) needs; vmm adds them by itself
-/// (see KVM-HOST.md), QEMU is given them as resources/boot-qemu.sh does.
+/// (DESIGN.md, "Host quirks"), QEMU is given them as resources/boot-qemu.sh does.
 pub const QEMU_HOST_PARAMS: &str = "noxsave clearcpuid=151,158,306,288,308,145,298,534,515,514";
 
 /// QEMU microvm's first virtio-mmio transport.
