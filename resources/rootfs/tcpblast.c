@@ -4,7 +4,7 @@
  *   tcpblast send HOST PORT FILE   connect to HOST:PORT (retrying for a minute), send FILE, close
  *
  * busybox nc moves data 1 KiB per system call; in a guest whose system calls are emulated
- * (see shared/KVM-HOST.md) that, not the NIC, bounds the transfer. This tool reads and writes
+ * (DESIGN.md, "Host quirks") that, not the NIC, bounds the transfer. This tool reads and writes
  * 1 MiB at a time. Built statically by build-rootfs.sh. Exit status 0 when every byte moved. */
 #include <arpa/inet.h>
 #include <errno.h>
