@@ -252,9 +252,40 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            eprintln!("error: {}{}", error_chain(&e), flag_hint(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What to change on the command line about `e`, if an option is the fix: the `vm` library names
+/// values, the CLI names its options.
+fn flag_hint(e: &vm::Error) -> String {
+    use vm::{DeviceError, Error};
+    match e {
+        Error::IrqchipUnsupported { .. } => "; use --irqchip kernel".into(),
+        Error::VcpuCount { asked, max } => format!("; lower --cpus {asked} to at most {max}"),
+        Error::MemoryTooSmall { .. } => "; give --memory 1M or more".into(),
+        Error::MemoryExceedsHost { .. } | Error::GuestMemory { .. } => {
+            "; ask for less with --memory".into()
+        }
+        Error::StdinTwice => {
+            "; move --serial or --console to off, file=PATH, pty or socket=PATH".into()
+        }
+        Error::KernelFormat { .. } => "; give an ELF vmlinux or a bzImage with --kernel".into(),
+        Error::InitrdTooLarge { .. } => {
+            "; give the guest more --memory or a smaller --initrd".into()
+        }
+        Error::CmdlineTooLong { .. } => "; shorten --cmdline".into(),
+        Error::TooManyVirtioDevices { .. } => {
+            "; give fewer --disk, --net and --console devices".into()
+        }
+        Error::Net {
+            source: DeviceError::TapMissing { name },
+            ..
+        } => format!(", or pass --net tap={name},create=on"),
+        Error::Seccomp { .. } => " (--seccomp off runs the VMM unconfined)".into(),
+        _ => String::new(),
     }
 }
 
