@@ -238,7 +238,7 @@ impl FromStr for DiskConfig {
         let path = first.strip_prefix("path=").unwrap_or(first);
         if path.is_empty() {
             return Err(ParseError(format!(
-                "disk '{s}' has no image path; use --disk PATH[,readonly=on][,id=NAME]"
+                "disk '{s}' has no image path; the form is PATH[,readonly=on][,id=NAME]"
             )));
         }
         let mut disk = DiskConfig {
@@ -249,7 +249,7 @@ impl FromStr for DiskConfig {
         for part in parts {
             let (key, value) = part.split_once('=').ok_or_else(|| {
                 ParseError(format!(
-                    "disk option '{part}' is not key=value; use --disk PATH[,readonly=on][,id=NAME]"
+                    "disk option '{part}' is not key=value; the form is PATH[,readonly=on][,id=NAME]"
                 ))
             })?;
             match key {
@@ -298,7 +298,7 @@ impl NetConfig {
     }
 }
 
-const NET_USAGE: &str = "use --net tap=NAME[,mac=52:54:00:12:34:56][,create=on]";
+const NET_USAGE: &str = "the form is tap=NAME[,mac=52:54:00:12:34:56][,create=on]";
 
 impl FromStr for NetConfig {
     type Err = ParseError;
