@@ -17,6 +17,7 @@ use vm_memory::{Address, Bytes, GuestAddress};
 
 use crate::config::{DEFAULT_CMDLINE, DEFAULT_CONSOLE_CMDLINE};
 use crate::error::{arch_err, Error, Result};
+use crate::start::step_done;
 
 /// Boot protocol bit in `xloadflags`: the kernel has a 64-bit entry point at +0x200.
 const XLF_KERNEL_64: u16 = 1;
@@ -39,6 +40,16 @@ pub(crate) struct LoadedKernel {
 
 /// Loads an ELF vmlinux (PVH entry when it carries the note, else the 64-bit boot protocol) or a bzImage.
 pub(crate) fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel> {
+    let kernel = load_kernel_image(mem, path)?;
+    step_done(&format!(
+        "loaded kernel {} ({})",
+        path.display(),
+        kernel.kind
+    ));
+    Ok(kernel)
+}
+
+fn load_kernel_image(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel> {
     let open_err = |source| Error::KernelOpen {
         path: path.to_path_buf(),
         source,
@@ -140,6 +151,11 @@ pub(crate) fn load_initrd(
     let len = usize::try_from(size).map_err(|_| too_large())?;
     mem.read_exact_volatile_from(addr, &mut file, len)
         .map_err(|e| open_err(std::io::Error::other(e.to_string())))?;
+    step_done(&format!(
+        "loaded initrd {} ({size} bytes at {:#x})",
+        path.display(),
+        addr.0
+    ));
     Ok(arch::boot::Initrd { addr, size })
 }
 
@@ -212,7 +228,9 @@ pub(crate) fn write_boot_tables(
         )
         .map_err(arch_err("write the zero page"))?,
     }
-    arch::mptable::setup_mptable(mem, vcpus).map_err(arch_err("write the MP table"))
+    arch::mptable::setup_mptable(mem, vcpus).map_err(arch_err("write the MP table"))?;
+    step_done("wrote boot parameters and MP table");
+    Ok(())
 }
 
 /// Builds the final command line: the base (the caller's or the default), then what the VMM must add.

@@ -13,6 +13,7 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 
 use crate::config::IrqChip;
 use crate::error::{Error, Result};
+use crate::start::step_done;
 
 /// Capabilities the VMM cannot work without, whatever the irqchip.
 const REQUIRED_CAPS: [(Cap, &str); 5] = [
@@ -53,6 +54,7 @@ pub(crate) fn open() -> Result<Kvm> {
             return Err(Error::KvmCapability(name));
         }
     }
+    step_done("opened /dev/kvm");
     Ok(kvm)
 }
 
@@ -116,9 +118,11 @@ pub(crate) fn create_irqchip(vm_fd: &VmFd, irqchip: IrqChip) -> Result<()> {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        return vm_fd
+        vm_fd
             .create_pit2(pit)
-            .map_err(kvm_err("create the in-kernel PIT"));
+            .map_err(kvm_err("create the in-kernel PIT"))?;
+        step_done("created the in-kernel irqchip (LAPICs, I/O APIC, PICs) and PIT");
+        return Ok(());
     }
     let mut cap = kvm_enable_cap {
         cap: KVM_CAP_SPLIT_IRQCHIP,
@@ -127,7 +131,9 @@ pub(crate) fn create_irqchip(vm_fd: &VmFd, irqchip: IrqChip) -> Result<()> {
     cap.args[0] = u64::from(layout::IOAPIC_NUM_PINS);
     vm_fd
         .enable_cap(&cap)
-        .map_err(kvm_err("create the split irqchip"))
+        .map_err(kvm_err("create the split irqchip"))?;
+    step_done("created the split irqchip (LAPICs in KVM; I/O APIC and PIT here)");
+    Ok(())
 }
 
 /// The user-space I/O APIC's routes as KVM's GSI routing table: GSI n is pin n.

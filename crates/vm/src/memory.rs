@@ -7,6 +7,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::error::{Error, Result};
 use crate::kvm::kvm_err;
+use crate::start::step_done;
 
 /// The smallest guest memory a VM may have.
 pub(crate) const MIN_MEMORY_BYTES: u64 = 1 << 20;
@@ -34,6 +35,7 @@ pub(crate) fn create_guest_memory(vm_fd: &VmFd, size: u64) -> Result<GuestMemory
         unsafe { vm_fd.set_user_memory_region(region) }
             .map_err(kvm_err("register guest memory"))?;
     }
+    step_done(&format!("mapped {mib} MiB of guest memory"));
     Ok(mem)
 }
 

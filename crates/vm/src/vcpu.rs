@@ -145,6 +145,7 @@ pub(crate) fn create_vcpus(
         arch::regs::setup_vcpu(mem, &vcpu, entry).map_err(arch_err("set up vCPU registers"))?;
         vcpus.push(vcpu);
     }
+    crate::start::step_done(&format!("configured {count} vCPU(s)"));
     Ok(vcpus)
 }
 

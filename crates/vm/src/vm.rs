@@ -54,7 +54,6 @@ impl Vm {
         // 1. KVM: open it, check the configuration against it, choose the irqchip; start the prep
         //    thread (supported CPUID, seccomp filters).
         let kvm = Arc::new(kvm::open()?);
-        step_done("opened /dev/kvm");
         config.check(kvm::max_vcpus(&kvm), memory::host_ram_bytes())?;
         let irqchip = kvm::choose_irqchip(config.irqchip, &kvm)?;
         let prepared = Prepared::start(kvm.clone(), config.seccomp, irqchip == IrqChip::Kernel);
@@ -62,47 +61,21 @@ impl Vm {
         // 2. The VM and its memory (before the irqchip, see kvm::create_irqchip).
         let vm_fd = Arc::new(kvm::create_vm(&kvm)?);
         let mem = memory::create_guest_memory(&vm_fd, config.memory_bytes)?;
-        step_done(&format!(
-            "mapped {} MiB of guest memory",
-            config.memory_bytes >> 20
-        ));
 
         // 3. The TSS and KVM's part of the irqchip.
         kvm::create_irqchip(&vm_fd, irqchip)?;
-        step_done(match irqchip {
-            IrqChip::Kernel => "created the in-kernel irqchip (LAPICs, I/O APIC, PICs) and PIT",
-            _ => "created the split irqchip (LAPICs in KVM; I/O APIC and PIT here)",
-        });
 
         // 4. The kernel and the initrd.
         let kernel = kernel::load_kernel(&mem, &config.kernel)?;
-        step_done(&format!(
-            "loaded kernel {} ({})",
-            config.kernel.display(),
-            kernel.kind
-        ));
-        let initrd = match &config.initrd {
-            Some(path) => {
-                let initrd = kernel::load_initrd(&mem, path, kernel.end)?;
-                step_done(&format!(
-                    "loaded initrd {} ({} bytes at {:#x})",
-                    path.display(),
-                    initrd.size,
-                    initrd.addr.0
-                ));
-                Some(initrd)
-            }
-            None => None,
-        };
+        let initrd = (config.initrd.as_deref())
+            .map(|path| kernel::load_initrd(&mem, path, kernel.end))
+            .transpose()?;
 
         // 5. The devices, placed by the device manager.
         let exit = Arc::new(ExitState::new()?);
         let exit_seen = Arc::new(AtomicBool::new(false));
         let mut devices = DeviceManager::new(vm_fd.clone(), mem.clone())?;
-        devices.add_subscriber(Arc::new(Mutex::new(ExitWatcher {
-            evt: exit.event().try_clone().map_err(Error::EventFd)?,
-            seen: exit_seen.clone(),
-        })));
+        devices.add_subscriber(ExitWatcher::subscriber(&exit, &exit_seen)?);
         devices.add_serial_console(config.serial)?;
         devices.add_i8042(&exit)?;
         if irqchip == IrqChip::Split {
@@ -125,7 +98,6 @@ impl Vm {
         // 6. The vCPUs.
         let Prepared { cpuid, filters } = prepared.finish(&kvm)?;
         let vcpus = vcpu::create_vcpus(&vm_fd, &mem, &cpuid, &kernel.entry, config.vcpus)?;
-        step_done(&format!("configured {} vCPU(s)", config.vcpus));
 
         // 7. The command line: the caller's or ours, then host quirks, the root disk, the devices.
         let base = kernel::base_cmdline(config.cmdline.as_deref(), console_on);
@@ -141,7 +113,6 @@ impl Vm {
 
         // 8. The boot tables.
         kernel::write_boot_tables(&mem, &kernel, cmdline_len, initrd.as_ref(), config.vcpus)?;
-        step_done("wrote boot parameters and MP table");
 
         let Devices {
             pio,
@@ -265,6 +236,16 @@ impl Vm {
 struct ExitWatcher {
     evt: EventFd,
     seen: Arc<AtomicBool>,
+}
+
+impl ExitWatcher {
+    /// A watcher of `exit`'s eventfd that sets `seen`, ready for the event loop.
+    fn subscriber(exit: &ExitState, seen: &Arc<AtomicBool>) -> Result<Subscriber> {
+        Ok(Arc::new(Mutex::new(ExitWatcher {
+            evt: exit.event().try_clone().map_err(Error::EventFd)?,
+            seen: seen.clone(),
+        })))
+    }
 }
 
 impl MutEventSubscriber for ExitWatcher {
