@@ -425,18 +425,48 @@ mod tests {
         }
     }
 
+    /// A device manager on a fresh VM with a split irqchip, or None where there is no usable KVM.
+    fn manager() -> Option<DeviceManager> {
+        let kvm = kvm_ioctls::Kvm::new().ok()?;
+        let vm_fd = kvm.create_vm().ok()?;
+        crate::kvm::create_irqchip(&vm_fd, crate::IrqChip::Split).ok()?;
+        let mem = GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).ok()?;
+        DeviceManager::new(Arc::new(vm_fd), mem).ok()
+    }
+
+    #[test]
+    fn virtio_devices_take_the_slots_in_order_and_say_so_on_the_cmdline() {
+        let Some(mut manager) = manager() else { return };
+        let dir = std::env::temp_dir().join(format!("vmm-dm-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["a.img", "b.img"] {
+            let path = dir.join(name);
+            std::fs::write(&path, vec![0u8; 4096]).unwrap();
+            let disk: DiskConfig = path.to_str().unwrap().parse().unwrap();
+            manager.add_block_device(&disk).unwrap();
+        }
+        assert_eq!(
+            manager.cmdline_entries(),
+            [
+                "virtio_mmio.device=4K@0xd0000000:5",
+                "virtio_mmio.device=4K@0xd0001000:6"
+            ]
+        );
+        let devices = manager.into_devices();
+        for base in [0xd000_0000, 0xd000_1000] {
+            let mut magic = [0u8; 4];
+            assert!(devices.mmio.read(base, &mut magic));
+            assert_eq!(&magic, b"virt", "slot {base:#x}");
+        }
+        assert!(!devices.mmio.read(0xd000_2000, &mut [0; 4]));
+        drop(devices);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn devices_sit_where_the_layout_says() {
         // Needs /dev/kvm for the irqfds; skipped where there is none.
-        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
-            return;
-        };
-        let Ok(vm_fd) = kvm.create_vm() else { return };
-        if crate::kvm::create_irqchip(&vm_fd, crate::IrqChip::Split).is_err() {
-            return;
-        }
-        let mem = GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
-        let mut manager = DeviceManager::new(Arc::new(vm_fd), mem).unwrap();
+        let Some(mut manager) = manager() else { return };
         manager.add_serial_console(CharBackend::Off).unwrap();
         manager.add_split_irqchip().unwrap();
         manager.add_boot_timer().unwrap();
