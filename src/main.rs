@@ -303,3 +303,44 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     line
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(e: &vm::Error) -> String {
+        format!("{}{}", error_chain(e), flag_hint(e))
+    }
+
+    #[test]
+    fn the_cli_adds_the_option_to_the_librarys_value() {
+        let e = vm::Error::IrqchipUnsupported {
+            irqchip: "split",
+            cap: "KVM_CAP_SPLIT_IRQCHIP",
+        };
+        assert_eq!(
+            line(&e),
+            "split irqchip: KVM on this host lacks KVM_CAP_SPLIT_IRQCHIP; use --irqchip kernel"
+        );
+        let e = vm::Error::VcpuCount {
+            asked: 255,
+            max: 254,
+        };
+        assert_eq!(
+            line(&e),
+            "255 vCPUs: this host runs 1 to 254 vCPUs per VM; lower --cpus 255 to at most 254"
+        );
+        let e = vm::Error::Net {
+            tap: "t0".into(),
+            source: vm::DeviceError::TapMissing { name: "t0".into() },
+        };
+        assert!(line(&e).ends_with("'ip link set t0 up'), or pass --net tap=t0,create=on"));
+        let e = vm::Error::CmdlineTooLong {
+            len: 3000,
+            max: 2047,
+        };
+        assert!(line(&e).ends_with("at most 2047; shorten --cmdline"));
+        // Errors with no option to change get no hint.
+        assert_eq!(flag_hint(&vm::Error::ThreadPanicked("prep")), "");
+    }
+}

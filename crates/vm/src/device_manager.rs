@@ -26,8 +26,8 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{CharBackend, DiskConfig, NetConfig};
-use crate::error::{Error, Result};
-use crate::kvm::{kvm_err, KvmRoutes};
+use crate::error::{kvm_err, Error, Result};
+use crate::kvm::KvmRoutes;
 use crate::start::step_done;
 use crate::vcpu::{ExitState, ResetTrigger};
 

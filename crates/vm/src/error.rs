@@ -232,6 +232,11 @@ fn internal_error_name(suberror: u32) -> &'static str {
     }
 }
 
+/// `what` failed in a KVM ioctl.
+pub(crate) fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
+    move |source| Error::Kvm { what, source }
+}
+
 /// `what` failed in the arch crate.
 pub(crate) fn arch_err(what: &'static str) -> impl Fn(arch::Error) -> Error {
     move |source| Error::Arch { what, source }

@@ -12,7 +12,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VmFd};
 
 use crate::config::IrqChip;
-use crate::error::{Error, Result};
+use crate::error::{kvm_err, Error, Result};
 use crate::start::step_done;
 
 /// Capabilities the VMM cannot work without, whatever the irqchip.
@@ -36,11 +36,6 @@ const KERNEL_IRQCHIP_CAPS: [(Cap, &str); 2] = [
 
 // The MP table (arch) and the I/O APIC model (devices) must agree on the pins.
 const _: () = assert!(layout::IOAPIC_NUM_PINS as usize == IOAPIC_NUM_PINS);
-
-/// `what` failed in a KVM ioctl.
-pub(crate) fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
-    move |source| Error::Kvm { what, source }
-}
 
 /// Opens /dev/kvm and checks its API version and the capabilities every VM needs.
 pub(crate) fn open() -> Result<Kvm> {

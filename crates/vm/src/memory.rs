@@ -5,8 +5,7 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::error::{Error, Result};
-use crate::kvm::kvm_err;
+use crate::error::{kvm_err, Error, Result};
 use crate::start::step_done;
 
 /// The smallest guest memory a VM may have.

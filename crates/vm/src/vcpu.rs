@@ -12,16 +12,15 @@ use std::sync::{Arc, Mutex, Once};
 use arch::regs::BootEntry;
 use devices::bus::Bus;
 use devices::GuestMemoryMmap;
-use kvm_bindings::CpuId;
 use kvm_bindings::{
-    kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_run, CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use seccompiler::BpfProgram;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
-use crate::error::{arch_err, Error, Result};
+use crate::error::{arch_err, kvm_err, Error, Result};
 use crate::seccomp::{StartGate, ThreadKind};
 use crate::ExitReason;
 
@@ -133,7 +132,6 @@ pub(crate) fn create_vcpus(
     entry: &BootEntry,
     count: u8,
 ) -> Result<Vec<VcpuFd>> {
-    let kvm_err = |what| move |source| Error::Kvm { what, source };
     let mut vcpus = Vec::with_capacity(usize::from(count));
     for index in 0..count {
         let vcpu = vm_fd

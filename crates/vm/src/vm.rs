@@ -17,8 +17,7 @@ use vmm_sys_util::signal::Killable;
 
 use crate::config::{IrqChip, VmConfig};
 use crate::device_manager::{DeviceManager, Devices, Subscriber};
-use crate::error::{Error, Result};
-use crate::kvm::kvm_err;
+use crate::error::{kvm_err, Error, Result};
 use crate::seccomp::{self, Filters, SeccompMode, StartGate, ThreadKind};
 use crate::start::step_done;
 use crate::vcpu::{install_kick_handler, kick_signal, ExitState, Vcpu};
