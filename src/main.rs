@@ -252,9 +252,40 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            eprintln!("error: {}{}", error_chain(&e), flag_hint(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What to change on the command line about `e`, if an option is the fix: the `vm` library names
+/// values, the CLI names its options.
+fn flag_hint(e: &vm::Error) -> String {
+    use vm::{DeviceError, Error};
+    match e {
+        Error::IrqchipUnsupported { .. } => "; use --irqchip kernel".into(),
+        Error::VcpuCount { asked, max } => format!("; lower --cpus {asked} to at most {max}"),
+        Error::MemoryTooSmall { .. } => "; give --memory 1M or more".into(),
+        Error::MemoryExceedsHost { .. } | Error::GuestMemory { .. } => {
+            "; ask for less with --memory".into()
+        }
+        Error::StdinTwice => {
+            "; move --serial or --console to off, file=PATH, pty or socket=PATH".into()
+        }
+        Error::KernelFormat { .. } => "; give an ELF vmlinux or a bzImage with --kernel".into(),
+        Error::InitrdTooLarge { .. } => {
+            "; give the guest more --memory or a smaller --initrd".into()
+        }
+        Error::CmdlineTooLong { .. } => "; shorten --cmdline".into(),
+        Error::TooManyVirtioDevices { .. } => {
+            "; give fewer --disk, --net and --console devices".into()
+        }
+        Error::Net {
+            source: DeviceError::TapMissing { name },
+            ..
+        } => format!(", or pass --net tap={name},create=on"),
+        Error::Seccomp { .. } => " (--seccomp off runs the VMM unconfined)".into(),
+        _ => String::new(),
     }
 }
 
@@ -271,4 +302,45 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(e: &vm::Error) -> String {
+        format!("{}{}", error_chain(e), flag_hint(e))
+    }
+
+    #[test]
+    fn the_cli_adds_the_option_to_the_librarys_value() {
+        let e = vm::Error::IrqchipUnsupported {
+            irqchip: "split",
+            cap: "KVM_CAP_SPLIT_IRQCHIP",
+        };
+        assert_eq!(
+            line(&e),
+            "split irqchip: KVM on this host lacks KVM_CAP_SPLIT_IRQCHIP; use --irqchip kernel"
+        );
+        let e = vm::Error::VcpuCount {
+            asked: 255,
+            max: 254,
+        };
+        assert_eq!(
+            line(&e),
+            "255 vCPUs: this host runs 1 to 254 vCPUs per VM; lower --cpus 255 to at most 254"
+        );
+        let e = vm::Error::Net {
+            tap: "t0".into(),
+            source: vm::DeviceError::TapMissing { name: "t0".into() },
+        };
+        assert!(line(&e).ends_with("'ip link set t0 up'), or pass --net tap=t0,create=on"));
+        let e = vm::Error::CmdlineTooLong {
+            len: 3000,
+            max: 2047,
+        };
+        assert!(line(&e).ends_with("at most 2047; shorten --cmdline"));
+        // Errors with no option to change get no hint.
+        assert_eq!(flag_hint(&vm::Error::ThreadPanicked("prep")), "");
+    }
 }

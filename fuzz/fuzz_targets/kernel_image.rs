@@ -12,8 +12,8 @@ use vm_memory::GuestAddress;
 const RAM: u64 = 4 << 20;
 
 thread_local! {
-    static MEM: arch::GuestMemoryMmap =
-        arch::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
+    static MEM: devices::GuestMemoryMmap =
+        devices::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
     static FILE: std::fs::File = {
         let name = std::ffi::CString::new("fuzz-kernel").unwrap();
         // SAFETY: memfd_create takes a NUL-terminated name and flags; returns a new fd or -1.

@@ -1,7 +1,9 @@
-//! The agreed x86_64 guest physical memory layout.
+//! The x86_64 guest's map: its physical memory layout, its I/O ports and its interrupt lines.
 //!
-//! Every address the VMM writes into guest memory before the first `KVM_RUN` is named here, so
-//! that the VM crate, the boot code and the tests all agree on one map.
+//! Every address the VMM writes into guest memory before the first `KVM_RUN`, and every MMIO range,
+//! port and IRQ a device is placed at, is named here, so that the VM crate (which places the
+//! devices), the boot code (which describes them to the guest) and the tests agree on one map.
+//! Device models do not know where they sit: the VMM hands them their place from here.
 
 /// Boot GDT.
 pub const BOOT_GDT_START: u64 = 0x500;
@@ -63,30 +65,51 @@ pub const MMIO_GAP_SIZE: u64 = MMIO_GAP_END - MMIO_GAP_START;
 /// Guest physical address width we allow RAM to reach (46 bits, as on common Intel hosts).
 pub const PHYS_ADDR_LIMIT: u64 = 1 << 46;
 
+/// The boot timer's MMIO page: the first page of the 32-bit MMIO gap.
+pub const BOOT_TIMER_MMIO_ADDR: u64 = MMIO_GAP_START;
+
 /// First virtio-mmio slot.
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 /// Size of one virtio-mmio slot.
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 /// IRQ of virtio-mmio slot 0; slot `n` uses `VIRTIO_MMIO_FIRST_IRQ + n`.
 pub const VIRTIO_MMIO_FIRST_IRQ: u32 = 5;
-/// Highest IRQ an IOAPIC pin can carry (24 pins).
-pub const IOAPIC_LAST_IRQ: u32 = 23;
 /// Number of IOAPIC pins.
 pub const IOAPIC_NUM_PINS: u8 = 24;
-
-/// COM1 8250 UART I/O port base.
-pub const SERIAL_PORT_BASE: u16 = 0x3f8;
-/// COM1 IRQ.
-pub const SERIAL_IRQ: u32 = 4;
-/// i8042 data port.
-pub const I8042_DATA_PORT: u16 = 0x60;
-/// i8042 command/status port (write 0xFE to reset).
-pub const I8042_COMMAND_PORT: u16 = 0x64;
+/// Highest IRQ an IOAPIC pin can carry.
+pub const IOAPIC_LAST_IRQ: u32 = IOAPIC_NUM_PINS as u32 - 1;
+/// How many virtio-mmio slots there are: one per IOAPIC pin from [`VIRTIO_MMIO_FIRST_IRQ`] on.
+pub const VIRTIO_MMIO_SLOTS: u32 = IOAPIC_LAST_IRQ + 1 - VIRTIO_MMIO_FIRST_IRQ;
 
 /// IOAPIC MMIO base.
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 /// Local APIC MMIO base.
 pub const APIC_ADDR: u64 = 0xfee0_0000;
+
+/// KVM's TSS for real-mode emulation (KVM_SET_TSS_ADDR): three pages just below the BIOS area at
+/// the top of the 32-bit space.
+pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
+/// Size of the TSS area KVM uses.
+pub const KVM_TSS_SIZE: u64 = 3 * PAGE_SIZE;
+
+/// 8254 PIT channel ports 0x40–0x43 (split irqchip only).
+pub const PIT_PORT_BASE: u16 = 0x40;
+/// The PIT's IRQ: channel 0's output, IOAPIC pin 0 (as the MP table says).
+pub const PIT_IRQ: u32 = 0;
+/// Port 0x61, system control port B: PIT channel 2 gate and speaker (split irqchip only).
+pub const SPEAKER_PORT: u16 = 0x61;
+/// i8042 data port.
+pub const I8042_DATA_PORT: u16 = 0x60;
+/// i8042 command/status port (write 0xFE to reset).
+pub const I8042_COMMAND_PORT: u16 = 0x64;
+/// COM1 8250 UART I/O port base.
+pub const SERIAL_PORT_BASE: u16 = 0x3f8;
+/// COM1's eight registers.
+pub const SERIAL_PORT_LEN: u16 = 8;
+/// COM1 IRQ.
+pub const SERIAL_IRQ: u32 = 4;
+/// The boot timer's I/O port (one byte).
+pub const BOOT_TIMER_PORT: u16 = 0x440;
 
 /// Maximum number of vCPUs: the MP table uses 8-bit APIC IDs, 255 is broadcast and one ID
 /// goes to the IOAPIC.
@@ -132,11 +155,59 @@ mod tests {
         }
     }
 
-    #[test]
-    fn devices_sit_in_the_mmio_gap() {
-        for addr in [VIRTIO_MMIO_BASE, IOAPIC_ADDR, APIC_ADDR] {
-            assert!((MMIO_GAP_START..MMIO_GAP_END).contains(&addr));
+    /// Fails if any two (start, end) ranges overlap.
+    fn assert_disjoint(mut areas: Vec<(u64, u64)>) {
+        areas.sort_unstable();
+        for pair in areas.windows(2) {
+            assert!(pair[0].0 < pair[0].1);
+            assert!(
+                pair[0].1 <= pair[1].0,
+                "{:x?} overlaps {:x?}",
+                pair[0],
+                pair[1]
+            );
         }
+    }
+
+    #[test]
+    fn devices_sit_in_the_mmio_gap_apart() {
+        let virtio_end = VIRTIO_MMIO_BASE + u64::from(VIRTIO_MMIO_SLOTS) * VIRTIO_MMIO_SIZE;
+        let areas = vec![
+            (BOOT_TIMER_MMIO_ADDR, BOOT_TIMER_MMIO_ADDR + PAGE_SIZE),
+            (VIRTIO_MMIO_BASE, virtio_end),
+            (IOAPIC_ADDR, IOAPIC_ADDR + PAGE_SIZE),
+            (APIC_ADDR, APIC_ADDR + PAGE_SIZE),
+            (KVM_TSS_ADDRESS, KVM_TSS_ADDRESS + KVM_TSS_SIZE),
+        ];
+        for (start, end) in &areas {
+            assert!(MMIO_GAP_START <= *start && *end <= MMIO_GAP_END);
+        }
+        assert_disjoint(areas);
         assert_eq!(MMIO_GAP_SIZE, 1 << 30);
+    }
+
+    #[test]
+    fn ports_do_not_overlap() {
+        let port = |base: u16, len: u16| (u64::from(base), u64::from(base) + u64::from(len));
+        assert_disjoint(vec![
+            port(PIT_PORT_BASE, 4),
+            port(I8042_DATA_PORT, 1),
+            port(SPEAKER_PORT, 1),
+            port(I8042_COMMAND_PORT, 1),
+            port(SERIAL_PORT_BASE, SERIAL_PORT_LEN),
+            port(BOOT_TIMER_PORT, 1),
+        ]);
+    }
+
+    #[test]
+    fn irqs_are_ioapic_pins_and_distinct() {
+        let mut irqs = vec![PIT_IRQ, SERIAL_IRQ];
+        irqs.extend((0..VIRTIO_MMIO_SLOTS).map(|slot| VIRTIO_MMIO_FIRST_IRQ + slot));
+        assert!(irqs.iter().all(|&irq| irq <= IOAPIC_LAST_IRQ));
+        let count = irqs.len();
+        irqs.sort_unstable();
+        irqs.dedup();
+        assert_eq!(irqs.len(), count);
+        assert_eq!(VIRTIO_MMIO_SLOTS, 19);
     }
 }

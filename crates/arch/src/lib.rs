@@ -23,8 +23,8 @@ pub use memory::{
     E820_RAM, E820_RESERVED,
 };
 
-/// Guest memory as every crate of the VMM uses it.
-pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+// Guest memory as every crate of the VMM uses it (the devices crate names it for the others).
+pub(crate) use vm_memory::GuestMemoryMmap;
 
 /// Everything that can go wrong while preparing an x86_64 guest.
 #[derive(Debug, thiserror::Error)]

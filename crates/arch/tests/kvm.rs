@@ -3,10 +3,9 @@
 
 use arch::layout::{PML4_START, PVH_INFO_START, ZERO_PAGE_START};
 use arch::regs::{setup_vcpu, BootEntry};
-use arch::GuestMemoryMmap;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// Opens KVM, or returns None when the test may be skipped.
 fn open_kvm() -> Option<Kvm> {

@@ -160,7 +160,7 @@ pub enum Error {
         name: String,
     },
     /// The tap device does not exist and creating it was not asked for.
-    #[error("tap device '{name}' does not exist; create it with 'ip tuntap add {name} mode tap' (then 'ip link set {name} up'), or pass --net tap={name},create=on")]
+    #[error("tap device '{name}' does not exist; create it with 'ip tuntap add {name} mode tap' (then 'ip link set {name} up')")]
     TapMissing {
         /// The name as given.
         name: String,

@@ -238,7 +238,7 @@ impl FromStr for DiskConfig {
         let path = first.strip_prefix("path=").unwrap_or(first);
         if path.is_empty() {
             return Err(ParseError(format!(
-                "disk '{s}' has no image path; use --disk PATH[,readonly=on][,id=NAME]"
+                "disk '{s}' has no image path; the form is PATH[,readonly=on][,id=NAME]"
             )));
         }
         let mut disk = DiskConfig {
@@ -249,7 +249,7 @@ impl FromStr for DiskConfig {
         for part in parts {
             let (key, value) = part.split_once('=').ok_or_else(|| {
                 ParseError(format!(
-                    "disk option '{part}' is not key=value; use --disk PATH[,readonly=on][,id=NAME]"
+                    "disk option '{part}' is not key=value; the form is PATH[,readonly=on][,id=NAME]"
                 ))
             })?;
             match key {
@@ -298,7 +298,7 @@ impl NetConfig {
     }
 }
 
-const NET_USAGE: &str = "use --net tap=NAME[,mac=52:54:00:12:34:56][,create=on]";
+const NET_USAGE: &str = "the form is tap=NAME[,mac=52:54:00:12:34:56][,create=on]";
 
 impl FromStr for NetConfig {
     type Err = ParseError;
@@ -468,11 +468,67 @@ impl VmConfig {
             irqchip: IrqChip::default(),
         }
     }
+
+    /// Checks what can be checked before anything is built: one reader of stdin, 1 to `max_vcpus`
+    /// vCPUs, at least 1 MiB of memory and no more than `host_ram` bytes (0: unknown).
+    pub(crate) fn check(&self, max_vcpus: usize, host_ram: u64) -> crate::Result<()> {
+        if self.serial.owns_stdin() && self.console.owns_stdin() {
+            return Err(crate::Error::StdinTwice);
+        }
+        if self.vcpus == 0 || usize::from(self.vcpus) > max_vcpus {
+            return Err(crate::Error::VcpuCount {
+                asked: self.vcpus,
+                max: max_vcpus,
+            });
+        }
+        crate::memory::check_size(self.memory_bytes, host_ram)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checks_name_values_not_options() {
+        let ok = VmConfig::new("vmlinux");
+        assert!(ok.check(1, 0).is_ok());
+
+        let mut two_readers = VmConfig::new("vmlinux");
+        two_readers.serial = CharBackend::Stdio;
+        two_readers.console = CharBackend::Stdio;
+        assert!(matches!(
+            two_readers.check(8, 0),
+            Err(crate::Error::StdinTwice)
+        ));
+
+        let mut many = VmConfig::new("vmlinux");
+        many.vcpus = 255;
+        let err = many.check(254, 0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "255 vCPUs: this host runs 1 to 254 vCPUs per VM"
+        );
+        many.vcpus = 0;
+        assert!(matches!(
+            many.check(254, 0),
+            Err(crate::Error::VcpuCount { asked: 0, max: 254 })
+        ));
+
+        let mut big = VmConfig::new("vmlinux");
+        big.memory_bytes = 1 << 40;
+        assert!(matches!(
+            big.check(1, 1 << 30),
+            Err(crate::Error::MemoryExceedsHost { .. })
+        ));
+        for err in [
+            two_readers.check(8, 0),
+            many.check(254, 0),
+            big.check(1, 1 << 30),
+        ] {
+            assert!(!err.unwrap_err().to_string().contains("--"));
+        }
+    }
 
     #[test]
     fn irqchip_modes() {

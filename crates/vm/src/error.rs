@@ -1,4 +1,7 @@
-//! The VM crate's errors. Each names the thing that went wrong and, where there is one, the fix.
+//! The VM crate's errors. Each names the thing that went wrong, by its value (a path, a size, a
+//! count, a capability), and where there is one the fix in the library's terms. None names a
+//! command-line option: a front end adds its own hint (the `vmm` CLI appends e.g. "use --irqchip
+//! kernel" to [`Error::IrqchipUnsupported`]).
 
 use std::io;
 use std::path::PathBuf;
@@ -24,11 +27,51 @@ pub enum Error {
         #[source]
         source: kvm_ioctls::Error,
     },
-    /// The configuration is not usable (the message says why and what to change).
-    #[error("{0}")]
-    Config(String),
+    /// The serial port and the virtio console both read stdin.
+    #[error("the serial port and the virtio console are both on stdio, and only one of them can read stdin")]
+    StdinTwice,
+    /// More vCPUs than the host (or the MP table) allows, or none.
+    #[error("{asked} vCPUs: this host runs 1 to {max} vCPUs per VM")]
+    VcpuCount {
+        /// The number asked for.
+        asked: u8,
+        /// The most this host runs.
+        max: usize,
+    },
+    /// Less guest memory than any guest needs.
+    #[error("{bytes} bytes of guest memory is too small: a guest needs at least 1 MiB")]
+    MemoryTooSmall {
+        /// The size asked for.
+        bytes: u64,
+    },
+    /// More guest memory than the host has RAM.
+    #[error(
+        "{} of guest memory is more than this host's {} of RAM",
+        crate::memory::human_size(*asked),
+        crate::memory::human_size(*host)
+    )]
+    MemoryExceedsHost {
+        /// The size asked for, in bytes.
+        asked: u64,
+        /// The host's RAM, in bytes.
+        host: u64,
+    },
+    /// The irqchip asked for needs a capability this host's KVM lacks.
+    #[error("{irqchip} irqchip: KVM on this host lacks {cap}")]
+    IrqchipUnsupported {
+        /// The irqchip (`split`).
+        irqchip: &'static str,
+        /// The missing capability.
+        cap: &'static str,
+    },
+    /// More virtio devices than there are virtio-mmio slots (one IRQ each).
+    #[error("too many virtio devices: at most {max} fit")]
+    TooManyVirtioDevices {
+        /// The number of slots.
+        max: u32,
+    },
     /// Guest memory could not be mapped.
-    #[error("cannot map {mib} MiB of guest memory: {reason}; ask for less with --memory")]
+    #[error("cannot map {mib} MiB of guest memory: {reason}")]
     GuestMemory {
         /// The size asked for.
         mib: u64,
@@ -45,7 +88,7 @@ pub enum Error {
         source: io::Error,
     },
     /// The kernel file is not a kernel image this VMM can boot.
-    #[error("'{path}' is not a bootable kernel: {reason} (give an ELF vmlinux or a bzImage with --kernel)")]
+    #[error("'{path}' is not a bootable kernel: {reason}")]
     KernelFormat {
         /// The kernel path.
         path: PathBuf,
@@ -62,7 +105,7 @@ pub enum Error {
         source: io::Error,
     },
     /// The initrd does not fit in guest memory.
-    #[error("initrd '{path}' ({size} bytes) does not fit in guest memory; give the guest more --memory or a smaller initrd")]
+    #[error("initrd '{path}' ({size} bytes) does not fit in guest memory")]
     InitrdTooLarge {
         /// The initrd path.
         path: PathBuf,
@@ -70,7 +113,7 @@ pub enum Error {
         size: u64,
     },
     /// The kernel command line is longer than the kernel accepts.
-    #[error("the kernel command line is {len} bytes but this kernel accepts at most {max}; shorten --cmdline")]
+    #[error("the kernel command line is {len} bytes but this kernel accepts at most {max}")]
     CmdlineTooLong {
         /// Its length including what the VMM appends.
         len: usize,
@@ -89,7 +132,7 @@ pub enum Error {
         #[source]
         source: devices::Error,
     },
-    /// A NIC could not be set up (the device's message names the tap and the fix).
+    /// A NIC could not be set up (the device's message names the tap).
     #[error("{source}")]
     Net {
         /// The tap device's name.
@@ -170,7 +213,7 @@ pub enum Error {
     #[error(transparent)]
     Jail(#[from] crate::jail::JailError),
     /// A seccomp filter could not be built or installed.
-    #[error("cannot set up the seccomp filter of the {thread} thread: {reason} (--seccomp off runs the VMM unconfined)")]
+    #[error("cannot set up the seccomp filter of the {thread} thread: {reason}")]
     Seccomp {
         /// The thread kind (`vmm`, `vcpu`).
         thread: &'static str,
@@ -187,6 +230,16 @@ fn internal_error_name(suberror: u32) -> &'static str {
         4 => "unexpected exit reason",
         _ => "unknown",
     }
+}
+
+/// `what` failed in a KVM ioctl.
+pub(crate) fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
+    move |source| Error::Kvm { what, source }
+}
+
+/// `what` failed in the arch crate.
+pub(crate) fn arch_err(what: &'static str) -> impl Fn(arch::Error) -> Error {
+    move |source| Error::Arch { what, source }
 }
 
 /// Shorthand for the crate's results.

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use arch::regs::BootEntry;
-use arch::GuestMemoryMmap;
+use devices::GuestMemoryMmap;
 
 use crate::error::Result;
 

@@ -1,11 +1,13 @@
-//! Loading what the guest boots from: the kernel image, the initrd and the command line.
+//! What the guest boots from: the kernel image, the initrd, the command line (the base and what
+//! the VMM appends to it) and the boot tables that describe them.
 
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
+use arch::layout;
 use arch::regs::BootEntry;
-use arch::{layout, GuestMemoryMmap};
+use devices::GuestMemoryMmap;
 use linux_loader::bootparam::setup_header;
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bzimage::BzImage;
@@ -13,7 +15,9 @@ use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
 use vm_memory::{Address, Bytes, GuestAddress};
 
-use crate::error::{Error, Result};
+use crate::config::{DEFAULT_CMDLINE, DEFAULT_CONSOLE_CMDLINE};
+use crate::error::{arch_err, Error, Result};
+use crate::start::step_done;
 
 /// Boot protocol bit in `xloadflags`: the kernel has a 64-bit entry point at +0x200.
 const XLF_KERNEL_64: u16 = 1;
@@ -36,6 +40,16 @@ pub(crate) struct LoadedKernel {
 
 /// Loads an ELF vmlinux (PVH entry when it carries the note, else the 64-bit boot protocol) or a bzImage.
 pub(crate) fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel> {
+    let kernel = load_kernel_image(mem, path)?;
+    step_done(&format!(
+        "loaded kernel {} ({})",
+        path.display(),
+        kernel.kind
+    ));
+    Ok(kernel)
+}
+
+fn load_kernel_image(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel> {
     let open_err = |source| Error::KernelOpen {
         path: path.to_path_buf(),
         source,
@@ -137,7 +151,86 @@ pub(crate) fn load_initrd(
     let len = usize::try_from(size).map_err(|_| too_large())?;
     mem.read_exact_volatile_from(addr, &mut file, len)
         .map_err(|e| open_err(std::io::Error::other(e.to_string())))?;
+    step_done(&format!(
+        "loaded initrd {} ({size} bytes at {:#x})",
+        path.display(),
+        addr.0
+    ));
     Ok(arch::boot::Initrd { addr, size })
+}
+
+/// The command line the VMM starts from: the caller's, or the default for where the console is.
+pub(crate) fn base_cmdline(custom: Option<&str>, virtio_console: bool) -> &str {
+    match custom {
+        Some(cmdline) => cmdline,
+        None if virtio_console => DEFAULT_CONSOLE_CMDLINE,
+        None => DEFAULT_CMDLINE,
+    }
+}
+
+/// What the VMM appends to `base`, in order: the host-quirk parameters (already filtered against
+/// `base`), the root disk's (`root_disk`: whether the first disk is the root file system and, if
+/// so, whether it is read-only) unless `base` names them, then the devices' entries.
+pub(crate) fn cmdline_additions(
+    base: &str,
+    quirks: Vec<String>,
+    root_disk: Option<bool>,
+    devices: &[String],
+) -> Vec<String> {
+    let mut additions = quirks;
+    if let Some(read_only) = root_disk.filter(|_| !cmdline_has(base, "root")) {
+        additions.push("root=/dev/vda".to_string());
+        if !cmdline_has(base, "ro") && !cmdline_has(base, "rw") {
+            additions.push(if read_only { "ro" } else { "rw" }.to_string());
+        }
+    }
+    additions.extend_from_slice(devices);
+    additions
+}
+
+/// Builds the command line (`base`, then `additions`) within the kernel's `capacity`, writes it at
+/// `layout::CMDLINE_START` and returns its length with the terminating NUL.
+pub(crate) fn write_cmdline(
+    mem: &GuestMemoryMmap,
+    base: &str,
+    additions: &[String],
+    capacity: usize,
+) -> Result<usize> {
+    let cmdline = build_cmdline(base, additions, capacity)?;
+    let text = cmdline
+        .as_cstring()
+        .map_err(|e| Error::Cmdline(e.to_string()))?;
+    linux_loader::loader::load_cmdline(mem, GuestAddress(layout::CMDLINE_START), &cmdline)
+        .map_err(|e| Error::Cmdline(e.to_string()))?;
+    log::debug!("kernel command line: {}", text.to_string_lossy());
+    Ok(text.as_bytes_with_nul().len())
+}
+
+/// Writes what the kernel reads at its entry: the PVH start info or the zero page (each with the
+/// e820 map, the command line's address and the initrd), and the MP table for `vcpus` vCPUs.
+pub(crate) fn write_boot_tables(
+    mem: &GuestMemoryMmap,
+    kernel: &LoadedKernel,
+    cmdline_len: usize,
+    initrd: Option<&arch::boot::Initrd>,
+    vcpus: u8,
+) -> Result<()> {
+    let cmdline_addr = GuestAddress(layout::CMDLINE_START);
+    match kernel.entry {
+        BootEntry::Pvh { .. } => arch::boot::configure_pvh_boot(mem, cmdline_addr, initrd)
+            .map_err(arch_err("write the PVH start info"))?,
+        BootEntry::Linux64 { .. } => arch::boot::configure_linux_boot(
+            mem,
+            cmdline_addr,
+            cmdline_len,
+            initrd,
+            kernel.setup_header,
+        )
+        .map_err(arch_err("write the zero page"))?,
+    }
+    arch::mptable::setup_mptable(mem, vcpus).map_err(arch_err("write the MP table"))?;
+    step_done("wrote boot parameters and MP table");
+    Ok(())
 }
 
 /// Builds the final command line: the base (the caller's or the default), then what the VMM must add.
@@ -194,6 +287,45 @@ mod tests {
         }
         assert!(build_cmdline("bad\u{7}char", &[], 100).is_err());
         assert!(build_cmdline("", &[], 100).is_ok());
+    }
+
+    #[test]
+    fn base_is_the_callers_or_the_default_for_the_console() {
+        assert_eq!(base_cmdline(Some("quiet"), true), "quiet");
+        assert_eq!(base_cmdline(None, false), DEFAULT_CMDLINE);
+        assert_eq!(base_cmdline(None, true), DEFAULT_CONSOLE_CMDLINE);
+    }
+
+    #[test]
+    fn additions_quirks_then_root_then_devices() {
+        let devices = ["virtio_mmio.device=4K@0xd0000000:5".to_string()];
+        let quirks = vec!["noxsave".to_string()];
+        assert_eq!(
+            cmdline_additions("console=ttyS0", quirks.clone(), Some(false), &devices),
+            [
+                "noxsave",
+                "root=/dev/vda",
+                "rw",
+                "virtio_mmio.device=4K@0xd0000000:5"
+            ]
+        );
+        assert_eq!(
+            cmdline_additions("console=ttyS0", Vec::new(), Some(true), &devices),
+            ["root=/dev/vda", "ro", "virtio_mmio.device=4K@0xd0000000:5"]
+        );
+    }
+
+    #[test]
+    fn additions_respect_what_the_base_says() {
+        // No root disk (no disk, or an initrd): no root=.
+        assert!(cmdline_additions("console=ttyS0", Vec::new(), None, &[]).is_empty());
+        // The caller's root= wins, and with it their choice of ro/rw.
+        assert!(cmdline_additions("root=/dev/vdb", Vec::new(), Some(false), &[]).is_empty());
+        // Their ro/rw stays, root= is still added.
+        assert_eq!(
+            cmdline_additions("console=ttyS0 ro", Vec::new(), Some(false), &[]),
+            ["root=/dev/vda"]
+        );
     }
 
     #[test]

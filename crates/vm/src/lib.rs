@@ -17,12 +17,15 @@
 //! The boot sequence and the thread model are described in DESIGN.md at the repository's top.
 
 mod config;
+mod device_manager;
 mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod jail;
 mod kernel;
+mod kvm;
+mod memory;
 mod quirks;
 pub mod seccomp;
 mod start;
@@ -34,6 +37,7 @@ pub use config::{
     RateLimitConfig, SerialOutput, VmConfig, DEFAULT_CMDLINE, DEFAULT_CONSOLE_CMDLINE,
     DEFAULT_MEMORY_BYTES,
 };
+pub use devices::Error as DeviceError;
 pub use error::{Error, Result};
 pub use seccomp::SeccompMode;
 pub use start::{mark_process_start, process_start};

@@ -35,6 +35,35 @@ pub(crate) fn no_cpuid_virt_params(tsc_khz: Option<u32>, vcpus: u8) -> Vec<Strin
     params
 }
 
+/// The parameters this host's quirks need on a command line starting with `base`, those `base` sets
+/// already left out; logged when there are any. `tsc_khz` is asked only on such a host.
+pub(crate) fn cmdline_params(
+    base: &str,
+    supported: &CpuId,
+    tsc_khz: impl FnOnce() -> Option<u32>,
+    vcpus: u8,
+) -> Vec<String> {
+    let Some(why) = cpuid_not_virtualized(supported) else {
+        return Vec::new();
+    };
+    let missing = not_in(base, no_cpuid_virt_params(tsc_khz(), vcpus));
+    if !missing.is_empty() {
+        log::info!(
+            "this host does not virtualize CPUID ({why}); adding '{}' to the kernel command line",
+            missing.join(" ")
+        );
+    }
+    missing
+}
+
+/// `params` whose key `base` does not set.
+fn not_in(base: &str, params: Vec<String>) -> Vec<String> {
+    params
+        .into_iter()
+        .filter(|p| !crate::kernel::cmdline_has(base, p.split('=').next().unwrap_or(p)))
+        .collect()
+}
+
 const XSAVE_BIT: u32 = 1 << 26;
 
 /// Why this host needs the parameters, or None when it virtualizes CPUID as real KVM does.
@@ -57,6 +86,18 @@ pub(crate) fn cpuid_not_virtualized(supported: &CpuId) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn params_the_base_sets_are_left_out() {
+        let params = no_cpuid_virt_params(Some(1000), 2);
+        let left = not_in("console=ttyS0 noxsave tsc_early_khz=5 nopv=1", params);
+        assert!(!left
+            .iter()
+            .any(|p| p == "noxsave" || p.starts_with("tsc_early_khz")));
+        assert!(!left.iter().any(|p| p == "nopv"));
+        assert!(left.iter().any(|p| p == "no_int3_selftest"));
+        assert!(left.iter().any(|p| p.starts_with("clearcpuid=")));
+    }
 
     #[test]
     fn params_with_and_without_tsc() {

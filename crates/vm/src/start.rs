@@ -26,3 +26,12 @@ pub fn process_start() -> Instant {
 pub(crate) fn micros_since_start() -> u128 {
     process_start().elapsed().as_micros()
 }
+
+/// Logs a step of the `-v` start-up trace with its time since the process started, the same
+/// reference as the first KVM_RUN and the boot timer.
+pub(crate) fn step_done(step: &str) {
+    log::info!(
+        "{:>8.3} ms  {step}",
+        process_start().elapsed().as_secs_f64() * 1e3
+    );
+}

@@ -9,16 +9,18 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
+use arch::regs::BootEntry;
 use devices::bus::Bus;
+use devices::GuestMemoryMmap;
 use kvm_bindings::{
-    kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_run, CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use seccompiler::BpfProgram;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
-use crate::error::{Error, Result};
+use crate::error::{arch_err, kvm_err, Error, Result};
 use crate::seccomp::{StartGate, ThreadKind};
 use crate::ExitReason;
 
@@ -119,6 +121,30 @@ impl devices::legacy::Trigger for ResetTrigger {
         self.0.finish(Ok(ExitReason::Reset));
         Ok(())
     }
+}
+
+/// Creates `count` vCPUs, each with KVM's supported CPUID fixed up for its index and the
+/// registers (MSRs, FPU, segments, page tables, LAPIC) of the kernel's `entry`.
+pub(crate) fn create_vcpus(
+    vm_fd: &VmFd,
+    mem: &GuestMemoryMmap,
+    supported_cpuid: &CpuId,
+    entry: &BootEntry,
+    count: u8,
+) -> Result<Vec<VcpuFd>> {
+    let mut vcpus = Vec::with_capacity(usize::from(count));
+    for index in 0..count {
+        let vcpu = vm_fd
+            .create_vcpu(u64::from(index))
+            .map_err(kvm_err("create a vCPU"))?;
+        let mut cpuid = supported_cpuid.clone();
+        arch::cpuid::filter_cpuid(&mut cpuid, index, count).map_err(arch_err("set up CPUID"))?;
+        vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+        arch::regs::setup_vcpu(mem, &vcpu, entry).map_err(arch_err("set up vCPU registers"))?;
+        vcpus.push(vcpu);
+    }
+    crate::start::step_done(&format!("configured {count} vCPU(s)"));
+    Ok(vcpus)
 }
 
 /// Everything one vCPU thread owns.

@@ -2,11 +2,13 @@
 //! time since the VMM process started.
 //!
 //! # Guest interface
-//! * **I/O port [`BOOT_TIMER_PORT`] (0x440)**, one byte: `outb(0x7b, 0x440)`. Used by the tiny test
-//!   guests (and any guest kernel code).
-//! * **MMIO page [`BOOT_TIMER_MMIO_ADDR`] (0xc000_0000, first page of the 32-bit MMIO gap)**, a byte
-//!   at offset 0. Used by Linux user space, which cannot reach an I/O port without `/dev/port`
-//!   (CONFIG_DEVPORT needs ISA or PCI): `devmem 0xc0000000 8 123` (busybox, through /dev/mem).
+//! The VMM places the same device on both buses (where: `arch::layout`, port 0x440 and the MMIO
+//! page 0xc000_0000 today):
+//! * **an I/O port**, one byte: `outb(0x7b, 0x440)`. Used by the tiny test guests (and any guest
+//!   kernel code).
+//! * **an MMIO page**, a byte at offset 0. Used by Linux user space, which cannot reach an I/O port
+//!   without `/dev/port` (CONFIG_DEVPORT needs ISA or PCI): `devmem 0xc0000000 8 123` (busybox,
+//!   through /dev/mem).
 //!
 //! Writing [`BOOT_TIMER_MAGIC`] (123 = 0x7b) the first time logs
 //! `boot-timer: <µs> µs since process start`; later writes, other values and other sizes are
@@ -19,12 +21,8 @@ use log::debug;
 
 use crate::bus::BusDevice;
 
-/// The boot timer's I/O port.
-pub const BOOT_TIMER_PORT: u64 = 0x440;
 /// Length of the boot timer's port range.
 pub const BOOT_TIMER_PORT_LEN: u64 = 1;
-/// The boot timer's MMIO page (for guests whose user space has only /dev/mem).
-pub const BOOT_TIMER_MMIO_ADDR: u64 = 0xc000_0000;
 /// Length of the boot timer's MMIO range.
 pub const BOOT_TIMER_MMIO_LEN: u64 = 0x1000;
 /// The byte a guest writes to mark the end of its boot.
@@ -33,8 +31,8 @@ pub const BOOT_TIMER_MAGIC: u8 = 123;
 /// Where the report line goes.
 type Sink = Box<dyn FnMut(&str) + Send>;
 
-/// The boot-timer device. Insert the same device at [`BOOT_TIMER_PORT`] on the port I/O bus and
-/// at [`BOOT_TIMER_MMIO_ADDR`] on the MMIO bus; both act alike.
+/// The boot-timer device. Insert the same device on the port I/O bus (length
+/// [`BOOT_TIMER_PORT_LEN`]) and on the MMIO bus (length [`BOOT_TIMER_MMIO_LEN`]); both act alike.
 pub struct BootTimer {
     start: Instant,
     reported: bool,

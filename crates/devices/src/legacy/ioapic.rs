@@ -25,8 +25,6 @@ use crate::bus::BusDevice;
 
 /// Number of redirection entries (pins).
 pub const IOAPIC_NUM_PINS: usize = 24;
-/// The I/O APIC's MMIO base.
-pub const IOAPIC_MMIO_ADDR: u64 = 0xfec0_0000;
 /// Length of the MMIO range the VMM reserves for it.
 pub const IOAPIC_MMIO_LEN: u64 = 0x1000;
 
@@ -65,7 +63,8 @@ pub trait IrqRouter: Send {
         -> std::io::Result<()>;
 }
 
-/// The I/O APIC. Insert at [`IOAPIC_MMIO_ADDR`] with length [`IOAPIC_MMIO_LEN`] on the MMIO bus.
+/// The I/O APIC. Insert on the MMIO bus with length [`IOAPIC_MMIO_LEN`] (where: the VMM's choice,
+/// 0xfec0_0000 on a PC).
 pub struct Ioapic {
     id: u32,
     select: u32,

@@ -7,18 +7,10 @@ mod ioapic;
 mod pit;
 mod serial;
 
-pub use boot_timer::{
-    BootTimer, BOOT_TIMER_MAGIC, BOOT_TIMER_MMIO_ADDR, BOOT_TIMER_MMIO_LEN, BOOT_TIMER_PORT,
-    BOOT_TIMER_PORT_LEN,
-};
+pub use boot_timer::{BootTimer, BOOT_TIMER_MAGIC, BOOT_TIMER_MMIO_LEN, BOOT_TIMER_PORT_LEN};
 pub use i8042::I8042;
-pub use ioapic::{
-    Ioapic, IrqRouter, MsiMessage, IOAPIC_MMIO_ADDR, IOAPIC_MMIO_LEN, IOAPIC_NUM_PINS,
-};
-pub use pit::{
-    Pit, PitPorts, PitTimer, SpeakerPort, MIN_IRQ_PERIOD, PIT_FREQ_HZ, PIT_PORT, PIT_PORT_LEN,
-    SPEAKER_PORT,
-};
+pub use ioapic::{Ioapic, IrqRouter, MsiMessage, IOAPIC_MMIO_LEN, IOAPIC_NUM_PINS};
+pub use pit::{Pit, PitPorts, PitTimer, SpeakerPort, MIN_IRQ_PERIOD, PIT_FREQ_HZ, PIT_PORT_LEN};
 pub use serial::{ChardevWriter, Serial, SerialInput};
 /// What fires a device's interrupt or reset line.
 pub use vm_superio::Trigger;

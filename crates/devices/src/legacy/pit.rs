@@ -34,12 +34,8 @@ use crate::Error;
 
 /// The counters' input clock.
 pub const PIT_FREQ_HZ: u64 = 1_193_182;
-/// First port of the PIT (counter 0); the control word is at +3.
-pub const PIT_PORT: u64 = 0x40;
-/// Number of PIT ports.
+/// Number of PIT ports: counters 0–2, then the control word at +3.
 pub const PIT_PORT_LEN: u64 = 4;
-/// The NMI status and control port (speaker gate, channel 2's output).
-pub const SPEAKER_PORT: u64 = 0x61;
 /// Shortest period of channel 0's periodic interrupts.
 pub const MIN_IRQ_PERIOD: Duration = Duration::from_micros(200);
 
@@ -491,7 +487,7 @@ fn lock(pit: &Mutex<Pit>) -> std::sync::MutexGuard<'_, Pit> {
     pit.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Ports 0x40–0x43 (insert at [`PIT_PORT`] with length [`PIT_PORT_LEN`]).
+/// Ports 0x40–0x43 (insert at the PIT's first port with length [`PIT_PORT_LEN`]).
 pub struct PitPorts(Arc<Mutex<Pit>>);
 
 impl BusDevice for PitPorts {
@@ -519,7 +515,7 @@ impl BusDevice for PitPorts {
     }
 }
 
-/// Port 0x61 (insert at [`SPEAKER_PORT`] with length 1).
+/// Port 0x61, the NMI status and control port (insert with length 1).
 pub struct SpeakerPort(Arc<Mutex<Pit>>);
 
 impl BusDevice for SpeakerPort {

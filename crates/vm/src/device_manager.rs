@@ -1,0 +1,482 @@
+//! The device manager: creates the devices, places them at the ports, MMIO ranges and IRQs of
+//! `arch::layout`, wires them into KVM (irqfds, ioeventfds), puts them on the buses and the event
+//! loop, and collects what the kernel command line must say about them.
+//!
+//! Device models do not know where they sit; everything here that is an address, a port or an IRQ
+//! comes from `arch::layout`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arch::layout;
+use devices::bus::Bus;
+use devices::chardev::Chardev;
+use devices::legacy::{
+    BootTimer, ChardevWriter, Ioapic, Pit, PitTimer, Serial, SerialInput, BOOT_TIMER_MMIO_LEN,
+    BOOT_TIMER_PORT_LEN, I8042, IOAPIC_MMIO_LEN, PIT_PORT_LEN,
+};
+use devices::rate_limiter::{RateLimitConfig, RateLimiter};
+use devices::virtio::block::{Block, BlockConfig};
+use devices::virtio::console::Console;
+use devices::virtio::net::{Net, Tap};
+use devices::virtio::{MmioTransport, VirtioDevice, NOTIFY_REG_OFFSET};
+use devices::GuestMemoryMmap;
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::{CharBackend, DiskConfig, NetConfig};
+use crate::error::{kvm_err, Error, Result};
+use crate::kvm::KvmRoutes;
+use crate::start::step_done;
+use crate::vcpu::{ExitState, ResetTrigger};
+
+/// What the event loop serves.
+pub(crate) type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// A virtio-mmio slot: the device's register page and its IRQ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MmioSlot {
+    /// The first byte of the slot's page.
+    pub base: u64,
+    /// Its IRQ (= GSI = I/O APIC pin).
+    pub irq: u32,
+}
+
+impl MmioSlot {
+    /// How the guest learns of the slot: a `virtio_mmio.device=SIZE@BASE:IRQ` kernel parameter.
+    pub fn cmdline_entry(&self) -> String {
+        format!(
+            "virtio_mmio.device={}K@{:#x}:{}",
+            layout::VIRTIO_MMIO_SIZE >> 10,
+            self.base,
+            self.irq
+        )
+    }
+}
+
+/// Hands out the virtio-mmio slots of `arch::layout` in order: slot n at
+/// `VIRTIO_MMIO_BASE + n · VIRTIO_MMIO_SIZE` on IRQ `VIRTIO_MMIO_FIRST_IRQ + n`, while there are
+/// I/O APIC pins for them.
+#[derive(Debug, Default)]
+pub(crate) struct MmioSlots {
+    used: u32,
+}
+
+impl MmioSlots {
+    /// The next free slot.
+    pub fn allocate(&mut self) -> Result<MmioSlot> {
+        if self.used >= layout::VIRTIO_MMIO_SLOTS {
+            return Err(Error::TooManyVirtioDevices {
+                max: layout::VIRTIO_MMIO_SLOTS,
+            });
+        }
+        let slot = MmioSlot {
+            base: layout::VIRTIO_MMIO_BASE + u64::from(self.used) * layout::VIRTIO_MMIO_SIZE,
+            irq: layout::VIRTIO_MMIO_FIRST_IRQ + self.used,
+        };
+        self.used += 1;
+        Ok(slot)
+    }
+}
+
+/// What the device manager leaves to the running VM.
+pub(crate) struct Devices {
+    /// The port I/O bus.
+    pub pio: Bus,
+    /// The MMIO bus.
+    pub mmio: Bus,
+    /// The event loop, with every device's subscriber on it.
+    pub event_manager: EventManager<Subscriber>,
+    /// Pseudo-terminals created for console backends: (device, secondary path).
+    pub ptys: Vec<(&'static str, PathBuf)>,
+}
+
+/// Creates, places and wires the VM's devices (see the module's description).
+pub(crate) struct DeviceManager {
+    vm_fd: Arc<VmFd>,
+    mem: GuestMemoryMmap,
+    devices: Devices,
+    slots: MmioSlots,
+    cmdline: Vec<String>,
+    disks: usize,
+    nics: usize,
+}
+
+impl DeviceManager {
+    /// Empty buses and an event loop for the VM `vm_fd` with guest memory `mem`.
+    pub fn new(vm_fd: Arc<VmFd>, mem: GuestMemoryMmap) -> Result<Self> {
+        Ok(DeviceManager {
+            vm_fd,
+            mem,
+            devices: Devices {
+                pio: Bus::new(),
+                mmio: Bus::new(),
+                event_manager: EventManager::new().map_err(Error::EventLoop)?,
+                ptys: Vec::new(),
+            },
+            slots: MmioSlots::default(),
+            cmdline: Vec::new(),
+            disks: 0,
+            nics: 0,
+        })
+    }
+
+    /// Puts `subscriber` on the event loop.
+    pub fn add_subscriber(&mut self, subscriber: Subscriber) {
+        self.devices.event_manager.add_subscriber(subscriber);
+    }
+
+    /// The COM1 8250 UART on `backend`: its ports, its IRQ (irqfd) and, on the event loop, the
+    /// backend's side (input into the FIFO, socket clients, the output backlog).
+    pub fn add_serial_console(&mut self, backend: CharBackend) -> Result<()> {
+        let chardev = open_chardev("serial", backend)?;
+        if let Some(path) = chardev.pty_path() {
+            self.devices.ptys.push(("serial", path.to_path_buf()));
+        }
+        let irq = self.irqfd(layout::SERIAL_IRQ, "register the serial irqfd")?;
+        let chardev = Arc::new(Mutex::new(chardev));
+        let out = Box::new(ChardevWriter(chardev.clone()));
+        let serial = Arc::new(Mutex::new(
+            Serial::new(irq, out).map_err(dev_err("serial"))?,
+        ));
+        self.devices
+            .pio
+            .insert(
+                serial.clone(),
+                u64::from(layout::SERIAL_PORT_BASE),
+                u64::from(layout::SERIAL_PORT_LEN),
+            )
+            .map_err(dev_err("serial"))?;
+        let input = SerialInput::new(serial, chardev).map_err(dev_err("serial input"))?;
+        self.add_subscriber(Arc::new(Mutex::new(input)));
+        Ok(())
+    }
+
+    /// The i8042's data and command ports (only those: port 0x61 between them is the PIT's); its
+    /// reset line stops the VM through `exit`.
+    pub fn add_i8042(&mut self, exit: &Arc<ExitState>) -> Result<()> {
+        let i8042 = Arc::new(Mutex::new(I8042::with_trigger(ResetTrigger(exit.clone()))));
+        let data = u64::from(layout::I8042_DATA_PORT);
+        for port in [layout::I8042_DATA_PORT, layout::I8042_COMMAND_PORT] {
+            let port = u64::from(port);
+            self.devices
+                .pio
+                .insert_at(i8042.clone(), port, 1, port - data)
+                .map_err(dev_err("i8042"))?;
+        }
+        Ok(())
+    }
+
+    /// The user-space half of a split irqchip: the I/O APIC (its routes go to KVM's GSI routing
+    /// table) and the 8254 PIT (its ports and port 0x61, channel 0 on its IRQ through an irqfd, its
+    /// timer on the event loop).
+    pub fn add_split_irqchip(&mut self) -> Result<()> {
+        let ioapic = Ioapic::new(Box::new(KvmRoutes(self.vm_fd.clone())));
+        self.devices
+            .mmio
+            .insert(
+                Arc::new(Mutex::new(ioapic)),
+                layout::IOAPIC_ADDR,
+                IOAPIC_MMIO_LEN,
+            )
+            .map_err(dev_err("I/O APIC"))?;
+        let irq = self.irqfd(layout::PIT_IRQ, "register the PIT irqfd")?;
+        let pit = Pit::new(irq).map_err(dev_err("PIT"))?;
+        let (ports, speaker) = Pit::port_devices(&pit);
+        let pio = &mut self.devices.pio;
+        pio.insert(
+            Arc::new(Mutex::new(ports)),
+            u64::from(layout::PIT_PORT_BASE),
+            PIT_PORT_LEN,
+        )
+        .map_err(dev_err("PIT"))?;
+        pio.insert(
+            Arc::new(Mutex::new(speaker)),
+            u64::from(layout::SPEAKER_PORT),
+            1,
+        )
+        .map_err(dev_err("PIT"))?;
+        self.add_subscriber(Arc::new(Mutex::new(PitTimer(pit))));
+        Ok(())
+    }
+
+    /// The boot timer, the same device on its port and its MMIO page.
+    pub fn add_boot_timer(&mut self) -> Result<()> {
+        let timer = Arc::new(Mutex::new(BootTimer::new(crate::process_start())));
+        self.devices
+            .pio
+            .insert(
+                timer.clone(),
+                u64::from(layout::BOOT_TIMER_PORT),
+                BOOT_TIMER_PORT_LEN,
+            )
+            .map_err(dev_err("boot timer"))?;
+        self.devices
+            .mmio
+            .insert(timer, layout::BOOT_TIMER_MMIO_ADDR, BOOT_TIMER_MMIO_LEN)
+            .map_err(dev_err("boot timer"))?;
+        Ok(())
+    }
+
+    /// A virtio-blk disk in the next virtio-mmio slot (/dev/vda, /dev/vdb, … in order).
+    pub fn add_block_device(&mut self, disk: &DiskConfig) -> Result<()> {
+        let disk_err = |source| Error::Disk {
+            path: disk.path.clone(),
+            source,
+        };
+        let block = Block::new(BlockConfig {
+            path: disk.path.clone(),
+            read_only: disk.read_only,
+            id: disk.id.clone(),
+        })
+        .map_err(disk_err)?
+        .with_rate_limiter(rate_limiter(&disk.rate_limit).map_err(disk_err)?);
+        let slot = self.add_virtio("virtio-blk", block)?;
+        step_done(&format!(
+            "disk {} as /dev/vd{} ({}) at {:#x}, IRQ {}",
+            disk.path.display(),
+            (b'a' + (self.disks % 26) as u8) as char,
+            if disk.read_only {
+                "read-only"
+            } else {
+                "read-write"
+            },
+            slot.base,
+            slot.irq
+        ));
+        self.disks += 1;
+        Ok(())
+    }
+
+    /// A virtio-net NIC on its tap in the next virtio-mmio slot (eth0, eth1, … in order).
+    pub fn add_net_device(&mut self, nic: &NetConfig) -> Result<()> {
+        let net_err = |source| Error::Net {
+            tap: nic.tap.clone(),
+            source,
+        };
+        let mac = nic.guest_mac();
+        let tap = Tap::open(&nic.tap, nic.create).map_err(net_err)?;
+        let net = Net::new(tap, mac).map_err(net_err)?.with_rate_limiters(
+            rate_limiter(&nic.rate_limit).map_err(net_err)?,
+            rate_limiter(&nic.rate_limit).map_err(net_err)?,
+        );
+        let slot = self.add_virtio("virtio-net", net)?;
+        step_done(&format!(
+            "NIC eth{} on tap {} (MAC {}) at {:#x}, IRQ {}",
+            self.nics,
+            nic.tap,
+            devices::virtio::net::format_mac(&mac),
+            slot.base,
+            slot.irq
+        ));
+        self.nics += 1;
+        Ok(())
+    }
+
+    /// The virtio console (hvc0) on `backend` in the next virtio-mmio slot.
+    pub fn add_virtio_console(&mut self, backend: CharBackend) -> Result<()> {
+        let chardev = open_chardev("console", backend)?;
+        let pty = chardev.pty_path().map(Path::to_path_buf);
+        let console = Console::new(chardev).map_err(dev_err("console"))?;
+        let (columns, rows) = console.size();
+        let slot = self.add_virtio("virtio-console", console)?;
+        let size = if columns > 0 {
+            format!(", {columns}x{rows}")
+        } else {
+            String::new()
+        };
+        step_done(&format!(
+            "virtio console (hvc0) at {:#x}, IRQ {}{size}",
+            slot.base, slot.irq
+        ));
+        if let Some(path) = pty {
+            self.devices.ptys.push(("console", path));
+        }
+        Ok(())
+    }
+
+    /// The kernel command-line entries of the devices added so far, in slot order.
+    pub fn cmdline_entries(&self) -> &[String] {
+        &self.cmdline
+    }
+
+    /// The buses, the event loop and the ptys, for the VM to run.
+    pub fn into_devices(self) -> Devices {
+        self.devices
+    }
+
+    /// Puts `device` in the next virtio-mmio slot: its transport on the MMIO bus, its interrupt on
+    /// the slot's IRQ (irqfd), one ioeventfd per queue on the notify register, the device on the
+    /// event loop, and its `virtio_mmio.device=` entry on the command line.
+    fn add_virtio<D>(&mut self, what: &'static str, device: D) -> Result<MmioSlot>
+    where
+        D: VirtioDevice + MutEventSubscriber + Send + 'static,
+    {
+        let slot = self.slots.allocate()?;
+        let device = Arc::new(Mutex::new(device));
+        let transport =
+            MmioTransport::new(self.mem.clone(), device.clone()).map_err(dev_err(what))?;
+        self.vm_fd
+            .register_irqfd(transport.irq_event(), slot.irq)
+            .map_err(kvm_err("register a virtio irqfd"))?;
+        let notify = IoEventAddress::Mmio(slot.base + NOTIFY_REG_OFFSET);
+        for (queue, evt) in transport.queue_events().iter().enumerate() {
+            self.vm_fd
+                .register_ioevent(evt, &notify, queue as u32)
+                .map_err(kvm_err("register a virtio ioeventfd"))?;
+        }
+        self.devices
+            .mmio
+            .insert(
+                Arc::new(Mutex::new(transport)),
+                slot.base,
+                layout::VIRTIO_MMIO_SIZE,
+            )
+            .map_err(dev_err(what))?;
+        self.add_subscriber(device);
+        self.cmdline.push(slot.cmdline_entry());
+        Ok(slot)
+    }
+
+    /// A new eventfd registered as the irqfd of `irq`.
+    fn irqfd(&self, irq: u32, what: &'static str) -> Result<EventFd> {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+        self.vm_fd
+            .register_irqfd(&evt, irq)
+            .map_err(kvm_err(what))?;
+        Ok(evt)
+    }
+}
+
+fn dev_err(what: &'static str) -> impl Fn(devices::Error) -> Error {
+    move |source| Error::Device { what, source }
+}
+
+/// Opens the backend of the device `name` (`"serial"` or `"console"`).
+fn open_chardev(name: &'static str, backend: CharBackend) -> Result<Chardev> {
+    match backend {
+        CharBackend::Off => Chardev::null(name),
+        CharBackend::Stdio => Chardev::stdio(name, true),
+        CharBackend::Stdout => Chardev::stdio(name, false),
+        CharBackend::File(path) => Chardev::file(name, &path),
+        CharBackend::Pty => Chardev::pty(name),
+        CharBackend::Socket(path) => Chardev::socket(name, &path),
+        CharBackend::Writer(w) => Chardev::writer(name, w),
+    }
+    .map_err(|source| Error::Device { what: name, source })
+}
+
+/// A limiter for `config`, or none when it sets no limit.
+fn rate_limiter(
+    config: &RateLimitConfig,
+) -> std::result::Result<Option<RateLimiter>, devices::Error> {
+    if config.is_unlimited() {
+        return Ok(None);
+    }
+    RateLimiter::new(config).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_follow_the_layout_in_order() {
+        let mut slots = MmioSlots::default();
+        let first = slots.allocate().unwrap();
+        assert_eq!(
+            first,
+            MmioSlot {
+                base: 0xd000_0000,
+                irq: 5
+            }
+        );
+        let second = slots.allocate().unwrap();
+        assert_eq!(
+            second,
+            MmioSlot {
+                base: 0xd000_1000,
+                irq: 6
+            }
+        );
+        assert_eq!(first.cmdline_entry(), "virtio_mmio.device=4K@0xd0000000:5");
+        assert_eq!(second.cmdline_entry(), "virtio_mmio.device=4K@0xd0001000:6");
+    }
+
+    #[test]
+    fn slots_end_with_the_io_apic_pins() {
+        let mut slots = MmioSlots::default();
+        let all: Vec<MmioSlot> = (0..19).map(|_| slots.allocate().unwrap()).collect();
+        assert_eq!(all.last().map(|s| s.irq), Some(layout::IOAPIC_LAST_IRQ));
+        let err = slots.allocate().unwrap_err();
+        assert!(matches!(err, Error::TooManyVirtioDevices { max: 19 }));
+        assert_eq!(err.to_string(), "too many virtio devices: at most 19 fit");
+        // Exhausted stays exhausted.
+        assert!(slots.allocate().is_err());
+    }
+
+    #[test]
+    fn slots_do_not_overlap_the_serial_or_pit_irqs() {
+        let mut slots = MmioSlots::default();
+        while let Ok(slot) = slots.allocate() {
+            assert_ne!(slot.irq, layout::SERIAL_IRQ);
+            assert_ne!(slot.irq, layout::PIT_IRQ);
+        }
+    }
+
+    /// A device manager on a fresh VM with a split irqchip, or None where there is no usable KVM.
+    fn manager() -> Option<DeviceManager> {
+        let kvm = kvm_ioctls::Kvm::new().ok()?;
+        let vm_fd = kvm.create_vm().ok()?;
+        crate::kvm::create_irqchip(&vm_fd, crate::IrqChip::Split).ok()?;
+        let mem = GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).ok()?;
+        DeviceManager::new(Arc::new(vm_fd), mem).ok()
+    }
+
+    #[test]
+    fn virtio_devices_take_the_slots_in_order_and_say_so_on_the_cmdline() {
+        let Some(mut manager) = manager() else { return };
+        let dir = std::env::temp_dir().join(format!("vmm-dm-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["a.img", "b.img"] {
+            let path = dir.join(name);
+            std::fs::write(&path, vec![0u8; 4096]).unwrap();
+            let disk: DiskConfig = path.to_str().unwrap().parse().unwrap();
+            manager.add_block_device(&disk).unwrap();
+        }
+        assert_eq!(
+            manager.cmdline_entries(),
+            [
+                "virtio_mmio.device=4K@0xd0000000:5",
+                "virtio_mmio.device=4K@0xd0001000:6"
+            ]
+        );
+        let devices = manager.into_devices();
+        for base in [0xd000_0000, 0xd000_1000] {
+            let mut magic = [0u8; 4];
+            assert!(devices.mmio.read(base, &mut magic));
+            assert_eq!(&magic, b"virt", "slot {base:#x}");
+        }
+        assert!(!devices.mmio.read(0xd000_2000, &mut [0; 4]));
+        drop(devices);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn devices_sit_where_the_layout_says() {
+        // Needs /dev/kvm for the irqfds; skipped where there is none.
+        let Some(mut manager) = manager() else { return };
+        manager.add_serial_console(CharBackend::Off).unwrap();
+        manager.add_split_irqchip().unwrap();
+        manager.add_boot_timer().unwrap();
+        let devices = manager.into_devices();
+        for port in [0x3f8, 0x3ff, 0x40, 0x43, 0x61, 0x440] {
+            assert!(devices.pio.read(port, &mut [0]), "port {port:#x}");
+        }
+        for addr in [0xfec0_0000, 0xc000_0000] {
+            assert!(devices.mmio.read(addr, &mut [0; 4]), "MMIO {addr:#x}");
+        }
+        assert!(!devices.pio.read(0x3f7, &mut [0]));
+    }
+}
