@@ -21,7 +21,6 @@ mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod jail;
 mod kernel;
 mod quirks;
 pub mod seccomp;
