@@ -250,9 +250,9 @@ fn is_regular_file(fd: libc::c_int) -> bool {
     (unsafe { libc::fstat(fd, &mut st) } == 0) && (st.st_mode & libc::S_IFMT) == libc::S_IFREG
 }
 
-/// [`crate::thread_count`], after giving a thread that was just joined (`Vm::new`'s prep thread) up to
-/// 100 ms to leave: the join returns when the thread has released its memory, and it stays listed
-/// in /proc/self/task until the rest of its exit completes, microseconds later.
+/// [`crate::thread_count`], after giving a thread that was just joined (`Vm::new`'s prep thread)
+/// up to 100 ms to leave: the join returns when the thread has released its memory, and it stays
+/// listed in /proc/self/task until the rest of its exit completes, microseconds later.
 fn settled_thread_count() -> usize {
     for _ in 0..1000 {
         let threads = crate::thread_count();
