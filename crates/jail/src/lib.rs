@@ -59,8 +59,8 @@ use supervisor::{saved_termios, supervised_signals};
 /// every task of a uid on the host, add up the threads of all jailed VMs (the tenth VM could not
 /// start its vCPUs), and would give two compromised VMMs the same identity.
 pub const ID_BASE: u32 = 2_000_000_000;
-/// The default cgroup memory limit is the guest's RAM plus this: the VMM's own memory (~3 MiB),
-/// page tables, KVM's per-VM and per-vCPU kernel memory and the page cache of disk I/O, which
+/// The default cgroup memory limit is the guest's RAM plus this: the VMM's own memory, page
+/// tables, KVM's per-VM and per-vCPU kernel memory and the page cache of disk I/O, which
 /// cgroups charge to the VM too. Generous on purpose: hitting it kills the VM.
 pub const MEMORY_OVERHEAD: u64 = 128 << 20;
 /// Tasks (processes and threads) allowed beyond one per vCPU: the event-loop thread and room for
