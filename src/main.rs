@@ -213,18 +213,21 @@ fn main() -> ExitCode {
     // the VM with the host's files in view, then closes the jail before the guest runs.
     let mut jailed = None;
     if let Some(dir) = cli.jail {
-        let jail = vm::jail::JailConfig {
+        let jail = jail::JailConfig {
             dir,
             uid: cli.uid,
             gid: cli.gid,
             memory_limit: cli.memory_limit,
             cpu_quota: cli.cpu_quota,
         };
-        match vm::jail::Jail::new(&jail, &config).and_then(vm::jail::Jail::fork) {
-            Ok(vm::jail::Forked::Supervisor(supervisor)) => {
-                return ExitCode::from(supervisor.wait())
+        match jail::Jail::new(&jail, &jail_spec(&config)).and_then(jail::Jail::fork) {
+            Ok(jail::Forked::Supervisor(supervisor)) => {
+                // The VM's SIGSYS handler reports a forbidden call of the supervisor too.
+                let report =
+                    || vm::seccomp::report_forbidden_calls("supervisor").map_err(|e| e.to_string());
+                return ExitCode::from(supervisor.wait(report));
             }
-            Ok(vm::jail::Forked::Jailed(child)) => jailed = Some(child),
+            Ok(jail::Forked::Jailed(child)) => jailed = Some(child),
             Err(e) => {
                 eprintln!("error: {}", error_chain(&e));
                 return ExitCode::FAILURE;
@@ -232,7 +235,7 @@ fn main() -> ExitCode {
         }
     }
 
-    let result = Vm::new(config).and_then(|vm| {
+    let result = Vm::new(config).map_err(AnyError::from).and_then(|vm| {
         for (device, path) in vm.ptys() {
             eprintln!("{device}: pty {}", path.display());
         }
@@ -244,7 +247,7 @@ fn main() -> ExitCode {
         let _raw = (stdin_owned && std::io::stdin().is_terminal())
             .then(terminal::RawMode::enter)
             .flatten();
-        vm.run()
+        vm.run().map_err(AnyError::from)
     });
     match result {
         Ok(reason) => {
@@ -252,7 +255,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {}{}", error_chain(&e), flag_hint(&e));
+            let hint = e
+                .downcast_ref::<vm::Error>()
+                .map(flag_hint)
+                .unwrap_or_default();
+            eprintln!("error: {}{hint}", error_chain(&*e));
             ExitCode::FAILURE
         }
     }
@@ -287,6 +294,34 @@ fn flag_hint(e: &vm::Error) -> String {
         Error::Seccomp { .. } => " (--seccomp off runs the VMM unconfined)".into(),
         _ => String::new(),
     }
+}
+
+/// The VM's errors and the jail's, printed alike.
+type AnyError = Box<dyn std::error::Error>;
+
+/// What the jail needs to know of the VM, from its configuration.
+fn jail_spec(config: &VmConfig) -> jail::VmSpec {
+    let mut spec = jail::VmSpec {
+        memory_bytes: config.memory_bytes,
+        vcpus: config.vcpus,
+        // A disk that cannot be read fails later with its own message, from Vm::new.
+        disk_sizes: config
+            .disks
+            .iter()
+            .map(|disk| std::fs::metadata(&disk.path).map_or(0, |m| m.len()))
+            .collect(),
+        host_network: !config.nets.is_empty(),
+        seccomp: config.seccomp != SeccompMode::Off,
+        ..jail::VmSpec::default()
+    };
+    for backend in [&config.serial, &config.console] {
+        match backend {
+            CharBackend::File(_) => spec.output_to_file = true,
+            CharBackend::Socket(path) => spec.sockets.push(path.clone()),
+            _ => {}
+        }
+    }
+    spec
 }
 
 /// The error and its sources on one line, without repeating a source its parent already printed.

@@ -209,9 +209,6 @@ pub enum Error {
     /// A vCPU thread panicked (a bug in the VMM).
     #[error("vCPU {0} thread panicked")]
     VcpuPanicked(u8),
-    /// The jail (`--jail`) could not be set up or closed.
-    #[error(transparent)]
-    Jail(#[from] crate::jail::JailError),
     /// A seccomp filter could not be built or installed.
     #[error("cannot set up the seccomp filter of the {thread} thread: {reason}")]
     Seccomp {

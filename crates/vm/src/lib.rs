@@ -22,7 +22,6 @@ mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod jail;
 mod kernel;
 mod kvm;
 mod memory;

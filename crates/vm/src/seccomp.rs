@@ -69,8 +69,6 @@ pub enum ThreadKind {
     Vmm,
     /// A vCPU thread.
     Vcpu,
-    /// The `--jail` supervisor: the parent that waits for the jailed VMM and cleans up after it.
-    Supervisor,
     /// The short-lived thread that turns off the PIT's tick reinjection while the guest starts
     /// (one ioctl, then it exits).
     Helper,
@@ -82,7 +80,6 @@ impl ThreadKind {
         match self {
             ThreadKind::Vmm => "vmm",
             ThreadKind::Vcpu => "vcpu",
-            ThreadKind::Supervisor => "supervisor",
             ThreadKind::Helper => "helper",
         }
     }
@@ -205,17 +202,6 @@ const VMM_ONLY: &[i64] = &[
     libc::SYS_unlink,
 ];
 
-/// The supervisor's own calls, on top of [`COMMON`]: reap the child, wait for signals, sleep while
-/// a cgroup is busy, remove socket files and cgroup directories.
-const SUPERVISOR_ONLY: &[i64] = &[
-    libc::SYS_wait4,
-    libc::SYS_rt_sigtimedwait,
-    libc::SYS_nanosleep,
-    libc::SYS_clock_nanosleep,
-    libc::SYS_unlink,
-    libc::SYS_rmdir,
-];
-
 /// `ioctl` requests each kind may make.
 fn ioctls(kind: ThreadKind) -> Vec<u64> {
     // The tap's offloads are set when the guest acknowledges the features (a register write, on a
@@ -231,8 +217,6 @@ fn ioctls(kind: ThreadKind) -> Vec<u64> {
                 KVM_SET_GSI_ROUTING(),
             ]);
         }
-        // The terminal's mode restored after the jailed VMM ends.
-        ThreadKind::Supervisor => return vec![libc::TCSETS],
         ThreadKind::Helper => return vec![KVM_REINJECT_CONTROL()],
         ThreadKind::Vmm => v.extend([
             // Non-blocking sockets, the console size, the terminal's mode restored at exit.
@@ -312,20 +296,6 @@ fn rules(kind: ThreadKind) -> std::result::Result<BTreeMap<i64, Vec<SeccompRule>
     );
     map.insert(libc::SYS_mmap, no_exec()?);
     map.insert(libc::SYS_mprotect, no_exec()?);
-    if kind == ThreadKind::Supervisor {
-        for &nr in SUPERVISOR_ONLY {
-            map.insert(nr, Vec::new());
-        }
-        // kill(the jailed VMM, SIGKILL) only.
-        let child = SUPERVISED_CHILD.load(std::sync::atomic::Ordering::Relaxed) as u64;
-        map.insert(
-            libc::SYS_kill,
-            vec![rule(vec![
-                cond(0, SeccompCmpOp::Eq, child)?,
-                cond(1, SeccompCmpOp::Eq, libc::SIGKILL as u64)?,
-            ])?],
-        );
-    }
     // tgkill(this process, any thread, SIGABRT or, for the event loop, the vCPU kick signal).
     // The pid is checked with the process's own: a filter installed in a forked child is never
     // reused.
@@ -363,17 +333,6 @@ pub fn compile(kind: ThreadKind) -> Result<BpfProgram> {
     BpfProgram::try_from(filter).map_err(|e| err(e.to_string()))
 }
 
-/// The pid the supervisor's filter lets it kill (0 until [`confine_supervisor`] sets it).
-static SUPERVISED_CHILD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
-
-/// Confines the calling process's only thread to [`ThreadKind::Supervisor`]'s allow-list, which
-/// may kill `child` (with SIGKILL) and no other process.
-pub(crate) fn confine_supervisor(child: libc::pid_t) -> Result<()> {
-    SUPERVISED_CHILD.store(child, std::sync::atomic::Ordering::Relaxed);
-    let program = compile(ThreadKind::Supervisor)?;
-    apply(ThreadKind::Supervisor, &program, "supervisor")
-}
-
 thread_local! {
     /// This thread's name for the SIGSYS message (NUL-padded; set when its filter goes on).
     static THREAD_NAME: Cell<[u8; 16]> = const { Cell::new([0; 16]) };
@@ -396,6 +355,17 @@ pub(crate) fn apply(kind: ThreadKind, program: &BpfProgram, thread: &str) -> Res
         kind.name()
     );
     provoke_for_tests(kind);
+    Ok(())
+}
+
+/// Installs the SIGSYS handler (once per process) and names the calling thread `thread` in its
+/// message, for a filter installed by other code (the CLI's jail supervisor).
+pub fn report_forbidden_calls(thread: &str) -> Result<()> {
+    install_sigsys_handler()?;
+    let mut name = [0u8; 16];
+    let n = thread.len().min(name.len());
+    name[..n].copy_from_slice(&thread.as_bytes()[..n]);
+    THREAD_NAME.with(|t| t.set(name));
     Ok(())
 }
 
@@ -515,12 +485,7 @@ mod tests {
 
     #[test]
     fn filters_compile_for_every_kind() {
-        for kind in [
-            ThreadKind::Vmm,
-            ThreadKind::Vcpu,
-            ThreadKind::Supervisor,
-            ThreadKind::Helper,
-        ] {
+        for kind in [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::Helper] {
             let program = compile(kind).unwrap();
             assert!(!program.is_empty(), "{kind:?}");
             // seccomp programs are limited to 4096 instructions.

@@ -1,0 +1,273 @@
+//! Closing the jail in the jailed VMM: the new root, the host name, rlimits, and dropping every
+//! privilege.
+
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+use crate::cgroup::Cgroup;
+use crate::error::{check, cstring, step_err, JailError};
+use crate::EXTRA_FDS;
+
+/// The jailed VMM between the fork and the lock-down.
+#[derive(Debug)]
+pub struct Jailed {
+    pub(crate) dir: PathBuf,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) fsize: Option<u64>,
+    pub(crate) nproc: u64,
+    /// Kept so its Drop runs here (a no-op in the child: only the creating process removes it).
+    pub(crate) _cgroup: Cgroup,
+}
+
+impl Jailed {
+    /// Closes the jail: from here on the process sees only the jail directory (read-only), runs as
+    /// the jail's uid and gid with no capabilities and no_new_privs, under rlimits. Call after
+    /// building the VM (`vm::Vm::new`) and before running it (`vm::Vm::run`), while the process
+    /// is single-threaded.
+    pub fn lock_down(self) -> Result<(), JailError> {
+        let threads = settled_thread_count();
+        if threads != 1 {
+            return Err(JailError::Config(format!(
+                "{threads} threads are running; the jail can only be closed while the VMM has one"
+            )));
+        }
+        // Counted while /proc is still visible.
+        let open_fds = highest_fd().saturating_add(1);
+        self.pivot()?;
+        // SAFETY: the name is a valid buffer of the given length.
+        check(unsafe { libc::sethostname(c"vmm".as_ptr(), 3) }, || {
+            "set the host name".into()
+        })?;
+        set_rlimit(libc::RLIMIT_NOFILE, open_fds + EXTRA_FDS, "RLIMIT_NOFILE")?;
+        set_rlimit(libc::RLIMIT_NPROC, self.nproc, "RLIMIT_NPROC")?;
+        // RLIMIT_FSIZE caps every write to a regular file, stdout and stderr redirected to a file
+        // included, where guest output legitimately grows without bound; then it is left alone.
+        match self.fsize {
+            Some(fsize) if !is_regular_file(1) && !is_regular_file(2) => {
+                set_rlimit(libc::RLIMIT_FSIZE, fsize, "RLIMIT_FSIZE")?
+            }
+            _ => log::info!("jail: RLIMIT_FSIZE not set: guest output goes to a regular file"),
+        }
+        set_rlimit(libc::RLIMIT_CORE, 0, "RLIMIT_CORE")?;
+        drop_privileges(self.uid, self.gid)?;
+        // Changing credentials cleared the parent-death signal.
+        set_parent_death_signal()?;
+        log::info!(
+            "jail closed: root {}, uid {} gid {}, no capabilities",
+            self.dir.display(),
+            self.uid,
+            self.gid
+        );
+        Ok(())
+    }
+
+    /// Binds the jail directory read-only (no devices, set-uid or exec) and makes it `/`; the old
+    /// root is detached.
+    fn pivot(&self) -> Result<(), JailError> {
+        let dir = cstring(&self.dir)?;
+        let shown = self.dir.display();
+        check(
+            // SAFETY: `dir` is a valid C string; null fs type and data are allowed for a bind.
+            unsafe {
+                libc::mount(
+                    dir.as_ptr(),
+                    dir.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                )
+            },
+            || format!("bind-mount {shown} onto itself"),
+        )?;
+        let ro = libc::MS_REMOUNT
+            | libc::MS_BIND
+            | libc::MS_RDONLY
+            | libc::MS_NOSUID
+            | libc::MS_NODEV
+            | libc::MS_NOEXEC;
+        check(
+            // SAFETY: as above.
+            unsafe {
+                libc::mount(
+                    std::ptr::null(),
+                    dir.as_ptr(),
+                    std::ptr::null(),
+                    ro,
+                    std::ptr::null(),
+                )
+            },
+            || format!("remount {shown} read-only"),
+        )?;
+        // SAFETY: `dir` is a valid C string.
+        check(unsafe { libc::chdir(dir.as_ptr()) }, || {
+            format!("enter {shown}")
+        })?;
+        // pivot_root(".", "."): the old root ends up stacked on the new one, and is detached next.
+        check(
+            // SAFETY: both paths are valid C strings.
+            unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as i32 },
+            || format!("pivot_root into {shown}"),
+        )?;
+        check(
+            // SAFETY: the path is a valid C string.
+            unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) },
+            || "detach the old root".into(),
+        )?;
+        // SAFETY: the path is a valid C string.
+        check(unsafe { libc::chdir(c"/".as_ptr()) }, || {
+            "enter the new root".into()
+        })?;
+        Ok(())
+    }
+}
+
+fn set_rlimit(
+    resource: libc::__rlimit_resource_t,
+    value: u64,
+    name: &str,
+) -> Result<(), JailError> {
+    let limit = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: `limit` is a valid rlimit.
+    check(unsafe { libc::setrlimit(resource, &limit) }, || {
+        format!("set {name} to {value}")
+    })?;
+    Ok(())
+}
+
+/// Empties the bounding and ambient sets, switches to `uid`/`gid` with no supplementary groups,
+/// empties the effective, permitted and inheritable sets, sets no_new_privs.
+fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
+    for cap in 0..64 {
+        // SAFETY: prctl with integer arguments only.
+        let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+        if ret == -1 {
+            let e = io::Error::last_os_error();
+            // EINVAL: past the last capability this kernel knows.
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                break;
+            }
+            return Err(step_err(
+                format!("drop capability {cap} from the bounding set"),
+                e,
+            ));
+        }
+    }
+    check(
+        // SAFETY: prctl with integer arguments only.
+        unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            )
+        },
+        || "clear the ambient capabilities".into(),
+    )?;
+    // SAFETY: an empty list; the pointer is not read.
+    check(unsafe { libc::setgroups(0, std::ptr::null()) }, || {
+        "drop the supplementary groups".into()
+    })?;
+    // SAFETY: plain id arguments. glibc applies set*id to every thread; there is only one.
+    check(unsafe { libc::setresgid(gid, gid, gid) }, || {
+        format!("switch to gid {gid}")
+    })?;
+    // SAFETY: as above.
+    check(unsafe { libc::setresuid(uid, uid, uid) }, || {
+        format!("switch to uid {uid}")
+    })?;
+    // Leaving uid 0 already emptied the effective and permitted sets; the inheritable set is
+    // emptied here, and all three are then checked.
+    let header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let empty = [CapData::default(); 2];
+    check(
+        // SAFETY: capset reads a version-3 header and two data structs, which is what we pass.
+        unsafe { libc::syscall(libc::SYS_capset, &header, empty.as_ptr()) as i32 },
+        || "empty the capability sets".into(),
+    )?;
+    let mut now = [CapData::default(); 2];
+    check(
+        // SAFETY: capget writes two data structs for a version-3 header.
+        unsafe { libc::syscall(libc::SYS_capget, &header, now.as_mut_ptr()) as i32 },
+        || "read back the capability sets".into(),
+    )?;
+    if now
+        .iter()
+        .any(|d| d.effective | d.permitted | d.inheritable != 0)
+    {
+        return Err(step_err(
+            "empty the capability sets",
+            io::Error::other("capabilities remain after capset"),
+        ));
+    }
+    check(
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
+        || "set no_new_privs".into(),
+    )?;
+    Ok(())
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// The jailed VMM dies with its supervisor (e.g. when that is SIGKILLed).
+pub(crate) fn set_parent_death_signal() -> Result<(), JailError> {
+    check(
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
+        || "set the parent-death signal".into(),
+    )?;
+    Ok(())
+}
+
+fn is_regular_file(fd: libc::c_int) -> bool {
+    // SAFETY: a zeroed stat is a valid out buffer for fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on an fd number with a valid buffer; a closed fd only fails.
+    (unsafe { libc::fstat(fd, &mut st) } == 0) && (st.st_mode & libc::S_IFMT) == libc::S_IFREG
+}
+
+/// [`crate::thread_count`], after giving a thread that was just joined (`Vm::new`'s prep thread)
+/// up to 100 ms to leave: the join returns when the thread has released its memory, and it stays
+/// listed in /proc/self/task until the rest of its exit completes, microseconds later.
+fn settled_thread_count() -> usize {
+    for _ in 0..1000 {
+        let threads = crate::thread_count();
+        if threads == 1 {
+            return 1;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+    crate::thread_count()
+}
+
+fn highest_fd() -> u64 {
+    fs::read_dir("/proc/self/fd").map_or(1024, |d| {
+        d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(2)
+    })
+}

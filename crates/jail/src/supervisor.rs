@@ -1,0 +1,109 @@
+//! The supervisor: the original process, outside the jail, waits for the jailed VMM and cleans up
+//! after it.
+
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+use crate::cgroup::Cgroup;
+
+/// The parent: holds nothing but the cgroup paths; waits for the jailed VMM.
+#[derive(Debug)]
+pub struct Supervisor {
+    pub(crate) child: libc::pid_t,
+    pub(crate) signals: libc::sigset_t,
+    pub(crate) termios: Option<libc::termios>,
+    pub(crate) cgroup: Cgroup,
+    pub(crate) sockets: Vec<PathBuf>,
+    pub(crate) seccomp: bool,
+}
+
+impl Supervisor {
+    /// The jailed VMM's pid (in the caller's pid namespace).
+    pub fn child_pid(&self) -> u32 {
+        self.child as u32
+    }
+
+    /// Waits for the jailed VMM, turning SIGINT, SIGTERM, SIGHUP and SIGQUIT into SIGKILL of it,
+    /// then restores the terminal, removes the cgroup and the socket files, and returns the exit
+    /// status to use: the child's, or 128 + the signal that ended it (or that was forwarded).
+    ///
+    /// With seccomp on, the supervisor first confines itself to what this needs (waiting, signals,
+    /// the terminal, removing files and directories): it stays root outside the jail.
+    /// `before_filter` runs right before the filter goes on: the caller installs its SIGSYS
+    /// handler there, which reports a forbidden call (the CLI uses the one of the `vm` crate, so
+    /// the message names the supervisor as it names the VMM's threads). If it fails, or the filter
+    /// does, the jailed VMM is stopped and its status returned.
+    pub fn wait(self, before_filter: impl FnOnce() -> Result<(), String>) -> u8 {
+        if self.seccomp {
+            let confined = before_filter()
+                .and_then(|()| crate::seccomp::confine(self.child).map_err(|e| e.to_string()));
+            if let Err(e) = confined {
+                log::error!("{e}; stopping the jailed VMM");
+                // SAFETY: kill has no memory-safety preconditions; the child is ours and unreaped.
+                unsafe { libc::kill(self.child, libc::SIGKILL) };
+            }
+        }
+        let mut forwarded = None;
+        let status = loop {
+            let mut status = 0;
+            // SAFETY: `status` is a valid out pointer.
+            let ret = unsafe { libc::waitpid(self.child, &mut status, libc::WNOHANG) };
+            if ret == self.child {
+                break Some(status);
+            }
+            if ret < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break None;
+            }
+            // SAFETY: a zeroed siginfo_t is a valid out buffer.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: the set and the out buffer are valid; these signals are blocked in this thread.
+            let sig = unsafe { libc::sigwaitinfo(&self.signals, &mut info) };
+            if sig > 0 && sig != libc::SIGCHLD {
+                forwarded.get_or_insert(sig);
+                // SAFETY: kill has no memory-safety preconditions; the child is ours and unreaped.
+                unsafe { libc::kill(self.child, libc::SIGKILL) };
+            }
+        };
+        if let Some(t) = &self.termios {
+            // SAFETY: `t` is the terminal state read from fd 0 before the fork.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, t) };
+        }
+        for path in &self.sockets {
+            let _ = fs::remove_file(path);
+        }
+        self.cgroup.remove();
+        match (forwarded, status) {
+            (Some(sig), _) => 128 + sig as u8,
+            (None, Some(s)) if libc::WIFEXITED(s) => libc::WEXITSTATUS(s) as u8,
+            (None, Some(s)) if libc::WIFSIGNALED(s) => 128 + libc::WTERMSIG(s) as u8,
+            _ => 1,
+        }
+    }
+}
+
+pub(crate) fn supervised_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set; sigaddset adds valid signal numbers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGCHLD,
+        ] {
+            libc::sigaddset(&mut set, sig);
+        }
+        set
+    }
+}
+
+/// The terminal mode of stdin, if it is a terminal, to restore after the jailed VMM exits.
+pub(crate) fn saved_termios() -> Option<libc::termios> {
+    // SAFETY: a zeroed termios is a valid out buffer for tcgetattr.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: isatty and tcgetattr on fd 0 with a valid buffer.
+    (unsafe { libc::isatty(0) == 1 && libc::tcgetattr(0, &mut t) == 0 }).then_some(t)
+}
