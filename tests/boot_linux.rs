@@ -137,7 +137,7 @@ fn boot_linux_pvh_disk_root_three_disks() {
 
 /// ELF vmlinux (PVH) with an initramfs, 4 vCPUs and 4 GiB (RAM split around the MMIO gap): the guest
 /// counts exactly 4 CPUs and sees 4 GiB. The slowest boot here: the guest kernel initialises a struct
-/// page per 4 KiB of RAM, about 100 µs each on hosts without hardware virtualization (QEMU alike).
+/// page per 4 KiB of RAM, each slow where the guest kernel is emulated (README has the time).
 #[test]
 fn boot_linux_pvh_initramfs_smp_4_cpus_4g() {
     require_kvm!();

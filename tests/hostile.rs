@@ -14,7 +14,7 @@ use common::netns::NetNs;
 use common::{run_vmm, s, Run, Scratch};
 use test_guests::{Report, HOSTILE, HOSTILE_ATTACKS};
 
-/// Generous: the whole list takes ~10 s here, most of it the 110 000-exit notification flood.
+/// Generous: most of the run is the 110 000-exit notification flood (README has the time).
 const TIMEOUT: Duration = Duration::from_secs(240);
 
 /// Attacks that leave a queue misconfigured: DRIVER_OK must end in DEVICE_NEEDS_RESET.

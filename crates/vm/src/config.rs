@@ -109,7 +109,7 @@ pub enum IrqChip {
     /// becomes an MSI route, so interrupts stay in the kernel) and the 8254 PIT. There is no 8259
     /// PIC: a guest probing it finds none (Linux: "Using NULL legacy PIC"). A VM with no in-kernel
     /// I/O APIC, PIC or PIT is also torn down without waiting for the SRCU grace periods those
-    /// bring (about 14 ms on some hosts, see DESIGN.md).
+    /// bring (DESIGN.md, Interrupts, has the cost).
     Split,
     /// KVM emulates the local APICs, the I/O APIC, both 8259 PICs and the PIT
     /// (KVM_CREATE_IRQCHIP, KVM_CREATE_PIT2): for guests that need a PIC.

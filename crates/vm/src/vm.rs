@@ -264,8 +264,8 @@ impl MutEventSubscriber for ExitWatcher {
 
 /// What building a VM needs but not from the VM: KVM's supported CPUID and the compiled seccomp
 /// filters. A `prep` thread makes them while `Vm::new` creates the VM, maps memory and loads the
-/// kernel, which takes the 0.25 ms they cost off the path to the first KVM_RUN (1.42 → 1.32 ms,
-/// medians of 60 alternating null-guest runs). The thread is joined before `Vm::new` returns.
+/// kernel, which takes their cost off the path to the first KVM_RUN (DESIGN.md, "Start-up and exit
+/// costs"). The thread is joined before `Vm::new` returns.
 struct Prepared {
     cpuid: kvm_bindings::CpuId,
     filters: Filters,
@@ -318,10 +318,10 @@ impl Preparing {
 /// With reinjection on (KVM's default) every PIT tick waits for the guest's EOI before the next is
 /// injected, and ticks a descheduled vCPU missed are replayed later: that is for guests that keep time
 /// by counting ticks. Linux keeps time with the TSC and uses the PIT only early in boot. Turning it
-/// off waits for two SRCU grace periods (0.1–35 ms on the development host); left on, the same two
-/// grace periods are paid when the VM fd is closed, between the guest's exit and the process's. This
-/// thread pays them while the VM starts. (Done on the event-loop thread once the gate opens, it
-/// started later and the null guest's start → exit was 14–20 ms instead of 8–12.) A failure (no PIT,
+/// off waits for two SRCU grace periods; left on, the same two grace periods are paid when the VM fd
+/// is closed, between the guest's exit and the process's. This thread pays them while the VM starts,
+/// which DESIGN.md ("Threads") found faster than doing it on the event-loop thread once the gate
+/// opens, and gives the figures. A failure (no PIT,
 /// an old kernel) costs nothing but that saving, so it is logged and ignored. The ioctl holds the
 /// PIT's lock across its grace periods and vCPU 0 takes that lock in its first KVM_RUN, so the guest's
 /// first instruction may wait for this thread; the process's exit waits for it anyway.
