@@ -53,11 +53,11 @@ pub use lockdown::Jailed;
 pub use supervisor::Supervisor;
 use supervisor::{saved_termios, supervised_signals};
 
-/// Without `--uid`/`--gid` the jailed VMM runs as uid = gid = this plus the supervisor's pid: an
-/// id no account uses (above the usual /etc/subuid ranges, below 2^31) and unique among running
-/// VMs, since live pids are. A shared id such as `nobody` would let RLIMIT_NPROC, which counts
-/// every task of a uid on the host, add up the threads of all jailed VMs (the tenth VM could not
-/// start its vCPUs), and would give two compromised VMMs the same identity.
+/// Without a given uid and gid the jailed VMM runs as uid = gid = this plus the supervisor's pid:
+/// an id no account uses (above the usual /etc/subuid ranges, below 2^31) and unique among
+/// running VMs, since live pids are. A shared id such as `nobody` would let RLIMIT_NPROC, which
+/// counts every task of a uid on the host, add up the threads of all jailed VMs (the tenth VM
+/// could not start its vCPUs), and would give two compromised VMMs the same identity.
 pub const ID_BASE: u32 = 2_000_000_000;
 /// The default cgroup memory limit is the guest's RAM plus this: the VMM's own memory, page
 /// tables, KVM's per-VM and per-vCPU kernel memory and the page cache of disk I/O, which
@@ -72,7 +72,7 @@ pub const EXTRA_FDS: u64 = 64;
 /// The CFS period used for a CPU quota: 100 ms, the kernel's default.
 const CPU_PERIOD_US: u64 = 100_000;
 
-/// What the user asked for with `--jail DIR` and its companion options.
+/// What the user asked for: the jail directory, and the ids and limits if not the defaults.
 #[derive(Debug, Clone)]
 pub struct JailConfig {
     /// The directory that becomes the VMM's root. It must exist; it is bound read-only.
@@ -121,7 +121,7 @@ pub struct VmSpec {
     pub sockets: Vec<PathBuf>,
     /// Whether the VM uses host tap devices: the VMM then keeps the host's net namespace.
     pub host_network: bool,
-    /// Whether the supervisor confines itself with its seccomp filter (`--seccomp on`).
+    /// Whether seccomp filters are on: the supervisor then confines itself with its own too.
     pub seccomp: bool,
 }
 
@@ -139,7 +139,7 @@ pub struct Jail {
     nproc: u64,
     /// Socket files the VMM creates; the supervisor removes them (the jailed VMM cannot reach them).
     sockets: Vec<PathBuf>,
-    /// Whether the supervisor filters itself (`--seccomp on`).
+    /// Whether the supervisor filters itself ([`VmSpec::seccomp`]).
     seccomp: bool,
 }
 
