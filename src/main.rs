@@ -225,11 +225,11 @@ fn main() -> ExitCode {
                 // The VM's SIGSYS handler reports a forbidden call of the supervisor too.
                 let report =
                     || vm::seccomp::report_forbidden_calls("supervisor").map_err(|e| e.to_string());
-                return ExitCode::from(supervisor.wait(report));
+                return ExitCode::from(supervisor.wait(report, jail_hint));
             }
             Ok(jail::Forked::Jailed(child)) => jailed = Some(child),
             Err(e) => {
-                eprintln!("error: {}", error_chain(&e));
+                eprintln!("error: {}{}", error_chain(&e), jail_hint(&e));
                 return ExitCode::FAILURE;
             }
         }
@@ -255,10 +255,14 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            let hint = e
-                .downcast_ref::<vm::Error>()
-                .map(flag_hint)
-                .unwrap_or_default();
+            let hint = match (
+                e.downcast_ref::<vm::Error>(),
+                e.downcast_ref::<jail::JailError>(),
+            ) {
+                (Some(e), _) => flag_hint(e),
+                (_, Some(e)) => jail_hint(e),
+                _ => String::new(),
+            };
             eprintln!("error: {}{hint}", error_chain(&*e));
             ExitCode::FAILURE
         }
@@ -292,6 +296,42 @@ fn flag_hint(e: &vm::Error) -> String {
             ..
         } => format!(", or pass --net tap={name},create=on"),
         Error::Seccomp { .. } => " (--seccomp off runs the VMM unconfined)".into(),
+        _ => String::new(),
+    }
+}
+
+/// What to change on the command line about a jail error, if an option is the fix: the `jail`
+/// library names values, the CLI names its options.
+fn jail_hint(e: &jail::JailError) -> String {
+    use jail::JailError;
+    match e {
+        JailError::DirUnusable { .. } => "; give an existing, empty directory with --jail".into(),
+        JailError::NotADirectory { .. } | JailError::HostRoot => "; give one with --jail".into(),
+        JailError::RootIds { uid, gid } => {
+            let zero = match (uid, gid) {
+                (0, 0) => "--uid and --gid",
+                (0, _) => "--uid",
+                _ => "--gid",
+            };
+            format!("; give {zero} other than 0")
+        }
+        JailError::MemoryLimitTooLow {
+            ram_mib,
+            overhead_mib,
+            ..
+        } => format!(
+            "; --memory-limit may not be less than the guest's --memory: give {}M or more",
+            ram_mib + overhead_mib
+        ),
+        JailError::NeedRoot { .. } => "; run vmm as root, or without --jail".into(),
+        JailError::ControllerMissing { controller: "cpu" } => ", or give --cpu-quota 0".into(),
+        JailError::ControllerMissing { .. } => ", or run vmm without --jail".into(),
+        JailError::ControllerNotOffered { value, .. }
+            if value.split_whitespace().any(|c| c == "+cpu") =>
+        {
+            ", or give --cpu-quota 0 if it is cpu".into()
+        }
+        JailError::Seccomp(_) => " (--seccomp off runs the VMM unconfined)".into(),
         _ => String::new(),
     }
 }
@@ -377,5 +417,53 @@ mod tests {
         assert!(line(&e).ends_with("at most 2047; shorten --cmdline"));
         // Errors with no option to change get no hint.
         assert_eq!(flag_hint(&vm::Error::ThreadPanicked("prep")), "");
+    }
+
+    fn jail_line(e: &jail::JailError) -> String {
+        format!("{}{}", error_chain(e), jail_hint(e))
+    }
+
+    #[test]
+    fn the_cli_adds_the_option_to_the_jails_value() {
+        use jail::JailError;
+        let e = JailError::MemoryLimitTooLow {
+            limit_mib: 16,
+            ram_mib: 128,
+            overhead_mib: 128,
+        };
+        assert_eq!(
+            jail_line(&e),
+            "a memory limit of 16 MiB is less than the guest's 128 MiB of RAM: the VMM would be \
+             killed once the guest touches its RAM; allow at least the RAM plus 128 MiB; \
+             --memory-limit may not be less than the guest's --memory: give 256M or more"
+        );
+        let e = JailError::RootIds { uid: 0, gid: 7 };
+        assert_eq!(
+            jail_line(&e),
+            "uid 0, gid 7: the jailed VMM runs as an unprivileged user and needs non-zero ids; \
+             give --uid other than 0"
+        );
+        let e = JailError::NotADirectory {
+            path: "/etc/hostname".into(),
+        };
+        assert!(jail_line(&e).ends_with("VMM's root; give one with --jail"));
+        let e = JailError::NeedRoot {
+            step: "set up namespaces, a cgroup and a new root".into(),
+            source: std::io::Error::from_raw_os_error(libc::EPERM),
+        };
+        assert!(jail_line(&e)
+            .ends_with("the jail needs root (CAP_SYS_ADMIN); run vmm as root, or without --jail"));
+        let e = JailError::ControllerMissing { controller: "cpu" };
+        assert!(jail_line(&e).ends_with("mount it, or give --cpu-quota 0"));
+        let e = JailError::ControllerMissing { controller: "pids" };
+        assert!(jail_line(&e).ends_with("mount it, or run vmm without --jail"));
+        let e = JailError::Seccomp("no seccomp".into());
+        assert!(jail_line(&e).ends_with("no seccomp (--seccomp off runs the VMM unconfined)"));
+        // Errors with no option to change get no hint.
+        let e = JailError::Threads {
+            step: "enter the jail",
+            threads: 2,
+        };
+        assert_eq!(jail_hint(&e), "");
     }
 }

@@ -5,7 +5,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::error::{step_err, JailError, NEED_ROOT};
+use crate::error::{step_err, JailError};
 use crate::{JailConfig, VmSpec, CPU_PERIOD_US, EXTRA_TASKS, MEMORY_OVERHEAD};
 
 /// Limits written into the cgroup.
@@ -25,13 +25,11 @@ impl Limits {
             .memory_limit
             .unwrap_or(vm.memory_bytes.saturating_add(MEMORY_OVERHEAD));
         if memory < vm.memory_bytes {
-            return Err(JailError::Config(format!(
-                "--memory-limit {} MiB is less than the guest's --memory {} MiB; the VMM would be \
-                 killed once the guest touches its RAM; give at least --memory plus {} MiB",
-                memory >> 20,
-                vm.memory_bytes >> 20,
-                MEMORY_OVERHEAD >> 20
-            )));
+            return Err(JailError::MemoryLimitTooLow {
+                limit_mib: memory >> 20,
+                ram_mib: vm.memory_bytes >> 20,
+                overhead_mib: MEMORY_OVERHEAD >> 20,
+            });
         }
         let cpus = config
             .cpu_quota
@@ -237,39 +235,33 @@ fn v2_parent(h: &Hierarchy, own: &str, controllers: &[&str]) -> Result<PathBuf, 
             .map(|procs| !procs.trim().is_empty())
             .unwrap_or(false);
         if busy && !is_root {
-            return Err(JailError::Step {
-                step: format!("write '{value}' to {}", control.display()),
+            return Err(JailError::CgroupBusy {
+                control,
+                value,
                 source: io::Error::from_raw_os_error(libc::EBUSY),
-                hint: V2_BUSY,
             });
         }
         writes.push((control, value));
     }
     for (control, value) in writes {
-        fs::write(&control, &value).map_err(|e| {
-            let hint = match e.raw_os_error() {
-                Some(libc::EBUSY) => V2_BUSY,
-                Some(libc::ENOENT) => V2_NOT_OFFERED,
-                Some(libc::EPERM) | Some(libc::EACCES) => NEED_ROOT,
-                _ => "",
-            };
-            JailError::Step {
-                step: format!("write '{value}' to {}", control.display()),
-                source: e,
-                hint,
-            }
-        })?;
+        if let Err(source) = fs::write(&control, &value) {
+            return Err(match source.raw_os_error() {
+                Some(libc::EBUSY) => JailError::CgroupBusy {
+                    control,
+                    value,
+                    source,
+                },
+                Some(libc::ENOENT) => JailError::ControllerNotOffered {
+                    control,
+                    value,
+                    source,
+                },
+                _ => step_err(format!("write '{value}' to {}", control.display()), source),
+            });
+        }
     }
     Ok(parent)
 }
-
-/// The hint when a v2 cgroup on the way to the VM's cgroup has processes.
-const V2_BUSY: &str = "cgroup v2 lets a cgroup that has processes give no controllers to its \
-    children; start vmm in a cgroup of its own whose parent has no processes (systemd-run \
-    --scope, a service, or move that cgroup's processes into a child cgroup)";
-/// The hint when the parent cgroup does not offer a controller.
-const V2_NOT_OFFERED: &str = "a cgroup above does not offer this controller (see its \
-    cgroup.controllers); enable it there, or give --cpu-quota 0 if it is cpu";
 
 impl Cgroup {
     /// Makes `name` in every hierarchy of `host` that holds memory, pids or (with a quota) cpu,
@@ -301,15 +293,7 @@ impl Cgroup {
                         .position(|h| h.v2 && h.controllers.iter().any(|c| c == controller))
                 });
             let Some(index) = found else {
-                return Err(JailError::Step {
-                    step: format!("find the cgroup {controller} controller"),
-                    source: io::Error::from_raw_os_error(libc::ENOENT),
-                    hint: if controller == "cpu" {
-                        "no cgroup v1 mount has it and no cgroup2 mount lists it in cgroup.controllers; mount it, or give --cpu-quota 0"
-                    } else {
-                        "no cgroup v1 mount has it and no cgroup2 mount lists it in cgroup.controllers; mount it, or run without --jail"
-                    },
-                });
+                return Err(JailError::ControllerMissing { controller });
             };
             match plan.iter_mut().find(|(i, _)| *i == index) {
                 Some((_, list)) => list.push(controller),
@@ -703,7 +687,23 @@ mod tests {
         assert_eq!(Limits::new(&c, &vm(256, 1)).unwrap().cpu_quota_us, None);
         c.memory_limit = Some(100 << 20);
         let e = Limits::new(&c, &vm(256, 1)).unwrap_err();
-        assert!(e.to_string().contains("--memory-limit 100 MiB"), "{e}");
+        assert!(
+            matches!(
+                e,
+                JailError::MemoryLimitTooLow {
+                    limit_mib: 100,
+                    ram_mib: 256,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("a memory limit of 100 MiB is less than the guest's 256 MiB of RAM"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("--"), "no option names: {e}");
     }
 
     /// A v2-only host with systemd: root (processes, exempt) > user.slice > user-0.slice (no
@@ -811,8 +811,12 @@ mod tests {
         let limits = Limits::new(&JailConfig::new("/j"), &vm(256, 1)).unwrap();
         let e = Cgroup::create(&host, "vmm-9", &limits).unwrap_err();
         let text = e.to_string();
+        assert!(
+            matches!(e, JailError::ControllerMissing { controller: "cpu" }),
+            "{e:?}"
+        );
         assert!(text.contains("find the cgroup cpu controller"), "{text}");
-        assert!(text.contains("--cpu-quota 0"), "{text}");
+        assert!(!text.contains("--"), "no option names: {text}");
         assert!(!root
             .path("/sys/fs/cgroup/user.slice/user-0.slice/vmm-9")
             .exists());
@@ -846,6 +850,7 @@ mod tests {
         let limits = Limits::new(&JailConfig::new("/j"), &vm(64, 1)).unwrap();
         let e = Cgroup::create(&host, "vmm-4", &limits).unwrap_err();
         let text = e.to_string();
+        assert!(matches!(e, JailError::CgroupBusy { .. }), "{e:?}");
         assert!(
             text.contains(&format!(
                 "write '+memory +pids +cpu' to {}",

@@ -1,53 +1,151 @@
-//! The jail's errors: each names the step and, where there is one, the fix.
+//! The jail's errors. Each names the thing that went wrong by its value (a directory, ids, a
+//! limit, a cgroup controller) and the step, and where there is one the fix in the library's
+//! terms. None names a command-line option: a front end adds its own hint (the `vmm` CLI appends
+//! e.g. "give one with --jail" to [`JailError::NotADirectory`]).
 
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// The hint for steps that need privileges.
-pub(crate) const NEED_ROOT: &str =
-    "the jail needs root (CAP_SYS_ADMIN); run vmm as root, or without --jail";
-
-/// Why the jail could not be set up. Each names the step and, where there is one, the fix.
+/// Why the jail could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum JailError {
-    /// The jail directory or an option is unusable.
-    #[error("--jail: {0}")]
-    Config(String),
+    /// The jail directory does not exist or cannot be resolved.
+    #[error("cannot use '{}' as the jail's root: {source}", dir.display())]
+    DirUnusable {
+        /// The directory asked for.
+        dir: PathBuf,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The jail directory is not a directory.
+    #[error(
+        "'{}' is not a directory: the jail needs an empty directory for the VMM's root",
+        path.display()
+    )]
+    NotADirectory {
+        /// The path asked for.
+        path: PathBuf,
+    },
+    /// The jail directory is the host's root.
+    #[error(
+        "'/' as the jail's root would leave the host's files visible: the jail needs an empty \
+         directory"
+    )]
+    HostRoot,
+    /// The jailed VMM would run as root.
+    #[error(
+        "uid {uid}, gid {gid}: the jailed VMM runs as an unprivileged user and needs non-zero ids"
+    )]
+    RootIds {
+        /// The user id asked for.
+        uid: u32,
+        /// The group id asked for.
+        gid: u32,
+    },
+    /// The cgroup memory limit is below the guest's RAM.
+    #[error(
+        "a memory limit of {limit_mib} MiB is less than the guest's {ram_mib} MiB of RAM: the VMM \
+         would be killed once the guest touches its RAM; allow at least the RAM plus \
+         {overhead_mib} MiB"
+    )]
+    MemoryLimitTooLow {
+        /// The limit asked for, in MiB.
+        limit_mib: u64,
+        /// The guest's RAM, in MiB.
+        ram_mib: u64,
+        /// What the VMM needs beyond the guest's RAM ([`crate::MEMORY_OVERHEAD`]), in MiB.
+        overhead_mib: u64,
+    },
+    /// The jail was entered or closed while the process had more than one thread.
+    #[error(
+        "cannot {step}: the VMM has {threads} threads, and only a single-threaded process can"
+    )]
+    Threads {
+        /// What the jail was doing.
+        step: &'static str,
+        /// The number of threads.
+        threads: usize,
+    },
+    /// A path holds a NUL byte, which no system call takes.
+    #[error("'{}' contains a NUL byte", path.display())]
+    NulInPath {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A step failed for want of privileges.
+    #[error("jail: cannot {step}: {source}; the jail needs root (CAP_SYS_ADMIN)")]
+    NeedRoot {
+        /// What the jail was doing, with the path or value.
+        step: String,
+        /// The system's error (EPERM or EACCES).
+        #[source]
+        source: io::Error,
+    },
+    /// No cgroup hierarchy holds a controller the limits need.
+    #[error(
+        "jail: cannot find the cgroup {controller} controller: no cgroup v1 mount has it and no \
+         cgroup2 mount lists it in cgroup.controllers; mount it"
+    )]
+    ControllerMissing {
+        /// The controller (`memory`, `pids`, `cpu`).
+        controller: &'static str,
+    },
+    /// cgroup v2: a cgroup on the way to the VM's has processes, so it cannot give controllers to
+    /// its children.
+    #[error(
+        "jail: cannot write '{value}' to {}: {source} (cgroup v2 lets a cgroup that has \
+         processes give no controllers to its children; start the VMM in a cgroup of its own \
+         whose parent has no processes (systemd-run --scope, a service, or move that cgroup's \
+         processes into a child cgroup))",
+        control.display()
+    )]
+    CgroupBusy {
+        /// The `cgroup.subtree_control` file.
+        control: PathBuf,
+        /// What was to be written (`+memory +pids`).
+        value: String,
+        /// The system's error (EBUSY).
+        #[source]
+        source: io::Error,
+    },
+    /// cgroup v2: a cgroup above does not offer a controller to its children.
+    #[error(
+        "jail: cannot write '{value}' to {}: {source}; a cgroup above does not offer this \
+         controller (see its cgroup.controllers): enable it there",
+        control.display()
+    )]
+    ControllerNotOffered {
+        /// The `cgroup.subtree_control` file.
+        control: PathBuf,
+        /// What was to be written (`+memory +pids +cpu`).
+        value: String,
+        /// The system's error (ENOENT).
+        #[source]
+        source: io::Error,
+    },
     /// A system call of the jail set-up failed.
-    #[error("jail: cannot {step}: {source}{}", hint_text(hint))]
+    #[error("jail: cannot {step}: {source}")]
     Step {
         /// What the jail was doing, with the path or value.
         step: String,
         /// The system's error.
         #[source]
         source: io::Error,
-        /// What to do about it ("" if nothing useful can be said).
-        hint: &'static str,
     },
     /// The supervisor's seccomp filter could not be built or installed.
-    #[error("cannot set up the seccomp filter of the supervisor thread: {0} (--seccomp off runs the VMM unconfined)")]
+    #[error("cannot set up the seccomp filter of the supervisor thread: {0}")]
     Seccomp(String),
 }
 
-fn hint_text(hint: &str) -> String {
-    if hint.is_empty() {
-        String::new()
-    } else {
-        format!(" ({hint})")
-    }
-}
-
+/// `step` failed with `source`; a permission error says that the jail needs root.
 pub(crate) fn step_err(step: impl Into<String>, source: io::Error) -> JailError {
-    let hint = match source.raw_os_error() {
-        Some(libc::EPERM) | Some(libc::EACCES) => NEED_ROOT,
-        _ => "",
-    };
-    JailError::Step {
-        step: step.into(),
-        source,
-        hint,
+    let step = step.into();
+    match source.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => JailError::NeedRoot { step, source },
+        _ => JailError::Step { step, source },
     }
 }
 
@@ -64,6 +162,7 @@ pub(crate) fn check(
 }
 
 pub(crate) fn cstring(path: &Path) -> Result<CString, JailError> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| JailError::Config(format!("'{}' contains a NUL byte", path.display())))
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| JailError::NulInPath {
+        path: path.to_path_buf(),
+    })
 }

@@ -47,17 +47,17 @@ use std::path::{Path, PathBuf};
 
 use cgroup::{Cgroup, CgroupHost, Limits};
 pub use error::JailError;
-use error::{check, step_err, NEED_ROOT};
+use error::{check, step_err};
 use lockdown::set_parent_death_signal;
 pub use lockdown::Jailed;
 pub use supervisor::Supervisor;
 use supervisor::{saved_termios, supervised_signals};
 
-/// Without `--uid`/`--gid` the jailed VMM runs as uid = gid = this plus the supervisor's pid: an
-/// id no account uses (above the usual /etc/subuid ranges, below 2^31) and unique among running
-/// VMs, since live pids are. A shared id such as `nobody` would let RLIMIT_NPROC, which counts
-/// every task of a uid on the host, add up the threads of all jailed VMs (the tenth VM could not
-/// start its vCPUs), and would give two compromised VMMs the same identity.
+/// Without a given uid and gid the jailed VMM runs as uid = gid = this plus the supervisor's pid:
+/// an id no account uses (above the usual /etc/subuid ranges, below 2^31) and unique among
+/// running VMs, since live pids are. A shared id such as `nobody` would let RLIMIT_NPROC, which
+/// counts every task of a uid on the host, add up the threads of all jailed VMs (the tenth VM
+/// could not start its vCPUs), and would give two compromised VMMs the same identity.
 pub const ID_BASE: u32 = 2_000_000_000;
 /// The default cgroup memory limit is the guest's RAM plus this: the VMM's own memory, page
 /// tables, KVM's per-VM and per-vCPU kernel memory and the page cache of disk I/O, which
@@ -72,7 +72,7 @@ pub const EXTRA_FDS: u64 = 64;
 /// The CFS period used for a CPU quota: 100 ms, the kernel's default.
 const CPU_PERIOD_US: u64 = 100_000;
 
-/// What the user asked for with `--jail DIR` and its companion options.
+/// What the user asked for: the jail directory, and the ids and limits if not the defaults.
 #[derive(Debug, Clone)]
 pub struct JailConfig {
     /// The directory that becomes the VMM's root. It must exist; it is bound read-only.
@@ -121,7 +121,7 @@ pub struct VmSpec {
     pub sockets: Vec<PathBuf>,
     /// Whether the VM uses host tap devices: the VMM then keeps the host's net namespace.
     pub host_network: bool,
-    /// Whether the supervisor confines itself with its seccomp filter (`--seccomp on`).
+    /// Whether seccomp filters are on: the supervisor then confines itself with its own too.
     pub seccomp: bool,
 }
 
@@ -139,7 +139,7 @@ pub struct Jail {
     nproc: u64,
     /// Socket files the VMM creates; the supervisor removes them (the jailed VMM cannot reach them).
     sockets: Vec<PathBuf>,
-    /// Whether the supervisor filters itself (`--seccomp on`).
+    /// Whether the supervisor filters itself ([`VmSpec::seccomp`]).
     seccomp: bool,
 }
 
@@ -147,27 +147,21 @@ impl Jail {
     /// Checks the jail directory and ids, then creates the cgroup `vmm-<pid>` with its limits,
     /// derived from `vm` unless `config` overrides them. Needs root.
     pub fn new(config: &JailConfig, vm: &VmSpec) -> Result<Jail, JailError> {
+        let unusable = |source| JailError::DirUnusable {
+            dir: config.dir.clone(),
+            source,
+        };
         let dir = match fs::metadata(&config.dir) {
-            Ok(m) if m.is_dir() => fs::canonicalize(&config.dir).map_err(|e| {
-                JailError::Config(format!("cannot resolve '{}': {e}", config.dir.display()))
-            })?,
+            Ok(m) if m.is_dir() => fs::canonicalize(&config.dir).map_err(unusable)?,
             Ok(_) => {
-                return Err(JailError::Config(format!(
-                    "'{}' is not a directory; give an empty directory to become the VMM's root",
-                    config.dir.display()
-                )))
+                return Err(JailError::NotADirectory {
+                    path: config.dir.clone(),
+                })
             }
-            Err(e) => {
-                return Err(JailError::Config(format!(
-                    "'{}': {e}; create an empty directory to become the VMM's root",
-                    config.dir.display()
-                )))
-            }
+            Err(e) => return Err(unusable(e)),
         };
         if dir == Path::new("/") {
-            return Err(JailError::Config(
-                "'/' would leave the host's files visible; give an empty directory".into(),
-            ));
+            return Err(JailError::HostRoot);
         }
         // SAFETY: getpid has no preconditions.
         let pid = unsafe { libc::getpid() };
@@ -177,16 +171,13 @@ impl Jail {
             config.gid.unwrap_or(default_id),
         );
         if uid == 0 || gid == 0 {
-            return Err(JailError::Config(format!(
-                "--uid {uid} --gid {gid}: the jailed VMM runs as an unprivileged user; give non-zero ids"
-            )));
+            return Err(JailError::RootIds { uid, gid });
         }
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            return Err(JailError::Step {
+            return Err(JailError::NeedRoot {
                 step: "set up namespaces, a cgroup and a new root".into(),
                 source: io::Error::from_raw_os_error(libc::EPERM),
-                hint: NEED_ROOT,
             });
         }
         let limits = Limits::new(config, vm)?;
@@ -223,9 +214,10 @@ impl Jail {
     pub fn fork(self) -> Result<Forked, JailError> {
         let threads = thread_count();
         if threads > 1 {
-            return Err(JailError::Config(format!(
-                "the VMM has {threads} threads; the jail must be entered before any is started"
-            )));
+            return Err(JailError::Threads {
+                step: "enter the jail",
+                threads,
+            });
         }
         let signals = supervised_signals();
         // SAFETY: an all-zero sigset_t is a valid value to be overwritten by pthread_sigmask.
@@ -328,14 +320,25 @@ mod tests {
             ..VmSpec::default()
         };
         let e = Jail::new(&JailConfig::new("/nonexistent/jail"), &vm).unwrap_err();
-        assert!(e.to_string().contains("/nonexistent/jail"), "{e}");
+        assert!(matches!(e, JailError::DirUnusable { .. }), "{e:?}");
+        assert!(e.to_string().contains("'/nonexistent/jail'"), "{e}");
+        assert!(e.to_string().contains("No such file or directory"), "{e}");
         let e = Jail::new(&JailConfig::new("/etc/hostname"), &vm).unwrap_err();
-        assert!(e.to_string().contains("not a directory"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("'/etc/hostname' is not a directory"),
+            "{e}"
+        );
         let e = Jail::new(&JailConfig::new("/"), &vm).unwrap_err();
+        assert!(matches!(e, JailError::HostRoot), "{e:?}");
         assert!(e.to_string().contains("host's files"), "{e}");
         let mut c = JailConfig::new("/tmp");
         c.uid = Some(0);
+        c.gid = Some(7);
         let e = Jail::new(&c, &vm).unwrap_err();
-        assert!(e.to_string().contains("non-zero"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "uid 0, gid 7: the jailed VMM runs as an unprivileged user and needs non-zero ids"
+        );
     }
 }

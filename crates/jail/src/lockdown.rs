@@ -29,9 +29,10 @@ impl Jailed {
     pub fn lock_down(self) -> Result<(), JailError> {
         let threads = settled_thread_count();
         if threads != 1 {
-            return Err(JailError::Config(format!(
-                "{threads} threads are running; the jail can only be closed while the VMM has one"
-            )));
+            return Err(JailError::Threads {
+                step: "close the jail",
+                threads,
+            });
         }
         // Counted while /proc is still visible.
         let open_fds = highest_fd().saturating_add(1);

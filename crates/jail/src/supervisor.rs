@@ -6,6 +6,7 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::cgroup::Cgroup;
+use crate::JailError;
 
 /// The parent: holds nothing but the cgroup paths; waits for the jailed VMM.
 #[derive(Debug)]
@@ -33,11 +34,17 @@ impl Supervisor {
     /// `before_filter` runs right before the filter goes on: the caller installs its SIGSYS
     /// handler there, which reports a forbidden call (the CLI uses the one of the `vm` crate, so
     /// the message names the supervisor as it names the VMM's threads). If it fails, or the filter
-    /// does, the jailed VMM is stopped and its status returned.
-    pub fn wait(self, before_filter: impl FnOnce() -> Result<(), String>) -> u8 {
+    /// does, the jailed VMM is stopped and its status returned; `hint` gives what the caller
+    /// appends to the filter's error in the log (the CLI's option hint, or "").
+    pub fn wait(
+        self,
+        before_filter: impl FnOnce() -> Result<(), String>,
+        hint: impl FnOnce(&JailError) -> String,
+    ) -> u8 {
         if self.seccomp {
-            let confined = before_filter()
-                .and_then(|()| crate::seccomp::confine(self.child).map_err(|e| e.to_string()));
+            let confined = before_filter().and_then(|()| {
+                crate::seccomp::confine(self.child).map_err(|e| format!("{e}{}", hint(&e)))
+            });
             if let Err(e) = confined {
                 log::error!("{e}; stopping the jailed VMM");
                 // SAFETY: kill has no memory-safety preconditions; the child is ours and unreaped.
