@@ -320,7 +320,7 @@ fn jail_hint(e: &jail::JailError) -> String {
             overhead_mib,
             ..
         } => format!(
-            "; --memory-limit may not be less than the guest's --memory: give {}M or more",
+            "; raise --memory-limit, which is less than the guest's --memory: give {}M or more",
             ram_mib + overhead_mib
         ),
         JailError::NeedRoot { .. } => "; run vmm as root, or without --jail".into(),
@@ -433,9 +433,9 @@ mod tests {
         };
         assert_eq!(
             jail_line(&e),
-            "a memory limit of 16 MiB is less than the guest's 128 MiB of RAM: the VMM would be \
-             killed once the guest touches its RAM; allow at least the RAM plus 128 MiB; \
-             --memory-limit may not be less than the guest's --memory: give 256M or more"
+            "a memory limit of 16 MiB is less than the guest's 128 MiB of RAM plus the VMM's \
+             128 MiB: the VMM would be killed once the guest touches its RAM; raise \
+             --memory-limit, which is less than the guest's --memory: give 256M or more"
         );
         let e = JailError::RootIds { uid: 0, gid: 7 };
         assert_eq!(

@@ -47,9 +47,8 @@ pub enum JailError {
     },
     /// The cgroup memory limit is below the guest's RAM.
     #[error(
-        "a memory limit of {limit_mib} MiB is less than the guest's {ram_mib} MiB of RAM: the VMM \
-         would be killed once the guest touches its RAM; allow at least the RAM plus \
-         {overhead_mib} MiB"
+        "a memory limit of {limit_mib} MiB is less than the guest's {ram_mib} MiB of RAM plus the \
+         VMM's {overhead_mib} MiB: the VMM would be killed once the guest touches its RAM"
     )]
     MemoryLimitTooLow {
         /// The limit asked for, in MiB.
