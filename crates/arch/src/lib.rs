@@ -17,6 +17,7 @@ pub mod mptable;
 pub mod msr;
 pub mod paging;
 pub mod regs;
+pub mod state;
 
 pub use memory::{
     e820_map, initrd_load_addr, initrd_load_addr_above, low_ram_end, ram_regions, E820Entry,
@@ -154,6 +155,50 @@ pub enum Error {
         /// The KVM error.
         #[source]
         source: kvm_ioctls::Error,
+    },
+    /// A VM ioctl failed.
+    #[error("VM ioctl {what} failed: {source}")]
+    Vm {
+        /// Which ioctl.
+        what: &'static str,
+        /// The KVM error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// A system ioctl on /dev/kvm failed.
+    #[error("KVM ioctl {what} failed: {source}")]
+    Kvm {
+        /// Which ioctl.
+        what: &'static str,
+        /// The KVM error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// A saved state has another version than this build reads.
+    #[error("saved {what} state has version {found}, this build reads version {expected}")]
+    StateVersion {
+        /// Whose state (vCPU, VM).
+        what: &'static str,
+        /// The version found.
+        found: u16,
+        /// The version this build reads.
+        expected: u16,
+    },
+    /// A saved state does not fit where it is restored.
+    #[error("saved {what} state does not fit: {why}")]
+    StateMismatch {
+        /// Whose state.
+        what: &'static str,
+        /// What does not fit, naming the values.
+        why: String,
+    },
+    /// KVM refused to restore an MSR.
+    #[error("KVM_SET_MSRS refused MSR {index:#x} = {value:#x}")]
+    MsrRestore {
+        /// The MSR.
+        index: u32,
+        /// The value saved.
+        value: u64,
     },
     /// Building the MSR list failed.
     #[error("cannot build the list of {count} MSRs: {reason}")]

@@ -211,3 +211,211 @@ fn kvm_supported_cpuid_filters_per_vcpu() {
         }
     }
 }
+
+/// A VM with guest memory, the in-kernel irqchip and PIT, and one vCPU at the Linux 64-bit entry.
+fn vm_for_state(kvm: &Kvm) -> (VmFd, VcpuFd, GuestMemoryMmap) {
+    let (vm, mem) = vm_with_memory(kvm);
+    vm.create_pit2(kvm_bindings::kvm_pit_config::default())
+        .unwrap();
+    let vcpu = new_vcpu(&vm, kvm, 0, 1);
+    let entry = BootEntry::Linux64 {
+        entry: GuestAddress(0x100_0000),
+    };
+    setup_vcpu(&mem, &vcpu, &entry).unwrap();
+    (vm, vcpu, mem)
+}
+
+fn set_lapic_reg(lapic: &mut kvm_bindings::kvm_lapic_state, offset: usize, value: u32) {
+    for (i, b) in value.to_le_bytes().into_iter().enumerate() {
+        lapic.regs[offset + i] = b as std::os::raw::c_char;
+    }
+}
+
+fn msr(state: &arch::state::VcpuState, index: u32) -> Option<u64> {
+    state.msrs.iter().find(|e| e.index == index).map(|e| e.data)
+}
+
+#[test]
+fn kvm_vcpu_and_vm_state_restore_into_a_fresh_vm() {
+    use arch::msr::{MSR_IA32_TSC, MSR_KERNEL_GS_BASE, MSR_STAR};
+    use arch::state::{msrs_to_save, VcpuState, VmState};
+    let Some(kvm) = open_kvm() else { return };
+    let (vm, vcpu, _mem) = vm_for_state(&kvm);
+
+    // Recognisable state everywhere.
+    let mut regs = vcpu.get_regs().unwrap();
+    regs.rax = 0x1122_3344_5566_7788;
+    regs.r15 = 0x0f0f_0f0f;
+    regs.rip = 0x100_0042;
+    vcpu.set_regs(&regs).unwrap();
+    let mut lapic = vcpu.get_lapic().unwrap();
+    set_lapic_reg(&mut lapic, 0x80, 0x20); // TPR
+    set_lapic_reg(&mut lapic, 0x320, 0x0001_00ef); // LVT timer: masked, vector 0xef
+    vcpu.set_lapic(&lapic).unwrap();
+    let set = arch::msr::msrs_from(&[
+        (MSR_STAR, 0x0023_0010_0000_0000),
+        (MSR_KERNEL_GS_BASE, 0xffff_8880_1234_0000),
+        (MSR_IA32_TSC, 1 << 40),
+    ])
+    .unwrap();
+    assert_eq!(vcpu.set_msrs(&set).unwrap(), 3);
+    let mut dregs = vcpu.get_debug_regs().unwrap();
+    dregs.db[0] = 0x1234_5000;
+    dregs.dr7 = 0x0000_0401;
+    vcpu.set_debug_regs(&dregs).unwrap();
+    // x87 and SSE state through the XSAVE image (KVM_SET_FPU does not set MXCSR on every
+    // host): FCW, MXCSR, XMM3, and XSTATE_BV marking x87 and SSE in use.
+    let mut xsave = vcpu.get_xsave().unwrap();
+    xsave.region[0] = (xsave.region[0] & !0xffff) | 0x27f;
+    xsave.region[6] = 0x1fa0;
+    xsave.region[52..56].fill(0x5a5a_5a5a);
+    xsave.region[128] |= 3;
+    // SAFETY: a whole kvm_xsave read from this vCPU, with no larger XSAVE buffer enabled.
+    unsafe { vcpu.set_xsave(&xsave).unwrap() };
+    let mut events = vcpu.get_vcpu_events().unwrap();
+    events.nmi.pending = 1;
+    events.flags = kvm_bindings::KVM_VCPUEVENT_VALID_NMI_PENDING;
+    vcpu.set_vcpu_events(&events).unwrap();
+    let mut mp = vcpu.get_mp_state().unwrap();
+    mp.mp_state = kvm_bindings::KVM_MP_STATE_HALTED;
+    vcpu.set_mp_state(mp).unwrap();
+
+    let mut pic = kvm_bindings::kvm_irqchip {
+        chip_id: kvm_bindings::KVM_IRQCHIP_PIC_MASTER,
+        ..Default::default()
+    };
+    vm.get_irqchip(&mut pic).unwrap();
+    // Chip 0 is a PIC: `pic` is the union's active field.
+    pic.chip.pic.irq_base = 0x30;
+    pic.chip.pic.imr = 0xfa;
+    vm.set_irqchip(&pic).unwrap();
+    let mut pit = vm.get_pit2().unwrap();
+    pit.channels[0].count = 1000;
+    pit.channels[0].mode = 2;
+    vm.set_pit2(&pit).unwrap();
+    let clock = kvm_bindings::kvm_clock_data {
+        clock: 1 << 36,
+        ..Default::default()
+    };
+    vm.set_clock(&clock).unwrap();
+
+    // Save, through JSON as a snapshot file would hold it.
+    let indices = msrs_to_save(&kvm).unwrap();
+    let vm_saved = VmState::save(&vm).unwrap();
+    let vcpu_saved = VcpuState::save(&vcpu, &indices).unwrap();
+    let vm_saved: VmState =
+        serde_json::from_str(&serde_json::to_string(&vm_saved).unwrap()).unwrap();
+    let vcpu_saved: VcpuState =
+        serde_json::from_str(&serde_json::to_string(&vcpu_saved).unwrap()).unwrap();
+    assert!(vm_saved.irqchip.is_some() && vm_saved.pit.is_some());
+    assert_eq!(msr(&vcpu_saved, MSR_STAR), Some(0x0023_0010_0000_0000));
+    assert_eq!(vcpu_saved.xsave.as_ref().map(|x| x[6]), Some(0x1fa0));
+    assert_eq!(vcpu_saved.events.nmi.pending, 1);
+    assert!(msr(&vcpu_saved, MSR_IA32_TSC).is_some_and(|t| t >= 1 << 40));
+
+    // Restore into a fresh VM and vCPU, then save again and compare.
+    let (vm2, vcpu2, _mem2) = vm_for_state(&kvm);
+    vm_saved.restore(&vm2).unwrap();
+    vcpu_saved.restore(&vcpu2).unwrap();
+    let vm_back = VmState::save(&vm2).unwrap();
+    let vcpu_back = VcpuState::save(&vcpu2, &indices).unwrap();
+
+    let json = |v: &dyn erased::Json| v.json();
+    assert_eq!(json(&vm_back.irqchip), json(&vm_saved.irqchip), "irqchip");
+    let (p1, p2) = (vm_saved.pit.unwrap(), vm_back.pit.unwrap());
+    for (c1, c2) in p1.channels.iter().zip(&p2.channels) {
+        assert_eq!((c1.count, c1.mode, c1.gate), (c2.count, c2.mode, c2.gate));
+    }
+    assert!(vm_back.clock.clock >= vm_saved.clock.clock);
+    assert!(vm_back.clock.clock < vm_saved.clock.clock + 10_000_000_000);
+
+    assert_eq!(vcpu_back.regs, vcpu_saved.regs, "regs");
+    assert_eq!(vcpu_back.sregs, vcpu_saved.sregs, "sregs");
+    assert_eq!(vcpu_back.fpu, vcpu_saved.fpu, "fpu");
+    assert_eq!(vcpu_back.xsave, vcpu_saved.xsave, "xsave");
+    assert_eq!(vcpu_back.xcrs, vcpu_saved.xcrs, "xcrs");
+    assert_eq!(vcpu_back.debug_regs, vcpu_saved.debug_regs, "debug regs");
+    assert_eq!(vcpu_back.mp_state, vcpu_saved.mp_state, "mp state");
+    assert_eq!(vcpu_back.events, vcpu_saved.events, "events");
+    assert_eq!(vcpu_back.fpu.xmm[3], [0x5a; 16]);
+    assert_eq!(vcpu_back.fpu.fcw, 0x27f);
+    assert_eq!(lvt(&vcpu2, 0x80), 0x20);
+    assert_eq!(lvt(&vcpu2, 0x320), 0x0001_00ef);
+    let lapic_diff: Vec<usize> = (0..1024)
+        .filter(|&i| vcpu_back.lapic.regs[i] != vcpu_saved.lapic.regs[i])
+        .collect();
+    assert!(
+        lapic_diff.is_empty(),
+        "LAPIC bytes differ at {lapic_diff:x?}"
+    );
+    let msr_diff: Vec<_> = vcpu_saved
+        .msrs
+        .iter()
+        .filter(|e| e.index != MSR_IA32_TSC && msr(&vcpu_back, e.index) != Some(e.data))
+        .map(|e| (e.index, e.data, msr(&vcpu_back, e.index)))
+        .collect();
+    assert!(msr_diff.is_empty(), "MSRs differ: {msr_diff:x?}");
+    let (t1, t2) = (
+        msr(&vcpu_saved, MSR_IA32_TSC).unwrap(),
+        msr(&vcpu_back, MSR_IA32_TSC).unwrap(),
+    );
+    assert!(t2 >= t1 && t2 - t1 < 1 << 36, "TSC {t1:#x} -> {t2:#x}");
+}
+
+/// Comparing KVM structs without PartialEq through their serde form.
+mod erased {
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap()
+        }
+    }
+}
+
+#[test]
+fn kvm_state_of_another_version_is_refused() {
+    use arch::state::{VcpuState, VmState};
+    let Some(kvm) = open_kvm() else { return };
+    let (vm, vcpu, _mem) = vm_for_state(&kvm);
+    let mut v = VmState::save(&vm).unwrap();
+    v.version += 1;
+    assert!(matches!(
+        v.restore(&vm),
+        Err(arch::Error::StateVersion { what: "VM", .. })
+    ));
+    let mut c = VcpuState::save(&vcpu, &[]).unwrap();
+    c.version += 1;
+    assert!(matches!(
+        c.restore(&vcpu),
+        Err(arch::Error::StateVersion { what: "vCPU", .. })
+    ));
+}
+
+#[test]
+fn kvm_split_irqchip_vm_saves_no_irqchip_and_refuses_one() {
+    use arch::state::VmState;
+    let Some(kvm) = open_kvm() else { return };
+    let (full, _vcpu, _mem) = vm_for_state(&kvm);
+    let with_chips = VmState::save(&full).unwrap();
+
+    let split = kvm.create_vm().unwrap();
+    let mut cap = kvm_bindings::kvm_enable_cap {
+        cap: kvm_bindings::KVM_CAP_SPLIT_IRQCHIP,
+        ..Default::default()
+    };
+    cap.args[0] = 24;
+    split.enable_cap(&cap).unwrap();
+    // KVM answers ENXIO for the irqchip and the PIT a split irqchip does not have.
+    let saved = VmState::save(&split).unwrap();
+    assert!(saved.irqchip.is_none() && saved.pit.is_none());
+    saved.restore(&split).unwrap();
+    match with_chips.restore(&split) {
+        Err(arch::Error::Vm {
+            what: "KVM_SET_IRQCHIP",
+            source,
+        }) => assert_eq!(source.errno(), libc::ENXIO),
+        other => panic!("{other:?}"),
+    }
+}

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Why a saved state could not be put back.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum PersistError {
     /// The state was saved by a build whose state struct had another shape.
     #[error("{device}: saved state has version {found}, this build reads version {expected}")]
@@ -35,7 +35,65 @@ pub enum PersistError {
         /// What does not fit, naming the values.
         why: String,
     },
+    /// The state fits, but the device's host side could not take it (a descriptor could not be
+    /// duplicated, a timer could not be armed, the interrupt routes could not be set).
+    #[error("{device}: cannot restore the state: {what}")]
+    Backend {
+        /// The device's name.
+        device: &'static str,
+        /// What failed.
+        what: &'static str,
+        /// The host's error.
+        #[source]
+        error: std::io::Error,
+    },
 }
+
+/// Errors compare by variant and values; host errors by their kind and OS error code.
+impl PartialEq for PersistError {
+    fn eq(&self, other: &Self) -> bool {
+        use PersistError::*;
+        match (self, other) {
+            (
+                Version {
+                    device: d1,
+                    found: f1,
+                    expected: e1,
+                },
+                Version {
+                    device: d2,
+                    found: f2,
+                    expected: e2,
+                },
+            ) => (d1, f1, e1) == (d2, f2, e2),
+            (
+                Mismatch {
+                    device: d1,
+                    why: w1,
+                },
+                Mismatch {
+                    device: d2,
+                    why: w2,
+                },
+            ) => (d1, w1) == (d2, w2),
+            (
+                Backend {
+                    device: d1,
+                    what: w1,
+                    error: e1,
+                },
+                Backend {
+                    device: d2,
+                    what: w2,
+                    error: e2,
+                },
+            ) => (d1, w1, e1.kind(), e1.raw_os_error()) == (d2, w2, e2.kind(), e2.raw_os_error()),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for PersistError {}
 
 /// A device whose guest-visible state can be saved and restored.
 pub trait Persist {
@@ -87,6 +145,31 @@ pub struct Versioned<S> {
 #[cfg(test)]
 pub(crate) mod test_util {
     use super::*;
+    use std::time::Instant;
+
+    /// A device whose saved state depends on the time: it saves and restores as of a given
+    /// instant, so that a test can freeze the clock ([`Frozen`]).
+    pub(crate) trait Clocked: Persist {
+        fn save_at(&self, now: Instant) -> Self::State;
+        fn restore_at(&mut self, state: Self::State, now: Instant) -> Result<(), PersistError>;
+    }
+
+    /// A [`Clocked`] device whose clock stands still at `.1`, for [`round_trip`].
+    pub(crate) struct Frozen<D>(pub D, pub Instant);
+
+    impl<D: Clocked> Persist for Frozen<D> {
+        const NAME: &'static str = D::NAME;
+        const STATE_VERSION: u16 = D::STATE_VERSION;
+        type State = D::State;
+
+        fn save(&self) -> D::State {
+            self.0.save_at(self.1)
+        }
+
+        fn restore(&mut self, state: D::State) -> Result<(), PersistError> {
+            self.0.restore_at(state, self.1)
+        }
+    }
 
     /// Saves `device`, sends the state through JSON (as a snapshot file would hold it), restores it
     /// into `fresh` and checks that `fresh` then saves the same state.

@@ -303,13 +303,255 @@ impl AsRawFd for RateLimiter {
     }
 }
 
+pub use persist::{BucketState, RateLimiterState};
+
+/// Saving and restoring the buckets' tokens.
+mod persist {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::persist::{Persist, PersistError};
+
+    /// One bucket as of the moment of saving: the refill up to that moment is included, so no
+    /// time is saved and a restored bucket refills from the moment it is restored.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct BucketState {
+        /// Tokens per second (checked against the restoring device's configuration).
+        pub rate: u64,
+        /// The bucket's size in tokens (checked likewise).
+        pub capacity: u64,
+        /// Tokens × 10⁹ in the bucket; negative while in debt.
+        pub nano_tokens: i128,
+    }
+
+    /// A limiter's buckets. Not saved: the timer (restoring re-arms it if the buckets are
+    /// empty, so a device that was waiting tries again) and the throttling count.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct RateLimiterState {
+        /// The bytes bucket, if the device has one.
+        pub bytes: Option<BucketState>,
+        /// The operations bucket, if the device has one.
+        pub ops: Option<BucketState>,
+    }
+
+    fn save_bucket(bucket: &Option<Bucket>, now: Instant) -> Option<BucketState> {
+        bucket.as_ref().map(|b| {
+            let mut b = b.clone();
+            b.refill(now);
+            BucketState {
+                rate: b.rate,
+                capacity: b.capacity,
+                nano_tokens: b.nano_tokens,
+            }
+        })
+    }
+
+    fn restore_bucket(
+        bucket: &mut Option<Bucket>,
+        state: Option<BucketState>,
+        what: &str,
+        now: Instant,
+    ) -> Result<(), String> {
+        match (bucket.as_mut(), state) {
+            (None, None) => Ok(()),
+            (Some(b), Some(s)) => {
+                if (s.rate, s.capacity) != (b.rate, b.capacity) {
+                    return Err(format!(
+                        "{what} bucket of {}/s and {} tokens, this device has {}/s and {}",
+                        s.rate, s.capacity, b.rate, b.capacity
+                    ));
+                }
+                if s.nano_tokens > i128::from(b.capacity) * NANOS_PER_SEC {
+                    return Err(format!(
+                        "{what} bucket holds {} nano-tokens, more than its {} tokens",
+                        s.nano_tokens, b.capacity
+                    ));
+                }
+                b.nano_tokens = s.nano_tokens;
+                b.last = now;
+                Ok(())
+            }
+            (Some(_), None) => Err(format!("no {what} bucket saved, this device has one")),
+            (None, Some(_)) => Err(format!("a {what} bucket saved, this device has none")),
+        }
+    }
+
+    impl Buckets {
+        /// The buckets as of `now`.
+        pub(super) fn save_at(&self, now: Instant) -> RateLimiterState {
+            RateLimiterState {
+                bytes: save_bucket(&self.bytes, now),
+                ops: save_bucket(&self.ops, now),
+            }
+        }
+
+        /// The buckets of `state`, refilling from `now`, if they have this configuration.
+        pub(super) fn restored(
+            &self,
+            state: RateLimiterState,
+            now: Instant,
+        ) -> Result<Buckets, String> {
+            let mut new = self.clone();
+            restore_bucket(&mut new.bytes, state.bytes, "bytes", now)?;
+            restore_bucket(&mut new.ops, state.ops, "ops", now)?;
+            Ok(new)
+        }
+    }
+
+    impl RateLimiter {
+        pub(super) fn restore_at(
+            &mut self,
+            state: RateLimiterState,
+            now: Instant,
+        ) -> Result<(), PersistError> {
+            let mut buckets =
+                self.buckets
+                    .restored(state, now)
+                    .map_err(|why| PersistError::Mismatch {
+                        device: <Self as Persist>::NAME,
+                        why,
+                    })?;
+            // A device that was waiting for tokens does not know its timer is gone: arm it for
+            // when the buckets hold a token again, and the device tries again then.
+            let armed = match buckets.ready(now) {
+                Ok(()) => self.timer.clear(),
+                Err(wait) => self.timer.reset(wait.max(Duration::from_nanos(1)), None),
+            };
+            armed.map_err(|e| PersistError::Backend {
+                device: <Self as Persist>::NAME,
+                what: "arm the rate-limit timer",
+                error: e.into(),
+            })?;
+            self.buckets = buckets;
+            Ok(())
+        }
+    }
+
+    impl Persist for RateLimiter {
+        const NAME: &'static str = "rate-limiter";
+        const STATE_VERSION: u16 = 1;
+        type State = RateLimiterState;
+
+        fn save(&self) -> RateLimiterState {
+            self.buckets.save_at(Instant::now())
+        }
+
+        fn restore(&mut self, state: RateLimiterState) -> Result<(), PersistError> {
+            self.restore_at(state, Instant::now())
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::super::tests::limits;
+        use super::*;
+        use crate::persist::test_util::{round_trip, Clocked, Frozen};
+        use crate::persist::Versioned;
+
+        const MS: Duration = Duration::from_millis(1);
+
+        impl Clocked for RateLimiter {
+            fn save_at(&self, now: Instant) -> RateLimiterState {
+                self.buckets.save_at(now)
+            }
+            fn restore_at(
+                &mut self,
+                state: RateLimiterState,
+                now: Instant,
+            ) -> Result<(), PersistError> {
+                RateLimiter::restore_at(self, state, now)
+            }
+        }
+
+        #[test]
+        fn round_trip_keeps_the_tokens_and_the_debt() {
+            let cfg = limits(Some((1000, 500)), Some((10, 5)));
+            let t0 = Instant::now();
+            let mut l = RateLimiter::new(&cfg).unwrap();
+            l.buckets = Buckets::new(&cfg, t0);
+            // 2000 bytes against a 500-byte bucket: 1500 in debt; 3 of 5 ops left.
+            l.buckets.charge(t0, 2000, 2);
+            let fresh = RateLimiter::new(&cfg).unwrap();
+            let state = round_trip(&Frozen(l, t0), &mut Frozen(fresh, t0));
+            assert_eq!(state.bytes.unwrap().nano_tokens, -1500 * NANOS_PER_SEC);
+            assert_eq!(state.ops.unwrap().nano_tokens, 3 * NANOS_PER_SEC);
+        }
+
+        #[test]
+        fn a_restored_limiter_refills_from_the_restore_and_waits_the_same() {
+            let cfg = limits(None, Some((1000, 1)));
+            let t0 = Instant::now();
+            let mut b = Buckets::new(&cfg, t0);
+            assert_eq!(b.consume(t0, 0, 1), Ok(()));
+            // Saved 0.4 ms later: 0.4 of a token; restored "later" in another process.
+            let state = b.save_at(t0 + MS * 2 / 5);
+            let t1 = t0 + Duration::from_secs(5);
+            let mut fresh = RateLimiter::new(&cfg).unwrap();
+            fresh.restore_at(state, t1).unwrap();
+            assert_eq!(
+                fresh.buckets.consume(t1, 0, 1),
+                Err(Duration::from_micros(600))
+            );
+            assert_eq!(fresh.buckets.consume(t1 + MS * 3 / 5, 0, 1), Ok(()));
+            // The buckets were empty: the timer was armed so the device tries again.
+            assert!(fresh.timer.is_armed().unwrap());
+            // Full buckets leave it disarmed.
+            let mut full = RateLimiter::new(&cfg).unwrap();
+            full.restore_versioned(RateLimiter::new(&cfg).unwrap().save_versioned())
+                .unwrap();
+            assert!(!full.timer.is_armed().unwrap());
+            assert!(full.try_consume(0, 1));
+        }
+
+        #[test]
+        fn another_configuration_is_refused_and_changes_nothing() {
+            let cfg = limits(Some((1000, 500)), None);
+            let mut l = RateLimiter::new(&cfg).unwrap();
+            assert!(l.try_consume(100, 0));
+            let before = l.buckets.tokens();
+            let mut bad = Vec::new();
+            let other = |c| RateLimiter::new(&c).unwrap().save();
+            bad.push((
+                other(limits(Some((2000, 500)), None)),
+                "bytes bucket of 2000/s and 500 tokens, this device has 1000/s and 500",
+            ));
+            bad.push((
+                other(limits(None, None)),
+                "no bytes bucket saved, this device has one",
+            ));
+            bad.push((
+                other(limits(Some((1000, 500)), Some((1, 1)))),
+                "a ops bucket saved, this device has none",
+            ));
+            let mut over = l.save();
+            if let Some(b) = over.bytes.as_mut() {
+                b.nano_tokens = 501 * NANOS_PER_SEC;
+            }
+            bad.push((
+                over,
+                "bytes bucket holds 501000000000 nano-tokens, more than its 500 tokens",
+            ));
+            for (state, why) in bad {
+                let err = l
+                    .restore_versioned(Versioned { version: 1, state })
+                    .unwrap_err();
+                assert_eq!(
+                    err.to_string(),
+                    format!("rate-limiter: saved state does not fit: {why}")
+                );
+            }
+            assert_eq!(l.buckets.tokens(), before);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
 
-    fn limits(bytes: Option<(u64, u64)>, ops: Option<(u64, u64)>) -> RateLimitConfig {
+    pub(super) fn limits(bytes: Option<(u64, u64)>, ops: Option<(u64, u64)>) -> RateLimitConfig {
         let b = |(rate, burst)| BucketConfig {
             rate,
             burst: Some(burst),

@@ -94,13 +94,77 @@ impl BusDevice for BootTimer {
     }
 }
 
+pub use persist::BootTimerState;
+
+/// Saving and restoring whether the boot timer has reported.
+mod persist {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::persist::{Persist, PersistError};
+
+    /// The boot timer's state: whether the guest has already marked its boot, so a restored VM
+    /// does not report twice. The start instant is the VMM process's, not the guest's: a restored
+    /// timer measures from its own process start.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct BootTimerState {
+        /// The guest has written the magic byte.
+        pub reported: bool,
+    }
+
+    impl Persist for BootTimer {
+        const NAME: &'static str = "boot-timer";
+        const STATE_VERSION: u16 = 1;
+        type State = BootTimerState;
+
+        fn save(&self) -> BootTimerState {
+            BootTimerState {
+                reported: self.reported,
+            }
+        }
+
+        fn restore(&mut self, state: BootTimerState) -> Result<(), PersistError> {
+            self.reported = state.reported;
+            Ok(())
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::super::tests::timer;
+        use super::*;
+        use crate::persist::test_util::round_trip;
+
+        #[test]
+        fn a_restored_timer_that_reported_stays_quiet() {
+            let (mut dev, lines) = timer(Instant::now());
+            dev.write(0, &[BOOT_TIMER_MAGIC]);
+            assert_eq!(lines.lock().unwrap().len(), 1);
+            let (mut fresh, fresh_lines) = timer(Instant::now());
+            assert!(round_trip(&dev, &mut fresh).reported);
+            fresh.write(0, &[BOOT_TIMER_MAGIC]);
+            assert!(fresh_lines.lock().unwrap().is_empty());
+        }
+
+        #[test]
+        fn a_restored_timer_that_had_not_reported_reports_once() {
+            let (dev, _) = timer(Instant::now());
+            let (mut fresh, fresh_lines) = timer(Instant::now());
+            assert!(!round_trip(&dev, &mut fresh).reported);
+            fresh.write(0, &[BOOT_TIMER_MAGIC]);
+            fresh.write(0, &[BOOT_TIMER_MAGIC]);
+            assert_eq!(fresh_lines.lock().unwrap().len(), 1);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    fn timer(start: Instant) -> (BootTimer, Arc<Mutex<Vec<String>>>) {
+    pub(super) fn timer(start: Instant) -> (BootTimer, Arc<Mutex<Vec<String>>>) {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
         let dev = BootTimer::with_sink(

@@ -210,16 +210,209 @@ impl BusDevice for Ioapic {
     }
 }
 
+pub use persist::IoapicState;
+
+/// Saving and restoring the I/O APIC's registers; restoring re-pushes the routes.
+mod persist {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::persist::{Persist, PersistError};
+
+    /// The I/O APIC's guest-visible state: the ID, the selected register and the redirection
+    /// table. The routes are not saved: they follow from the table and are pushed to the router
+    /// again on restore, so KVM's routing table matches whatever it held before.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct IoapicState {
+        /// The ID register (bits 27:24).
+        pub id: u32,
+        /// IOREGSEL: the register IOWIN reads and writes.
+        pub select: u32,
+        /// The redirection table, one 64-bit entry per pin.
+        pub table: Vec<u64>,
+    }
+
+    impl Persist for Ioapic {
+        const NAME: &'static str = "ioapic";
+        const STATE_VERSION: u16 = 1;
+        type State = IoapicState;
+
+        fn save(&self) -> IoapicState {
+            IoapicState {
+                id: self.id,
+                select: self.select,
+                table: self.table.to_vec(),
+            }
+        }
+
+        /// Refuses a table of another size, bits the guest cannot set, then pushes the routes
+        /// and only then takes the state, so a failing router leaves the device as it was.
+        fn restore(&mut self, state: IoapicState) -> Result<(), PersistError> {
+            let mismatch = |why| PersistError::Mismatch {
+                device: Self::NAME,
+                why,
+            };
+            let table: [u64; IOAPIC_NUM_PINS] =
+                state.table.as_slice().try_into().map_err(|_| {
+                    mismatch(format!(
+                        "{} redirection entries, this I/O APIC has {IOAPIC_NUM_PINS}",
+                        state.table.len()
+                    ))
+                })?;
+            if let Some((pin, entry)) = table
+                .iter()
+                .enumerate()
+                .find(|(_, &e)| e & !RTE_WRITABLE != 0)
+            {
+                return Err(mismatch(format!(
+                    "redirection entry {pin} is {entry:#x}, with bits {:#x} that cannot be set",
+                    entry & !RTE_WRITABLE
+                )));
+            }
+            if state.id & !ID_MASK != 0 || state.select > 0xff {
+                return Err(mismatch(format!(
+                    "ID {:#x} or register select {:#x} out of range",
+                    state.id, state.select
+                )));
+            }
+            let routes = table.map(route);
+            self.router
+                .set_routes(&routes)
+                .map_err(|error| PersistError::Backend {
+                    device: Self::NAME,
+                    what: "set the interrupt routes",
+                    error,
+                })?;
+            self.id = state.id;
+            self.select = state.select;
+            self.table = table;
+            self.routes = routes;
+            self.router_failed = false;
+            Ok(())
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::super::tests::{ioapic, read_reg, write_reg, Recorder};
+        use super::*;
+        use crate::persist::test_util::round_trip;
+        use crate::persist::Versioned;
+
+        /// An I/O APIC with ID 2, pin 4 routed to vector 0x31 on CPU 3, pin 9 programmed but
+        /// masked, and IOREGSEL left on pin 9's high half.
+        fn programmed() -> Ioapic {
+            let (mut io, _) = ioapic();
+            write_reg(&mut io, REG_ID, 0x0200_0000);
+            write_reg(&mut io, REG_TABLE + 9, 0x0300_0000);
+            write_reg(&mut io, REG_TABLE + 8, 0x31);
+            write_reg(&mut io, REG_TABLE + 18, 0x0001_a041);
+            write_reg(&mut io, REG_TABLE + 19, 0x0100_0000);
+            io
+        }
+
+        #[test]
+        fn round_trip_pushes_the_same_routes() {
+            let io = programmed();
+            let (mut fresh, pushed) = ioapic();
+            let state = round_trip(&io, &mut fresh);
+            assert_eq!(state.select, REG_TABLE + 19);
+            assert_eq!(state.id, 0x0200_0000);
+            // Restoring pushed the routes once, and they are the original's.
+            let pushed = pushed.lock().unwrap();
+            assert_eq!(pushed.len(), 1);
+            assert_eq!(&pushed[0], io.routes());
+            assert_eq!(
+                pushed[0][4],
+                Some(MsiMessage {
+                    address: 0xfee0_3000,
+                    data: 0x31
+                })
+            );
+        }
+
+        #[test]
+        fn a_restored_ioapic_reads_and_routes_like_the_original() {
+            let mut io = programmed();
+            let (mut fresh, pushed) = ioapic();
+            fresh.restore_versioned(io.save_versioned()).unwrap();
+            // IOREGSEL was restored: IOWIN reads pin 9's high half straight away.
+            let mut b = [0u8; 4];
+            fresh.read(IOWIN, &mut b);
+            assert_eq!(u32::from_le_bytes(b), 0x0100_0000);
+            for reg in [REG_ID, REG_VERSION, REG_TABLE + 8, REG_TABLE + 18] {
+                assert_eq!(
+                    read_reg(&mut fresh, reg),
+                    read_reg(&mut io, reg),
+                    "{reg:#x}"
+                );
+            }
+            // Unmasking pin 9 routes it the same way on both.
+            write_reg(&mut io, REG_TABLE + 18, 0x0000_a041);
+            write_reg(&mut fresh, REG_TABLE + 18, 0x0000_a041);
+            assert_eq!(fresh.routes(), io.routes());
+            assert_eq!(pushed.lock().unwrap().len(), 2);
+        }
+
+        #[test]
+        fn states_that_do_not_fit_are_refused_and_change_nothing() {
+            let good = programmed().save();
+            let (mut fresh, pushed) = ioapic();
+            let before = fresh.save();
+            let mut short = good.clone();
+            short.table.pop();
+            let mut reserved = good.clone();
+            reserved.table[3] |= 1 << 40;
+            let mut id = good.clone();
+            id.id = 0x1000_0000;
+            let mut select = good;
+            select.select = 0x100;
+            for bad in [short, reserved, id, select] {
+                let err = fresh
+                    .restore_versioned(Versioned {
+                        version: 1,
+                        state: bad,
+                    })
+                    .unwrap_err();
+                assert!(matches!(err, PersistError::Mismatch { .. }), "{err}");
+            }
+            assert_eq!(fresh.save(), before);
+            assert!(pushed.lock().unwrap().is_empty());
+        }
+
+        #[test]
+        fn a_failing_router_is_reported_and_changes_nothing() {
+            let mut fresh = Ioapic::new(Box::new(Recorder {
+                pushed: Default::default(),
+                fail: true,
+            }));
+            let before = fresh.save();
+            let err = fresh.restore(programmed().save()).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    PersistError::Backend {
+                        what: "set the interrupt routes",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert_eq!(fresh.save(), before);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
-    type Pushed = Arc<Mutex<Vec<[Option<MsiMessage>; IOAPIC_NUM_PINS]>>>;
+    pub(super) type Pushed = Arc<Mutex<Vec<[Option<MsiMessage>; IOAPIC_NUM_PINS]>>>;
 
-    struct Recorder {
-        pushed: Pushed,
-        fail: bool,
+    pub(super) struct Recorder {
+        pub(super) pushed: Pushed,
+        pub(super) fail: bool,
     }
 
     impl IrqRouter for Recorder {
@@ -235,7 +428,7 @@ mod tests {
         }
     }
 
-    fn ioapic() -> (Ioapic, Pushed) {
+    pub(super) fn ioapic() -> (Ioapic, Pushed) {
         let pushed = Pushed::default();
         let router = Recorder {
             pushed: pushed.clone(),
@@ -244,12 +437,12 @@ mod tests {
         (Ioapic::new(Box::new(router)), pushed)
     }
 
-    fn write_reg(io: &mut Ioapic, reg: u32, value: u32) {
+    pub(super) fn write_reg(io: &mut Ioapic, reg: u32, value: u32) {
         io.write(IOREGSEL, &reg.to_le_bytes());
         io.write(IOWIN, &value.to_le_bytes());
     }
 
-    fn read_reg(io: &mut Ioapic, reg: u32) -> u32 {
+    pub(super) fn read_reg(io: &mut Ioapic, reg: u32) -> u32 {
         io.write(IOREGSEL, &reg.to_le_bytes());
         let mut b = [0u8; 4];
         io.read(IOWIN, &mut b);

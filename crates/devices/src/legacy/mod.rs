@@ -27,3 +27,10 @@ impl Trigger for EventFdTrigger {
         self.0.write(1)
     }
 }
+
+/// The saved states of the legacy devices (see [`crate::persist`]).
+pub use boot_timer::BootTimerState;
+pub use i8042::I8042State;
+pub use ioapic::IoapicState;
+pub use pit::{PitChannelState, PitState};
+pub use serial::SerialState;

@@ -552,31 +552,346 @@ impl MutEventSubscriber for PitTimer {
     }
 }
 
+pub use persist::{PitChannelState, PitState};
+
+/// Saving and restoring the counters; restoring re-arms channel 0's timer.
+mod persist {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::persist::{Persist, PersistError};
+
+    /// One counter's state. Times are saved relative to the moment of saving, so the count goes
+    /// on from where it was, whatever the clocks of the two processes.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct PitChannelState {
+        /// Counter mode, 0–5.
+        pub mode: u8,
+        /// Access mode: 1 LSB, 2 MSB, 3 LSB then MSB.
+        pub access: u8,
+        /// BCD counting.
+        pub bcd: bool,
+        /// The count as loaded (1..=0x10000, or 1..=10000 in BCD); none since the control word.
+        pub count: Option<u32>,
+        /// For how long (ns) the counter had been counting when saved; none while not counting.
+        pub counting_ns: Option<u64>,
+        /// Ticks counted before a pause.
+        pub paused_ticks: u64,
+        /// The gate input.
+        pub gate: bool,
+        /// The LSB of a word being written.
+        pub lsb_written: Option<u8>,
+        /// The live count's MSB is read next.
+        pub read_msb_next: bool,
+        /// A latched count not read out yet.
+        pub latch: Option<u16>,
+        /// The latched count's MSB is read next.
+        pub latch_msb_next: bool,
+        /// A latched status byte not read yet.
+        pub status_latch: Option<u8>,
+        /// A count was written and not loaded yet.
+        pub null_count: bool,
+    }
+
+    /// The PIT's guest-visible state: the three counters and port 0x61's speaker-data bit. Not
+    /// saved: the phase of port 0x61's refresh bit (it toggles every 15 µs from the device's
+    /// creation; no guest can tell) and whether a timer error was logged.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct PitState {
+        /// Channels 0, 1 and 2.
+        pub channels: Vec<PitChannelState>,
+        /// Port 0x61 bit 1.
+        pub speaker_data: bool,
+    }
+
+    impl Channel {
+        fn save(&self, now: Instant) -> PitChannelState {
+            PitChannelState {
+                mode: self.mode,
+                access: self.access as u8,
+                bcd: self.bcd,
+                count: self.count,
+                counting_ns: self.start.map(|s| {
+                    u64::try_from(now.saturating_duration_since(s).as_nanos()).unwrap_or(u64::MAX)
+                }),
+                paused_ticks: self.paused_ticks,
+                gate: self.gate,
+                lsb_written: self.lsb_written,
+                read_msb_next: self.read_msb_next,
+                latch: self.latch.map(|l| l.value),
+                latch_msb_next: self.latch.is_some_and(|l| l.msb_next),
+                status_latch: self.status_latch,
+                null_count: self.null_count,
+            }
+        }
+
+        /// The channel `state` describes, or why it cannot be.
+        fn from_state(state: &PitChannelState, now: Instant) -> Result<Channel, String> {
+            if state.mode > 5 {
+                return Err(format!("mode {} (0 to 5)", state.mode));
+            }
+            let access = Access::from_bits(state.access)
+                .filter(|a| *a as u8 == state.access)
+                .ok_or_else(|| format!("access mode {} (1 to 3)", state.access))?;
+            let wrap: u32 = if state.bcd { 10_000 } else { 0x1_0000 };
+            if let Some(count) = state.count.filter(|c| !(1..=wrap).contains(c)) {
+                return Err(format!("count {count} (1 to {wrap})"));
+            }
+            let start = match state.counting_ns {
+                None => None,
+                Some(ns) => Some(now.checked_sub(Duration::from_nanos(ns)).ok_or_else(|| {
+                    format!("counting for {ns} ns, longer than this host's clock has run")
+                })?),
+            };
+            Ok(Channel {
+                mode: state.mode,
+                access,
+                bcd: state.bcd,
+                count: state.count,
+                start,
+                paused_ticks: state.paused_ticks,
+                gate: state.gate,
+                lsb_written: state.lsb_written,
+                read_msb_next: state.read_msb_next,
+                latch: state.latch.map(|value| Latch {
+                    value,
+                    msb_next: state.latch_msb_next,
+                }),
+                status_latch: state.status_latch,
+                null_count: state.null_count,
+            })
+        }
+    }
+
+    impl Pit {
+        pub(super) fn save_at(&self, now: Instant) -> PitState {
+            PitState {
+                channels: self.channels.iter().map(|c| c.save(now)).collect(),
+                speaker_data: self.speaker_data,
+            }
+        }
+
+        /// Checks every counter, re-arms channel 0's timer for its next edge, and only then takes
+        /// the state, so a refused state or a failing timer leaves the PIT as it was.
+        pub(super) fn restore_at(
+            &mut self,
+            state: PitState,
+            now: Instant,
+        ) -> Result<(), PersistError> {
+            let mismatch = |why| PersistError::Mismatch {
+                device: <Pit as Persist>::NAME,
+                why,
+            };
+            let channels: Vec<Channel> = state
+                .channels
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    Channel::from_state(c, now)
+                        .map_err(|why| mismatch(format!("channel {i}: {why}")))
+                })
+                .collect::<Result<_, _>>()?;
+            let channels: [Channel; 3] = channels.try_into().map_err(|c: Vec<Channel>| {
+                mismatch(format!("{} channels, the PIT has 3", c.len()))
+            })?;
+            let armed = match channels[0].next_edge(now) {
+                Some((first, period)) => {
+                    self.timer.reset(first.max(Duration::from_nanos(1)), period)
+                }
+                None => self.timer.clear(),
+            };
+            armed.map_err(|e| PersistError::Backend {
+                device: <Pit as Persist>::NAME,
+                what: "arm channel 0's timer",
+                error: e.into(),
+            })?;
+            self.channels = channels;
+            self.speaker_data = state.speaker_data;
+            self.timer_failed = false;
+            Ok(())
+        }
+    }
+
+    impl Persist for Pit {
+        const NAME: &'static str = "pit";
+        const STATE_VERSION: u16 = 1;
+        type State = PitState;
+
+        fn save(&self) -> PitState {
+            self.save_at(Instant::now())
+        }
+
+        fn restore(&mut self, state: PitState) -> Result<(), PersistError> {
+            self.restore_at(state, Instant::now())
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::super::tests::{at, load, pit, read_word};
+        use super::*;
+        use crate::persist::test_util::{round_trip, Clocked, Frozen};
+        use crate::persist::Versioned;
+
+        impl Clocked for Pit {
+            fn save_at(&self, now: Instant) -> PitState {
+                Pit::save_at(self, now)
+            }
+            fn restore_at(&mut self, state: PitState, now: Instant) -> Result<(), PersistError> {
+                Pit::restore_at(self, state, now)
+            }
+        }
+
+        /// A PIT in the middle of things at `t0` + 300 ticks: channel 0 periodic, channel 1
+        /// with a latched count half read, channel 2 paused by its gate with a status latched
+        /// and the LSB of a new word written.
+        fn busy(t0: Instant) -> Pit {
+            let (mut p, _) = pit();
+            load(&mut p, 0, 2, 1000, t0);
+            load(&mut p, 1, 3, 0x1234, t0);
+            p.write_control(0x40, at(t0, 100));
+            p.read_counter(1, at(t0, 200));
+            p.write_speaker(0x03, t0);
+            load(&mut p, 2, 0, 5000, t0);
+            p.write_speaker(0x02, at(t0, 250));
+            p.write_control(0xe8, at(t0, 260));
+            p.write_counter(2, 0x10, at(t0, 270));
+            p
+        }
+
+        #[test]
+        fn round_trip_keeps_every_counter() {
+            let t0 = Instant::now();
+            let now = at(t0, 300);
+            let (fresh, _) = pit();
+            let state = round_trip(&Frozen(busy(t0), now), &mut Frozen(fresh, now));
+            let [c0, c1, c2] = &state.channels[..] else {
+                panic!("{state:?}")
+            };
+            assert_eq!(c0.counting_ns, Some(ticks_duration(300).as_nanos() as u64));
+            assert_eq!((c1.latch, c1.latch_msb_next), (Some(0x1234 - 200), true));
+            assert_eq!((c2.counting_ns, c2.paused_ticks), (None, 250));
+            assert_eq!(
+                (c2.lsb_written, c2.status_latch.is_some()),
+                (Some(0x10), true)
+            );
+            assert!(state.speaker_data);
+        }
+
+        #[test]
+        fn counts_go_on_from_where_they_were() {
+            let t0 = Instant::now();
+            let mut p = busy(t0);
+            let state = p.save_at(at(t0, 300));
+            // Restored a second later, in another process's time.
+            let t1 = t0 + Duration::from_secs(1);
+            let (mut fresh, _) = pit();
+            fresh.restore_at(state, t1).unwrap();
+            assert_eq!(read_word(&mut fresh, 0, at(t1, 200)), 500);
+            assert_eq!(read_word(&mut p, 0, at(t0, 500)), 500);
+            // The half-read latch gives its MSB, then the live count.
+            assert_eq!(fresh.read_counter(1, t1), p.read_counter(1, at(t0, 300)));
+            // Channel 2 gets the MSB of its new word (count 16): the status latched before comes
+            // first, and the count waits for the gate.
+            fresh.write_counter(2, 0x00, t1);
+            p.write_counter(2, 0x00, at(t0, 300));
+            assert_eq!(
+                fresh.read_counter(2, t1),
+                p.read_counter(2, at(t0, 300)),
+                "status"
+            );
+            fresh.write_speaker(0x03, t1);
+            p.write_speaker(0x03, at(t0, 300));
+            assert_eq!(read_word(&mut fresh, 2, at(t1, 100)), 0xffff - 83);
+            assert_eq!(read_word(&mut p, 2, at(t0, 400)), 0xffff - 83);
+            // Channel 0's timer is armed for its next edge.
+            assert!(fresh.timer.is_armed().unwrap());
+            assert_eq!(
+                fresh.channels[0].next_edge(t1).map(|(_, period)| period),
+                Some(Some(ticks_duration(1000).max(MIN_IRQ_PERIOD)))
+            );
+        }
+
+        #[test]
+        fn a_restored_channel0_raises_irq0() {
+            let (mut p, _) = pit();
+            load(&mut p, 0, 2, 2, Instant::now());
+            let (mut fresh, irq) = pit();
+            assert!(!fresh.timer.is_armed().unwrap());
+            fresh.restore_versioned(p.save_versioned()).unwrap();
+            std::thread::sleep(Duration::from_millis(3));
+            fresh.tick();
+            assert_eq!(irq.read().unwrap(), 1);
+            // A state with channel 0 stopped disarms the timer.
+            let (stopped, _) = pit();
+            fresh.restore_versioned(stopped.save_versioned()).unwrap();
+            assert!(!fresh.timer.is_armed().unwrap());
+        }
+
+        #[test]
+        fn states_that_do_not_fit_are_refused_and_change_nothing() {
+            let t0 = Instant::now();
+            let good = busy(t0).save_at(at(t0, 300));
+            let (mut fresh, _) = pit();
+            load(&mut fresh, 0, 2, 7, t0);
+            let before = fresh.save_at(t0);
+            let mut bad = Vec::new();
+            let mut s = good.clone();
+            s.channels.pop();
+            bad.push((s, "2 channels, the PIT has 3"));
+            let mut s = good.clone();
+            s.channels[1].mode = 6;
+            bad.push((s, "channel 1: mode 6 (0 to 5)"));
+            let mut s = good.clone();
+            s.channels[0].access = 0;
+            bad.push((s, "channel 0: access mode 0 (1 to 3)"));
+            let mut s = good.clone();
+            s.channels[0].count = Some(0);
+            bad.push((s, "channel 0: count 0 (1 to 65536)"));
+            let mut s = good;
+            s.channels[2].bcd = true;
+            s.channels[2].count = Some(10_001);
+            bad.push((s, "channel 2: count 10001 (1 to 10000)"));
+            for (state, why) in bad {
+                let err = fresh
+                    .restore_versioned(Versioned { version: 1, state })
+                    .unwrap_err();
+                assert_eq!(
+                    err.to_string(),
+                    format!("pit: saved state does not fit: {why}")
+                );
+                assert_eq!(fresh.save_at(t0), before);
+            }
+            assert!(fresh.timer.is_armed().unwrap());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MS: u64 = PIT_FREQ_HZ / 1000;
 
-    fn pit() -> (Pit, EventFd) {
+    pub(super) fn pit() -> (Pit, EventFd) {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let pit = Pit::new(irq.try_clone().unwrap()).unwrap();
         let pit = Arc::try_unwrap(pit).ok().unwrap().into_inner().unwrap();
         (pit, irq)
     }
 
-    fn at(base: Instant, ticks: u64) -> Instant {
+    pub(super) fn at(base: Instant, ticks: u64) -> Instant {
         base + ticks_duration(ticks)
     }
 
-    fn load(pit: &mut Pit, channel: usize, mode: u8, count: u16, now: Instant) {
+    pub(super) fn load(pit: &mut Pit, channel: usize, mode: u8, count: u16, now: Instant) {
         pit.write_control(((channel as u8) << 6) | 0x30 | (mode << 1), now);
         let [lsb, msb] = count.to_le_bytes();
         pit.write_counter(channel, lsb, now);
         pit.write_counter(channel, msb, now);
     }
 
-    fn read_word(pit: &mut Pit, channel: usize, now: Instant) -> u16 {
+    pub(super) fn read_word(pit: &mut Pit, channel: usize, now: Instant) -> u16 {
         u16::from_le_bytes([
             pit.read_counter(channel, now),
             pit.read_counter(channel, now),

@@ -228,6 +228,216 @@ impl MutEventSubscriber for SerialInput {
     }
 }
 
+pub use persist::SerialState;
+
+/// Saving and restoring the UART's registers and receive FIFO.
+mod persist {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::persist::{Persist, PersistError};
+
+    /// The 16550A's guest-visible state: its registers and the bytes waiting in the receive FIFO.
+    /// Not saved: the output backend and whether an output error was logged (host side), and
+    /// input the backend holds that has not reached the FIFO yet.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct SerialState {
+        /// Divisor latch, low byte.
+        pub baud_divisor_low: u8,
+        /// Divisor latch, high byte.
+        pub baud_divisor_high: u8,
+        /// Interrupt enable register.
+        pub interrupt_enable: u8,
+        /// Interrupt identification register.
+        pub interrupt_identification: u8,
+        /// Line control register.
+        pub line_control: u8,
+        /// Line status register.
+        pub line_status: u8,
+        /// Modem control register.
+        pub modem_control: u8,
+        /// Modem status register.
+        pub modem_status: u8,
+        /// Scratch register.
+        pub scratch: u8,
+        /// The receive FIFO, oldest byte first (at most 64 bytes).
+        pub rx_fifo: Vec<u8>,
+    }
+
+    impl Persist for Serial {
+        const NAME: &'static str = "serial";
+        const STATE_VERSION: u16 = 1;
+        type State = SerialState;
+
+        fn save(&self) -> SerialState {
+            let s = self.uart.state();
+            SerialState {
+                baud_divisor_low: s.baud_divisor_low,
+                baud_divisor_high: s.baud_divisor_high,
+                interrupt_enable: s.interrupt_enable,
+                interrupt_identification: s.interrupt_identification,
+                line_control: s.line_control,
+                line_status: s.line_status,
+                modem_control: s.modem_control,
+                modem_status: s.modem_status,
+                scratch: s.scratch,
+                rx_fifo: s.in_buffer,
+            }
+        }
+
+        /// Rebuilds the UART from `state` around this one's interrupt, drain event and output
+        /// (vm-superio builds a UART from a state, it cannot load one), raising the interrupt if
+        /// the state has one pending.
+        fn restore(&mut self, state: SerialState) -> Result<(), PersistError> {
+            if state.rx_fifo.len() > FIFO_SIZE {
+                return Err(PersistError::Mismatch {
+                    device: Self::NAME,
+                    why: format!(
+                        "{} bytes in the receive FIFO, which holds {FIFO_SIZE}",
+                        state.rx_fifo.len()
+                    ),
+                });
+            }
+            let backend = |what| {
+                move |error| PersistError::Backend {
+                    device: Self::NAME,
+                    what,
+                    error,
+                }
+            };
+            let irq = self
+                .uart
+                .interrupt_evt()
+                .0
+                .try_clone()
+                .map_err(backend("duplicate the interrupt eventfd"))?;
+            let drained = self
+                .uart
+                .events()
+                .drained
+                .try_clone()
+                .map_err(backend("duplicate the FIFO-drained eventfd"))?;
+            let superio_state = vm_superio::serial::SerialState {
+                baud_divisor_low: state.baud_divisor_low,
+                baud_divisor_high: state.baud_divisor_high,
+                interrupt_enable: state.interrupt_enable,
+                interrupt_identification: state.interrupt_identification,
+                line_control: state.line_control,
+                line_status: state.line_status,
+                modem_control: state.modem_control,
+                modem_status: state.modem_status,
+                scratch: state.scratch,
+                in_buffer: state.rx_fifo,
+            };
+            let sink: Box<dyn Write + Send> = Box::new(io::sink());
+            let uart = vm_superio::Serial::from_state(
+                &superio_state,
+                EventFdTrigger(irq),
+                DrainEvents { drained },
+                sink,
+            )
+            .map_err(|e| match e {
+                vm_superio::serial::Error::Trigger(error) => PersistError::Backend {
+                    device: Self::NAME,
+                    what: "raise the pending interrupt",
+                    error,
+                },
+                other => PersistError::Mismatch {
+                    device: Self::NAME,
+                    why: format!("{other:?}"),
+                },
+            })?;
+            let old = std::mem::replace(&mut self.uart, uart);
+            *self.uart.writer_mut() = old.into_writer();
+            Ok(())
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::super::tests::{serial, SharedBuf};
+        use super::*;
+        use crate::persist::test_util::round_trip;
+        use crate::persist::Versioned;
+
+        const DATA: u64 = 0;
+        const IER: u64 = 1;
+        const LCR: u64 = 3;
+        const LSR: u64 = 5;
+        const SCR: u64 = 7;
+
+        fn read(s: &mut Serial, offset: u64) -> u8 {
+            let mut b = [0u8];
+            s.read(offset, &mut b);
+            b[0]
+        }
+
+        /// A UART the guest has programmed: 9600 baud, 7N1, a scratch value, RX interrupt on,
+        /// and host input waiting in its FIFO.
+        fn programmed() -> (Serial, EventFd, SharedBuf) {
+            let (mut s, irq, out) = serial();
+            s.write(LCR, &[0x80]);
+            s.write(DATA, &[12]);
+            s.write(IER, &[0]);
+            s.write(LCR, &[0x02]);
+            s.write(SCR, &[0x5a]);
+            s.write(IER, &[0x01]);
+            assert_eq!(s.enqueue(b"abc"), 3);
+            (s, irq, out)
+        }
+
+        #[test]
+        fn round_trip_keeps_registers_and_fifo() {
+            let (s, _irq, _out) = programmed();
+            let (mut fresh, _irq2, _out2) = serial();
+            let state = round_trip(&s, &mut fresh);
+            assert_eq!(state.rx_fifo, b"abc");
+            assert_eq!((state.baud_divisor_low, state.baud_divisor_high), (12, 0));
+            assert_eq!(state.scratch, 0x5a);
+        }
+
+        #[test]
+        fn restored_uart_reads_the_fifo_and_writes_to_its_own_output() {
+            let (s, _irq, _out) = programmed();
+            let (mut fresh, irq2, out2) = serial();
+            fresh.restore_versioned(s.save_versioned()).unwrap();
+            // The pending data-ready interrupt is raised again on the new line.
+            assert_eq!(irq2.read().unwrap(), 1);
+            assert_eq!(read(&mut fresh, SCR), 0x5a);
+            assert_eq!(read(&mut fresh, LCR), 0x02);
+            let mut got = Vec::new();
+            while read(&mut fresh, LSR) & 1 != 0 {
+                got.push(read(&mut fresh, DATA));
+            }
+            assert_eq!(got, b"abc");
+            // The output still goes to the fresh device's backend.
+            fresh.write(DATA, b"z");
+            assert_eq!(out2.0.lock().unwrap().as_slice(), b"z");
+        }
+
+        #[test]
+        fn an_overfull_fifo_is_refused_and_changes_nothing() {
+            let (s, _irq, _out) = programmed();
+            let mut state = s.save_versioned();
+            state.state.rx_fifo = vec![0; FIFO_SIZE + 1];
+            let (mut fresh, _irq2, _out2) = serial();
+            let before = fresh.save();
+            let err = fresh
+                .restore_versioned(Versioned {
+                    version: state.version,
+                    state: state.state,
+                })
+                .unwrap_err();
+            assert!(matches!(err, PersistError::Mismatch { .. }), "{err}");
+            assert_eq!(
+                err.to_string(),
+                "serial: saved state does not fit: 65 bytes in the receive FIFO, which holds 64"
+            );
+            assert_eq!(fresh.save(), before);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,7 +447,7 @@ mod tests {
 
     /// A `Write` whose bytes the test can look at.
     #[derive(Clone, Default)]
-    struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+    pub(super) struct SharedBuf(pub(super) Arc<Mutex<Vec<u8>>>);
 
     impl Write for SharedBuf {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -254,7 +464,7 @@ mod tests {
     const LSR: u64 = 5;
     const LSR_DATA_READY: u8 = 1;
 
-    fn serial() -> (Serial, EventFd, SharedBuf) {
+    pub(super) fn serial() -> (Serial, EventFd, SharedBuf) {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let out = SharedBuf::default();
         let s = Serial::new(irq.try_clone().unwrap(), Box::new(out.clone())).unwrap();
