@@ -18,6 +18,7 @@ use std::time::Instant;
 use log::debug;
 
 use crate::bus::BusDevice;
+use crate::seccomp::{SyscallRule, Syscalls};
 
 /// The boot timer's I/O port.
 pub const BOOT_TIMER_PORT: u64 = 0x440;
@@ -95,6 +96,14 @@ impl BusDevice for BootTimer {
         (self.sink)(&format!("boot-timer: {us} µs since process start"));
     }
 }
+
+/// The boot timer's system calls once the guest runs: it reads the clock when the guest writes its
+/// register, on a vCPU thread.
+pub const SYSCALLS: Syscalls = Syscalls {
+    name: "boot timer",
+    vcpu: &[SyscallRule::Any(libc::SYS_clock_gettime)],
+    event_loop: &[],
+};
 
 #[cfg(test)]
 mod tests {
