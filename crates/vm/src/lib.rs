@@ -23,6 +23,7 @@ mod error;
 pub mod fuzzing;
 pub mod jail;
 mod kernel;
+mod kvm_nr;
 mod quirks;
 pub mod seccomp;
 mod start;

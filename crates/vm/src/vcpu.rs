@@ -7,7 +7,7 @@
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Condvar, Mutex, Once};
 
 use devices::bus::Bus;
 use kvm_bindings::{
@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::error::{Error, Result};
-use crate::seccomp::{StartGate, ThreadKind};
+use crate::seccomp::ThreadKind;
 use crate::ExitReason;
 
 /// The real-time signal offset used to kick vCPU threads out of KVM_RUN.
@@ -118,6 +118,34 @@ impl devices::legacy::Trigger for ResetTrigger {
     fn trigger(&self) -> std::result::Result<(), Self::E> {
         self.0.finish(Ok(ExitReason::Reset));
         Ok(())
+    }
+}
+
+/// Holds the vCPU threads (each already filtered) until the event-loop thread has installed its own
+/// filter, so the guest never runs while a VMM thread is unfiltered.
+#[derive(Default)]
+pub(crate) struct StartGate {
+    /// `None` while closed; then whether the vCPUs may run.
+    state: Mutex<Option<bool>>,
+    opened: Condvar,
+}
+
+impl StartGate {
+    /// Lets the waiting vCPU threads go (`run`) or sends them home.
+    pub(crate) fn open(&self, run: bool) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(run);
+        self.opened.notify_all();
+    }
+
+    /// Waits for [`StartGate::open`]; returns whether to run.
+    pub(crate) fn wait(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(run) = *state {
+                return run;
+            }
+            state = self.opened.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
     }
 }
 

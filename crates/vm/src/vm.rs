@@ -35,9 +35,10 @@ use vmm_sys_util::signal::Killable;
 use crate::config::{CharBackend, IrqChip, VmConfig, DEFAULT_CMDLINE, DEFAULT_CONSOLE_CMDLINE};
 use crate::error::{Error, Result};
 use crate::kernel::{build_cmdline, cmdline_has, load_initrd, load_kernel};
+use crate::kvm_nr::KVM_REINJECT_CONTROL;
 use crate::quirks;
-use crate::seccomp::{self, Filters, SeccompMode, StartGate, ThreadKind};
-use crate::vcpu::{install_kick_handler, kick_signal, ExitState, ResetTrigger, Vcpu};
+use crate::seccomp::{self, Filters, SeccompMode, ThreadKind};
+use crate::vcpu::{install_kick_handler, kick_signal, ExitState, ResetTrigger, StartGate, Vcpu};
 use crate::ExitReason;
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -634,11 +635,7 @@ fn pit_reinject_off(
         // SAFETY: KVM_REINJECT_CONTROL reads one kvm_reinject_control, which outlives the call, from
         // a VM fd we own; it writes no memory of ours.
         let ret = unsafe {
-            vmm_sys_util::ioctl::ioctl_with_ref(
-                vm_fd.as_ref(),
-                seccomp::KVM_REINJECT_CONTROL(),
-                &control,
-            )
+            vmm_sys_util::ioctl::ioctl_with_ref(vm_fd.as_ref(), KVM_REINJECT_CONTROL(), &control)
         };
         if ret < 0 {
             log::debug!(
