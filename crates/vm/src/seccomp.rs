@@ -150,7 +150,9 @@ const COMMON: &[i64] = &[
     libc::SYS_gettid,
     libc::SYS_exit,
     libc::SYS_exit_group,
-    // Console output: stdout readiness, the socket backend's client.
+    // Console output (stdout readiness, the socket backend's client), which the character
+    // backends declare too; still on every thread because the supervisor and the helper share
+    // this list, and their filters stay as they were.
     libc::SYS_poll,
     libc::SYS_ppoll,
     libc::SYS_recvfrom,
