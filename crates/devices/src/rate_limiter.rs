@@ -305,13 +305,12 @@ impl AsRawFd for RateLimiter {
 }
 
 /// A rate limiter's system calls, all on the event loop (it throttles queue work): its timerfd is
-/// armed when a bucket runs dry (and its state may be queried), read when it expires.
+/// armed when a bucket runs dry, read when it expires.
 pub const SYSCALLS: Syscalls = Syscalls {
     name: "rate limiter",
     vcpu: &[],
     event_loop: &[
         SyscallRule::Any(libc::SYS_timerfd_settime),
-        SyscallRule::Any(libc::SYS_timerfd_gettime),
         SyscallRule::Any(libc::SYS_read),
         SyscallRule::Any(libc::SYS_clock_gettime),
     ],

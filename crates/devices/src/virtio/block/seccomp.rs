@@ -14,7 +14,7 @@ pub const BLOCK: Syscalls = Syscalls {
 };
 
 /// The backing file, served on the event loop: one preadv/pwritev per request (pread/pwrite for a
-/// single buffer), flushes (fsync/fdatasync), and the file's size and position.
+/// single buffer), and fdatasync for a flush. (Its size is read while the device is built.)
 pub const FILE_BACKEND: Syscalls = Syscalls {
     name: "virtio-blk file backend",
     vcpu: &[],
@@ -23,8 +23,6 @@ pub const FILE_BACKEND: Syscalls = Syscalls {
         SyscallRule::Any(libc::SYS_pwrite64),
         SyscallRule::Any(libc::SYS_preadv),
         SyscallRule::Any(libc::SYS_pwritev),
-        SyscallRule::Any(libc::SYS_lseek),
-        SyscallRule::Any(libc::SYS_fsync),
         SyscallRule::Any(libc::SYS_fdatasync),
     ],
 };
