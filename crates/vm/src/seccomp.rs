@@ -163,12 +163,14 @@ const VMM_CORE: &[SyscallRule] = &[
     SyscallRule::Any(libc::SYS_epoll_wait),
     SyscallRule::Any(libc::SYS_epoll_pwait),
     SyscallRule::Any(libc::SYS_epoll_ctl),
-    // No code makes these once the guest runs (the disk's size is read, and timers are armed,
-    // before the filters go on; a flush is fdatasync): they were in the event loop's filter before
-    // the devices declared their calls and stay until a change that removes them says so.
+    // No code makes these on the event loop once the guest runs (the disk's size is read before
+    // the filters go on, a flush is fdatasync, nothing queries a timer, the tap's offloads are set
+    // at activation on a vCPU thread): they were in the event loop's filter before the devices
+    // declared their calls and stay until a change that removes them says so.
     SyscallRule::Any(libc::SYS_lseek),
     SyscallRule::Any(libc::SYS_fsync),
     SyscallRule::Any(libc::SYS_timerfd_gettime),
+    SyscallRule::Ioctl(libc::TUNSETOFFLOAD),
 ];
 
 /// A vCPU thread's own calls (the VMM core's; devices declare theirs): KVM_RUN, and the register

@@ -14,13 +14,12 @@ pub const NET: Syscalls = Syscalls {
 };
 
 /// The tap: frames read one at a time and written with `writev` on the event loop; its offloads
-/// set (TUNSETOFFLOAD) when the guest acknowledges the features, a register write on a vCPU thread,
-/// and again on the event loop if a reset comes from there.
+/// set (TUNSETOFFLOAD) at activation, when the driver sets DRIVER_OK (a register write, on a vCPU
+/// thread).
 pub const TAP: Syscalls = Syscalls {
     name: "virtio-net tap",
     vcpu: &[SyscallRule::Ioctl(libc::TUNSETOFFLOAD)],
     event_loop: &[
-        SyscallRule::Ioctl(libc::TUNSETOFFLOAD),
         SyscallRule::Any(libc::SYS_read),
         SyscallRule::Any(libc::SYS_writev),
     ],
