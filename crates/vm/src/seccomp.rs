@@ -17,7 +17,7 @@
 //! Where the lists come from: each device and backend declares the calls it makes once the guest
 //! runs, per thread, next to its code ([`devices::seccomp`]); the router the I/O APIC calls declares
 //! its KVM ioctl beside the KVM numbers (`kvm_nr.rs`). This module adds what the VMM core needs
-//! ([`COMMON`] on every thread, KVM_RUN on the vCPUs, epoll on the event loop, the argument rules
+//! (`COMMON` on every thread, KVM_RUN on the vCPUs, epoll on the event loop, the argument rules
 //! below) and compiles the union per kind. The filters depend on the kind of thread only, not on
 //! the VM's configuration: every device type's declaration is in them.
 //!
