@@ -423,6 +423,65 @@ fn boot_console_on_unix_socket() {
     run.expect(!sock.exists(), "the socket file is removed at exit");
 }
 
+/// The UART on the socket and pty backends. Its output is written on the vCPU thread, under that
+/// thread's seccomp filter (the CLI's default): the guest waits for a line on a socket console,
+/// then prints its report on the serial port while a client reads it.
+fn serial_report_on(serial_arg: &str, open_serial: impl FnOnce(&mut Spawned) -> Box<dyn Read>) {
+    let scratch = Scratch::new("serial-backend");
+    let sock = scratch.path("hvc0.sock");
+    let mut vmm = Spawned::new(&[
+        "--kernel",
+        VIRTIO_CONSOLE,
+        "--cmdline",
+        "console_rx=1",
+        "--console",
+        &format!("socket={}", s(&sock)),
+        "--serial",
+        serial_arg,
+    ]);
+    let mut serial = open_serial(&mut vmm);
+    let mut client = connect(&sock);
+    client
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let seen = read_until(&mut client, CONSOLE_HELLO, Duration::from_secs(30));
+    assert!(seen.contains(CONSOLE_HELLO), "socket got {seen:?}");
+    client.write_all(b"to-serial\n").expect("write");
+    let text = read_until(&mut serial, "done", Duration::from_secs(30));
+    let run = vmm.wait();
+    let r = expect_console_guest(&run, &text);
+    run.expect(r.get("rx") == Some("to-serial"), "input did not arrive");
+}
+
+#[test]
+fn boot_serial_on_unix_socket() {
+    require_kvm!();
+    let scratch = Scratch::new("serial-socket");
+    let path = scratch.path("ttyS0.sock");
+    serial_report_on(&format!("socket={}", s(&path)), |_| {
+        let client = connect(&path);
+        client
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        Box::new(client)
+    });
+}
+
+#[test]
+fn boot_serial_on_pty() {
+    require_kvm!();
+    serial_report_on("pty", |vmm| {
+        let path = vmm.stderr_line("serial: pty ");
+        assert!(path.starts_with("/dev/pts/"), "{path}");
+        let pty = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open the pty");
+        Box::new(pty)
+    });
+}
+
 /// On a terminal (a pty the test owns as vmm's stdin and stdout) the device offers F_SIZE with
 /// the terminal's size.
 #[test]

@@ -33,6 +33,7 @@ use event_manager::{EventOps, EventSet, Events};
 use log::{debug, info, warn};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::seccomp::{SyscallRule, Syscalls};
 use crate::Error;
 
 /// How much output a backend keeps while nobody can take it (a socket without a client, a
@@ -735,6 +736,72 @@ impl std::fmt::Debug for Chardev {
             .finish()
     }
 }
+
+/// The stdio backend's system calls once the guest runs. Output (from the UART on a vCPU thread,
+/// from virtio-console on the event loop) is written to stdout after a poll for room; input is
+/// read from stdin on the event loop, where the terminal's mode (raw while a stdio console runs
+/// on a terminal) is checked and restored when the VM ends.
+pub const STDIO_SYSCALLS: Syscalls = Syscalls {
+    name: "chardev stdio",
+    vcpu: &[
+        SyscallRule::Any(libc::SYS_write),
+        SyscallRule::Any(libc::SYS_poll),
+    ],
+    event_loop: &[
+        SyscallRule::Any(libc::SYS_read),
+        SyscallRule::Any(libc::SYS_write),
+        SyscallRule::Any(libc::SYS_poll),
+        SyscallRule::Ioctl(libc::TCGETS),
+        SyscallRule::Ioctl(libc::TCSETS),
+        SyscallRule::Ioctl(libc::TCSETSW),
+        SyscallRule::Ioctl(libc::TCSETSF),
+    ],
+};
+
+/// The file backend's system calls once the guest runs: output written on either thread; the
+/// event loop reads the wake-up eventfd of a backlog.
+pub const FILE_SYSCALLS: Syscalls = Syscalls {
+    name: "chardev file",
+    vcpu: &[SyscallRule::Any(libc::SYS_write)],
+    event_loop: &[
+        SyscallRule::Any(libc::SYS_read),
+        SyscallRule::Any(libc::SYS_write),
+    ],
+};
+
+/// The pty backend's system calls once the guest runs: output written to the primary side on
+/// either thread, input read from it on the event loop.
+pub const PTY_SYSCALLS: Syscalls = Syscalls {
+    name: "chardev pty",
+    vcpu: &[SyscallRule::Any(libc::SYS_write)],
+    event_loop: &[
+        SyscallRule::Any(libc::SYS_read),
+        SyscallRule::Any(libc::SYS_write),
+    ],
+};
+
+/// The socket backend's system calls once the guest runs. Output is sent to the connected client
+/// on either thread (`send`; a `recv` tells a client that left). On the event loop, a client is
+/// accepted and made non-blocking (FIONBIO), its input received, a second client shut out, and the
+/// socket file removed when the VM ends.
+pub const SOCKET_SYSCALLS: Syscalls = Syscalls {
+    name: "chardev socket",
+    vcpu: &[
+        SyscallRule::SendConnected,
+        SyscallRule::Any(libc::SYS_recvfrom),
+        SyscallRule::Any(libc::SYS_write),
+    ],
+    event_loop: &[
+        SyscallRule::Any(libc::SYS_accept4),
+        SyscallRule::Ioctl(libc::FIONBIO),
+        SyscallRule::SendConnected,
+        SyscallRule::Any(libc::SYS_recvfrom),
+        SyscallRule::Any(libc::SYS_read),
+        SyscallRule::Any(libc::SYS_write),
+        SyscallRule::Any(libc::SYS_shutdown),
+        SyscallRule::Any(libc::SYS_unlink),
+    ],
+};
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,8 @@
 //! * [`persist`]: the [`persist::Persist`] trait through which every device saves and restores
 //!   its state for snapshots.
 //! * [`rate_limiter`]: token buckets (bytes/s, ops/s) that throttle virtio-blk and virtio-net.
+//! * [`seccomp`]: the system calls each device and backend makes once the guest runs, per thread,
+//!   from which the VMM assembles its seccomp filters.
 //! * [`virtio`]: the virtio-mmio (version 2) transport and one folder per virtio device.
 //!
 //! A device never sees the VM: it learns about it only through what it is handed (guest
@@ -23,6 +25,7 @@ pub mod chardev;
 pub mod legacy;
 pub mod persist;
 pub mod rate_limiter;
+pub mod seccomp;
 pub mod virtio;
 
 /// The guest memory type used by every device.

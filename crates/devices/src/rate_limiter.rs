@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use log::warn;
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::seccomp::{SyscallRule, Syscalls};
 use crate::Error;
 
 const NANOS_PER_SEC: i128 = 1_000_000_000;
@@ -302,6 +303,18 @@ impl AsRawFd for RateLimiter {
         self.timer.as_raw_fd()
     }
 }
+
+/// A rate limiter's system calls, all on the event loop (it throttles queue work): its timerfd is
+/// armed when a bucket runs dry, read when it expires.
+pub const SYSCALLS: Syscalls = Syscalls {
+    name: "rate limiter",
+    vcpu: &[],
+    event_loop: &[
+        SyscallRule::Any(libc::SYS_timerfd_settime),
+        SyscallRule::Any(libc::SYS_read),
+        SyscallRule::Any(libc::SYS_clock_gettime),
+    ],
+};
 
 pub use persist::{BucketState, RateLimiterState};
 

@@ -24,6 +24,7 @@ mod error;
 pub mod fuzzing;
 mod kernel;
 mod kvm;
+mod kvm_nr;
 mod memory;
 mod quirks;
 pub mod seccomp;

@@ -2,16 +2,24 @@
 //! into the VMM process can make only the system calls that thread already makes.
 //!
 //! The kinds ([`ThreadKind`]):
-//! - `vcpu`: a vCPU thread. KVM_RUN and the register reads of an error report, port/MMIO emulation
-//!   (eventfd writes, console output, the tap's TUNSETOFFLOAD when the guest acks the net
-//!   features, KVM_SET_GSI_ROUTING when it programs the split irqchip's I/O APIC, the PIT's
-//!   timerfd), memory management, thread exit.
-//! - `vmm`: the thread that runs [`crate::Vm::run`]'s event loop (the CLI's main thread). Device
-//!   emulation (disk, tap, console I/O, the socket backend's accept), epoll, the rate limiters'
-//!   timerfds, the kick signal to the vCPUs, terminal restore, and tearing the VM down.
+//! - `vcpu`: a vCPU thread. KVM_RUN and the register reads of an error report, then what the
+//!   devices declare for their register handlers (eventfd writes, console output, the tap's
+//!   TUNSETOFFLOAD when the guest acks the net features, the PIT's timerfd, KVM_SET_GSI_ROUTING
+//!   when the guest programs the split irqchip's I/O APIC), memory management, thread exit.
+//! - `vmm`: the thread that runs [`crate::Vm::run`]'s event loop (the CLI's main thread). epoll,
+//!   then what the devices declare for their event-loop work (disk, tap, console I/O, the socket
+//!   backend's accept, the rate limiters' timerfds, terminal restore), the kick signal to the
+//!   vCPUs, and tearing the VM down.
 //! - `helper`: with the in-kernel irqchip, a thread `Vm::run` starts for one ioctl (turning off the
 //!   PIT's tick reinjection, see `vm.rs`) while the guest starts; it filters itself before that
 //!   ioctl and then exits.
+//!
+//! Where the lists come from: each device and backend declares the calls it makes once the guest
+//! runs, per thread, next to its code ([`devices::seccomp`]); the router the I/O APIC calls declares
+//! its KVM ioctl beside the KVM numbers (`kvm_nr.rs`). This module adds what the VMM core needs
+//! (`COMMON` on every thread, KVM_RUN on the vCPUs, epoll on the event loop, the argument rules
+//! below) and compiles the union per kind. The filters depend on the kind of thread only, not on
+//! the VM's configuration: every device type's declaration is in them.
 //!
 //! There is no other thread (console input is read on the event loop). Every thread the VMM starts
 //! is filtered unless seccomp is off; the caller's own thread only with [`SeccompMode::AllThreads`].
@@ -35,17 +43,19 @@ mod syscall_names;
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Condvar, Mutex, Once};
+use std::sync::{Arc, Once};
 
-use kvm_bindings::{kvm_irq_routing, kvm_regs, kvm_sregs};
+use devices::seccomp::{SyscallRule, Syscalls, Thread};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
 };
 use vmm_sys_util::signal::register_signal_handler;
-use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
 
 use crate::error::{Error, Result};
+use crate::kvm_nr::{
+    GSI_ROUTER_SYSCALLS, KVM_GET_REGS, KVM_GET_SREGS, KVM_REINJECT_CONTROL, KVM_RUN,
+};
 
 /// Which of the VM's threads get a seccomp filter.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -115,43 +125,6 @@ impl Filters {
     }
 }
 
-/// Holds the vCPU threads (each already filtered) until the event-loop thread has installed its own
-/// filter, so the guest never runs while a VMM thread is unfiltered.
-#[derive(Default)]
-pub(crate) struct StartGate {
-    /// `None` while closed; then whether the vCPUs may run.
-    state: Mutex<Option<bool>>,
-    opened: Condvar,
-}
-
-impl StartGate {
-    /// Lets the waiting vCPU threads go (`run`) or sends them home.
-    pub(crate) fn open(&self, run: bool) {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(run);
-        self.opened.notify_all();
-    }
-
-    /// Waits for [`StartGate::open`]; returns whether to run.
-    pub(crate) fn wait(&self) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(run) = *state {
-                return run;
-            }
-            state = self.opened.wait(state).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-}
-
-/// The KVM ioctl type.
-const KVMIO: u32 = 0xAE;
-ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
-ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
-ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
-ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
-// Takes a `kvm_reinject_control` although it is declared without a direction.
-ioctl_io_nr!(KVM_REINJECT_CONTROL, KVMIO, 0x71);
-
 /// The system calls every kind of thread makes: memory management (glibc's malloc), locks, the
 /// return from a signal handler, logging to stderr, thread and process exit.
 const COMMON: &[i64] = &[
@@ -174,65 +147,70 @@ const COMMON: &[i64] = &[
     libc::SYS_gettid,
     libc::SYS_exit,
     libc::SYS_exit_group,
-    // Console output: stdout readiness, the socket backend's client.
-    libc::SYS_poll,
-    libc::SYS_ppoll,
-    libc::SYS_recvfrom,
 ];
 
-/// The event loop's own calls, on top of [`COMMON`].
-const VMM_ONLY: &[i64] = &[
-    libc::SYS_epoll_wait,
-    libc::SYS_epoll_pwait,
-    libc::SYS_epoll_ctl,
-    // virtio-blk.
-    libc::SYS_pread64,
-    libc::SYS_pwrite64,
-    libc::SYS_preadv,
-    libc::SYS_pwritev,
-    libc::SYS_lseek,
-    libc::SYS_fsync,
-    libc::SYS_fdatasync,
-    // Rate limiters.
-    libc::SYS_timerfd_settime,
-    libc::SYS_timerfd_gettime,
-    // The socket console backend: a client comes and goes; its socket file is removed at exit.
-    libc::SYS_accept4,
-    libc::SYS_shutdown,
-    libc::SYS_unlink,
+/// The event loop's own calls (the VMM core's; devices declare theirs): epoll.
+const VMM_CORE: &[SyscallRule] = &[
+    SyscallRule::Any(libc::SYS_epoll_wait),
+    SyscallRule::Any(libc::SYS_epoll_pwait),
+    SyscallRule::Any(libc::SYS_epoll_ctl),
 ];
 
-/// `ioctl` requests each kind may make.
-fn ioctls(kind: ThreadKind) -> Vec<u64> {
-    // The tap's offloads are set when the guest acknowledges the features (a register write, on a
-    // vCPU thread) and possibly again on a reset.
-    let mut v: Vec<u64> = vec![libc::TUNSETOFFLOAD];
-    match kind {
+/// A vCPU thread's own calls (the VMM core's; devices declare theirs): KVM_RUN, and the register
+/// reads of an error report.
+fn vcpu_core() -> [SyscallRule; 3] {
+    [
+        SyscallRule::Ioctl(KVM_RUN()),
+        SyscallRule::Ioctl(KVM_GET_REGS()),
+        SyscallRule::Ioctl(KVM_GET_SREGS()),
+    ]
+}
+
+/// The declarations of every device and backend, and of the VMM's own device-side code (the
+/// split irqchip's router).
+fn device_syscalls() -> impl Iterator<Item = &'static Syscalls> {
+    devices::seccomp::ALL
+        .iter()
+        .copied()
+        .chain(std::iter::once(&GSI_ROUTER_SYSCALLS))
+}
+
+/// What a kind of thread may call on top of [`COMMON`] and the rules every kind shares: the core's
+/// own calls plus, for the vCPU and event-loop threads, every device's declaration for that thread.
+fn declared(kind: ThreadKind) -> Vec<SyscallRule> {
+    let mut v = Vec::new();
+    let thread = match kind {
         ThreadKind::Vcpu => {
-            // KVM_SET_GSI_ROUTING: the guest programs the split irqchip's I/O APIC.
-            v.extend([
-                KVM_RUN(),
-                KVM_GET_REGS(),
-                KVM_GET_SREGS(),
-                KVM_SET_GSI_ROUTING(),
-            ]);
+            v.extend(vcpu_core());
+            Thread::Vcpu
         }
-        ThreadKind::Helper => return vec![KVM_REINJECT_CONTROL()],
-        ThreadKind::Vmm => v.extend([
-            // Non-blocking sockets, the console size, the terminal's mode restored at exit.
-            libc::FIONBIO,
-            libc::TIOCGWINSZ,
-            libc::TCGETS,
-            libc::TCSETS,
-            libc::TCSETSW,
-            libc::TCSETSF,
-        ]),
+        ThreadKind::Vmm => {
+            v.extend_from_slice(VMM_CORE);
+            Thread::EventLoop
+        }
+        ThreadKind::Helper => return vec![SyscallRule::Ioctl(KVM_REINJECT_CONTROL())],
+    };
+    for decl in device_syscalls() {
+        v.extend_from_slice(decl.on(thread));
     }
     v
 }
 
-/// `fcntl` commands: flags (O_NONBLOCK), close-on-exec, and the debug-build check that a closed fd
-/// was open (F_GETFD).
+/// `ioctl` requests each kind may make: its [`declared`] requests, each once.
+fn ioctls(kind: ThreadKind) -> Vec<u64> {
+    let mut v = Vec::new();
+    for rule in declared(kind) {
+        if let SyscallRule::Ioctl(request) = rule {
+            if !v.contains(&request) {
+                v.push(request);
+            }
+        }
+    }
+    v
+}
+
+/// `fcntl` commands every kind may use: flags (O_NONBLOCK), close-on-exec, and the debug-build
+/// check that a closed fd was open (F_GETFD). Devices may declare more.
 const FCNTL_CMDS: &[i32] = &[
     libc::F_GETFD,
     libc::F_SETFD,
@@ -240,6 +218,19 @@ const FCNTL_CMDS: &[i32] = &[
     libc::F_SETFL,
     libc::F_DUPFD_CLOEXEC,
 ];
+
+/// The `fcntl` commands of a kind: [`FCNTL_CMDS`] and its [`declared`] ones, each once.
+fn fcntl_cmds(kind: ThreadKind) -> Vec<u64> {
+    let mut v: Vec<u64> = FCNTL_CMDS.iter().map(|&c| c as u64).collect();
+    for rule in declared(kind) {
+        if let SyscallRule::Fcntl(cmd) = rule {
+            if !v.contains(&(cmd as u64)) {
+                v.push(cmd as u64);
+            }
+        }
+    }
+    v
+}
 
 fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> std::result::Result<SeccompCondition, String> {
     SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).map_err(|e| e.to_string())
@@ -263,18 +254,13 @@ fn rules(kind: ThreadKind) -> std::result::Result<BTreeMap<i64, Vec<SeccompRule>
     for &nr in COMMON {
         map.insert(nr, Vec::new());
     }
-    if kind == ThreadKind::Vmm {
-        for &nr in VMM_ONLY {
+    for rule in declared(kind) {
+        if let SyscallRule::Any(nr) = rule {
             map.insert(nr, Vec::new());
         }
     }
-    if kind == ThreadKind::Vcpu {
-        // The guest (re)programs the PIT's channel 0, whose timer the event loop waits on.
-        map.insert(libc::SYS_timerfd_settime, Vec::new());
-    }
     map.insert(libc::SYS_ioctl, one_of(1, &ioctls(kind))?);
-    let cmds: Vec<u64> = FCNTL_CMDS.iter().map(|&c| c as u64).collect();
-    map.insert(libc::SYS_fcntl, one_of(1, &cmds)?);
+    map.insert(libc::SYS_fcntl, one_of(1, &fcntl_cmds(kind))?);
     // No executable mappings: prot & PROT_EXEC == 0.
     let no_exec = || -> std::result::Result<Vec<SeccompRule>, String> {
         Ok(vec![rule(vec![cond(
@@ -283,7 +269,8 @@ fn rules(kind: ThreadKind) -> std::result::Result<BTreeMap<i64, Vec<SeccompRule>
             0,
         )?])?])
     };
-    // send(2) on a connected socket: sendto with no destination address.
+    // send(2) on a connected socket (`SyscallRule::SendConnected`, the socket console backend):
+    // sendto with no destination address. Every kind has it.
     map.insert(
         libc::SYS_sendto,
         vec![rule(vec![SeccompCondition::new(
@@ -526,12 +513,135 @@ mod tests {
         }
     }
 
+    /// `SECCOMP_RET_ALLOW` and `SECCOMP_RET_TRAP`, the two actions of our filters.
+    const ALLOW: u32 = 0x7fff_0000;
+    const TRAP: u32 = 0x0003_0000;
+
+    /// Runs a compiled filter on one system call as the kernel would (a classic-BPF interpreter
+    /// for the instructions seccompiler emits) and returns its action.
+    fn run_bpf(program: &BpfProgram, nr: i64, args: [u64; 6]) -> u32 {
+        // struct seccomp_data: nr, arch, instruction_pointer, args[6].
+        let mut data = [0u8; 64];
+        data[0..4].copy_from_slice(&(nr as u32).to_le_bytes());
+        // AUDIT_ARCH_X86_64.
+        data[4..8].copy_from_slice(&0xc000_003e_u32.to_le_bytes());
+        for (i, arg) in args.iter().enumerate() {
+            data[16 + 8 * i..24 + 8 * i].copy_from_slice(&arg.to_le_bytes());
+        }
+        let (mut acc, mut pc) = (0u32, 0usize);
+        loop {
+            let ins = &program[pc];
+            pc += 1;
+            let jump = |taken: bool| usize::from(if taken { ins.jt } else { ins.jf });
+            match ins.code {
+                // BPF_LD | BPF_W | BPF_ABS
+                0x20 => {
+                    let at = ins.k as usize;
+                    acc = u32::from_le_bytes(data[at..at + 4].try_into().unwrap());
+                }
+                // BPF_JMP | BPF_JA
+                0x05 => pc += ins.k as usize,
+                // BPF_JMP | BPF_JEQ / BPF_JGT / BPF_JGE / BPF_JSET, with BPF_K
+                0x15 => pc += jump(acc == ins.k),
+                0x25 => pc += jump(acc > ins.k),
+                0x35 => pc += jump(acc >= ins.k),
+                0x45 => pc += jump(acc & ins.k != 0),
+                // BPF_ALU | BPF_AND | BPF_K
+                0x54 => acc &= ins.k,
+                // BPF_RET | BPF_K
+                0x06 => return ins.k,
+                code => panic!("unexpected BPF instruction {code:#x} at {}", pc - 1),
+            }
+        }
+    }
+
+    /// A call that `rule` admits, as (number, arguments).
+    fn example(rule: SyscallRule) -> (i64, [u64; 6]) {
+        match rule {
+            SyscallRule::Any(nr) => (nr, [0; 6]),
+            SyscallRule::Ioctl(request) => (libc::SYS_ioctl, [3, request, 0, 0, 0, 0]),
+            SyscallRule::Fcntl(cmd) => (libc::SYS_fcntl, [3, cmd as u64, 0, 0, 0, 0]),
+            SyscallRule::SendConnected => (libc::SYS_sendto, [3, 0x1000, 1, 0, 0, 0]),
+        }
+    }
+
+    fn name(nr: i64) -> &'static str {
+        syscall_name(nr).unwrap_or("?")
+    }
+
     #[test]
-    fn kvm_ioctl_numbers() {
-        assert_eq!(KVM_RUN(), 0xae80);
-        assert_eq!(KVM_GET_REGS(), 0x8090_ae81);
-        assert_eq!(KVM_GET_SREGS(), 0x8138_ae83);
-        assert_eq!(KVM_REINJECT_CONTROL(), 0xae71);
+    fn every_device_call_passes_the_filter_of_its_thread() {
+        for (kind, thread) in [
+            (ThreadKind::Vcpu, Thread::Vcpu),
+            (ThreadKind::Vmm, Thread::EventLoop),
+        ] {
+            let program = compile(kind).unwrap();
+            let core: Vec<SyscallRule> = match kind {
+                ThreadKind::Vcpu => vcpu_core().to_vec(),
+                _ => VMM_CORE.to_vec(),
+            };
+            let common = COMMON.iter().map(|&nr| SyscallRule::Any(nr));
+            let core = core.into_iter().chain(common).map(|r| ("VMM core", r));
+            let devices = device_syscalls().flat_map(|d| d.on(thread).iter().map(|&r| (d.name, r)));
+            for (what, rule) in core.chain(devices) {
+                let (nr, args) = example(rule);
+                assert_eq!(
+                    run_bpf(&program, nr, args),
+                    ALLOW,
+                    "{what}: {rule:?} ({}) is not in the {} filter",
+                    name(nr),
+                    kind.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn filters_trap_what_nothing_declares() {
+        let vcpu = compile(ThreadKind::Vcpu).unwrap();
+        let vmm = compile(ThreadKind::Vmm).unwrap();
+        let helper = compile(ThreadKind::Helper).unwrap();
+        for program in [&vcpu, &vmm, &helper] {
+            for nr in [
+                libc::SYS_openat,
+                libc::SYS_execve,
+                libc::SYS_clone3,
+                libc::SYS_socket,
+                libc::SYS_ptrace,
+            ] {
+                assert_eq!(run_bpf(program, nr, [0; 6]), TRAP, "{}", name(nr));
+            }
+            // An ioctl nobody declares (the tap's set-up, done before the filters go on).
+            let tunsetiff = [3, libc::TUNSETIFF, 0, 0, 0, 0];
+            assert_eq!(run_bpf(program, libc::SYS_ioctl, tunsetiff), TRAP);
+            // Executable mappings, sendto with a destination, fcntl(F_SETOWN).
+            let exec = [0, 4096, libc::PROT_EXEC as u64, 0, 0, 0];
+            assert_eq!(run_bpf(program, libc::SYS_mmap, exec), TRAP);
+            assert_eq!(run_bpf(program, libc::SYS_mprotect, exec), TRAP);
+            let to = [3, 0x1000, 1, 0, 0x2000, 16];
+            assert_eq!(run_bpf(program, libc::SYS_sendto, to), TRAP);
+            let setown = [3, libc::F_SETOWN as u64, 0, 0, 0, 0];
+            assert_eq!(run_bpf(program, libc::SYS_fcntl, setown), TRAP);
+        }
+        // Event-loop work stays off the vCPU threads, and KVM_RUN off the event loop.
+        for nr in [libc::SYS_preadv, libc::SYS_accept4, libc::SYS_epoll_wait] {
+            assert_eq!(run_bpf(&vcpu, nr, [0; 6]), TRAP, "{}", name(nr));
+        }
+        let run = [3, KVM_RUN(), 0, 0, 0, 0];
+        assert_eq!(run_bpf(&vmm, libc::SYS_ioctl, run), TRAP);
+        assert_eq!(run_bpf(&vcpu, libc::SYS_ioctl, run), ALLOW);
+        // tgkill: this process only; the kick signal from the event loop only.
+        let pid = u64::from(std::process::id());
+        let kick = crate::vcpu::kick_signal() as u64;
+        assert_eq!(
+            run_bpf(&vmm, libc::SYS_tgkill, [pid, 1, kick, 0, 0, 0]),
+            ALLOW
+        );
+        assert_eq!(
+            run_bpf(&vcpu, libc::SYS_tgkill, [pid, 1, kick, 0, 0, 0]),
+            TRAP
+        );
+        assert_eq!(run_bpf(&vmm, libc::SYS_tgkill, [1, 1, kick, 0, 0, 0]), TRAP);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Condvar, Mutex, Once};
 
 use arch::regs::BootEntry;
 use devices::bus::Bus;
@@ -21,7 +21,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::error::{arch_err, kvm_err, Error, Result};
-use crate::seccomp::{StartGate, ThreadKind};
+use crate::seccomp::ThreadKind;
 use crate::ExitReason;
 
 /// The real-time signal offset used to kick vCPU threads out of KVM_RUN.
@@ -145,6 +145,34 @@ pub(crate) fn create_vcpus(
     }
     crate::start::step_done(&format!("configured {count} vCPU(s)"));
     Ok(vcpus)
+}
+
+/// Holds the vCPU threads (each already filtered) until the event-loop thread has installed its own
+/// filter, so the guest never runs while a VMM thread is unfiltered.
+#[derive(Default)]
+pub(crate) struct StartGate {
+    /// `None` while closed; then whether the vCPUs may run.
+    state: Mutex<Option<bool>>,
+    opened: Condvar,
+}
+
+impl StartGate {
+    /// Lets the waiting vCPU threads go (`run`) or sends them home.
+    pub(crate) fn open(&self, run: bool) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(run);
+        self.opened.notify_all();
+    }
+
+    /// Waits for [`StartGate::open`]; returns whether to run.
+    pub(crate) fn wait(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(run) = *state {
+                return run;
+            }
+            state = self.opened.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
 }
 
 /// Everything one vCPU thread owns.

@@ -18,9 +18,10 @@ use vmm_sys_util::signal::Killable;
 use crate::config::{IrqChip, VmConfig};
 use crate::device_manager::{DeviceManager, Devices, Subscriber};
 use crate::error::{kvm_err, Error, Result};
-use crate::seccomp::{self, Filters, SeccompMode, StartGate, ThreadKind};
+use crate::kvm_nr::KVM_REINJECT_CONTROL;
+use crate::seccomp::{self, Filters, SeccompMode, ThreadKind};
 use crate::start::step_done;
-use crate::vcpu::{install_kick_handler, kick_signal, ExitState, Vcpu};
+use crate::vcpu::{install_kick_handler, kick_signal, ExitState, StartGate, Vcpu};
 use crate::{kernel, kvm, memory, quirks, vcpu, ExitReason};
 
 /// Room for KVM_GET_SUPPORTED_CPUID's answer.
@@ -348,11 +349,7 @@ fn pit_reinject_off(
         // SAFETY: KVM_REINJECT_CONTROL reads one kvm_reinject_control, which outlives the call, from
         // a VM fd we own; it writes no memory of ours.
         let ret = unsafe {
-            vmm_sys_util::ioctl::ioctl_with_ref(
-                vm_fd.as_ref(),
-                seccomp::KVM_REINJECT_CONTROL(),
-                &control,
-            )
+            vmm_sys_util::ioctl::ioctl_with_ref(vm_fd.as_ref(), KVM_REINJECT_CONTROL(), &control)
         };
         if ret < 0 {
             log::debug!(

@@ -20,6 +20,7 @@ use std::time::Instant;
 use log::debug;
 
 use crate::bus::BusDevice;
+use crate::seccomp::{SyscallRule, Syscalls};
 
 /// Length of the boot timer's port range.
 pub const BOOT_TIMER_PORT_LEN: u64 = 1;
@@ -93,6 +94,14 @@ impl BusDevice for BootTimer {
         (self.sink)(&format!("boot-timer: {us} µs since process start"));
     }
 }
+
+/// The boot timer's system calls once the guest runs: it reads the clock when the guest writes its
+/// register, on a vCPU thread.
+pub const SYSCALLS: Syscalls = Syscalls {
+    name: "boot timer",
+    vcpu: &[SyscallRule::Any(libc::SYS_clock_gettime)],
+    event_loop: &[],
+};
 
 pub use persist::BootTimerState;
 

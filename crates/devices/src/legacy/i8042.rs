@@ -6,6 +6,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::EventFdTrigger;
 use crate::bus::BusDevice;
+use crate::seccomp::{SyscallRule, Syscalls};
 
 /// Offset of the command/status port (0x64) from the data port (0x60).
 const COMMAND_OFFSET: u64 = 4;
@@ -63,6 +64,14 @@ where
         }
     }
 }
+
+/// The i8042's system calls once the guest runs: the reset command writes the reset eventfd, on a
+/// vCPU thread.
+pub const SYSCALLS: Syscalls = Syscalls {
+    name: "i8042",
+    vcpu: &[SyscallRule::Any(libc::SYS_write)],
+    event_loop: &[],
+};
 
 pub use persist::I8042State;
 

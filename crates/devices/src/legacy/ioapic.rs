@@ -22,6 +22,7 @@
 use log::{debug, warn};
 
 use crate::bus::BusDevice;
+use crate::seccomp::Syscalls;
 
 /// Number of redirection entries (pins).
 pub const IOAPIC_NUM_PINS: usize = 24;
@@ -209,6 +210,15 @@ impl BusDevice for Ioapic {
         }
     }
 }
+
+/// The I/O APIC's own system calls once the guest runs: none. Its register handlers run on the vCPU
+/// threads, and so does the [`IrqRouter`] a redirection-table write calls: the router's
+/// implementation (the `vm` crate's, which issues KVM_SET_GSI_ROUTING) declares its calls itself.
+pub const SYSCALLS: Syscalls = Syscalls {
+    name: "I/O APIC",
+    vcpu: &[],
+    event_loop: &[],
+};
 
 pub use persist::IoapicState;
 

@@ -12,6 +12,12 @@ pub use i8042::I8042;
 pub use ioapic::{Ioapic, IrqRouter, MsiMessage, IOAPIC_MMIO_LEN, IOAPIC_NUM_PINS};
 pub use pit::{Pit, PitPorts, PitTimer, SpeakerPort, MIN_IRQ_PERIOD, PIT_FREQ_HZ, PIT_PORT_LEN};
 pub use serial::{ChardevWriter, Serial, SerialInput};
+
+pub use boot_timer::SYSCALLS as BOOT_TIMER_SYSCALLS;
+pub use i8042::SYSCALLS as I8042_SYSCALLS;
+pub use ioapic::SYSCALLS as IOAPIC_SYSCALLS;
+pub use pit::SYSCALLS as PIT_SYSCALLS;
+pub use serial::SYSCALLS as SERIAL_SYSCALLS;
 /// What fires a device's interrupt or reset line.
 pub use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;

@@ -30,6 +30,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::bus::BusDevice;
+use crate::seccomp::{SyscallRule, Syscalls};
 use crate::Error;
 
 /// The counters' input clock.
@@ -551,6 +552,22 @@ impl MutEventSubscriber for PitTimer {
         }
     }
 }
+
+/// The PIT's system calls once the guest runs. On a vCPU thread, programming channel 0 (re)arms or
+/// disarms its timerfd; on the event loop, the expired timer is read and the interrupt eventfd
+/// written.
+pub const SYSCALLS: Syscalls = Syscalls {
+    name: "PIT",
+    vcpu: &[
+        SyscallRule::Any(libc::SYS_timerfd_settime),
+        SyscallRule::Any(libc::SYS_clock_gettime),
+    ],
+    event_loop: &[
+        SyscallRule::Any(libc::SYS_read),
+        SyscallRule::Any(libc::SYS_write),
+        SyscallRule::Any(libc::SYS_clock_gettime),
+    ],
+};
 
 pub use persist::{PitChannelState, PitState};
 

@@ -11,6 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::EventFdTrigger;
 use crate::bus::BusDevice;
 use crate::chardev::Chardev;
+use crate::seccomp::{SyscallRule, Syscalls};
 use crate::Error;
 
 /// Number of I/O ports of the UART.
@@ -227,6 +228,18 @@ impl MutEventSubscriber for SerialInput {
         self.lock_chardev().update_interest(ops);
     }
 }
+
+/// The UART's system calls once the guest runs (its backend's are declared in [`crate::chardev`]):
+/// on a vCPU thread, the guest's register accesses raise the interrupt (an eventfd write); on the
+/// event loop, console input does too.
+pub const SYSCALLS: Syscalls = Syscalls {
+    name: "serial",
+    vcpu: &[SyscallRule::Any(libc::SYS_write)],
+    event_loop: &[
+        SyscallRule::Any(libc::SYS_read),
+        SyscallRule::Any(libc::SYS_write),
+    ],
+};
 
 pub use persist::SerialState;
 

@@ -20,6 +20,7 @@ pub mod block;
 pub mod console;
 mod mmio;
 pub mod net;
+pub mod seccomp;
 
 pub use mmio::MmioTransport;
 

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 mod device;
 mod event_handler;
 mod request;
+pub mod seccomp;
 
 pub use device::Block;
 

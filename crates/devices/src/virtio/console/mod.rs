@@ -15,6 +15,7 @@
 mod device;
 mod event_handler;
 mod resize;
+pub mod seccomp;
 
 pub use device::Console;
 

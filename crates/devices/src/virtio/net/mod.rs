@@ -12,6 +12,7 @@
 
 mod device;
 mod event_handler;
+pub mod seccomp;
 mod tap;
 
 pub use device::{Net, NetStats};

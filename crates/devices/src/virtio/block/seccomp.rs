@@ -1,0 +1,28 @@
+//! The system calls of virtio-blk and its file backend once the guest runs.
+
+use crate::seccomp::{SyscallRule, Syscalls};
+
+/// The device: activation (on a vCPU thread, at DRIVER_OK) kicks its queue eventfd so the event loop
+/// looks at requests queued before; the event loop reads that eventfd and writes the interrupt.
+pub const BLOCK: Syscalls = Syscalls {
+    name: "virtio-blk",
+    vcpu: &[SyscallRule::Any(libc::SYS_write)],
+    event_loop: &[
+        SyscallRule::Any(libc::SYS_read),
+        SyscallRule::Any(libc::SYS_write),
+    ],
+};
+
+/// The backing file, served on the event loop: one preadv/pwritev per request (pread/pwrite for a
+/// single buffer), and fdatasync for a flush. (Its size is read while the device is built.)
+pub const FILE_BACKEND: Syscalls = Syscalls {
+    name: "virtio-blk file backend",
+    vcpu: &[],
+    event_loop: &[
+        SyscallRule::Any(libc::SYS_pread64),
+        SyscallRule::Any(libc::SYS_pwrite64),
+        SyscallRule::Any(libc::SYS_preadv),
+        SyscallRule::Any(libc::SYS_pwritev),
+        SyscallRule::Any(libc::SYS_fdatasync),
+    ],
+};
