@@ -712,9 +712,50 @@ impl Drop for Chardev {
                 self.name, self.lost
             );
         }
-        if let Out::Socket { path, .. } = &self.out {
-            let _ = std::fs::remove_file(path);
+        match &self.out {
+            Out::Socket { path, .. } => {
+                let _ = std::fs::remove_file(path);
+            }
+            Out::Pty { _secondary, .. } => drain_pty(self.name, _secondary),
+            _ => {}
         }
+    }
+}
+
+/// How long the VM's end waits for a pty's reader to take the output still queued for it.
+const PTY_DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How many checks in a row, [`PTY_DRAIN_STEP`] apart, must find the pty's queue empty.
+const PTY_DRAIN_EMPTY_CHECKS: u32 = 3;
+const PTY_DRAIN_STEP: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Waits, at most [`PTY_DRAIN_LIMIT`], until nothing is left to read on the pty's secondary side.
+/// Closing the primary hangs the secondary up, and the hang-up discards what its reader has not
+/// read yet: without this wait the guest's last lines before it stops could be lost. What the
+/// primary wrote reaches the secondary's queue from a kernel work item, a little later: so the
+/// queue must be found empty several times in a row.
+fn drain_pty(name: &str, secondary: &File) {
+    let start = std::time::Instant::now();
+    let mut empty = 0;
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD on a terminal we own writes one int into `queued`, which outlives the call.
+        if unsafe { libc::ioctl(secondary.as_raw_fd(), libc::FIONREAD, &mut queued) } != 0 {
+            return;
+        }
+        if queued <= 0 {
+            empty += 1;
+            if empty >= PTY_DRAIN_EMPTY_CHECKS {
+                return;
+            }
+        } else {
+            empty = 0;
+        }
+        if start.elapsed() >= PTY_DRAIN_LIMIT {
+            warn!("{name}: {queued} bytes of guest output were not read from the pty before exit");
+            return;
+        }
+        std::thread::sleep(PTY_DRAIN_STEP);
     }
 }
 
@@ -770,13 +811,17 @@ pub const FILE_SYSCALLS: Syscalls = Syscalls {
 };
 
 /// The pty backend's system calls once the guest runs: output written to the primary side on
-/// either thread, input read from it on the event loop.
+/// either thread, input read from it on the event loop; when the VM ends, the event loop waits for
+/// the reader to take what is queued ([`drain_pty`]: FIONREAD and a sleep).
 pub const PTY_SYSCALLS: Syscalls = Syscalls {
     name: "chardev pty",
     vcpu: &[SyscallRule::Any(libc::SYS_write)],
     event_loop: &[
         SyscallRule::Any(libc::SYS_read),
         SyscallRule::Any(libc::SYS_write),
+        SyscallRule::Ioctl(libc::FIONREAD),
+        SyscallRule::Any(libc::SYS_nanosleep),
+        SyscallRule::Any(libc::SYS_clock_nanosleep),
     ],
 };
 
