@@ -6,6 +6,11 @@
 //! from birth, so it can subscribe to them on the event loop before the driver shows up; the
 //! transport keeps duplicates of them for the VM (KVM ioeventfds) and for plain MMIO writes
 //! to QueueNotify.
+//!
+//! What every device has (features, queues and their `EventFd`s, the activation, the fail-once
+//! path, the queue-drain loop) is in [`VirtioCore`]; a device folder holds only what is its own:
+//! `device.rs` (the device and its [`VirtioDevice`] hooks), `event_handler.rs` (the event-loop
+//! side), `persist.rs` (its saved state), plus its own parts (request parsing, the tap, ...).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -18,9 +23,11 @@ use crate::{Error, GuestMemoryMmap};
 
 pub mod block;
 pub mod console;
+mod core;
 mod mmio;
 pub mod net;
 
+pub use self::core::{Active, Chain, Drained, Step, VirtioCore};
 pub use mmio::MmioTransport;
 
 /// Size of one virtio-mmio slot.
@@ -29,30 +36,50 @@ pub const MMIO_SIZE: u64 = 0x1000;
 /// ioeventfd at `base + NOTIFY_REG_OFFSET` with datamatch = queue index (u32).
 pub const NOTIFY_REG_OFFSET: u64 = 0x50;
 
-/// Interrupt status bit: a used ring was updated.
-pub const VIRTIO_MMIO_INT_VRING: u32 = 1;
-/// Interrupt status bit: the configuration changed (also used for DEVICE_NEEDS_RESET).
-pub const VIRTIO_MMIO_INT_CONFIG: u32 = 2;
-
-/// Feature bit: virtio 1.x (modern) device.
-pub const VIRTIO_F_VERSION_1: u32 = 32;
-/// Feature bit: `used_event` / `avail_event` notification suppression.
-pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
+pub use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+pub use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+pub use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 /// A virtio device model, independent of the transport.
+///
+/// A device implements [`VirtioDevice::core`], [`VirtioDevice::core_mut`] and
+/// [`VirtioDevice::read_config`]; the hooks have defaults, the rest comes from its [`VirtioCore`].
 pub trait VirtioDevice: Send {
-    /// The virtio device type (1 = net, 2 = block, 3 = console, ...).
-    fn device_type(&self) -> u32;
-    /// The maximum size of each queue, in queue order (a power of two, at most 32768).
-    fn queue_max_sizes(&self) -> &[u16];
-    /// The feature bits the device offers.
-    fn avail_features(&self) -> u64;
-    /// One `EventFd` per queue, in queue order, signalled when the driver notifies it.
-    fn queue_events(&self) -> &[EventFd];
+    /// The state every device shares.
+    fn core(&self) -> &VirtioCore;
+    /// The state every device shares.
+    fn core_mut(&mut self) -> &mut VirtioCore;
     /// Reads the device-specific configuration space. Bytes beyond its end read as 0.
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Writes the device-specific configuration space (ignored where read-only).
-    fn write_config(&mut self, offset: u64, data: &[u8]);
+
+    /// Writes the device-specific configuration space (by default read-only: ignored).
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        self.core().ignore_config_write(offset, data.len());
+    }
+    /// Device-specific set-up at DRIVER_OK, before the core is activated, with the features
+    /// the driver accepted; an error refuses the activation.
+    fn on_activate(&mut self, _acked_features: u64) -> Result<(), Error> {
+        Ok(())
+    }
+    /// Device-specific part of a reset, after the core's.
+    fn on_reset(&mut self) {}
+
+    /// The virtio device type (1 = net, 2 = block, 3 = console, ...).
+    fn device_type(&self) -> u32 {
+        self.core().device_type()
+    }
+    /// The maximum size of each queue, in queue order (a power of two, at most 32768).
+    fn queue_max_sizes(&self) -> &[u16] {
+        self.core().queue_max_sizes()
+    }
+    /// The feature bits the device offers.
+    fn avail_features(&self) -> u64 {
+        self.core().avail_features()
+    }
+    /// One `EventFd` per queue, in queue order, signalled when the driver notifies it.
+    fn queue_events(&self) -> &[EventFd] {
+        self.core().queue_events()
+    }
     /// Starts the device when the driver sets DRIVER_OK.
     ///
     /// `queues` has one entry per queue, configured and checked by the transport (queues the
@@ -64,9 +91,16 @@ pub trait VirtioDevice: Send {
         interrupt: Arc<Interrupt>,
         queues: Vec<Queue>,
         acked_features: u64,
-    ) -> Result<(), Error>;
+    ) -> Result<(), Error> {
+        self.on_activate(acked_features)?;
+        self.core_mut()
+            .activate(mem, interrupt, queues, acked_features)
+    }
     /// Stops the device and drops what `activate` gave it (the driver wrote 0 to Status).
-    fn reset(&mut self);
+    fn reset(&mut self) {
+        self.core_mut().reset();
+        self.on_reset();
+    }
 }
 
 /// The interrupt state shared by a transport and its device.
