@@ -77,24 +77,24 @@ enum Ring {
 /// `EventFd`s the transport keeps for the transport's whole life: the VM registers them with
 /// KVM (irqfd, ioeventfds); they are never replaced, not even by a device reset.
 pub struct MmioTransport {
-    mem: GuestMemoryMmap,
-    device: Arc<Mutex<dyn VirtioDevice>>,
-    interrupt: Arc<Interrupt>,
+    pub(super) mem: GuestMemoryMmap,
+    pub(super) device: Arc<Mutex<dyn VirtioDevice>>,
+    pub(super) interrupt: Arc<Interrupt>,
     /// Duplicates of the device's queue `EventFd`s.
-    queue_evts: Vec<EventFd>,
-    queues: Vec<Queue>,
+    pub(super) queue_evts: Vec<EventFd>,
+    pub(super) queues: Vec<Queue>,
     /// Per queue: the driver wrote an invalid size or a misaligned address.
-    queue_bad_config: Vec<bool>,
-    device_type: u32,
-    avail_features: u64,
-    device_features_sel: u32,
-    driver_features_sel: u32,
-    acked_features: u64,
-    queue_sel: u32,
-    shm_sel: u32,
-    status: u32,
-    activated: bool,
-    setup_error_logged: bool,
+    pub(super) queue_bad_config: Vec<bool>,
+    pub(super) device_type: u32,
+    pub(super) avail_features: u64,
+    pub(super) device_features_sel: u32,
+    pub(super) driver_features_sel: u32,
+    pub(super) acked_features: u64,
+    pub(super) queue_sel: u32,
+    pub(super) shm_sel: u32,
+    pub(super) status: u32,
+    pub(super) activated: bool,
+    pub(super) setup_error_logged: bool,
 }
 
 impl MmioTransport {
@@ -178,7 +178,7 @@ impl MmioTransport {
         self.activated
     }
 
-    fn lock_device(&self) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
+    pub(super) fn lock_device(&self) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
         self.device.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -438,7 +438,7 @@ impl MmioTransport {
         }
     }
 
-    fn activate(&mut self) -> Result<(), String> {
+    pub(super) fn activate(&mut self) -> Result<(), String> {
         let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut queues = Vec::with_capacity(self.queues.len());
         for (i, q) in self.queues.iter().enumerate() {
@@ -463,7 +463,7 @@ impl MmioTransport {
     }
 
     /// Device reset: back to the power-on state; the `EventFd`s stay.
-    fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         if self.activated {
             self.lock_device().reset();
             self.activated = false;

@@ -26,9 +26,11 @@ pub mod console;
 mod core;
 mod mmio;
 pub mod net;
+pub(crate) mod persist;
 
 pub use self::core::{Active, Chain, Drained, Step, VirtioCore};
 pub use mmio::MmioTransport;
+pub use persist::{CoreState, MmioState, QueuePosition, QueueRegisters};
 
 /// Size of one virtio-mmio slot.
 pub const MMIO_SIZE: u64 = 0x1000;
@@ -160,6 +162,13 @@ impl Interrupt {
     /// The irqfd `EventFd`.
     pub fn irq_event(&self) -> &EventFd {
         &self.irq
+    }
+
+    /// Puts back a saved InterruptStatus and DEVICE_NEEDS_RESET (no irqfd signal: the
+    /// interrupt controller's own state says whether the line is pending).
+    pub(crate) fn restore(&self, status: u32, needs_reset: bool) {
+        self.status.store(status, Ordering::SeqCst);
+        self.needs_reset.store(needs_reset, Ordering::SeqCst);
     }
 
     /// Back to the power-on state (device reset).

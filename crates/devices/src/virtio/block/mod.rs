@@ -12,10 +12,12 @@ use std::path::PathBuf;
 
 mod device;
 mod event_handler;
+mod persist;
 
 mod request;
 
 pub use device::Block;
+pub use persist::BlockState;
 
 pub use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
 pub use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
