@@ -16,10 +16,12 @@
 
 mod device;
 mod event_handler;
+mod persist;
 
 mod resize;
 
 pub use device::Console;
+pub use persist::{ConsoleState, TxChainState};
 
 pub use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
 

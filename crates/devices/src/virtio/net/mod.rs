@@ -13,10 +13,12 @@
 
 mod device;
 mod event_handler;
+mod persist;
 
 mod tap;
 
 pub use device::{Net, NetStats};
+pub use persist::{HeldChain, NetState};
 
 pub use tap::{Tap, MAX_NAME_LEN, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 
