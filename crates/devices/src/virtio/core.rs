@@ -63,6 +63,8 @@ pub struct VirtioCore {
     device_type: u32,
     avail_features: u64,
     queue_max_sizes: Vec<u16>,
+    /// The device-specific configuration space.
+    config_space: Vec<u8>,
     /// One `EventFd` per queue, from birth to drop, signalled when the driver notifies it.
     pub(crate) queue_evts: Vec<EventFd>,
     /// Between DRIVER_OK and reset.
@@ -75,12 +77,14 @@ pub struct VirtioCore {
 
 impl VirtioCore {
     /// A device called `name` in logs (e.g. `virtio-net 'tap0'`), of virtio type
-    /// `device_type`, offering `avail_features`, with one queue per entry of `queue_max_sizes`.
+    /// `device_type`, offering `avail_features`, with one queue per entry of `queue_max_sizes`
+    /// and the configuration space `config_space`.
     pub fn new(
         name: impl Into<String>,
         device_type: u32,
         avail_features: u64,
         queue_max_sizes: &[u16],
+        config_space: Vec<u8>,
     ) -> Result<Self, Error> {
         let queue_evts = queue_max_sizes
             .iter()
@@ -96,6 +100,7 @@ impl VirtioCore {
             device_type,
             avail_features,
             queue_max_sizes: queue_max_sizes.to_vec(),
+            config_space,
             queue_evts,
             active: None,
             failed: false,
@@ -126,6 +131,16 @@ impl VirtioCore {
     /// One `EventFd` per queue.
     pub fn queue_events(&self) -> &[EventFd] {
         &self.queue_evts
+    }
+
+    /// The device-specific configuration space.
+    pub fn config_space(&self) -> &[u8] {
+        &self.config_space
+    }
+
+    /// The device-specific configuration space, for the device to update.
+    pub fn config_space_mut(&mut self) -> &mut [u8] {
+        &mut self.config_space
     }
 
     /// Whether the driver has started the device.

@@ -571,7 +571,7 @@ mod tests {
     fn fake() -> Fake {
         let features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX) | 0b101;
         Fake {
-            core: VirtioCore::new("fake", 42, features, &[16, 8]).unwrap(),
+            core: VirtioCore::new("fake", 42, features, &[16, 8], vec![]).unwrap(),
             activated: None,
             resets: 0,
         }

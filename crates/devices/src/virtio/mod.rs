@@ -21,6 +21,21 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::{Error, GuestMemoryMmap};
 
+/// Writes [`VirtioDevice::core`] and [`VirtioDevice::core_mut`] inside a device's
+/// `impl VirtioDevice`, for a device whose [`VirtioCore`] is the field named `$field`.
+macro_rules! core_accessors {
+    ($field:tt) => {
+        fn core(&self) -> &$crate::virtio::VirtioCore {
+            &self.$field
+        }
+
+        fn core_mut(&mut self) -> &mut $crate::virtio::VirtioCore {
+            &mut self.$field
+        }
+    };
+}
+pub(crate) use core_accessors;
+
 pub mod block;
 pub mod console;
 mod core;
@@ -44,15 +59,19 @@ pub use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 /// A virtio device model, independent of the transport.
 ///
-/// A device implements [`VirtioDevice::core`], [`VirtioDevice::core_mut`] and
-/// [`VirtioDevice::read_config`]; the hooks have defaults, the rest comes from its [`VirtioCore`].
+/// A device implements [`VirtioDevice::core`] and [`VirtioDevice::core_mut`] (the
+/// [`core_accessors`] macro writes them); the hooks have defaults, the rest comes from its
+/// [`VirtioCore`].
 pub trait VirtioDevice: Send {
     /// The state every device shares.
     fn core(&self) -> &VirtioCore;
     /// The state every device shares.
     fn core_mut(&mut self) -> &mut VirtioCore;
+
     /// Reads the device-specific configuration space. Bytes beyond its end read as 0.
-    fn read_config(&self, offset: u64, data: &mut [u8]);
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(self.core().config_space(), offset, data);
+    }
 
     /// Writes the device-specific configuration space (by default read-only: ignored).
     fn write_config(&mut self, offset: u64, data: &[u8]) {

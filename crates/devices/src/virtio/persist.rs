@@ -362,21 +362,13 @@ mod tests {
     struct Bare(VirtioCore);
 
     impl VirtioDevice for Bare {
-        fn core(&self) -> &VirtioCore {
-            &self.0
-        }
-        fn core_mut(&mut self) -> &mut VirtioCore {
-            &mut self.0
-        }
-        fn read_config(&self, _offset: u64, data: &mut [u8]) {
-            data.fill(0);
-        }
+        crate::virtio::core_accessors!(0);
     }
 
     const FEATURES: u64 = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX);
 
     fn bare() -> Arc<Mutex<Bare>> {
-        let core = VirtioCore::new("bare", 42, FEATURES, &[16, 16]).unwrap();
+        let core = VirtioCore::new("bare", 42, FEATURES, &[16, 16], vec![]).unwrap();
         Arc::new(Mutex::new(Bare(core)))
     }
 

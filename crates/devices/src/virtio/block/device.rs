@@ -26,7 +26,6 @@ pub struct Block {
     core: VirtioCore,
     config: BlockConfig,
     pub(super) disk: Disk,
-    config_space: Vec<u8>,
     /// Bytes/s and requests/s limits; its timer is watched by the event handler.
     pub(super) rate_limiter: Option<RateLimiter>,
     /// A request waits at the head of the queue for the rate limiter's timer.
@@ -93,7 +92,13 @@ impl Block {
 
         let name = format!("virtio-blk '{}'", path.display());
         Ok(Block {
-            core: VirtioCore::new(name, VIRTIO_ID_BLOCK, avail_features, &[QUEUE_SIZE])?,
+            core: VirtioCore::new(
+                name,
+                VIRTIO_ID_BLOCK,
+                avail_features,
+                &[QUEUE_SIZE],
+                config_space,
+            )?,
             disk: Disk {
                 file,
                 size: sectors * SECTOR_SIZE,
@@ -101,7 +106,6 @@ impl Block {
                 id: id_bytes,
             },
             config,
-            config_space,
             rate_limiter: None,
             throttled: false,
         })
@@ -194,17 +198,7 @@ fn lock(file: &File, config: &BlockConfig) -> Result<(), Error> {
 }
 
 impl VirtioDevice for Block {
-    fn core(&self) -> &VirtioCore {
-        &self.core
-    }
-
-    fn core_mut(&mut self) -> &mut VirtioCore {
-        &mut self.core
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::virtio::read_config_bytes(&self.config_space, offset, data);
-    }
+    crate::virtio::core_accessors!(core);
 
     fn on_reset(&mut self) {
         self.throttled = false;

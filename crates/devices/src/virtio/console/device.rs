@@ -39,7 +39,6 @@ pub(super) struct TxChain {
 pub struct Console {
     pub(super) core: VirtioCore,
     pub(super) chardev: Chardev,
-    config_space: [u8; CONFIG_LEN],
     /// SIGWINCH, when the size is tracked.
     pub(super) resize_evt: Option<EventFd>,
     /// Host input read but not yet in guest buffers.
@@ -78,7 +77,7 @@ impl Console {
     /// terminal tracking.
     pub fn with_size(chardev: Chardev, size: Option<(u16, u16)>) -> Result<Self, Error> {
         let mut avail_features = 1u64 << VIRTIO_F_VERSION_1;
-        let mut config_space = [0u8; CONFIG_LEN];
+        let mut config_space = vec![0u8; CONFIG_LEN];
         if let Some((cols, rows)) = size {
             avail_features |= 1 << VIRTIO_CONSOLE_F_SIZE;
             config_space[0..2].copy_from_slice(&cols.to_le_bytes());
@@ -93,9 +92,9 @@ impl Console {
                 VIRTIO_ID_CONSOLE,
                 avail_features,
                 &[QUEUE_SIZE; 2],
+                config_space,
             )?,
             chardev,
-            config_space,
             resize_evt: None,
             rx_pending: Vec::new(),
             tx_stage: Vec::new(),
@@ -119,7 +118,7 @@ impl Console {
 
     /// The (cols, rows) in the config space.
     pub fn size(&self) -> (u16, u16) {
-        let c = &self.config_space;
+        let c = self.core.config_space();
         (
             u16::from_le_bytes([c[0], c[1]]),
             u16::from_le_bytes([c[2], c[3]]),
@@ -149,8 +148,9 @@ impl Console {
         {
             return;
         }
-        self.config_space[0..2].copy_from_slice(&cols.to_le_bytes());
-        self.config_space[2..4].copy_from_slice(&rows.to_le_bytes());
+        let c = self.core.config_space_mut();
+        c[0..2].copy_from_slice(&cols.to_le_bytes());
+        c[2..4].copy_from_slice(&rows.to_le_bytes());
         if self.core.acked(VIRTIO_CONSOLE_F_SIZE) {
             self.core.trigger(VIRTIO_MMIO_INT_CONFIG);
         }
@@ -358,17 +358,7 @@ impl Console {
 }
 
 impl VirtioDevice for Console {
-    fn core(&self) -> &VirtioCore {
-        &self.core
-    }
-
-    fn core_mut(&mut self) -> &mut VirtioCore {
-        &mut self.core
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::virtio::read_config_bytes(&self.config_space, offset, data);
-    }
+    crate::virtio::core_accessors!(core);
 
     fn on_activate(&mut self, _acked_features: u64) -> Result<(), Error> {
         self.tx_chain = None;

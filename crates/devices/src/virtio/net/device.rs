@@ -128,7 +128,15 @@ impl Net {
             | (1 << VIRTIO_NET_F_MRG_RXBUF);
         let name = format!("virtio-net '{}'", tap.name());
         Ok(Net {
-            core: VirtioCore::new(name, VIRTIO_ID_NET, avail_features, &[QUEUE_SIZE; 2])?,
+            // struct virtio_net_config: mac[6], then status, max_virtqueue_pairs and mtu (all 0:
+            // not offered).
+            core: VirtioCore::new(
+                name,
+                VIRTIO_ID_NET,
+                avail_features,
+                &[QUEUE_SIZE; 2],
+                mac.to_vec(),
+            )?,
             tap,
             mac,
             mergeable: false,
@@ -550,19 +558,7 @@ fn deliver(
 }
 
 impl VirtioDevice for Net {
-    fn core(&self) -> &VirtioCore {
-        &self.core
-    }
-
-    fn core_mut(&mut self) -> &mut VirtioCore {
-        &mut self.core
-    }
-
-    /// struct virtio_net_config: mac[6], then status, max_virtqueue_pairs and mtu (all 0: not
-    /// offered).
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::virtio::read_config_bytes(&self.mac, offset, data);
-    }
+    crate::virtio::core_accessors!(core);
 
     /// Sets the tap's offloads to what the guest takes; the event loop then starts RX (and
     /// watches the tap) and sends what the driver queued before DRIVER_OK.
