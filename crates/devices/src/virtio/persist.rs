@@ -181,7 +181,8 @@ impl Persist for MmioTransport {
     }
 
     /// Resets the transport (and the device), puts the registers back and, if the saved
-    /// transport was activated, activates the device again.
+    /// transport was activated, activates the device again. On error the transport is left
+    /// reset.
     fn restore(&mut self, state: MmioState) -> Result<(), PersistError> {
         let mismatch = |why: String| PersistError::Mismatch {
             device: Self::NAME,
@@ -216,6 +217,7 @@ impl Persist for MmioTransport {
                 .and_then(|()| queue.try_set_used_ring_address(GuestAddress(regs.used_ring)));
             if let Err(e) = set {
                 if !regs.bad_config {
+                    self.reset();
                     return Err(mismatch(format!("queue {i}: {e}")));
                 }
             }
@@ -229,8 +231,10 @@ impl Persist for MmioTransport {
         self.queue_sel = state.queue_sel;
         self.shm_sel = state.shm_sel;
         if state.activated {
-            self.activate()
-                .map_err(|why| mismatch(format!("cannot activate the device again: {why}")))?;
+            if let Err(why) = self.activate() {
+                self.reset();
+                return Err(mismatch(format!("cannot activate the device again: {why}")));
+            }
             self.activated = true;
         }
         self.interrupt

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
 
 use super::device::{RxChain, RxState};
-use super::{Net, MAX_BUFFER_LEN, QUEUE_SIZE, VNET_HDR_LEN};
+use virtio_queue::QueueT;
+
+use super::{Net, MAX_BUFFER_LEN, RX_QUEUE, VNET_HDR_LEN};
 use crate::persist::{Persist, PersistError};
 use crate::virtio::CoreState;
 
@@ -102,13 +104,14 @@ impl Net {
             device: Self::NAME,
             why,
         };
-        let mem = self.core.active.as_ref().map(|a| &a.mem);
+        let active = self.core.active.as_ref();
         let mut held = std::collections::VecDeque::new();
         for chain in &state.held {
-            let Some(mem) = mem else {
+            let Some((mem, rx)) = active.and_then(|a| Some((&a.mem, a.queues.get(RX_QUEUE)?)))
+            else {
                 return Err(mismatch("held RX chains in a device not activated".into()));
             };
-            if chain.head >= QUEUE_SIZE || chain.bufs.is_empty() {
+            if chain.head >= rx.size() || chain.bufs.is_empty() {
                 return Err(mismatch(format!(
                     "held RX chain {} is not valid",
                     chain.head
@@ -147,7 +150,7 @@ mod tests {
 
     use super::*;
     use crate::persist::test_util::round_trip;
-    use crate::virtio::net::{Tap, RX_QUEUE, VIRTIO_NET_F_MRG_RXBUF};
+    use crate::virtio::net::{Tap, VIRTIO_NET_F_MRG_RXBUF};
     use crate::virtio::persist::test_util::{Driver, DATA};
     use crate::virtio::{MmioTransport, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
@@ -186,7 +189,7 @@ mod tests {
             | (1 << VIRTIO_RING_F_EVENT_IDX)
             | (1 << VIRTIO_NET_F_MRG_RXBUF);
         let mut driver = Driver::new(a.clone(), features);
-        // A 40-byte frame and one 32-byte buffer: the device holds the chain and the frame.
+        // A 52-byte frame (header included) and one 32-byte buffer: the device holds the chain and the frame.
         let frame: Vec<u8> = (0..52u8).collect();
         // SAFETY: send(2) reads `frame`, which is live and initialized.
         let sent = unsafe {
