@@ -60,7 +60,7 @@ pub use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 /// A virtio device model, independent of the transport.
 ///
 /// A device implements [`VirtioDevice::core`] and [`VirtioDevice::core_mut`] (the
-/// [`core_accessors`] macro writes them); the hooks have defaults, the rest comes from its
+/// `core_accessors!` macro writes them); the hooks have defaults, the rest comes from its
 /// [`VirtioCore`].
 pub trait VirtioDevice: Send {
     /// The state every device shares.
