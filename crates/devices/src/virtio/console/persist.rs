@@ -99,7 +99,8 @@ impl Persist for Console {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{self, Write};
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
     use std::sync::{Arc, Mutex};
 
     use vm_memory::Bytes;
@@ -111,22 +112,11 @@ mod tests {
     use crate::virtio::persist::test_util::{Driver, DATA};
     use crate::virtio::{MmioTransport, VIRTIO_F_VERSION_1};
 
-    #[derive(Clone, Default)]
-    struct Out(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Out {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn console() -> (Out, Arc<Mutex<Console>>) {
-        let out = Out::default();
-        let chardev = Chardev::writer("console", Box::new(out.clone())).unwrap();
+    /// A console writing into one end of a stream socket pair; the other end reads its output.
+    fn console() -> (UnixStream, Arc<Mutex<Console>>) {
+        let (ours, out) = UnixStream::pair().unwrap();
+        out.set_nonblocking(true).unwrap();
+        let chardev = Chardev::writer("console", Box::new(ours)).unwrap();
         let console = Console::with_size(chardev, Some((80, 25))).unwrap();
         (out, Arc::new(Mutex::new(console)))
     }
@@ -166,7 +156,7 @@ mod tests {
             c.rx_pending = b"hi".to_vec();
         }
 
-        let (out, b) = console();
+        let (mut out, b) = console();
         let mut transport = MmioTransport::new(driver.mem.clone(), b.clone()).unwrap();
         round_trip(&driver.transport, &mut transport);
         let state = round_trip(&*a.lock().unwrap(), &mut *b.lock().unwrap());
@@ -174,7 +164,9 @@ mod tests {
         driver.transport = transport;
 
         b.lock().unwrap().process_tx();
-        assert_eq!(&out.0.lock().unwrap()[..], b"ab23456789");
+        let mut written = [0u8; 16];
+        let n = out.read(&mut written).unwrap();
+        assert_eq!(&written[..n], b"ab23456789");
         assert_eq!(driver.used_idx(TX_QUEUE), 1);
         driver.post(RX_QUEUE, &[(DATA + 0x100, 16, true)]);
         b.lock().unwrap().process_rx();

@@ -143,7 +143,8 @@ impl Net {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixDatagram;
     use std::sync::{Arc, Mutex};
 
     use vm_memory::Bytes;
@@ -156,22 +157,13 @@ mod tests {
 
     const MAC: [u8; 6] = [0x52, 0x54, 0, 1, 2, 3];
 
-    fn net() -> (OwnedFd, Arc<Mutex<Net>>) {
-        let mut fds = [0; 2];
-        // SAFETY: socketpair writes two descriptors into `fds`.
-        let r = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-                fds.as_mut_ptr(),
-            )
-        };
-        assert_eq!(r, 0);
-        // SAFETY: both descriptors are fresh and owned by nobody else.
-        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let net = Net::new(Tap::from_fd(a, "test0"), MAC).unwrap();
-        (b, Arc::new(Mutex::new(net)))
+    /// A NIC on one end of a datagram socket pair (frames keep their boundaries, as on a
+    /// tap); the other end is the peer.
+    fn net() -> (UnixDatagram, Arc<Mutex<Net>>) {
+        let (ours, peer) = UnixDatagram::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let net = Net::new(Tap::from_fd(OwnedFd::from(ours), "test0"), MAC).unwrap();
+        (peer, Arc::new(Mutex::new(net)))
     }
 
     #[test]
@@ -191,16 +183,7 @@ mod tests {
         let mut driver = Driver::new(a.clone(), features);
         // A 52-byte frame (header included) and one 32-byte buffer: the device holds the chain and the frame.
         let frame: Vec<u8> = (0..52u8).collect();
-        // SAFETY: send(2) reads `frame`, which is live and initialized.
-        let sent = unsafe {
-            libc::send(
-                std::os::fd::AsRawFd::as_raw_fd(&peer),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-            )
-        };
-        assert_eq!(sent, 52);
+        assert_eq!(peer.send(&frame).unwrap(), 52);
         driver.post(RX_QUEUE, &[(DATA, 32, true)]);
         a.lock().unwrap().process_rx();
         assert_eq!(driver.used_idx(RX_QUEUE), 0);
