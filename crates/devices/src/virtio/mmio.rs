@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{debug, warn};
+use virtio_bindings::{virtio_config as config, virtio_mmio as mmio};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
@@ -17,43 +18,43 @@ const MMIO_VERSION: u32 = 2;
 const VENDOR_ID: u32 = 0x006d_6d76;
 
 // Register offsets.
-const REG_MAGIC: u64 = 0x00;
-const REG_VERSION: u64 = 0x04;
-const REG_DEVICE_ID: u64 = 0x08;
-const REG_VENDOR_ID: u64 = 0x0c;
-const REG_DEVICE_FEATURES: u64 = 0x10;
-const REG_DEVICE_FEATURES_SEL: u64 = 0x14;
-const REG_DRIVER_FEATURES: u64 = 0x20;
-const REG_DRIVER_FEATURES_SEL: u64 = 0x24;
-const REG_QUEUE_SEL: u64 = 0x30;
-const REG_QUEUE_NUM_MAX: u64 = 0x34;
-const REG_QUEUE_NUM: u64 = 0x38;
-const REG_QUEUE_READY: u64 = 0x44;
+const REG_MAGIC: u64 = mmio::VIRTIO_MMIO_MAGIC_VALUE as u64;
+const REG_VERSION: u64 = mmio::VIRTIO_MMIO_VERSION as u64;
+const REG_DEVICE_ID: u64 = mmio::VIRTIO_MMIO_DEVICE_ID as u64;
+const REG_VENDOR_ID: u64 = mmio::VIRTIO_MMIO_VENDOR_ID as u64;
+const REG_DEVICE_FEATURES: u64 = mmio::VIRTIO_MMIO_DEVICE_FEATURES as u64;
+const REG_DEVICE_FEATURES_SEL: u64 = mmio::VIRTIO_MMIO_DEVICE_FEATURES_SEL as u64;
+const REG_DRIVER_FEATURES: u64 = mmio::VIRTIO_MMIO_DRIVER_FEATURES as u64;
+const REG_DRIVER_FEATURES_SEL: u64 = mmio::VIRTIO_MMIO_DRIVER_FEATURES_SEL as u64;
+const REG_QUEUE_SEL: u64 = mmio::VIRTIO_MMIO_QUEUE_SEL as u64;
+const REG_QUEUE_NUM_MAX: u64 = mmio::VIRTIO_MMIO_QUEUE_NUM_MAX as u64;
+const REG_QUEUE_NUM: u64 = mmio::VIRTIO_MMIO_QUEUE_NUM as u64;
+const REG_QUEUE_READY: u64 = mmio::VIRTIO_MMIO_QUEUE_READY as u64;
 const REG_QUEUE_NOTIFY: u64 = super::NOTIFY_REG_OFFSET;
-const REG_INTERRUPT_STATUS: u64 = 0x60;
-const REG_INTERRUPT_ACK: u64 = 0x64;
-const REG_STATUS: u64 = 0x70;
-const REG_QUEUE_DESC_LOW: u64 = 0x80;
-const REG_QUEUE_DESC_HIGH: u64 = 0x84;
-const REG_QUEUE_DRIVER_LOW: u64 = 0x90;
-const REG_QUEUE_DRIVER_HIGH: u64 = 0x94;
-const REG_QUEUE_DEVICE_LOW: u64 = 0xa0;
-const REG_QUEUE_DEVICE_HIGH: u64 = 0xa4;
-const REG_SHM_SEL: u64 = 0xac;
-const REG_SHM_LEN_LOW: u64 = 0xb0;
-const REG_SHM_LEN_HIGH: u64 = 0xb4;
-const REG_SHM_BASE_LOW: u64 = 0xb8;
-const REG_SHM_BASE_HIGH: u64 = 0xbc;
-const REG_CONFIG_GENERATION: u64 = 0xfc;
-const CONFIG_SPACE: u64 = 0x100;
+const REG_INTERRUPT_STATUS: u64 = mmio::VIRTIO_MMIO_INTERRUPT_STATUS as u64;
+const REG_INTERRUPT_ACK: u64 = mmio::VIRTIO_MMIO_INTERRUPT_ACK as u64;
+const REG_STATUS: u64 = mmio::VIRTIO_MMIO_STATUS as u64;
+const REG_QUEUE_DESC_LOW: u64 = mmio::VIRTIO_MMIO_QUEUE_DESC_LOW as u64;
+const REG_QUEUE_DESC_HIGH: u64 = mmio::VIRTIO_MMIO_QUEUE_DESC_HIGH as u64;
+const REG_QUEUE_DRIVER_LOW: u64 = mmio::VIRTIO_MMIO_QUEUE_AVAIL_LOW as u64;
+const REG_QUEUE_DRIVER_HIGH: u64 = mmio::VIRTIO_MMIO_QUEUE_AVAIL_HIGH as u64;
+const REG_QUEUE_DEVICE_LOW: u64 = mmio::VIRTIO_MMIO_QUEUE_USED_LOW as u64;
+const REG_QUEUE_DEVICE_HIGH: u64 = mmio::VIRTIO_MMIO_QUEUE_USED_HIGH as u64;
+const REG_SHM_SEL: u64 = mmio::VIRTIO_MMIO_SHM_SEL as u64;
+const REG_SHM_LEN_LOW: u64 = mmio::VIRTIO_MMIO_SHM_LEN_LOW as u64;
+const REG_SHM_LEN_HIGH: u64 = mmio::VIRTIO_MMIO_SHM_LEN_HIGH as u64;
+const REG_SHM_BASE_LOW: u64 = mmio::VIRTIO_MMIO_SHM_BASE_LOW as u64;
+const REG_SHM_BASE_HIGH: u64 = mmio::VIRTIO_MMIO_SHM_BASE_HIGH as u64;
+const REG_CONFIG_GENERATION: u64 = mmio::VIRTIO_MMIO_CONFIG_GENERATION as u64;
+const CONFIG_SPACE: u64 = mmio::VIRTIO_MMIO_CONFIG as u64;
 
 // Device status bits.
-const STATUS_ACKNOWLEDGE: u32 = 1;
-const STATUS_DRIVER: u32 = 2;
-const STATUS_DRIVER_OK: u32 = 4;
-const STATUS_FEATURES_OK: u32 = 8;
-const STATUS_NEEDS_RESET: u32 = 0x40;
-const STATUS_FAILED: u32 = 0x80;
+const STATUS_ACKNOWLEDGE: u32 = config::VIRTIO_CONFIG_S_ACKNOWLEDGE;
+const STATUS_DRIVER: u32 = config::VIRTIO_CONFIG_S_DRIVER;
+const STATUS_DRIVER_OK: u32 = config::VIRTIO_CONFIG_S_DRIVER_OK;
+const STATUS_FEATURES_OK: u32 = config::VIRTIO_CONFIG_S_FEATURES_OK;
+const STATUS_NEEDS_RESET: u32 = config::VIRTIO_CONFIG_S_NEEDS_RESET;
+const STATUS_FAILED: u32 = config::VIRTIO_CONFIG_S_FAILED;
 
 /// Which half of a 64-bit queue address a register holds.
 #[derive(Clone, Copy)]
@@ -76,24 +77,24 @@ enum Ring {
 /// `EventFd`s the transport keeps for the transport's whole life: the VM registers them with
 /// KVM (irqfd, ioeventfds); they are never replaced, not even by a device reset.
 pub struct MmioTransport {
-    mem: GuestMemoryMmap,
-    device: Arc<Mutex<dyn VirtioDevice>>,
-    interrupt: Arc<Interrupt>,
+    pub(super) mem: GuestMemoryMmap,
+    pub(super) device: Arc<Mutex<dyn VirtioDevice>>,
+    pub(super) interrupt: Arc<Interrupt>,
     /// Duplicates of the device's queue `EventFd`s.
-    queue_evts: Vec<EventFd>,
-    queues: Vec<Queue>,
+    pub(super) queue_evts: Vec<EventFd>,
+    pub(super) queues: Vec<Queue>,
     /// Per queue: the driver wrote an invalid size or a misaligned address.
-    queue_bad_config: Vec<bool>,
-    device_type: u32,
-    avail_features: u64,
-    device_features_sel: u32,
-    driver_features_sel: u32,
-    acked_features: u64,
-    queue_sel: u32,
-    shm_sel: u32,
-    status: u32,
-    activated: bool,
-    setup_error_logged: bool,
+    pub(super) queue_bad_config: Vec<bool>,
+    pub(super) device_type: u32,
+    pub(super) avail_features: u64,
+    pub(super) device_features_sel: u32,
+    pub(super) driver_features_sel: u32,
+    pub(super) acked_features: u64,
+    pub(super) queue_sel: u32,
+    pub(super) shm_sel: u32,
+    pub(super) status: u32,
+    pub(super) activated: bool,
+    pub(super) setup_error_logged: bool,
 }
 
 impl MmioTransport {
@@ -177,7 +178,7 @@ impl MmioTransport {
         self.activated
     }
 
-    fn lock_device(&self) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
+    pub(super) fn lock_device(&self) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
         self.device.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -437,7 +438,7 @@ impl MmioTransport {
         }
     }
 
-    fn activate(&mut self) -> Result<(), String> {
+    pub(super) fn activate(&mut self) -> Result<(), String> {
         let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut queues = Vec::with_capacity(self.queues.len());
         for (i, q) in self.queues.iter().enumerate() {
@@ -462,7 +463,7 @@ impl MmioTransport {
     }
 
     /// Device reset: back to the power-on state; the `EventFd`s stay.
-    fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         if self.activated {
             self.lock_device().reset();
             self.activated = false;
@@ -529,35 +530,28 @@ impl Drop for MmioTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::VIRTIO_MMIO_INT_VRING;
+    use crate::virtio::{VirtioCore, VIRTIO_MMIO_INT_VRING};
     use vm_memory::GuestAddress;
 
     /// A device that records what the transport does to it.
     struct Fake {
-        evts: Vec<EventFd>,
+        core: VirtioCore,
         activated: Option<(Vec<Queue>, u64)>,
         resets: u32,
     }
 
     impl VirtioDevice for Fake {
-        fn device_type(&self) -> u32 {
-            42
+        fn core(&self) -> &VirtioCore {
+            &self.core
         }
-        fn queue_max_sizes(&self) -> &[u16] {
-            &[16, 8]
-        }
-        fn avail_features(&self) -> u64 {
-            (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX) | 0b101
-        }
-        fn queue_events(&self) -> &[EventFd] {
-            &self.evts
+        fn core_mut(&mut self) -> &mut VirtioCore {
+            &mut self.core
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             for (i, b) in data.iter_mut().enumerate() {
                 *b = 0xc0 + offset as u8 + i as u8;
             }
         }
-        fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
         fn activate(
             &mut self,
             _mem: GuestMemoryMmap,
@@ -574,17 +568,20 @@ mod tests {
         }
     }
 
+    fn fake() -> Fake {
+        let features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX) | 0b101;
+        Fake {
+            core: VirtioCore::new("fake", 42, features, &[16, 8], vec![]).unwrap(),
+            activated: None,
+            resets: 0,
+        }
+    }
+
     const VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
 
     fn setup() -> (MmioTransport, Arc<Mutex<Fake>>) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        let fake = Arc::new(Mutex::new(Fake {
-            evts: (0..2)
-                .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
-                .collect(),
-            activated: None,
-            resets: 0,
-        }));
+        let fake = Arc::new(Mutex::new(fake()));
         let t = MmioTransport::new(mem, fake.clone()).unwrap();
         (t, fake)
     }
@@ -837,8 +834,8 @@ mod tests {
         assert_eq!(t.queue_events().len(), 2);
         wr(&mut t, REG_QUEUE_NOTIFY, 1);
         let f = fake.lock().unwrap();
-        assert!(f.evts[0].read().is_err());
-        assert_eq!(f.evts[1].read().unwrap(), 1);
+        assert!(f.queue_events()[0].read().is_err());
+        assert_eq!(f.queue_events()[1].read().unwrap(), 1);
         drop(f);
         // Out of range: ignored.
         wr(&mut t, REG_QUEUE_NOTIFY, 7);

@@ -6,6 +6,11 @@
 //! from birth, so it can subscribe to them on the event loop before the driver shows up; the
 //! transport keeps duplicates of them for the VM (KVM ioeventfds) and for plain MMIO writes
 //! to QueueNotify.
+//!
+//! What every device has (features, queues and their `EventFd`s, the activation, the fail-once
+//! path, the queue-drain loop) is in [`VirtioCore`]; a device folder holds only what is its own:
+//! `device.rs` (the device and its [`VirtioDevice`] hooks), `event_handler.rs` (the event-loop
+//! side), `persist.rs` (its saved state), plus its own parts (request parsing, the tap, ...).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -16,13 +21,32 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::{Error, GuestMemoryMmap};
 
+/// Writes [`VirtioDevice::core`] and [`VirtioDevice::core_mut`] inside a device's
+/// `impl VirtioDevice`, for a device whose [`VirtioCore`] is the field named `$field`.
+macro_rules! core_accessors {
+    ($field:tt) => {
+        fn core(&self) -> &$crate::virtio::VirtioCore {
+            &self.$field
+        }
+
+        fn core_mut(&mut self) -> &mut $crate::virtio::VirtioCore {
+            &mut self.$field
+        }
+    };
+}
+pub(crate) use core_accessors;
+
 pub mod block;
 pub mod console;
+mod core;
 mod mmio;
 pub mod net;
+pub(crate) mod persist;
 pub mod seccomp;
 
+pub use self::core::{Active, Chain, Drained, Step, VirtioCore};
 pub use mmio::MmioTransport;
+pub use persist::{CoreState, MmioState, QueuePosition, QueueRegisters};
 
 /// Size of one virtio-mmio slot.
 pub const MMIO_SIZE: u64 = 0x1000;
@@ -30,30 +54,54 @@ pub const MMIO_SIZE: u64 = 0x1000;
 /// ioeventfd at `base + NOTIFY_REG_OFFSET` with datamatch = queue index (u32).
 pub const NOTIFY_REG_OFFSET: u64 = 0x50;
 
-/// Interrupt status bit: a used ring was updated.
-pub const VIRTIO_MMIO_INT_VRING: u32 = 1;
-/// Interrupt status bit: the configuration changed (also used for DEVICE_NEEDS_RESET).
-pub const VIRTIO_MMIO_INT_CONFIG: u32 = 2;
-
-/// Feature bit: virtio 1.x (modern) device.
-pub const VIRTIO_F_VERSION_1: u32 = 32;
-/// Feature bit: `used_event` / `avail_event` notification suppression.
-pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
+pub use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+pub use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+pub use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 /// A virtio device model, independent of the transport.
+///
+/// A device implements [`VirtioDevice::core`] and [`VirtioDevice::core_mut`] (the
+/// `core_accessors!` macro writes them); the hooks have defaults, the rest comes from its
+/// [`VirtioCore`].
 pub trait VirtioDevice: Send {
-    /// The virtio device type (1 = net, 2 = block, 3 = console, ...).
-    fn device_type(&self) -> u32;
-    /// The maximum size of each queue, in queue order (a power of two, at most 32768).
-    fn queue_max_sizes(&self) -> &[u16];
-    /// The feature bits the device offers.
-    fn avail_features(&self) -> u64;
-    /// One `EventFd` per queue, in queue order, signalled when the driver notifies it.
-    fn queue_events(&self) -> &[EventFd];
+    /// The state every device shares.
+    fn core(&self) -> &VirtioCore;
+    /// The state every device shares.
+    fn core_mut(&mut self) -> &mut VirtioCore;
+
     /// Reads the device-specific configuration space. Bytes beyond its end read as 0.
-    fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Writes the device-specific configuration space (ignored where read-only).
-    fn write_config(&mut self, offset: u64, data: &[u8]);
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(self.core().config_space(), offset, data);
+    }
+
+    /// Writes the device-specific configuration space (by default read-only: ignored).
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        self.core().ignore_config_write(offset, data.len());
+    }
+    /// Device-specific set-up at DRIVER_OK, before the core is activated, with the features
+    /// the driver accepted; an error refuses the activation.
+    fn on_activate(&mut self, _acked_features: u64) -> Result<(), Error> {
+        Ok(())
+    }
+    /// Device-specific part of a reset, after the core's.
+    fn on_reset(&mut self) {}
+
+    /// The virtio device type (1 = net, 2 = block, 3 = console, ...).
+    fn device_type(&self) -> u32 {
+        self.core().device_type()
+    }
+    /// The maximum size of each queue, in queue order (a power of two, at most 32768).
+    fn queue_max_sizes(&self) -> &[u16] {
+        self.core().queue_max_sizes()
+    }
+    /// The feature bits the device offers.
+    fn avail_features(&self) -> u64 {
+        self.core().avail_features()
+    }
+    /// One `EventFd` per queue, in queue order, signalled when the driver notifies it.
+    fn queue_events(&self) -> &[EventFd] {
+        self.core().queue_events()
+    }
     /// Starts the device when the driver sets DRIVER_OK.
     ///
     /// `queues` has one entry per queue, configured and checked by the transport (queues the
@@ -65,9 +113,16 @@ pub trait VirtioDevice: Send {
         interrupt: Arc<Interrupt>,
         queues: Vec<Queue>,
         acked_features: u64,
-    ) -> Result<(), Error>;
+    ) -> Result<(), Error> {
+        self.on_activate(acked_features)?;
+        self.core_mut()
+            .activate(mem, interrupt, queues, acked_features)
+    }
     /// Stops the device and drops what `activate` gave it (the driver wrote 0 to Status).
-    fn reset(&mut self);
+    fn reset(&mut self) {
+        self.core_mut().reset();
+        self.on_reset();
+    }
 }
 
 /// The interrupt state shared by a transport and its device.
@@ -127,6 +182,13 @@ impl Interrupt {
     /// The irqfd `EventFd`.
     pub fn irq_event(&self) -> &EventFd {
         &self.irq
+    }
+
+    /// Puts back a saved InterruptStatus and DEVICE_NEEDS_RESET (no irqfd signal: the
+    /// interrupt controller's own state says whether the line is pending).
+    pub(crate) fn restore(&self, status: u32, needs_reset: bool) {
+        self.status.store(status, Ordering::SeqCst);
+        self.needs_reset.store(needs_reset, Ordering::SeqCst);
     }
 
     /// Back to the power-on state (device reset).

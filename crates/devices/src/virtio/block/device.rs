@@ -2,13 +2,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
+use std::ops::{Deref, DerefMut};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::sync::Arc;
 
-use log::{debug, warn};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vmm_sys_util::eventfd::EventFd;
+use log::warn;
 
 use super::request::{self, Disk};
 use super::{
@@ -16,17 +14,8 @@ use super::{
     VIRTIO_BLK_F_SEG_MAX, VIRTIO_ID_BLOCK,
 };
 use crate::rate_limiter::RateLimiter;
-use crate::virtio::{
-    Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_VRING, VIRTIO_RING_F_EVENT_IDX,
-};
-use crate::{Error, GuestMemoryMmap};
-
-/// What the device holds between DRIVER_OK and reset.
-struct Active {
-    mem: GuestMemoryMmap,
-    interrupt: Arc<Interrupt>,
-    queue: Queue,
-}
+use crate::virtio::{Step, VirtioCore, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use crate::Error;
 
 /// A virtio-blk device backed by a raw image file.
 ///
@@ -34,23 +23,14 @@ struct Active {
 /// read-only disk). Requests are served on the event loop when the queue's `EventFd` fires
 /// (see the `MutEventSubscriber` impl).
 pub struct Block {
+    core: VirtioCore,
     config: BlockConfig,
     pub(super) disk: Disk,
-    avail_features: u64,
-    config_space: Vec<u8>,
-    queue_max_sizes: [u16; 1],
-    pub(super) queue_evts: [EventFd; 1],
-    active: Option<Active>,
-    /// The driver broke the queue protocol: no more processing until reset.
-    failed: bool,
-    /// Every failure since creation (log once, count the rest).
-    pub(super) failures: crate::virtio::FailureLog,
     /// Bytes/s and requests/s limits; its timer is watched by the event handler.
     pub(super) rate_limiter: Option<RateLimiter>,
     /// A request waits at the head of the queue for the rate limiter's timer.
     pub(super) throttled: bool,
 }
-
 impl Block {
     /// Opens and locks the image: read-only → `O_RDONLY` + `flock(LOCK_SH | LOCK_NB)`,
     /// read-write → `O_RDWR` + `flock(LOCK_EX | LOCK_NB)`.
@@ -110,12 +90,15 @@ impl Block {
         config_space.extend_from_slice(&0u32.to_le_bytes());
         config_space.extend_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
 
-        let queue_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|error| Error::EventFd {
-            what: "virtio-blk queue",
-            error,
-        })?;
-
+        let name = format!("virtio-blk '{}'", path.display());
         Ok(Block {
+            core: VirtioCore::new(
+                name,
+                VIRTIO_ID_BLOCK,
+                avail_features,
+                &[QUEUE_SIZE],
+                config_space,
+            )?,
             disk: Disk {
                 file,
                 size: sectors * SECTOR_SIZE,
@@ -123,13 +106,6 @@ impl Block {
                 id: id_bytes,
             },
             config,
-            avail_features,
-            config_space,
-            queue_max_sizes: [QUEUE_SIZE],
-            queue_evts: [queue_evt],
-            active: None,
-            failed: false,
-            failures: Default::default(),
             rate_limiter: None,
             throttled: false,
         })
@@ -165,98 +141,28 @@ impl Block {
 
     /// Whether the driver has started the device.
     pub fn is_activated(&self) -> bool {
-        self.active.is_some()
+        self.core.is_activated()
     }
 
-    /// The driver broke the queue protocol: log once, ask for a reset, stop processing.
-    fn fail(&mut self, why: &str) {
-        if !self.failed {
-            let name = format!("virtio-blk '{}'", self.config.path.display());
-            self.failures.record(&name, why);
-            self.failed = true;
-            if let Some(active) = &self.active {
-                active.interrupt.set_needs_reset();
-            }
-        }
-    }
-
-    /// Serves every available request, then interrupts the driver if it wants to know.
+    /// Serves every available request, then interrupts the driver if it wants to know. A
+    /// request the rate limiter refuses stays in the ring; the limiter's timer brings us back.
     pub(super) fn process_queue(&mut self) {
-        if self.failed {
-            return;
-        }
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        let mem = &active.mem;
-        let queue = &mut active.queue;
-        if !queue.ready() {
-            return;
-        }
-        let event_idx = queue.event_idx_enabled();
-        let mut used_any = false;
-        let mut failure = None;
-        'outer: loop {
-            if event_idx {
-                if let Err(e) = queue.disable_notification(mem) {
-                    failure = Some(format!("cannot update avail_event: {e}"));
-                    break;
+        let Block {
+            core,
+            disk,
+            rate_limiter,
+            throttled,
+            ..
+        } = self;
+        core.drain(0, usize::MAX, |mem, chain| {
+            if let Some(limiter) = rate_limiter.as_mut() {
+                if !limiter.try_consume(request::data_len(&chain), 1) {
+                    *throttled = true;
+                    return Step::Unpop;
                 }
             }
-            loop {
-                let chain = match queue.iter(mem) {
-                    Ok(mut iter) => iter.next(),
-                    Err(e) => {
-                        failure = Some(format!("bad available ring: {e}"));
-                        break 'outer;
-                    }
-                };
-                let Some(chain) = chain else { break };
-                if let Some(limiter) = self.rate_limiter.as_mut() {
-                    if !limiter.try_consume(request::data_len(&chain), 1) {
-                        // Leave the request in the ring; the limiter's timer brings us back.
-                        queue.set_next_avail(queue.next_avail().wrapping_sub(1));
-                        self.throttled = true;
-                        break 'outer;
-                    }
-                }
-                let head = chain.head_index();
-                if head >= queue.size() {
-                    // The chain could never be returned: do not serve it, ask for a reset.
-                    failure = Some(format!(
-                        "available ring names descriptor {head}, beyond the queue size {}",
-                        queue.size()
-                    ));
-                    break 'outer;
-                }
-                let len = request::process(&self.disk, mem, chain);
-                if let Err(e) = queue.add_used(mem, head, len) {
-                    failure = Some(format!("cannot return chain {head}: {e}"));
-                    break 'outer;
-                }
-                used_any = true;
-            }
-            if !event_idx {
-                break;
-            }
-            match queue.enable_notification(mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    failure = Some(format!("cannot update avail_event: {e}"));
-                    break;
-                }
-            }
-        }
-        if used_any {
-            match queue.needs_notification(mem) {
-                Ok(false) => {}
-                Ok(true) | Err(_) => active.interrupt.trigger(VIRTIO_MMIO_INT_VRING),
-            }
-        }
-        if let Some(why) = failure {
-            self.fail(&why);
-        }
+            Step::Used(request::process(disk, mem, chain))
+        });
     }
 }
 
@@ -292,61 +198,24 @@ fn lock(file: &File, config: &BlockConfig) -> Result<(), Error> {
 }
 
 impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_BLOCK
-    }
+    crate::virtio::core_accessors!(core);
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_max_sizes
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::virtio::read_config_bytes(&self.config_space, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        debug!(
-            "virtio-blk: ignored {}-byte config write at {offset:#x}",
-            data.len()
-        );
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<Interrupt>,
-        queues: Vec<Queue>,
-        _acked_features: u64,
-    ) -> Result<(), Error> {
-        let queue = queues
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::Activate("virtio-blk needs one queue".into()))?;
-        self.failed = false;
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queue,
-        });
-        // Requests queued before DRIVER_OK may have had their notification dropped: have the
-        // event loop look at the queue once (not here, on the vCPU thread).
-        if let Err(e) = self.queue_evts[0].write(1) {
-            warn!("virtio-blk: cannot kick the queue: {e}");
-        }
-        Ok(())
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
-        self.failed = false;
+    fn on_reset(&mut self) {
         self.throttled = false;
+    }
+}
+
+/// The device is its core plus the disk: the core's state reads through it.
+impl Deref for Block {
+    type Target = VirtioCore;
+
+    fn deref(&self) -> &VirtioCore {
+        &self.core
+    }
+}
+
+impl DerefMut for Block {
+    fn deref_mut(&mut self) -> &mut VirtioCore {
+        &mut self.core
     }
 }

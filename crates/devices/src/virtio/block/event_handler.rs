@@ -1,28 +1,19 @@
-//! The event-loop side of virtio-blk: queue notifications (ioeventfd or MMIO write).
+//! The event-loop side of virtio-blk: queue notifications (ioeventfd or MMIO write) and the
+//! rate limiter's timer.
 
-use std::os::fd::AsRawFd;
-
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use log::{debug, warn};
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use log::debug;
 
 use super::Block;
+use crate::virtio::VirtioDevice;
 
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
-        for evt in &self.queue_evts {
-            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
-                warn!("virtio-blk: cannot watch queue event: {e}");
-            }
-        }
-        if let Some(limiter) = &self.rate_limiter {
-            if let Err(e) = ops.add(Events::new_raw(limiter.timer_fd(), EventSet::IN)) {
-                warn!("virtio-blk: cannot watch the rate-limit timer: {e}");
-            }
-        }
+        let timer = self.rate_limiter.as_ref().map(|l| l.timer_fd());
+        self.core().watch(ops, timer);
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let [queue_evt] = &self.queue_evts;
         if let Some(limiter) = self
             .rate_limiter
             .as_mut()
@@ -33,12 +24,10 @@ impl MutEventSubscriber for Block {
             self.process_queue();
             return;
         }
-        if events.fd() != queue_evt.as_raw_fd() {
+        if self.core().queue_event(events.fd()).is_none() {
             debug!("virtio-blk: unexpected event on fd {}", events.fd());
             return;
         }
-        // Non-blocking eventfd: an error only means no notification was pending.
-        let _ = queue_evt.read();
         // A throttled request waits for the rate limiter's timer, not for more notifications.
         if !self.throttled {
             self.process_queue();

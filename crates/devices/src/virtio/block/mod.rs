@@ -3,7 +3,8 @@
 //! * `device.rs`: [`Block`], opening and locking the image, the [`VirtioDevice`] side and
 //!   the queue processing loop;
 //! * `request.rs`: parsing and executing one request (descriptor chain) against the image;
-//! * `event_handler.rs`: the event-loop side (queue notifications).
+//! * `event_handler.rs`: the event-loop side (queue notifications, the rate limiter's timer);
+//! * `persist.rs`: the saved state.
 //!
 //! [`VirtioDevice`]: super::VirtioDevice
 
@@ -11,26 +12,23 @@ use std::path::PathBuf;
 
 mod device;
 mod event_handler;
+mod persist;
+
 mod request;
 pub mod seccomp;
 
 pub use device::Block;
+pub use persist::BlockState;
 
-/// The virtio device type of a block device.
-pub const VIRTIO_ID_BLOCK: u32 = 2;
+pub use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
+pub use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+
 /// The size of the only queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// Sector size of the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
 /// Length of the GET_ID answer.
 pub const ID_BYTES: usize = 20;
-
-/// Feature bit: `seg_max` in the config space is valid.
-pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
-/// Feature bit: the disk is read-only.
-pub const VIRTIO_BLK_F_RO: u32 = 5;
-/// Feature bit: FLUSH requests are supported.
-pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
 
 /// How to open a disk image.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,19 +18,20 @@ use vm_memory::{
     VolatileSlice, WriteVolatile,
 };
 
+use virtio_bindings::virtio_blk;
+
 use super::{ID_BYTES, SECTOR_SIZE};
 use crate::GuestMemoryMmap;
 
 /// Request types.
-pub(crate) const VIRTIO_BLK_T_IN: u32 = 0;
-pub(crate) const VIRTIO_BLK_T_OUT: u32 = 1;
-pub(crate) const VIRTIO_BLK_T_FLUSH: u32 = 4;
-pub(crate) const VIRTIO_BLK_T_GET_ID: u32 = 8;
+pub(crate) use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
 
-/// Status values.
-pub(crate) const VIRTIO_BLK_S_OK: u8 = 0;
-pub(crate) const VIRTIO_BLK_S_IOERR: u8 = 1;
-pub(crate) const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+// Status values: the status byte of a request.
+pub(crate) const VIRTIO_BLK_S_OK: u8 = virtio_blk::VIRTIO_BLK_S_OK as u8;
+pub(crate) const VIRTIO_BLK_S_IOERR: u8 = virtio_blk::VIRTIO_BLK_S_IOERR as u8;
+pub(crate) const VIRTIO_BLK_S_UNSUPP: u8 = virtio_blk::VIRTIO_BLK_S_UNSUPP as u8;
 
 /// Size of the request header.
 const HEADER_LEN: u32 = 16;

@@ -1,20 +1,17 @@
 //! The virtio-console device: features, config space, the transmit and receive paths.
 
 use std::io::ErrorKind;
-use std::sync::Arc;
 
 use log::{debug, warn};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Address, Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::resize;
 use super::{QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_CONSOLE_F_SIZE, VIRTIO_ID_CONSOLE};
 use crate::chardev::Chardev;
-use crate::virtio::{
-    Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING,
-};
-use crate::{Error, GuestMemoryMmap};
+use crate::virtio::{Step, VirtioCore, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_CONFIG};
+use crate::Error;
 
 /// How much guest output is copied out of guest memory at a time.
 const TX_CHUNK: usize = 16 << 10;
@@ -23,22 +20,15 @@ const RX_CHUNK: usize = 4096;
 /// struct virtio_console_config: cols (le16), rows (le16), max_nr_ports (le32), emerg_wr (le32).
 const CONFIG_LEN: usize = 12;
 
-/// What the device holds between DRIVER_OK and reset.
-pub(super) struct Active {
-    pub(super) mem: GuestMemoryMmap,
-    pub(super) interrupt: Arc<Interrupt>,
-    pub(super) rx: Queue,
-    pub(super) tx: Queue,
-    acked_features: u64,
-}
-
 /// A transmit chain taken from the queue and not yet fully written.
-struct TxChain {
-    head: u16,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct TxChain {
+    pub(super) head: u16,
     /// Its device-readable buffers.
-    segs: Vec<(GuestAddress, u32)>,
-    seg: usize,
-    off: u32,
+    pub(super) segs: Vec<(GuestAddress, u32)>,
+    /// The buffer being written, and how far.
+    pub(super) seg: usize,
+    pub(super) off: u32,
 }
 
 /// A virtio-console device with one port on a [`Chardev`].
@@ -47,24 +37,16 @@ struct TxChain {
 /// F_SIZE when the backend is stdio on a terminal (cols/rows from TIOCGWINSZ, updated on
 /// SIGWINCH with a configuration-change interrupt).
 pub struct Console {
+    pub(super) core: VirtioCore,
     pub(super) chardev: Chardev,
-    avail_features: u64,
-    config_space: [u8; CONFIG_LEN],
-    queue_max_sizes: [u16; 2],
-    pub(super) queue_evts: [EventFd; 2],
     /// SIGWINCH, when the size is tracked.
     pub(super) resize_evt: Option<EventFd>,
-    pub(super) active: Option<Active>,
-    /// The driver broke the queue protocol: no more processing until reset.
-    failed: bool,
-    /// Every failure since creation (log once, count the rest).
-    failures: crate::virtio::FailureLog,
     /// Host input read but not yet in guest buffers.
-    rx_pending: Vec<u8>,
+    pub(super) rx_pending: Vec<u8>,
     /// Guest output copied out of guest memory, not yet taken by the backend.
-    tx_stage: Vec<u8>,
-    tx_pos: usize,
-    tx_chain: Option<TxChain>,
+    pub(super) tx_stage: Vec<u8>,
+    pub(super) tx_pos: usize,
+    pub(super) tx_chain: Option<TxChain>,
     /// Chains (or parts) that could not be used, counted; the first is logged.
     bad_chains: u64,
     /// Bytes the guest sent and the backend took / bytes delivered to the guest.
@@ -94,14 +76,8 @@ impl Console {
     /// A console with a fixed size to report (F_SIZE offered when `size` is given), no
     /// terminal tracking.
     pub fn with_size(chardev: Chardev, size: Option<(u16, u16)>) -> Result<Self, Error> {
-        let evt = || {
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|error| Error::EventFd {
-                what: "virtio-console queue",
-                error,
-            })
-        };
         let mut avail_features = 1u64 << VIRTIO_F_VERSION_1;
-        let mut config_space = [0u8; CONFIG_LEN];
+        let mut config_space = vec![0u8; CONFIG_LEN];
         if let Some((cols, rows)) = size {
             avail_features |= 1 << VIRTIO_CONSOLE_F_SIZE;
             config_space[0..2].copy_from_slice(&cols.to_le_bytes());
@@ -111,15 +87,15 @@ impl Console {
         // No input until the driver posts receive buffers.
         chardev.set_input_paused(true);
         Ok(Console {
+            core: VirtioCore::new(
+                "virtio-console",
+                VIRTIO_ID_CONSOLE,
+                avail_features,
+                &[QUEUE_SIZE; 2],
+                config_space,
+            )?,
             chardev,
-            avail_features,
-            config_space,
-            queue_max_sizes: [QUEUE_SIZE; 2],
-            queue_evts: [evt()?, evt()?],
             resize_evt: None,
-            active: None,
-            failed: false,
-            failures: Default::default(),
             rx_pending: Vec::new(),
             tx_stage: Vec::new(),
             tx_pos: 0,
@@ -137,12 +113,12 @@ impl Console {
 
     /// Whether the driver has started the device.
     pub fn is_activated(&self) -> bool {
-        self.active.is_some()
+        self.core.is_activated()
     }
 
     /// The (cols, rows) in the config space.
     pub fn size(&self) -> (u16, u16) {
-        let c = &self.config_space;
+        let c = self.core.config_space();
         (
             u16::from_le_bytes([c[0], c[1]]),
             u16::from_le_bytes([c[2], c[3]]),
@@ -167,26 +143,16 @@ impl Console {
     /// Reports a new terminal size: updates the config space and, if the driver accepted
     /// F_SIZE, raises a configuration-change interrupt.
     pub fn set_size(&mut self, cols: u16, rows: u16) {
-        if self.avail_features & (1 << VIRTIO_CONSOLE_F_SIZE) == 0 || self.size() == (cols, rows) {
+        if self.core.avail_features() & (1 << VIRTIO_CONSOLE_F_SIZE) == 0
+            || self.size() == (cols, rows)
+        {
             return;
         }
-        self.config_space[0..2].copy_from_slice(&cols.to_le_bytes());
-        self.config_space[2..4].copy_from_slice(&rows.to_le_bytes());
-        if let Some(active) = &self.active {
-            if active.acked_features & (1 << VIRTIO_CONSOLE_F_SIZE) != 0 {
-                active.interrupt.trigger(VIRTIO_MMIO_INT_CONFIG);
-            }
-        }
-    }
-
-    /// The driver broke the queue protocol: log once, ask for a reset, stop processing.
-    fn fail(&mut self, why: &str) {
-        if !self.failed {
-            self.failures.record("virtio-console", why);
-            self.failed = true;
-            if let Some(active) = &self.active {
-                active.interrupt.set_needs_reset();
-            }
+        let c = self.core.config_space_mut();
+        c[0..2].copy_from_slice(&cols.to_le_bytes());
+        c[2..4].copy_from_slice(&rows.to_le_bytes());
+        if self.core.acked(VIRTIO_CONSOLE_F_SIZE) {
+            self.core.trigger(VIRTIO_MMIO_INT_CONFIG);
         }
     }
 
@@ -202,20 +168,17 @@ impl Console {
 
     /// Whether input should be read now: the device runs and the guest has a receive buffer.
     fn wants_input(&self) -> bool {
-        if self.failed || !self.rx_pending.is_empty() {
+        if !self.core.is_running() || !self.rx_pending.is_empty() {
             return false;
         }
-        let Some(active) = &self.active else {
+        let Some(active) = &self.core.active else {
             return false;
         };
-        if !active.rx.ready() {
+        let Some(rx) = active.queues.get(RX_QUEUE).filter(|q| q.ready()) else {
             return false;
-        }
-        match active
-            .rx
-            .avail_idx(&active.mem, std::sync::atomic::Ordering::Acquire)
-        {
-            Ok(idx) => idx.0 != active.rx.next_avail(),
+        };
+        match rx.avail_idx(&active.mem, std::sync::atomic::Ordering::Acquire) {
+            Ok(idx) => idx.0 != rx.next_avail(),
             Err(_) => false,
         }
     }
@@ -238,29 +201,16 @@ impl Console {
 
     /// Moves pending host input into the guest's receive buffers.
     pub(super) fn process_rx(&mut self) {
-        if self.failed || self.rx_pending.is_empty() {
+        if self.rx_pending.is_empty() {
             return;
         }
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        if !active.rx.ready() {
-            return;
-        }
-        let mem = &active.mem;
-        let mut used_any = false;
         let mut done = 0usize;
-        let mut failure = None;
         let mut bad = Vec::new();
-        while done < self.rx_pending.len() {
-            let chain = match active.rx.iter(mem) {
-                Ok(mut iter) => iter.next(),
-                Err(e) => {
-                    failure = Some(format!("bad receive queue: {e}"));
-                    break;
-                }
-            };
-            let Some(chain) = chain else { break };
+        let pending = &self.rx_pending;
+        self.core.drain(RX_QUEUE, usize::MAX, |mem, chain| {
+            if done >= pending.len() {
+                return Step::Unpop;
+            }
             let head = chain.head_index();
             let mut written = 0u32;
             for desc in chain {
@@ -268,7 +218,7 @@ impl Console {
                     bad.push(format!("receive chain {head}: device-readable buffer"));
                     continue;
                 }
-                let rest = &self.rx_pending[done..];
+                let rest = &pending[done..];
                 let n = rest.len().min(desc.len() as usize);
                 if n == 0 {
                     break;
@@ -280,32 +230,20 @@ impl Console {
                 done += n;
                 written += n as u32;
             }
-            if let Err(e) = active.rx.add_used(mem, head, written) {
-                failure = Some(format!("cannot return receive chain {head}: {e}"));
-                break;
-            }
-            used_any = true;
-        }
-        if used_any {
-            match active.rx.needs_notification(mem) {
-                Ok(false) => {}
-                Ok(true) | Err(_) => active.interrupt.trigger(VIRTIO_MMIO_INT_VRING),
-            }
-        }
+            Step::Used(written)
+        });
         self.rx_bytes += done as u64;
         self.rx_pending.drain(..done);
         for why in bad {
             self.bad_chain(&why);
-        }
-        if let Some(why) = failure {
-            self.fail(&why);
         }
     }
 
     /// Copies the next piece of the current transmit chain into the stage; false when the
     /// chain is exhausted.
     fn stage_next(&mut self) -> bool {
-        let (Some(chain), Some(active)) = (self.tx_chain.as_mut(), self.active.as_ref()) else {
+        let (Some(chain), Some(active)) = (self.tx_chain.as_mut(), self.core.active.as_ref())
+        else {
             return false;
         };
         while let Some(&(addr, len)) = chain.segs.get(chain.seg) {
@@ -366,10 +304,8 @@ impl Console {
                 continue;
             }
             if let Some(chain) = self.tx_chain.take() {
-                if let Some(active) = self.active.as_mut() {
-                    if let Err(e) = active.tx.add_used(&active.mem, chain.head, 0) {
-                        let why = format!("cannot return transmit chain {}: {e}", chain.head);
-                        self.fail(&why);
+                if self.core.is_activated() {
+                    if !self.core.add_used(TX_QUEUE, chain.head, 0) {
                         break;
                     }
                     used_any = true;
@@ -384,34 +320,22 @@ impl Console {
 
     /// Takes the next chain off the transmit queue; false if none (or the device cannot run).
     fn take_tx_chain(&mut self) -> bool {
-        if self.failed {
-            return false;
-        }
-        let Some(active) = self.active.as_mut() else {
+        let taken = self.core.pop(TX_QUEUE, |chain| {
+            let head = chain.head_index();
+            let mut segs = Vec::new();
+            let mut writable = false;
+            for desc in chain {
+                if desc.is_write_only() {
+                    writable = true;
+                } else {
+                    segs.push((desc.addr(), desc.len()));
+                }
+            }
+            (head, segs, writable)
+        });
+        let Some((head, segs, writable)) = taken else {
             return false;
         };
-        if !active.tx.ready() {
-            return false;
-        }
-        let chain = match active.tx.iter(&active.mem) {
-            Ok(mut iter) => iter.next(),
-            Err(e) => {
-                let why = format!("bad transmit queue: {e}");
-                self.fail(&why);
-                return false;
-            }
-        };
-        let Some(chain) = chain else { return false };
-        let head = chain.head_index();
-        let mut segs = Vec::new();
-        let mut writable = false;
-        for desc in chain {
-            if desc.is_write_only() {
-                writable = true;
-            } else {
-                segs.push((desc.addr(), desc.len()));
-            }
-        }
         if writable {
             self.bad_chain(&format!(
                 "transmit chain {head}: device-writable buffer ignored"
@@ -427,83 +351,23 @@ impl Console {
     }
 
     fn notify_tx(&mut self, used_any: bool) {
-        if !used_any {
-            return;
-        }
-        if let Some(active) = self.active.as_mut() {
-            match active.tx.needs_notification(&active.mem) {
-                Ok(false) => {}
-                Ok(true) | Err(_) => active.interrupt.trigger(VIRTIO_MMIO_INT_VRING),
-            }
+        if used_any {
+            self.core.notify_used(TX_QUEUE);
         }
     }
 }
 
 impl VirtioDevice for Console {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_CONSOLE
-    }
+    crate::virtio::core_accessors!(core);
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_max_sizes
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::virtio::read_config_bytes(&self.config_space, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        debug!(
-            "virtio-console: ignored {}-byte config write at {offset:#x}",
-            data.len()
-        );
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<Interrupt>,
-        queues: Vec<Queue>,
-        acked_features: u64,
-    ) -> Result<(), Error> {
-        let mut queues = queues.into_iter();
-        let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
-            return Err(Error::Activate(
-                "virtio-console needs a receive and a transmit queue".into(),
-            ));
-        };
-        self.failed = false;
+    fn on_activate(&mut self, _acked_features: u64) -> Result<(), Error> {
         self.tx_chain = None;
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            rx,
-            tx,
-            acked_features,
-        });
-        // Buffers posted before DRIVER_OK may have had their notification dropped: have the
-        // event loop look at both queues once (not here, on the vCPU thread).
-        for q in [RX_QUEUE, TX_QUEUE] {
-            if let Err(e) = self.queue_evts[q].write(1) {
-                warn!("virtio-console: cannot kick queue {q}: {e}");
-            }
-        }
         Ok(())
     }
 
-    fn reset(&mut self) {
-        // Output already taken from the guest (tx_stage) and input already read (rx_pending)
-        // are kept for the next driver; references into guest memory are dropped.
-        self.active = None;
+    /// Output already taken from the guest (tx_stage) and input already read (rx_pending) are
+    /// kept for the next driver; references into guest memory are dropped.
+    fn on_reset(&mut self) {
         self.tx_chain = None;
-        self.failed = false;
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! * `device.rs`: [`Console`], the [`VirtioDevice`] side, the transmit and receive paths;
 //! * `event_handler.rs`: the event-loop side (queue notifications, the backend's events,
-//!   terminal resizes).
+//!   terminal resizes);
+//! * `persist.rs`: the saved state (output and input in flight);
+//! * `resize.rs`: following the terminal's size.
 //!
 //! Output from the guest is never dropped while the backend has a reader: when the backend
 //! cannot take more, the device stops taking chains from the transmit queue and resumes when
@@ -14,13 +16,16 @@
 
 mod device;
 mod event_handler;
+mod persist;
+
 mod resize;
 pub mod seccomp;
 
 pub use device::Console;
+pub use persist::{ConsoleState, TxChainState};
 
-/// The virtio device type of a console.
-pub const VIRTIO_ID_CONSOLE: u32 = 3;
+pub use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
+
 /// The size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// receiveq of port 0.

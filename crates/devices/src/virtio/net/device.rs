@@ -14,24 +14,20 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::Arc;
 
 use log::{debug, warn};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::tap::Tap;
 use super::{
-    format_mac, MAX_BUFFER_LEN, NUM_BUFFERS_OFFSET, QUEUE_SIZE, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6,
-    TX_QUEUE, VIRTIO_ID_NET, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
-    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
-    VIRTIO_NET_F_MRG_RXBUF, VNET_HDR_LEN,
+    format_mac, MAX_BUFFER_LEN, NUM_BUFFERS_OFFSET, QUEUE_SIZE, RX_QUEUE, TUN_F_CSUM, TUN_F_TSO4,
+    TUN_F_TSO6, TX_QUEUE, VIRTIO_ID_NET, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM,
+    VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VNET_HDR_LEN,
 };
 use crate::rate_limiter::RateLimiter;
-use crate::virtio::{
-    Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_VRING, VIRTIO_RING_F_EVENT_IDX,
-};
+use crate::virtio::{Step, VirtioCore, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::{Error, GuestMemoryMmap};
 
 /// Frames moved per event before the loop serves others (the event comes back).
@@ -70,19 +66,11 @@ pub(super) enum RxState {
 }
 
 /// One RX chain popped from the available ring: its head and device-writable buffers.
-struct RxChain {
-    head: u16,
-    bufs: Vec<(GuestAddress, u32)>,
-    capacity: usize,
-}
-
-/// What the device holds between DRIVER_OK and reset.
-struct Active {
-    mem: GuestMemoryMmap,
-    interrupt: Arc<Interrupt>,
-    rx: Queue,
-    tx: Queue,
-    mergeable: bool,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct RxChain {
+    pub(super) head: u16,
+    pub(super) bufs: Vec<(GuestAddress, u32)>,
+    pub(super) capacity: usize,
 }
 
 // Things logged once per device (bit flags).
@@ -97,22 +85,17 @@ const LOG_TAP_READ: u32 = 16;
 /// Two queues of [`QUEUE_SIZE`] (RX, TX); features VERSION_1, EVENT_IDX, MAC, CSUM, GUEST_CSUM,
 /// GUEST_TSO4/6, HOST_TSO4/6 and MRG_RXBUF.
 pub struct Net {
+    pub(super) core: VirtioCore,
     pub(super) tap: Tap,
     mac: [u8; 6],
-    avail_features: u64,
-    queue_max_sizes: [u16; 2],
-    pub(super) queue_evts: [EventFd; 2],
-    active: Option<Active>,
-    /// The driver broke the queue protocol: no more processing until reset.
-    failed: bool,
-    /// Every failure since creation (log once, count the rest).
-    failures: crate::virtio::FailureLog,
+    /// The driver accepted MRG_RXBUF (set at activation).
+    mergeable: bool,
     /// Bounce buffer for one frame read from the tap.
-    rx_buf: Vec<u8>,
+    pub(super) rx_buf: Vec<u8>,
     /// Length of the frame in `rx_buf` waiting for guest buffers.
-    rx_pending: Option<usize>,
+    pub(super) rx_pending: Option<usize>,
     /// RX chains popped but not yet used.
-    held: VecDeque<RxChain>,
+    pub(super) held: VecDeque<RxChain>,
     pub(super) rx_state: RxState,
     /// The tap would block on write: TX waits for the tap to become writable.
     pub(super) tx_blocked: bool,
@@ -133,12 +116,6 @@ pub struct Net {
 impl Net {
     /// A NIC on an open tap with the given MAC address.
     pub fn new(tap: Tap, mac: [u8; 6]) -> Result<Self, Error> {
-        let evt = || {
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|error| Error::EventFd {
-                what: "virtio-net queue",
-                error,
-            })
-        };
         let avail_features = (1u64 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
             | (1 << VIRTIO_NET_F_MAC)
@@ -149,15 +126,20 @@ impl Net {
             | (1 << VIRTIO_NET_F_HOST_TSO4)
             | (1 << VIRTIO_NET_F_HOST_TSO6)
             | (1 << VIRTIO_NET_F_MRG_RXBUF);
+        let name = format!("virtio-net '{}'", tap.name());
         Ok(Net {
+            // struct virtio_net_config: mac[6], then status, max_virtqueue_pairs and mtu (all 0:
+            // not offered).
+            core: VirtioCore::new(
+                name,
+                VIRTIO_ID_NET,
+                avail_features,
+                &[QUEUE_SIZE; 2],
+                mac.to_vec(),
+            )?,
             tap,
             mac,
-            avail_features,
-            queue_max_sizes: [QUEUE_SIZE; 2],
-            queue_evts: [evt()?, evt()?],
-            active: None,
-            failed: false,
-            failures: Default::default(),
+            mergeable: false,
             rx_buf: vec![0; MAX_BUFFER_LEN],
             rx_pending: None,
             held: VecDeque::new(),
@@ -205,7 +187,7 @@ impl Net {
 
     /// Whether the driver has started the device.
     pub fn is_activated(&self) -> bool {
-        self.active.is_some()
+        self.core.is_activated()
     }
 
     fn log_once(&mut self, what: u32, msg: &str) {
@@ -217,119 +199,57 @@ impl Net {
         }
     }
 
-    /// The driver broke the queue protocol: log once, ask for a reset, stop processing.
-    fn fail(&mut self, why: &str) {
-        if !self.failed {
-            let name = format!("virtio-net '{}'", self.tap.name());
-            self.failures.record(&name, why);
-            self.failed = true;
-            if let Some(active) = &self.active {
-                active.interrupt.set_needs_reset();
-            }
-        }
-    }
-
-    /// Sends every available TX chain to the tap, then interrupts the driver if it wants to know.
+    /// Sends every available TX chain to the tap (at most [`BUDGET`] per call), then
+    /// interrupts the driver if it wants to know. A frame the tap cannot take now, or the TX
+    /// limiter refuses, stays in the ring.
     pub(super) fn process_tx(&mut self) {
-        if self.failed {
-            return;
-        }
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        let mem = &active.mem;
-        let queue = &mut active.tx;
-        if !queue.ready() {
+        if self.core.queue(TX_QUEUE).is_none() {
             return;
         }
         self.tx_blocked = false;
-        let event_idx = queue.event_idx_enabled();
-        let mut used_any = false;
-        let mut failure = None;
         let mut problems: Vec<(u32, String)> = Vec::new();
-        let mut budget = BUDGET;
-        'outer: loop {
-            if event_idx {
-                if let Err(e) = queue.disable_notification(mem) {
-                    failure = Some(format!("cannot update TX avail_event: {e}"));
-                    break;
+        let Net {
+            core,
+            tap,
+            stats,
+            tx_limiter,
+            tx_throttled,
+            tx_blocked,
+            ..
+        } = self;
+        core.drain(TX_QUEUE, BUDGET, |mem, chain| {
+            if let Some(limiter) = tx_limiter.as_mut() {
+                let bytes: u64 = chain.clone().map(|d| u64::from(d.len())).sum();
+                let frame = bytes.saturating_sub(VNET_HDR_LEN as u64);
+                if !limiter.try_consume(frame, 1) {
+                    *tx_throttled = true;
+                    return Step::Unpop;
                 }
             }
-            loop {
-                if budget == 0 {
-                    // Come back after the others had their turn.
-                    let _ = self.queue_evts[TX_QUEUE].write(1);
-                    break 'outer;
+            let head = chain.head_index();
+            match send_frame(tap, mem, chain) {
+                Ok(bytes) => {
+                    stats.tx_frames += 1;
+                    stats.tx_bytes += bytes as u64;
                 }
-                let chain = match queue.iter(mem) {
-                    Ok(mut iter) => iter.next(),
-                    Err(e) => {
-                        failure = Some(format!("bad TX available ring: {e}"));
-                        break 'outer;
-                    }
-                };
-                let Some(chain) = chain else { break };
-                if let Some(limiter) = self.tx_limiter.as_mut() {
-                    let bytes: u64 = chain.clone().map(|d| u64::from(d.len())).sum();
-                    let frame = bytes.saturating_sub(VNET_HDR_LEN as u64);
-                    if !limiter.try_consume(frame, 1) {
-                        // Leave the frame in the ring; the limiter's timer brings us back.
-                        queue.set_next_avail(queue.next_avail().wrapping_sub(1));
-                        self.tx_throttled = true;
-                        break 'outer;
-                    }
+                Err(TxError::Blocked) => {
+                    // The tap's writability brings us back.
+                    *tx_blocked = true;
+                    return Step::Unpop;
                 }
-                budget -= 1;
-                let head = chain.head_index();
-                match send_frame(&self.tap, mem, chain) {
-                    Ok(bytes) => {
-                        self.stats.tx_frames += 1;
-                        self.stats.tx_bytes += bytes as u64;
-                    }
-                    Err(TxError::Blocked) => {
-                        // Put the chain back; the tap's writability brings us back.
-                        queue.set_next_avail(queue.next_avail().wrapping_sub(1));
-                        self.tx_blocked = true;
-                        break 'outer;
-                    }
-                    Err(TxError::Chain(why)) => {
-                        self.stats.tx_dropped += 1;
-                        problems.push((LOG_TX_CHAIN, format!("dropped TX chain {head}: {why}")));
-                    }
-                    Err(TxError::Tap(e)) => {
-                        self.stats.tx_dropped += 1;
-                        problems.push((LOG_TX_TAP, format!("the tap refused a frame: {e}")));
-                    }
+                Err(TxError::Chain(why)) => {
+                    stats.tx_dropped += 1;
+                    problems.push((LOG_TX_CHAIN, format!("dropped TX chain {head}: {why}")));
                 }
-                if let Err(e) = queue.add_used(mem, head, 0) {
-                    failure = Some(format!("cannot return TX chain {head}: {e}"));
-                    break 'outer;
-                }
-                used_any = true;
-            }
-            if !event_idx {
-                break;
-            }
-            match queue.enable_notification(mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    failure = Some(format!("cannot update TX avail_event: {e}"));
-                    break;
+                Err(TxError::Tap(e)) => {
+                    stats.tx_dropped += 1;
+                    problems.push((LOG_TX_TAP, format!("the tap refused a frame: {e}")));
                 }
             }
-        }
-        if used_any {
-            match queue.needs_notification(mem) {
-                Ok(false) => {}
-                Ok(true) | Err(_) => active.interrupt.trigger(VIRTIO_MMIO_INT_VRING),
-            }
-        }
+            Step::Used(0)
+        });
         for (what, msg) in problems {
             self.log_once(what, &msg);
-        }
-        if let Some(why) = failure {
-            self.fail(&why);
         }
     }
 
@@ -341,15 +261,13 @@ impl Net {
     }
 
     fn rx_loop(&mut self) -> RxState {
-        if self.failed || self.tap_broken {
+        if self.tap_broken {
             return RxState::Stopped;
         }
-        let Some(active) = self.active.as_mut() else {
+        let mergeable = self.mergeable;
+        let Some((mem, rx)) = self.core.queue(RX_QUEUE) else {
             return RxState::Stopped;
         };
-        if !active.rx.ready() {
-            return RxState::Stopped;
-        }
         let mut used_any = false;
         let mut budget = BUDGET;
         let mut problems: Vec<(u32, String)> = Vec::new();
@@ -391,13 +309,7 @@ impl Net {
                 }
             };
             let frame = &mut self.rx_buf[..len];
-            match deliver(
-                &mut active.rx,
-                &active.mem,
-                &mut self.held,
-                frame,
-                active.mergeable,
-            ) {
+            match deliver(rx, mem, &mut self.held, frame, mergeable) {
                 Ok(Delivery::Done) => {
                     self.rx_pending = None;
                     self.stats.rx_frames += 1;
@@ -412,11 +324,11 @@ impl Net {
                         format!(
                             "dropped a {len}-byte frame: the guest's RX buffer holds {capacity} bytes \
                              (and MRG_RXBUF is {})",
-                            if active.mergeable { "on" } else { "off" }
+                            if mergeable { "on" } else { "off" }
                         ),
                     ));
                 }
-                Ok(Delivery::NeedBuffers) => match active.rx.enable_notification(&active.mem) {
+                Ok(Delivery::NeedBuffers) => match rx.enable_notification(mem) {
                     Ok(true) => continue,
                     Ok(false) => break RxState::WantBuffers,
                     Err(e) => {
@@ -440,16 +352,13 @@ impl Net {
             }
         };
         if used_any {
-            match active.rx.needs_notification(&active.mem) {
-                Ok(false) => {}
-                Ok(true) | Err(_) => active.interrupt.trigger(VIRTIO_MMIO_INT_VRING),
-            }
+            self.core.notify_used(RX_QUEUE);
         }
         for (what, msg) in problems {
             self.log_once(what, &msg);
         }
         if let Some(why) = failure {
-            self.fail(&why);
+            self.core.fail(&why);
             return RxState::Stopped;
         }
         state
@@ -649,48 +558,11 @@ fn deliver(
 }
 
 impl VirtioDevice for Net {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_NET
-    }
+    crate::virtio::core_accessors!(core);
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_max_sizes
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
-    /// struct virtio_net_config: mac[6], then status, max_virtqueue_pairs and mtu (all 0: not
-    /// offered).
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::virtio::read_config_bytes(&self.mac, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        debug!(
-            "virtio-net: ignored {}-byte config write at {offset:#x}",
-            data.len()
-        );
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: Arc<Interrupt>,
-        queues: Vec<Queue>,
-        acked_features: u64,
-    ) -> Result<(), Error> {
-        let mut queues = queues.into_iter();
-        let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
-            return Err(Error::Activate(
-                "virtio-net needs an RX and a TX queue".into(),
-            ));
-        };
+    /// Sets the tap's offloads to what the guest takes; the event loop then starts RX (and
+    /// watches the tap) and sends what the driver queued before DRIVER_OK.
+    fn on_activate(&mut self, acked_features: u64) -> Result<(), Error> {
         let acked = |bit: u32| acked_features & (1u64 << bit) != 0;
         let mut offload = 0;
         if acked(VIRTIO_NET_F_GUEST_CSUM) {
@@ -708,29 +580,13 @@ impl VirtioDevice for Net {
             self.tap.name(),
             format_mac(&self.mac)
         );
-        self.failed = false;
         self.tap_broken = false;
         self.held.clear();
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            rx,
-            tx,
-            mergeable: acked(VIRTIO_NET_F_MRG_RXBUF),
-        });
-        // Let the event loop (not this vCPU thread) start RX (and watch the tap) and send what the
-        // driver queued before DRIVER_OK.
-        for evt in &self.queue_evts {
-            if let Err(e) = evt.write(1) {
-                warn!("virtio-net: cannot kick a queue: {e}");
-            }
-        }
+        self.mergeable = acked(VIRTIO_NET_F_MRG_RXBUF);
         Ok(())
     }
 
-    fn reset(&mut self) {
-        self.active = None;
-        self.failed = false;
+    fn on_reset(&mut self) {
         self.held.clear();
         self.rx_pending = None;
         self.rx_state = RxState::Stopped;

@@ -12,7 +12,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, warn};
 
 use super::device::RxState;
-use super::{Net, RX_QUEUE, TX_QUEUE};
+use super::{Net, RX_QUEUE};
 
 impl Net {
     /// Makes the event loop watch the tap for what RX and TX are waiting for, and nothing else.
@@ -47,31 +47,38 @@ impl Net {
 
 impl MutEventSubscriber for Net {
     fn init(&mut self, ops: &mut EventOps) {
-        for evt in &self.queue_evts {
-            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
-                warn!("virtio-net: cannot watch queue event: {e}");
-            }
-        }
-        for limiter in self.rx_limiter.iter().chain(self.tx_limiter.iter()) {
-            if let Err(e) = ops.add(Events::new_raw(limiter.timer_fd(), EventSet::IN)) {
-                warn!("virtio-net: cannot watch a rate-limit timer: {e}");
-            }
-        }
+        let timers = self.rx_limiter.iter().chain(self.tx_limiter.iter());
+        self.core.watch(ops, timers.map(|l| l.timer_fd()));
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let fd = events.fd();
-        if fd == self.queue_evts[RX_QUEUE].as_raw_fd() {
-            // Non-blocking eventfd: an error only means no notification was pending.
-            let _ = self.queue_evts[RX_QUEUE].read();
-            self.process_rx();
-        } else if fd == self.queue_evts[TX_QUEUE].as_raw_fd() {
-            let _ = self.queue_evts[TX_QUEUE].read();
-            // A throttled frame waits for the TX limiter's timer, not for more notifications.
-            if !self.tx_throttled {
-                self.process_tx();
+        match self.core.queue_event(fd) {
+            Some(RX_QUEUE) => {
+                self.process_rx();
             }
-        } else if let Some(limiter) = self.rx_limiter.as_mut().filter(|l| l.timer_fd() == fd) {
+            // A throttled frame waits for the TX limiter's timer, not for more notifications.
+            Some(_) => {
+                if !self.tx_throttled {
+                    self.process_tx();
+                }
+            }
+            None => {
+                if !self.on_other_event(&events) {
+                    debug!("virtio-net: unexpected event on fd {fd}");
+                    return;
+                }
+            }
+        }
+        self.update_tap_watch(ops);
+    }
+}
+
+impl Net {
+    /// A rate limiter's timer or the tap; false if `events` is about none of them.
+    fn on_other_event(&mut self, events: &Events) -> bool {
+        let fd = events.fd();
+        if let Some(limiter) = self.rx_limiter.as_mut().filter(|l| l.timer_fd() == fd) {
             limiter.timer_fired();
             if self.rx_state == RxState::Throttled {
                 self.process_rx();
@@ -93,9 +100,8 @@ impl MutEventSubscriber for Net {
                 self.process_rx();
             }
         } else {
-            debug!("virtio-net: unexpected event on fd {fd}");
-            return;
+            return false;
         }
-        self.update_tap_watch(ops);
+        true
     }
 }

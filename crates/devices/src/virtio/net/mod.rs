@@ -2,7 +2,8 @@
 //!
 //! * `device.rs`: [`Net`], the [`VirtioDevice`] side and the RX/TX queue processing;
 //! * `tap.rs`: [`Tap`], opening a tap with a vnet header, offloads, frame I/O;
-//! * `event_handler.rs`: the event-loop side (queue notifications, tap readiness).
+//! * `event_handler.rs`: the event-loop side (queue notifications, tap readiness);
+//! * `persist.rs`: the saved state (RX chains held, the frame waiting for them).
 //!
 //! Queue 0 is RX (tap → guest), queue 1 is TX (guest → tap). Frames cross the tap with the
 //! 12-byte `virtio_net_hdr_v1` in front, exactly as the guest writes and reads them, so the
@@ -12,14 +13,17 @@
 
 mod device;
 mod event_handler;
+mod persist;
 pub mod seccomp;
 mod tap;
 
 pub use device::{Net, NetStats};
+pub use persist::{HeldChain, NetState};
+
 pub use tap::{Tap, MAX_NAME_LEN, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 
-/// The virtio device type of a network card.
-pub const VIRTIO_ID_NET: u32 = 1;
+pub use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+
 /// The size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// The RX queue's index.
@@ -27,7 +31,8 @@ pub const RX_QUEUE: usize = 0;
 /// The TX queue's index.
 pub const TX_QUEUE: usize = 1;
 /// Length of `virtio_net_hdr_v1` (with `num_buffers`), what VERSION_1 devices always use.
-pub const VNET_HDR_LEN: usize = 12;
+pub const VNET_HDR_LEN: usize =
+    std::mem::size_of::<virtio_bindings::virtio_net::virtio_net_hdr_v1>();
 /// Offset of `num_buffers` in the header.
 pub const NUM_BUFFERS_OFFSET: usize = 10;
 /// Largest frame the device moves: a 64 KiB TSO/GSO frame plus Ethernet and VLAN headers.
@@ -35,22 +40,10 @@ pub const MAX_FRAME_LEN: usize = 65550;
 /// Room for one frame with its header, the size of the RX bounce buffer.
 pub const MAX_BUFFER_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN;
 
-/// Feature bit: the device handles partial checksums (the guest may send NEEDS_CSUM frames).
-pub const VIRTIO_NET_F_CSUM: u32 = 0;
-/// Feature bit: the guest handles partial checksums in received frames.
-pub const VIRTIO_NET_F_GUEST_CSUM: u32 = 1;
-/// Feature bit: `mac` in the config space is valid.
-pub const VIRTIO_NET_F_MAC: u32 = 5;
-/// Feature bit: the guest takes TCPv4 segments larger than the MTU.
-pub const VIRTIO_NET_F_GUEST_TSO4: u32 = 7;
-/// Feature bit: the guest takes TCPv6 segments larger than the MTU.
-pub const VIRTIO_NET_F_GUEST_TSO6: u32 = 8;
-/// Feature bit: the device takes TCPv4 segments larger than the MTU.
-pub const VIRTIO_NET_F_HOST_TSO4: u32 = 11;
-/// Feature bit: the device takes TCPv6 segments larger than the MTU.
-pub const VIRTIO_NET_F_HOST_TSO6: u32 = 12;
-/// Feature bit: a received frame may span several descriptor chains (`num_buffers`).
-pub const VIRTIO_NET_F_MRG_RXBUF: u32 = 15;
+pub use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
+};
 
 /// How to build one NIC.
 #[derive(Debug, Clone, PartialEq, Eq)]
