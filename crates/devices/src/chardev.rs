@@ -851,20 +851,8 @@ pub const SOCKET_SYSCALLS: Syscalls = Syscalls {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
 
-    #[derive(Clone, Default)]
-    struct SharedBuf(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for SharedBuf {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::test_util::SharedBuf;
 
     fn socket_path(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("vmm-chardev-{name}-{}.sock", std::process::id()))

@@ -26,6 +26,8 @@ pub mod legacy;
 pub mod persist;
 pub mod rate_limiter;
 pub mod seccomp;
+#[cfg(test)]
+mod test_util;
 pub mod virtio;
 
 /// The guest memory type used by every device.

@@ -458,19 +458,7 @@ mod tests {
     use std::fs::File;
     use std::os::fd::FromRawFd;
 
-    /// A `Write` whose bytes the test can look at.
-    #[derive(Clone, Default)]
-    pub(super) struct SharedBuf(pub(super) Arc<Mutex<Vec<u8>>>);
-
-    impl Write for SharedBuf {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    pub(super) use crate::test_util::SharedBuf;
 
     const DATA: u64 = 0;
     const IER: u64 = 1;

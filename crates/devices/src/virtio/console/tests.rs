@@ -2,22 +2,19 @@
 //! its input, hostile chains, the size and its config interrupt.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::Write;
 use std::os::fd::FromRawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use virtio_queue::desc::split::Descriptor as SplitDescriptor;
-use virtio_queue::desc::RawDescriptor;
-use virtio_queue::mock::DescriptorTable;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
 use crate::chardev::Chardev;
+use crate::test_util::{RingDriver, SharedBuf};
 use crate::virtio::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_CONFIG};
 use crate::GuestMemoryMmap;
 
-const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 const QSIZE: u16 = 16;
 /// Per queue: descriptor table, avail ring, used ring.
@@ -25,26 +22,12 @@ const RINGS: [(u64, u64, u64); 2] = [(0x0, 0x1000, 0x2000), (0x4000, 0x5000, 0x6
 const DATA: u64 = 0x10000;
 const MEM_SIZE: u64 = 0x10_0000;
 
-#[derive(Clone, Default)]
-struct SharedBuf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for SharedBuf {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 struct Harness {
     mem: GuestMemoryMmap,
     console: Console,
     interrupt: Arc<Interrupt>,
     out: SharedBuf,
-    next_desc: [u16; 2],
-    avail_idx: [u16; 2],
+    drivers: [RingDriver; 2],
 }
 
 fn pipe() -> (File, File) {
@@ -85,51 +68,20 @@ impl Harness {
             console,
             interrupt,
             out,
-            next_desc: [0; 2],
-            avail_idx: [0; 2],
+            drivers: RINGS.map(|(d, a, u)| RingDriver::new(d, a, u, QSIZE)),
         }
     }
 
     fn add_chain(&mut self, q: usize, descs: &[(u64, u32, u16)]) -> u16 {
-        if usize::from(self.next_desc[q]) + descs.len() > usize::from(QSIZE) {
-            self.next_desc[q] = 0;
-        }
-        let head = self.next_desc[q];
-        let table = DescriptorTable::new(&self.mem, GuestAddress(RINGS[q].0), QSIZE);
-        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-            let idx = head + i as u16;
-            let flags = if i + 1 == descs.len() {
-                flags
-            } else {
-                flags | F_NEXT
-            };
-            table
-                .store(
-                    idx,
-                    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, idx + 1)),
-                )
-                .unwrap();
-        }
-        self.next_desc[q] += descs.len() as u16;
-        let slot = RINGS[q].1 + 4 + 2 * u64::from(self.avail_idx[q] % QSIZE);
-        self.mem.write_obj(head, GuestAddress(slot)).unwrap();
-        self.avail_idx[q] = self.avail_idx[q].wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx[q], GuestAddress(RINGS[q].1 + 2))
-            .unwrap();
-        head
+        self.drivers[q].add_chain(&self.mem, descs)
     }
 
     fn used_idx(&self, q: usize) -> u16 {
-        self.mem.read_obj(GuestAddress(RINGS[q].2 + 2)).unwrap()
+        self.drivers[q].used_idx(&self.mem)
     }
 
     fn used(&self, q: usize, n: u16) -> (u32, u32) {
-        let base = RINGS[q].2 + 4 + 8 * u64::from(n % QSIZE);
-        (
-            self.mem.read_obj(GuestAddress(base)).unwrap(),
-            self.mem.read_obj(GuestAddress(base + 4)).unwrap(),
-        )
+        self.drivers[q].used(&self.mem, n)
     }
 
     fn output(&self) -> Vec<u8> {

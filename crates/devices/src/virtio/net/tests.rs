@@ -4,18 +4,15 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
-use virtio_queue::desc::split::Descriptor as SplitDescriptor;
-use virtio_queue::desc::RawDescriptor;
-use virtio_queue::mock::DescriptorTable;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::device::RxState;
 use super::*;
+use crate::test_util::RingDriver;
 use crate::virtio::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::GuestMemoryMmap;
 
-const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 const QSIZE: u16 = 16;
 const MEM_SIZE: u64 = 0x40_0000;
@@ -31,10 +28,18 @@ const BAD: u64 = 0x1000_0000;
 type Desc = (u64, u32, u16);
 
 struct Driver {
-    q: u64,
-    next_desc: u16,
-    avail_idx: u16,
+    ring: RingDriver,
     used_seen: u16,
+}
+
+impl Driver {
+    fn new(q: u64) -> Driver {
+        let (desc, avail, used) = rings(q);
+        Driver {
+            ring: RingDriver::new(desc, avail, used, QSIZE),
+            used_seen: 0,
+        }
+    }
 }
 
 struct Harness {
@@ -72,18 +77,8 @@ impl Harness {
             net,
             peer: b,
             interrupt: Arc::new(Interrupt::new().unwrap()),
-            rx: Driver {
-                q: 0,
-                next_desc: 0,
-                avail_idx: 0,
-                used_seen: 0,
-            },
-            tx: Driver {
-                q: 1,
-                next_desc: 0,
-                avail_idx: 0,
-                used_seen: 0,
-            },
+            rx: Driver::new(0),
+            tx: Driver::new(1),
         };
         let event_idx = features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let queues = (0..2)
@@ -106,44 +101,15 @@ impl Harness {
     }
 
     fn add_chain(mem: &GuestMemoryMmap, d: &mut Driver, descs: &[Desc]) -> u16 {
-        if usize::from(d.next_desc) + descs.len() > usize::from(QSIZE) {
-            d.next_desc = 0;
-        }
-        let head = d.next_desc;
-        let (table, avail, _) = rings(d.q);
-        let t = DescriptorTable::new(mem, GuestAddress(table), QSIZE);
-        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-            let idx = head + i as u16;
-            let flags = if i + 1 == descs.len() {
-                flags
-            } else {
-                flags | F_NEXT
-            };
-            t.store(
-                idx,
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, idx + 1)),
-            )
-            .unwrap();
-        }
-        d.next_desc += descs.len() as u16;
-        let slot = avail + 4 + 2 * u64::from(d.avail_idx % QSIZE);
-        mem.write_obj(head, GuestAddress(slot)).unwrap();
-        d.avail_idx = d.avail_idx.wrapping_add(1);
-        mem.write_obj(d.avail_idx, GuestAddress(avail + 2)).unwrap();
-        head
+        d.ring.add_chain(mem, descs)
     }
 
     /// Used entries (id, len) added since the last call.
     fn take_used(mem: &GuestMemoryMmap, d: &mut Driver) -> Vec<(u32, u32)> {
-        let (_, _, used) = rings(d.q);
-        let idx: u16 = mem.read_obj(GuestAddress(used + 2)).unwrap();
+        let idx = d.ring.used_idx(mem);
         let mut out = Vec::new();
         while d.used_seen != idx {
-            let base = used + 4 + 8 * u64::from(d.used_seen % QSIZE);
-            out.push((
-                mem.read_obj(GuestAddress(base)).unwrap(),
-                mem.read_obj(GuestAddress(base + 4)).unwrap(),
-            ));
+            out.push(d.ring.used(mem, d.used_seen));
             d.used_seen = d.used_seen.wrapping_add(1);
         }
         out

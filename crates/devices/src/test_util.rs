@@ -1,0 +1,99 @@
+//! What the unit tests of several devices share: an output sink they can look at, and a driver
+//! that posts descriptor chains on one split virtqueue in guest memory.
+
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+
+use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+use virtio_queue::desc::RawDescriptor;
+use virtio_queue::mock::DescriptorTable;
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::GuestMemoryMmap;
+
+/// A `Write` whose bytes the test can look at.
+#[derive(Clone, Default)]
+pub(crate) struct SharedBuf(pub(crate) Arc<Mutex<Vec<u8>>>);
+
+impl Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// VIRTQ_DESC_F_NEXT.
+const F_NEXT: u16 = 1;
+
+/// The driver's side of one split virtqueue: descriptor table, available and used rings at fixed
+/// guest addresses. Chains take consecutive descriptors, wrapping to 0 when the table is full.
+pub(crate) struct RingDriver {
+    /// Guest addresses of the descriptor table, the available ring and the used ring.
+    pub(crate) desc: u64,
+    pub(crate) avail: u64,
+    pub(crate) used: u64,
+    size: u16,
+    next_desc: u16,
+    avail_idx: u16,
+}
+
+impl RingDriver {
+    pub(crate) fn new(desc: u64, avail: u64, used: u64, size: u16) -> Self {
+        RingDriver {
+            desc,
+            avail,
+            used,
+            size,
+            next_desc: 0,
+            avail_idx: 0,
+        }
+    }
+
+    /// Writes `descs` (address, length, flags; NEXT is added but on the last) as one chain and
+    /// publishes it in the available ring. Returns its head.
+    pub(crate) fn add_chain(&mut self, mem: &GuestMemoryMmap, descs: &[(u64, u32, u16)]) -> u16 {
+        if usize::from(self.next_desc) + descs.len() > usize::from(self.size) {
+            self.next_desc = 0;
+        }
+        let head = self.next_desc;
+        let table = DescriptorTable::new(mem, GuestAddress(self.desc), self.size);
+        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+            let idx = head + i as u16;
+            let flags = if i + 1 == descs.len() {
+                flags
+            } else {
+                flags | F_NEXT
+            };
+            table
+                .store(
+                    idx,
+                    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, idx + 1)),
+                )
+                .unwrap();
+        }
+        self.next_desc += descs.len() as u16;
+        let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % self.size);
+        mem.write_obj(head, GuestAddress(slot)).unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
+            .unwrap();
+        head
+    }
+
+    /// The used ring's index.
+    pub(crate) fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
+        mem.read_obj(GuestAddress(self.used + 2)).unwrap()
+    }
+
+    /// Used entry `n` (its ring position modulo the size): (head, length written).
+    pub(crate) fn used(&self, mem: &GuestMemoryMmap, n: u16) -> (u32, u32) {
+        let base = self.used + 4 + 8 * u64::from(n % self.size);
+        (
+            mem.read_obj(GuestAddress(base)).unwrap(),
+            mem.read_obj(GuestAddress(base + 4)).unwrap(),
+        )
+    }
+}
