@@ -151,6 +151,7 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
 fn main() -> ExitCode {
     // First thing: the reference of the boot timer and of the `-v` start-up timings.
     vm::mark_process_start();
+    vm::seccomp::set_forbidden_call_hint("Run with --seccomp off to debug.");
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,

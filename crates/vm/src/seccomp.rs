@@ -43,7 +43,7 @@ mod syscall_names;
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Once, OnceLock};
 
 use devices::seccomp::{SyscallRule, Syscalls, Thread};
 use seccompiler::{
@@ -422,8 +422,17 @@ impl Line {
     }
 }
 
-/// Formats the SIGSYS line for a forbidden call `nr` made by `thread`.
-fn sigsys_line(thread: &[u8], nr: i64) -> Line {
+/// What the SIGSYS line adds after "stopping." ([`set_forbidden_call_hint`]).
+static FORBIDDEN_CALL_HINT: OnceLock<&'static str> = OnceLock::new();
+
+/// Sets, once for the process, a sentence the SIGSYS line ends with: the embedder's advice (the
+/// CLI names its `--seccomp off`). Without one the line ends at "stopping.".
+pub fn set_forbidden_call_hint(hint: &'static str) {
+    let _ = FORBIDDEN_CALL_HINT.set(hint);
+}
+
+/// Formats the SIGSYS line for a forbidden call `nr` made by `thread`, ending with `hint`.
+fn sigsys_line(thread: &[u8], nr: i64, hint: Option<&str>) -> Line {
     let mut line = Line {
         buf: [0; 256],
         len: 0,
@@ -438,7 +447,12 @@ fn sigsys_line(thread: &[u8], nr: i64) -> Line {
         line.push(b"-");
     }
     line.push_num(nr.unsigned_abs());
-    line.push(b"); stopping. Run with --seccomp off to debug.\n");
+    line.push(b"); stopping.");
+    if let Some(hint) = hint {
+        line.push(b" ");
+        line.push(hint.as_bytes());
+    }
+    line.push(b"\n");
     line
 }
 
@@ -458,7 +472,9 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
     } else {
         -1
     };
-    let line = sigsys_line(&THREAD_NAME.with(Cell::get), nr);
+    // OnceLock::get is one atomic load: safe in a signal handler.
+    let hint = FORBIDDEN_CALL_HINT.get().copied();
+    let line = sigsys_line(&THREAD_NAME.with(Cell::get), nr, hint);
     // SAFETY: writes a valid buffer to stderr, then ends the process; both are async-signal-safe.
     unsafe {
         libc::write(libc::STDERR_FILENO, line.buf.as_ptr().cast(), line.len);
@@ -659,13 +675,17 @@ mod tests {
     fn sigsys_line_names_thread_and_call() {
         let mut name = [0u8; 16];
         name[..5].copy_from_slice(b"vcpu0");
-        let line = sigsys_line(&name, 257);
+        let line = sigsys_line(&name, 257, Some("Ask for help."));
         assert_eq!(
             std::str::from_utf8(&line.buf[..line.len]).unwrap(),
             "vmm: seccomp: thread 'vcpu0' made a forbidden system call: openat (257); stopping. \
-             Run with --seccomp off to debug.\n"
+             Ask for help.\n"
         );
-        let line = sigsys_line(&[0; 16], 9999);
+        let line = sigsys_line(&name, 257, None);
+        assert!(std::str::from_utf8(&line.buf[..line.len])
+            .unwrap()
+            .ends_with("(257); stopping.\n"));
+        let line = sigsys_line(&[0; 16], 9999, None);
         let text = std::str::from_utf8(&line.buf[..line.len]).unwrap();
         assert!(
             text.contains("thread '?'") && text.contains("unknown (9999)"),
