@@ -555,6 +555,25 @@ mod persist {
             }
             assert_eq!(l.buckets.tokens(), before);
         }
+
+        /// No bucket can owe more than one operation's cost (at most `u64::MAX` tokens): a
+        /// file claiming a deeper debt is refused, not left to overflow the wait computation
+        /// (a panic with overflow checks, a device stalled for centuries without).
+        #[test]
+        fn a_debt_no_operation_could_leave_is_refused() {
+            let cfg = limits(Some((1000, 500)), None);
+            let mut l = RateLimiter::new(&cfg).unwrap();
+            let before = l.buckets.tokens();
+            let mut state = l.save();
+            if let Some(b) = state.bytes.as_mut() {
+                b.nano_tokens = i128::MIN;
+            }
+            let err = l
+                .restore_versioned(Versioned { version: 1, state })
+                .unwrap_err();
+            assert!(matches!(err, PersistError::Mismatch { .. }), "{err}");
+            assert_eq!(l.buckets.tokens(), before);
+        }
     }
 }
 
