@@ -380,6 +380,14 @@ mod persist {
                         s.nano_tokens, b.capacity
                     ));
                 }
+                // A bucket is charged only when it holds a token (or the operation's whole
+                // cost), so no debt exceeds one operation's cost: at most u64::MAX tokens.
+                if s.nano_tokens < -i128::from(u64::MAX) * NANOS_PER_SEC {
+                    return Err(format!(
+                        "{what} bucket owes {} nano-tokens, more than any operation costs",
+                        s.nano_tokens.unsigned_abs()
+                    ));
+                }
                 b.nano_tokens = s.nano_tokens;
                 b.last = now;
                 Ok(())
