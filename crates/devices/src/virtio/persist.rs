@@ -453,4 +453,53 @@ mod tests {
         };
         assert!(dev2.lock().unwrap().0.restore(core).is_err());
     }
+
+    /// The transport turns EVENT_IDX on in the queues exactly when the driver accepted it; a
+    /// saved queue that says otherwise would have the device read a `used_event` the driver
+    /// does not write (or not write the `avail_event` it reads) and the driver would wait for
+    /// ever.
+    #[test]
+    fn event_idx_against_the_accepted_features_is_refused() {
+        let dev = bare();
+        let driver = Driver::new(dev.clone(), FEATURES);
+        let mut state = dev.lock().unwrap().0.save();
+        state.queues[1].event_idx = false;
+        assert!(dev.lock().unwrap().0.restore(state).is_err());
+        drop(driver);
+
+        let dev = bare();
+        let _driver = Driver::new(dev.clone(), 1 << VIRTIO_F_VERSION_1);
+        let mut state = dev.lock().unwrap().0.save();
+        state.queues[0].event_idx = true;
+        assert!(dev.lock().unwrap().0.restore(state).is_err());
+    }
+
+    /// `activated` and Status must agree: an activated transport whose Status lacks DRIVER_OK
+    /// would let the driver rewrite the queue registers and set DRIVER_OK again, activating the
+    /// running device a second time without a reset; unknown Status bits cannot be set either.
+    #[test]
+    fn a_status_that_disagrees_with_the_activation_is_refused() {
+        let dev = bare();
+        let driver = Driver::new(dev.clone(), FEATURES);
+        let good = driver.transport.save();
+        assert_eq!(good.status, 0xf);
+        let (mut t2, _dev2) = fresh_transport(&driver.mem);
+        let mut bad = Vec::new();
+        let mut s = good.clone();
+        s.status = 0xb;
+        bad.push(s);
+        let mut s = good.clone();
+        s.status = 0;
+        bad.push(s);
+        let mut s = good.clone();
+        s.status |= 0x10;
+        bad.push(s);
+        for state in bad {
+            let status = state.status;
+            assert!(t2.restore(state).is_err(), "status {status:#x}");
+            assert!(!t2.is_activated());
+        }
+        t2.restore(good).unwrap();
+        assert!(t2.is_activated());
+    }
 }
