@@ -83,6 +83,18 @@ impl Persist for VirtioCore {
                         active.queues.len()
                     )));
                 }
+                let event_idx = active.acked_features & (1 << super::VIRTIO_RING_F_EVENT_IDX) != 0;
+                if let Some(q) = state.queues.iter().position(|p| p.event_idx != event_idx) {
+                    return Err(mismatch(format!(
+                        "{name}: queue {q}: EVENT_IDX {}, the driver {} it",
+                        if event_idx { "off" } else { "on" },
+                        if event_idx {
+                            "accepted"
+                        } else {
+                            "did not accept"
+                        }
+                    )));
+                }
                 for (queue, pos) in active.queues.iter_mut().zip(&state.queues) {
                     queue.set_next_avail(pos.next_avail);
                     queue.set_next_used(pos.next_used);
@@ -208,6 +220,12 @@ impl Persist for MmioTransport {
                 state.config_generation
             )));
         }
+        if let Some(why) = status_problem(&state) {
+            return Err(mismatch(format!(
+                "device type {}: status {:#x}: {why}",
+                self.device_type, state.status
+            )));
+        }
         self.reset();
         for (i, (queue, regs)) in self.queues.iter_mut().zip(&state.queues).enumerate() {
             let set = queue
@@ -241,6 +259,39 @@ impl Persist for MmioTransport {
             .restore(state.interrupt_status, state.needs_reset);
         Ok(())
     }
+}
+
+/// Why a saved Status cannot be one the transport reached, if it cannot: bits are set in the
+/// order ACKNOWLEDGE, DRIVER, FEATURES_OK (only with VERSION_1 accepted), DRIVER_OK; FAILED at any
+/// time. DRIVER_OK activates the device unless FAILED is set or the device asked for a reset;
+/// the device stays activated until Status is reset to 0.
+fn status_problem(state: &MmioState) -> Option<&'static str> {
+    use virtio_bindings::virtio_config::{
+        VIRTIO_CONFIG_S_ACKNOWLEDGE as ACK, VIRTIO_CONFIG_S_DRIVER as DRIVER,
+        VIRTIO_CONFIG_S_DRIVER_OK as DRIVER_OK, VIRTIO_CONFIG_S_FAILED as FAILED,
+        VIRTIO_CONFIG_S_FEATURES_OK as FEATURES_OK,
+    };
+    let status = state.status;
+    let has = |bit: u32| status & bit != 0;
+    if status & !(ACK | DRIVER | FEATURES_OK | DRIVER_OK | FAILED) != 0 {
+        return Some("bits the transport never sets");
+    }
+    if (has(DRIVER) && !has(ACK))
+        || (has(FEATURES_OK) && !has(DRIVER))
+        || (has(DRIVER_OK) && !has(FEATURES_OK))
+    {
+        return Some("a bit set without the one before it");
+    }
+    if has(FEATURES_OK) && state.acked_features & (1 << super::VIRTIO_F_VERSION_1) == 0 {
+        return Some("FEATURES_OK without VIRTIO_F_VERSION_1");
+    }
+    if state.activated && !has(DRIVER_OK) {
+        return Some("activated without DRIVER_OK");
+    }
+    if has(DRIVER_OK) && !state.activated && !has(FAILED) && !state.needs_reset {
+        return Some("DRIVER_OK, not activated, and no failure or reset request");
+    }
+    None
 }
 
 #[cfg(test)]
