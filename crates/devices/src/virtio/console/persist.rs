@@ -178,4 +178,22 @@ mod tests {
             .unwrap();
         assert_eq!(&got, b"hi");
     }
+
+    /// The transmit chain's head is checked against the size the driver gave the queue (16
+    /// here), not the device's maximum: a head beyond it can never be returned, and the
+    /// restored device would fail on its first transmit.
+    #[test]
+    fn a_transmit_chain_beyond_the_configured_queue_is_refused() {
+        let (_o, a) = console();
+        let _driver = Driver::new(a.clone(), 1 << VIRTIO_F_VERSION_1);
+        let mut state = a.lock().unwrap().save();
+        state.tx_chain = Some(TxChainState {
+            head: 100,
+            segs: vec![(DATA, 10)],
+            seg: 0,
+            off: 0,
+        });
+        let err = a.lock().unwrap().restore(state);
+        assert!(matches!(err, Err(PersistError::Mismatch { .. })), "{err:?}");
+    }
 }
