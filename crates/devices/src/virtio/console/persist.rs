@@ -7,9 +7,10 @@ use serde::{Deserialize, Serialize};
 use vm_memory::GuestAddress;
 
 use super::device::TxChain;
-use super::{Console, QUEUE_SIZE};
+use super::{Console, TX_QUEUE};
 use crate::persist::{Persist, PersistError};
 use crate::virtio::CoreState;
+use virtio_queue::QueueT;
 
 /// The transmit chain being written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,7 +70,14 @@ impl Persist for Console {
             why,
         };
         if let Some(chain) = &state.tx_chain {
-            if !state.core.activated || chain.head >= QUEUE_SIZE || chain.seg > chain.segs.len() {
+            // The transport's restore activated the core with the queues the driver configured.
+            let size = self
+                .core
+                .active
+                .as_ref()
+                .and_then(|a| a.queues.get(TX_QUEUE))
+                .map_or(0, |q| q.size());
+            if !state.core.activated || chain.head >= size || chain.seg > chain.segs.len() {
                 return Err(mismatch(format!(
                     "transmit chain {} (buffer {} of {}) does not fit",
                     chain.head,
