@@ -226,4 +226,25 @@ mod tests {
         });
         assert!(a.lock().unwrap().restore(state).is_err());
     }
+
+    /// A descriptor is the head of one chain the device holds at most: the same head twice
+    /// (or more held chains than the queue has entries) would have the device return a chain
+    /// the driver never made available, and put more entries in the used ring than the driver
+    /// posted.
+    #[test]
+    fn a_head_held_twice_is_refused() {
+        let (_p, a) = net();
+        let features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF);
+        let _driver = Driver::new(a.clone(), features);
+        let mut state = a.lock().unwrap().save();
+        for _ in 0..2 {
+            state.held.push(HeldChain {
+                head: 3,
+                bufs: vec![(DATA, 32)],
+            });
+        }
+        state.rx_frame = Some(vec![0; 60]);
+        let err = a.lock().unwrap().restore(state);
+        assert!(matches!(err, Err(PersistError::Mismatch { .. })), "{err:?}");
+    }
 }
