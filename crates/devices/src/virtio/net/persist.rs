@@ -111,7 +111,10 @@ impl Net {
             else {
                 return Err(mismatch("held RX chains in a device not activated".into()));
             };
-            if chain.head >= rx.size() || chain.bufs.is_empty() {
+            if chain.head >= rx.size()
+                || chain.bufs.is_empty()
+                || held.iter().any(|h: &RxChain| h.head == chain.head)
+            {
                 return Err(mismatch(format!(
                     "held RX chain {} is not valid",
                     chain.head
