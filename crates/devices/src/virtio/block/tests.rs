@@ -848,11 +848,9 @@ fn rate_limited_requests_wait_in_the_ring_then_all_complete() {
     }
 }
 
-/// One queue notification serves a bounded number of requests, like virtio-net's [`BUDGET`]:
-/// a guest that keeps posting from another vCPU must not hold the event loop (and with it every
+/// One queue notification serves a bounded number of requests, as virtio-net's TX does: a
+/// guest that keeps posting from another vCPU must not hold the event loop (and with it every
 /// other device, console input and the VM's exit) in one `process_queue` call.
-///
-/// [`BUDGET`]: crate::virtio::net
 #[test]
 fn a_guest_that_keeps_posting_does_not_hold_the_event_loop() {
     use std::sync::atomic::{AtomicBool, Ordering};
