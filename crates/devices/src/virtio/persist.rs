@@ -553,4 +553,22 @@ mod tests {
         t2.restore(good).unwrap();
         assert!(t2.is_activated());
     }
+
+    /// A failed device has asked for a reset (DEVICE_NEEDS_RESET): one saved as failed while
+    /// its transport says no reset was asked for would serve nothing and the driver would never
+    /// learn why.
+    #[test]
+    fn a_failure_the_driver_was_not_told_of_is_refused() {
+        let dev = bare();
+        let driver = Driver::new(dev.clone(), FEATURES);
+        assert!(!driver.transport.interrupt().needs_reset());
+        let mut state = dev.lock().unwrap().0.save();
+        state.failed = true;
+        assert!(dev.lock().unwrap().0.restore(state.clone()).is_err());
+        // Not activated: nothing can have failed.
+        let idle = bare();
+        let mut state = idle.lock().unwrap().0.save();
+        state.failed = true;
+        assert!(idle.lock().unwrap().0.restore(state).is_err());
+    }
 }
