@@ -67,8 +67,18 @@ impl Persist for VirtioCore {
         };
         let name = self.name().to_string();
         match (&mut self.active, state.activated) {
-            (None, false) => {}
+            (None, false) => {
+                if state.failed {
+                    return Err(mismatch(format!("{name}: failed, but never activated")));
+                }
+            }
             (Some(active), true) => {
+                // Failing asks the driver for a reset; the transport's state says whether it did.
+                if state.failed && !active.interrupt.needs_reset() {
+                    return Err(mismatch(format!(
+                        "{name}: failed, but the transport shows no DEVICE_NEEDS_RESET"
+                    )));
+                }
                 if active.acked_features != state.acked_features {
                     return Err(mismatch(format!(
                         "{}: saved features {:#x}, the transport activated it with {:#x}",
