@@ -36,6 +36,34 @@ pub struct CoreState {
     pub queues: Vec<QueuePosition>,
 }
 
+impl CoreState {
+    /// Checks that every queue's chains taken and not yet returned (`next_avail - next_used`)
+    /// are the `held[q]` the device's own state holds: chains are returned in the order they
+    /// were taken, and a device holds none but those. A failed device is exempt (the chain it
+    /// failed on was taken and never returned; nothing is served until a reset).
+    pub(crate) fn check_held(
+        &self,
+        device: &'static str,
+        held: &[usize],
+    ) -> Result<(), PersistError> {
+        if self.failed {
+            return Ok(());
+        }
+        for (q, (pos, &n)) in self.queues.iter().zip(held).enumerate() {
+            let taken = pos.next_avail.wrapping_sub(pos.next_used);
+            if usize::from(taken) != n {
+                return Err(PersistError::Mismatch {
+                    device,
+                    why: format!(
+                        "queue {q}: {taken} chains taken and not returned, the device holds {n}"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Persist for VirtioCore {
     const NAME: &'static str = "virtio";
     const STATE_VERSION: u16 = 1;

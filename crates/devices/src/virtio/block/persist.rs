@@ -43,6 +43,8 @@ impl Persist for Block {
                 ),
             });
         }
+        // A request the rate limiter holds back stays in the ring: none is held.
+        state.core.check_held(Self::NAME, &[0])?;
         self.throttled = false;
         VirtioDevice::core_mut(self).restore(state.core)
     }

@@ -86,6 +86,10 @@ impl Persist for Console {
                 )));
             }
         }
+        // Receive chains are filled as they are taken; the transmit chain being written is held.
+        let mut in_flight = [0; 2];
+        in_flight[TX_QUEUE] = usize::from(state.tx_chain.is_some());
+        state.core.check_held(Self::NAME, &in_flight)?;
         self.core.restore(state.core)?;
         self.set_size(state.size.0, state.size.1);
         self.rx_pending = state.rx_pending;

@@ -80,6 +80,10 @@ impl Persist for Net {
             }
         }
         let held = self.check_held(&state)?;
+        // RX holds `held`; a TX frame that waits stays in the ring.
+        let mut in_flight = [0; 2];
+        in_flight[RX_QUEUE] = held.len();
+        state.core.check_held(Self::NAME, &in_flight)?;
         self.core.restore(state.core)?;
         self.held = held;
         self.rx_pending = state.rx_frame.map(|frame| {
