@@ -234,6 +234,23 @@ mod tests {
         assert!(a.lock().unwrap().restore(state).is_err());
     }
 
+    /// The device holds only chains with room (an empty one is returned at once when popped):
+    /// a held chain of zero bytes could never take a frame, and without MRG_RXBUF every frame
+    /// would be dropped against it while it stays held.
+    #[test]
+    fn a_held_chain_without_room_is_refused() {
+        let (_p, a) = net();
+        let _driver = Driver::new(a.clone(), 1 << VIRTIO_F_VERSION_1);
+        let mut state = a.lock().unwrap().save();
+        state.held.push(HeldChain {
+            head: 0,
+            bufs: vec![(DATA, 0)],
+        });
+        state.core.queues[RX_QUEUE].next_avail += 1;
+        let err = a.lock().unwrap().restore(state);
+        assert!(matches!(err, Err(PersistError::Mismatch { .. })), "{err:?}");
+    }
+
     /// A descriptor is the head of one chain the device holds at most: the same head twice
     /// (or more held chains than the queue has entries) would have the device return a chain
     /// the driver never made available, and put more entries in the used ring than the driver
@@ -251,7 +268,9 @@ mod tests {
             });
         }
         state.rx_frame = Some(vec![0; 60]);
+        state.core.queues[RX_QUEUE].next_avail += 2;
         let err = a.lock().unwrap().restore(state);
+        assert!(format!("{err:?}").contains("held RX chain 3"), "{err:?}");
         assert!(matches!(err, Err(PersistError::Mismatch { .. })), "{err:?}");
     }
 }
