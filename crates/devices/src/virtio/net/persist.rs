@@ -134,6 +134,12 @@ impl Net {
                 }
                 capacity = capacity.saturating_add(len as usize);
             }
+            if capacity == 0 {
+                return Err(mismatch(format!(
+                    "held RX chain {} has no room",
+                    chain.head
+                )));
+            }
             held.push_back(RxChain {
                 head: chain.head,
                 bufs: chain
