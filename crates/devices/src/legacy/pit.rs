@@ -881,6 +881,25 @@ mod persist {
             }
             assert!(fresh.timer.is_armed().unwrap());
         }
+
+        /// Channels 0 and 1 have their gates wired high (only channel 2's is on port 0x61): a
+        /// state with one low could never be changed by the guest, and channel 0 would never
+        /// count again (no timer interrupt).
+        #[test]
+        fn a_low_gate_on_channel_0_or_1_is_refused() {
+            let t0 = Instant::now();
+            let (p, _) = pit();
+            for ch in [0, 1] {
+                let mut state = p.save_at(t0);
+                state.channels[ch].gate = false;
+                let (mut fresh, _) = pit();
+                let err = fresh.restore_at(state, t0);
+                assert!(
+                    matches!(err, Err(PersistError::Mismatch { .. })),
+                    "channel {ch}: {err:?}"
+                );
+            }
+        }
     }
 }
 
