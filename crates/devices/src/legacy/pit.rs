@@ -711,6 +711,10 @@ mod persist {
             let channels: [Channel; 3] = channels.try_into().map_err(|c: Vec<Channel>| {
                 mismatch(format!("{} channels, the PIT has 3", c.len()))
             })?;
+            // Only channel 2's gate is on a port (0x61); the others are wired high.
+            if let Some(i) = channels[..2].iter().position(|c| !c.gate) {
+                return Err(mismatch(format!("channel {i}: gate low (wired high)")));
+            }
             let armed = match channels[0].next_edge(now) {
                 Some((first, period)) => {
                     self.timer.reset(first.max(Duration::from_nanos(1)), period)
