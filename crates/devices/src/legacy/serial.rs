@@ -448,6 +448,40 @@ mod persist {
             );
             assert_eq!(fresh.save(), before);
         }
+
+        /// This UART's transmitter is always empty (output goes straight to the backend) and it
+        /// reports no line errors; its interrupt identification is "none", THR empty and/or
+        /// data available. A state saying the transmitter is busy would leave a guest that
+        /// polls LSR before each byte waiting for ever; other values are refused likewise.
+        #[test]
+        fn line_and_interrupt_states_the_uart_never_has_are_refused() {
+            let (s, _irq, _out) = programmed();
+            let good = s.save();
+            assert_eq!(good.line_status, 0x61);
+            let mut bad = Vec::new();
+            for lsr in [0x01, 0x41, 0x21, 0xe1, 0x63] {
+                let mut st = good.clone();
+                st.line_status = lsr;
+                bad.push(st);
+            }
+            for iir in [0x00, 0x03, 0x08, 0xc1] {
+                let mut st = good.clone();
+                st.interrupt_identification = iir;
+                bad.push(st);
+            }
+            let (mut fresh, _irq2, _out2) = serial();
+            let before = fresh.save();
+            for state in bad {
+                let (lsr, iir) = (state.line_status, state.interrupt_identification);
+                let err = fresh.restore(state);
+                assert!(
+                    matches!(err, Err(PersistError::Mismatch { .. })),
+                    "LSR {lsr:#x} IIR {iir:#x}: {err:?}"
+                );
+                assert_eq!(fresh.save(), before);
+            }
+            fresh.restore(good).unwrap();
+        }
     }
 }
 
