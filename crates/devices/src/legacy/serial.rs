@@ -311,6 +311,15 @@ mod persist {
                     ),
                 });
             }
+            // LSR: data ready, THR empty and transmitter idle (always: output is written at
+            // once), no error bits. IIR: "none" alone, or THR empty and/or data available.
+            let (lsr, iir) = (state.line_status, state.interrupt_identification);
+            if lsr & !0x61 != 0 || lsr & 0x60 != 0x60 || ![1, 2, 4, 6].contains(&iir) {
+                return Err(PersistError::Mismatch {
+                    device: Self::NAME,
+                    why: format!("LSR {lsr:#04x} or IIR {iir:#04x}: this UART never has it"),
+                });
+            }
             let backend = |what| {
                 move |error| PersistError::Backend {
                     device: Self::NAME,
