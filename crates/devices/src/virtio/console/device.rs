@@ -211,31 +211,34 @@ impl Console {
         let mut done = 0usize;
         let mut bad = Vec::new();
         let pending = &self.rx_pending;
-        self.core.drain(RX_QUEUE, usize::MAX, |mem, chain| {
-            if done >= pending.len() {
-                return Step::Unpop;
-            }
-            let head = chain.head_index();
-            let mut written = 0u32;
-            for desc in chain {
-                if !desc.is_write_only() {
-                    bad.push(format!("receive chain {head}: device-readable buffer"));
-                    continue;
+        // At most a queue's worth of chains per call (the core kicks the queue for the rest):
+        // chains that take nothing would otherwise keep the loop going.
+        self.core
+            .drain(RX_QUEUE, usize::from(QUEUE_SIZE), |mem, chain| {
+                if done >= pending.len() {
+                    return Step::Unpop;
                 }
-                let rest = &pending[done..];
-                let n = rest.len().min(desc.len() as usize);
-                if n == 0 {
-                    break;
+                let head = chain.head_index();
+                let mut written = 0u32;
+                for desc in chain {
+                    if !desc.is_write_only() {
+                        bad.push(format!("receive chain {head}: device-readable buffer"));
+                        continue;
+                    }
+                    let rest = &pending[done..];
+                    let n = rest.len().min(desc.len() as usize);
+                    if n == 0 {
+                        break;
+                    }
+                    if let Err(e) = mem.write_slice(&rest[..n], desc.addr()) {
+                        bad.push(format!("receive chain {head}: {e}"));
+                        break;
+                    }
+                    done += n;
+                    written += n as u32;
                 }
-                if let Err(e) = mem.write_slice(&rest[..n], desc.addr()) {
-                    bad.push(format!("receive chain {head}: {e}"));
-                    break;
-                }
-                done += n;
-                written += n as u32;
-            }
-            Step::Used(written)
-        });
+                Step::Used(written)
+            });
         self.rx_bytes += done as u64;
         self.rx_pending.drain(..done);
         for why in bad {
