@@ -380,6 +380,14 @@ mod persist {
                         s.nano_tokens, b.capacity
                     ));
                 }
+                // A bucket is charged only when it holds a token (or the operation's whole
+                // cost), so no debt exceeds one operation's cost: at most u64::MAX tokens.
+                if s.nano_tokens < -i128::from(u64::MAX) * NANOS_PER_SEC {
+                    return Err(format!(
+                        "{what} bucket owes {} nano-tokens, more than any operation costs",
+                        s.nano_tokens.unsigned_abs()
+                    ));
+                }
                 b.nano_tokens = s.nano_tokens;
                 b.last = now;
                 Ok(())
@@ -553,6 +561,25 @@ mod persist {
                     format!("rate-limiter: saved state does not fit: {why}")
                 );
             }
+            assert_eq!(l.buckets.tokens(), before);
+        }
+
+        /// No bucket can owe more than one operation's cost (at most `u64::MAX` tokens): a
+        /// file claiming a deeper debt is refused, not left to overflow the wait computation
+        /// (a panic with overflow checks, a device stalled for centuries without).
+        #[test]
+        fn a_debt_no_operation_could_leave_is_refused() {
+            let cfg = limits(Some((1000, 500)), None);
+            let mut l = RateLimiter::new(&cfg).unwrap();
+            let before = l.buckets.tokens();
+            let mut state = l.save();
+            if let Some(b) = state.bytes.as_mut() {
+                b.nano_tokens = i128::MIN;
+            }
+            let err = l
+                .restore_versioned(Versioned { version: 1, state })
+                .unwrap_err();
+            assert!(matches!(err, PersistError::Mismatch { .. }), "{err}");
             assert_eq!(l.buckets.tokens(), before);
         }
     }

@@ -711,6 +711,10 @@ mod persist {
             let channels: [Channel; 3] = channels.try_into().map_err(|c: Vec<Channel>| {
                 mismatch(format!("{} channels, the PIT has 3", c.len()))
             })?;
+            // Only channel 2's gate is on a port (0x61); the others are wired high.
+            if let Some(i) = channels[..2].iter().position(|c| !c.gate) {
+                return Err(mismatch(format!("channel {i}: gate low (wired high)")));
+            }
             let armed = match channels[0].next_edge(now) {
                 Some((first, period)) => {
                     self.timer.reset(first.max(Duration::from_nanos(1)), period)
@@ -880,6 +884,25 @@ mod persist {
                 assert_eq!(fresh.save_at(t0), before);
             }
             assert!(fresh.timer.is_armed().unwrap());
+        }
+
+        /// Channels 0 and 1 have their gates wired high (only channel 2's is on port 0x61): a
+        /// state with one low could never be changed by the guest, and channel 0 would never
+        /// count again (no timer interrupt).
+        #[test]
+        fn a_low_gate_on_channel_0_or_1_is_refused() {
+            let t0 = Instant::now();
+            let (p, _) = pit();
+            for ch in [0, 1] {
+                let mut state = p.save_at(t0);
+                state.channels[ch].gate = false;
+                let (mut fresh, _) = pit();
+                let err = fresh.restore_at(state, t0);
+                assert!(
+                    matches!(err, Err(PersistError::Mismatch { .. })),
+                    "channel {ch}: {err:?}"
+                );
+            }
         }
     }
 }

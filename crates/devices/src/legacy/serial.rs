@@ -311,6 +311,15 @@ mod persist {
                     ),
                 });
             }
+            // LSR: data ready, THR empty and transmitter idle (always: output is written at
+            // once), no error bits. IIR: "none" alone, or THR empty and/or data available.
+            let (lsr, iir) = (state.line_status, state.interrupt_identification);
+            if lsr & !0x61 != 0 || lsr & 0x60 != 0x60 || ![1, 2, 4, 6].contains(&iir) {
+                return Err(PersistError::Mismatch {
+                    device: Self::NAME,
+                    why: format!("LSR {lsr:#04x} or IIR {iir:#04x}: this UART never has it"),
+                });
+            }
             let backend = |what| {
                 move |error| PersistError::Backend {
                     device: Self::NAME,
@@ -447,6 +456,40 @@ mod persist {
                 "serial: saved state does not fit: 65 bytes in the receive FIFO, which holds 64"
             );
             assert_eq!(fresh.save(), before);
+        }
+
+        /// This UART's transmitter is always empty (output goes straight to the backend) and it
+        /// reports no line errors; its interrupt identification is "none", THR empty and/or
+        /// data available. A state saying the transmitter is busy would leave a guest that
+        /// polls LSR before each byte waiting for ever; other values are refused likewise.
+        #[test]
+        fn line_and_interrupt_states_the_uart_never_has_are_refused() {
+            let (s, _irq, _out) = programmed();
+            let good = s.save();
+            assert_eq!(good.line_status, 0x61);
+            let mut bad = Vec::new();
+            for lsr in [0x01, 0x41, 0x21, 0xe1, 0x63] {
+                let mut st = good.clone();
+                st.line_status = lsr;
+                bad.push(st);
+            }
+            for iir in [0x00, 0x03, 0x08, 0xc1] {
+                let mut st = good.clone();
+                st.interrupt_identification = iir;
+                bad.push(st);
+            }
+            let (mut fresh, _irq2, _out2) = serial();
+            let before = fresh.save();
+            for state in bad {
+                let (lsr, iir) = (state.line_status, state.interrupt_identification);
+                let err = fresh.restore(state);
+                assert!(
+                    matches!(err, Err(PersistError::Mismatch { .. })),
+                    "LSR {lsr:#x} IIR {iir:#x}: {err:?}"
+                );
+                assert_eq!(fresh.save(), before);
+            }
+            fresh.restore(good).unwrap();
         }
     }
 }

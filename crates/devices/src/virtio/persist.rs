@@ -36,6 +36,34 @@ pub struct CoreState {
     pub queues: Vec<QueuePosition>,
 }
 
+impl CoreState {
+    /// Checks that every queue's chains taken and not yet returned (`next_avail - next_used`)
+    /// are the `held[q]` the device's own state holds: chains are returned in the order they
+    /// were taken, and a device holds none but those. A failed device is exempt (the chain it
+    /// failed on was taken and never returned; nothing is served until a reset).
+    pub(crate) fn check_held(
+        &self,
+        device: &'static str,
+        held: &[usize],
+    ) -> Result<(), PersistError> {
+        if self.failed {
+            return Ok(());
+        }
+        for (q, (pos, &n)) in self.queues.iter().zip(held).enumerate() {
+            let taken = pos.next_avail.wrapping_sub(pos.next_used);
+            if usize::from(taken) != n {
+                return Err(PersistError::Mismatch {
+                    device,
+                    why: format!(
+                        "queue {q}: {taken} chains taken and not returned, the device holds {n}"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Persist for VirtioCore {
     const NAME: &'static str = "virtio";
     const STATE_VERSION: u16 = 1;
@@ -67,8 +95,18 @@ impl Persist for VirtioCore {
         };
         let name = self.name().to_string();
         match (&mut self.active, state.activated) {
-            (None, false) => {}
+            (None, false) => {
+                if state.failed {
+                    return Err(mismatch(format!("{name}: failed, but never activated")));
+                }
+            }
             (Some(active), true) => {
+                // Failing asks the driver for a reset; the transport's state says whether it did.
+                if state.failed && !active.interrupt.needs_reset() {
+                    return Err(mismatch(format!(
+                        "{name}: failed, but the transport shows no DEVICE_NEEDS_RESET"
+                    )));
+                }
                 if active.acked_features != state.acked_features {
                     return Err(mismatch(format!(
                         "{}: saved features {:#x}, the transport activated it with {:#x}",
@@ -81,6 +119,18 @@ impl Persist for VirtioCore {
                         name,
                         state.queues.len(),
                         active.queues.len()
+                    )));
+                }
+                let event_idx = active.acked_features & (1 << super::VIRTIO_RING_F_EVENT_IDX) != 0;
+                if let Some(q) = state.queues.iter().position(|p| p.event_idx != event_idx) {
+                    return Err(mismatch(format!(
+                        "{name}: queue {q}: EVENT_IDX {}, the driver {} it",
+                        if event_idx { "off" } else { "on" },
+                        if event_idx {
+                            "accepted"
+                        } else {
+                            "did not accept"
+                        }
                     )));
                 }
                 for (queue, pos) in active.queues.iter_mut().zip(&state.queues) {
@@ -208,6 +258,12 @@ impl Persist for MmioTransport {
                 state.config_generation
             )));
         }
+        if let Some(why) = status_problem(&state) {
+            return Err(mismatch(format!(
+                "device type {}: status {:#x}: {why}",
+                self.device_type, state.status
+            )));
+        }
         self.reset();
         for (i, (queue, regs)) in self.queues.iter_mut().zip(&state.queues).enumerate() {
             let set = queue
@@ -241,6 +297,39 @@ impl Persist for MmioTransport {
             .restore(state.interrupt_status, state.needs_reset);
         Ok(())
     }
+}
+
+/// Why a saved Status cannot be one the transport reached, if it cannot: bits are set in the
+/// order ACKNOWLEDGE, DRIVER, FEATURES_OK (only with VERSION_1 accepted), DRIVER_OK; FAILED at any
+/// time. DRIVER_OK activates the device unless FAILED is set or the device asked for a reset;
+/// the device stays activated until Status is reset to 0.
+fn status_problem(state: &MmioState) -> Option<&'static str> {
+    use virtio_bindings::virtio_config::{
+        VIRTIO_CONFIG_S_ACKNOWLEDGE as ACK, VIRTIO_CONFIG_S_DRIVER as DRIVER,
+        VIRTIO_CONFIG_S_DRIVER_OK as DRIVER_OK, VIRTIO_CONFIG_S_FAILED as FAILED,
+        VIRTIO_CONFIG_S_FEATURES_OK as FEATURES_OK,
+    };
+    let status = state.status;
+    let has = |bit: u32| status & bit != 0;
+    if status & !(ACK | DRIVER | FEATURES_OK | DRIVER_OK | FAILED) != 0 {
+        return Some("bits the transport never sets");
+    }
+    if (has(DRIVER) && !has(ACK))
+        || (has(FEATURES_OK) && !has(DRIVER))
+        || (has(DRIVER_OK) && !has(FEATURES_OK))
+    {
+        return Some("a bit set without the one before it");
+    }
+    if has(FEATURES_OK) && state.acked_features & (1 << super::VIRTIO_F_VERSION_1) == 0 {
+        return Some("FEATURES_OK without VIRTIO_F_VERSION_1");
+    }
+    if state.activated && !has(DRIVER_OK) {
+        return Some("activated without DRIVER_OK");
+    }
+    if has(DRIVER_OK) && !state.activated && !has(FAILED) && !state.needs_reset {
+        return Some("DRIVER_OK, not activated, and no failure or reset request");
+    }
+    None
 }
 
 #[cfg(test)]
@@ -452,5 +541,72 @@ mod tests {
             queues: vec![],
         };
         assert!(dev2.lock().unwrap().0.restore(core).is_err());
+    }
+
+    /// The transport turns EVENT_IDX on in the queues exactly when the driver accepted it; a
+    /// saved queue that says otherwise would have the device read a `used_event` the driver
+    /// does not write (or not write the `avail_event` it reads) and the driver would wait for
+    /// ever.
+    #[test]
+    fn event_idx_against_the_accepted_features_is_refused() {
+        let dev = bare();
+        let driver = Driver::new(dev.clone(), FEATURES);
+        let mut state = dev.lock().unwrap().0.save();
+        state.queues[1].event_idx = false;
+        assert!(dev.lock().unwrap().0.restore(state).is_err());
+        drop(driver);
+
+        let dev = bare();
+        let _driver = Driver::new(dev.clone(), 1 << VIRTIO_F_VERSION_1);
+        let mut state = dev.lock().unwrap().0.save();
+        state.queues[0].event_idx = true;
+        assert!(dev.lock().unwrap().0.restore(state).is_err());
+    }
+
+    /// `activated` and Status must agree: an activated transport whose Status lacks DRIVER_OK
+    /// would let the driver rewrite the queue registers and set DRIVER_OK again, activating the
+    /// running device a second time without a reset; unknown Status bits cannot be set either.
+    #[test]
+    fn a_status_that_disagrees_with_the_activation_is_refused() {
+        let dev = bare();
+        let driver = Driver::new(dev.clone(), FEATURES);
+        let good = driver.transport.save();
+        assert_eq!(good.status, 0xf);
+        let (mut t2, _dev2) = fresh_transport(&driver.mem);
+        let mut bad = Vec::new();
+        let mut s = good.clone();
+        s.status = 0xb;
+        bad.push(s);
+        let mut s = good.clone();
+        s.status = 0;
+        bad.push(s);
+        let mut s = good.clone();
+        s.status |= 0x10;
+        bad.push(s);
+        for state in bad {
+            let status = state.status;
+            assert!(t2.restore(state).is_err(), "status {status:#x}");
+            assert!(!t2.is_activated());
+        }
+        t2.restore(good).unwrap();
+        assert!(t2.is_activated());
+    }
+
+    /// A failed device has asked for a reset (DEVICE_NEEDS_RESET): one saved as failed while
+    /// its transport says no reset was asked for would serve nothing and the driver would never
+    /// learn why.
+    #[test]
+    fn a_failure_the_driver_was_not_told_of_is_refused() {
+        let dev = bare();
+        let driver = Driver::new(dev.clone(), FEATURES);
+        assert!(!driver.transport.interrupt().needs_reset());
+        let mut state = dev.lock().unwrap().0.save();
+        state.failed = true;
+        assert!(dev.lock().unwrap().0.restore(state.clone()).is_err());
+        // Not activated: nothing can have failed.
+        let idle = bare();
+        let mut state = idle.lock().unwrap().0.save();
+        state.failed = true;
+        assert!(idle.lock().unwrap().0.restore(state).is_err());
     }
 }

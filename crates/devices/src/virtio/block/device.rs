@@ -144,8 +144,10 @@ impl Block {
         self.core.is_activated()
     }
 
-    /// Serves every available request, then interrupts the driver if it wants to know. A
-    /// request the rate limiter refuses stays in the ring; the limiter's timer brings us back.
+    /// Serves the available requests, at most [`QUEUE_SIZE`] per call (the core kicks the
+    /// queue to come back for the rest after the event loop's other work), then interrupts the
+    /// driver if it wants to know. A request the rate limiter refuses stays in the ring; the
+    /// limiter's timer brings us back.
     pub(super) fn process_queue(&mut self) {
         let Block {
             core,
@@ -154,7 +156,7 @@ impl Block {
             throttled,
             ..
         } = self;
-        core.drain(0, usize::MAX, |mem, chain| {
+        core.drain(0, usize::from(QUEUE_SIZE), |mem, chain| {
             if let Some(limiter) = rate_limiter.as_mut() {
                 if !limiter.try_consume(request::data_len(&chain), 1) {
                     *throttled = true;

@@ -847,3 +847,59 @@ fn rate_limited_requests_wait_in_the_ring_then_all_complete() {
         assert!(!h.block.throttled);
     }
 }
+
+/// One queue notification serves a bounded number of requests, as virtio-net's TX does: a
+/// guest that keeps posting from another vCPU must not hold the event loop (and with it every
+/// other device, console input and the VM's exit) in one `process_queue` call.
+#[test]
+fn a_guest_that_keeps_posting_does_not_hold_the_event_loop() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const CHAINS: u16 = QSIZE / 3;
+    const POSTS: u16 = 50_000;
+    let mut h = Harness::new(false, None, false);
+    h.header(VIRTIO_BLK_T_IN, 0);
+    let table = DescriptorTable::new(&h.mem, GuestAddress(DESC_TABLE), QSIZE);
+    for c in 0..CHAINS {
+        let (hdr_at, data_at, st_at) = (3 * c, 3 * c + 1, 3 * c + 2);
+        let d = SplitDescriptor::new(HDR, 16, F_NEXT, data_at);
+        table.store(hdr_at, RawDescriptor::from(d)).unwrap();
+        let d = SplitDescriptor::new(DATA, 512, F_NEXT | F_WRITE, st_at);
+        table.store(data_at, RawDescriptor::from(d)).unwrap();
+        let d = SplitDescriptor::new(STATUS, 1, F_WRITE, 0);
+        table.store(st_at, RawDescriptor::from(d)).unwrap();
+    }
+    let _ = h.block.queue_evts[0].read();
+    // The other vCPU: re-posts every chain as soon as the device returns it.
+    let mem = h.mem.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let poster = std::thread::spawn(move || {
+        let mut avail = 0u16;
+        while avail < POSTS && !stopped.load(Ordering::Relaxed) {
+            let used: u16 = mem.load(GuestAddress(USED + 2), Ordering::Acquire).unwrap();
+            if avail.wrapping_sub(used) >= CHAINS {
+                std::hint::spin_loop();
+                continue;
+            }
+            let slot = AVAIL + 4 + 2 * u64::from(avail % QSIZE);
+            mem.write_obj(3 * (avail % CHAINS), GuestAddress(slot))
+                .unwrap();
+            avail += 1;
+            mem.store(avail, GuestAddress(AVAIL + 2), Ordering::Release)
+                .unwrap();
+        }
+    });
+    while h.mem.read_obj::<u16>(GuestAddress(AVAIL + 2)).unwrap() < CHAINS {
+        std::hint::spin_loop();
+    }
+    h.block.process_queue();
+    let served = h.used_idx();
+    stop.store(true, Ordering::Relaxed);
+    poster.join().unwrap();
+    assert!(
+        served <= QUEUE_SIZE,
+        "one notification served {served} requests"
+    );
+    assert!(!h.interrupt.needs_reset());
+}

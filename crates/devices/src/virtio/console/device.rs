@@ -15,6 +15,10 @@ use crate::Error;
 
 /// How much guest output is copied out of guest memory at a time.
 const TX_CHUNK: usize = 16 << 10;
+/// How much guest output one event copies at most (each chain taken counts as at least
+/// `TX_BUDGET / QUEUE_SIZE` bytes); the transmit queue is kicked for the rest, so the event
+/// loop serves the other devices in between.
+const TX_BUDGET: usize = 1 << 20;
 /// How much host input is read at a time (only when the guest has a buffer posted).
 const RX_CHUNK: usize = 4096;
 /// struct virtio_console_config: cols (le16), rows (le16), max_nr_ports (le32), emerg_wr (le32).
@@ -207,31 +211,34 @@ impl Console {
         let mut done = 0usize;
         let mut bad = Vec::new();
         let pending = &self.rx_pending;
-        self.core.drain(RX_QUEUE, usize::MAX, |mem, chain| {
-            if done >= pending.len() {
-                return Step::Unpop;
-            }
-            let head = chain.head_index();
-            let mut written = 0u32;
-            for desc in chain {
-                if !desc.is_write_only() {
-                    bad.push(format!("receive chain {head}: device-readable buffer"));
-                    continue;
+        // At most a queue's worth of chains per call (the core kicks the queue for the rest):
+        // chains that take nothing would otherwise keep the loop going.
+        self.core
+            .drain(RX_QUEUE, usize::from(QUEUE_SIZE), |mem, chain| {
+                if done >= pending.len() {
+                    return Step::Unpop;
                 }
-                let rest = &pending[done..];
-                let n = rest.len().min(desc.len() as usize);
-                if n == 0 {
-                    break;
+                let head = chain.head_index();
+                let mut written = 0u32;
+                for desc in chain {
+                    if !desc.is_write_only() {
+                        bad.push(format!("receive chain {head}: device-readable buffer"));
+                        continue;
+                    }
+                    let rest = &pending[done..];
+                    let n = rest.len().min(desc.len() as usize);
+                    if n == 0 {
+                        break;
+                    }
+                    if let Err(e) = mem.write_slice(&rest[..n], desc.addr()) {
+                        bad.push(format!("receive chain {head}: {e}"));
+                        break;
+                    }
+                    done += n;
+                    written += n as u32;
                 }
-                if let Err(e) = mem.write_slice(&rest[..n], desc.addr()) {
-                    bad.push(format!("receive chain {head}: {e}"));
-                    break;
-                }
-                done += n;
-                written += n as u32;
-            }
-            Step::Used(written)
-        });
+                Step::Used(written)
+            });
         self.rx_bytes += done as u64;
         self.rx_pending.drain(..done);
         for why in bad {
@@ -276,10 +283,12 @@ impl Console {
         false
     }
 
-    /// Sends guest output to the backend until the queue is empty or the backend is full (then
-    /// it resumes when the event loop sees the backend writable).
+    /// Sends guest output to the backend until the queue is empty, the backend is full (then
+    /// it resumes when the event loop sees the backend writable) or [`TX_BUDGET`] is spent (then
+    /// the queue is kicked).
     pub(super) fn process_tx(&mut self) {
         let mut used_any = false;
+        let mut budget = TX_BUDGET;
         loop {
             while self.tx_pos < self.tx_stage.len() {
                 match self.chardev.write(&self.tx_stage[self.tx_pos..]) {
@@ -300,7 +309,13 @@ impl Console {
             }
             self.tx_stage.clear();
             self.tx_pos = 0;
+            if budget == 0 {
+                // Come back for the rest after the others had their turn.
+                self.core.kick(TX_QUEUE);
+                break;
+            }
             if self.stage_next() {
+                budget = budget.saturating_sub(self.tx_stage.len());
                 continue;
             }
             if let Some(chain) = self.tx_chain.take() {
@@ -314,6 +329,8 @@ impl Console {
             if !self.take_tx_chain() {
                 break;
             }
+            // Each chain counts too, so empty ones cannot keep the loop going either.
+            budget = budget.saturating_sub(TX_BUDGET / usize::from(QUEUE_SIZE));
         }
         self.notify_tx(used_any);
     }

@@ -7,9 +7,10 @@ use serde::{Deserialize, Serialize};
 use vm_memory::GuestAddress;
 
 use super::device::TxChain;
-use super::{Console, QUEUE_SIZE};
+use super::{Console, TX_QUEUE};
 use crate::persist::{Persist, PersistError};
 use crate::virtio::CoreState;
+use virtio_queue::QueueT;
 
 /// The transmit chain being written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,7 +70,14 @@ impl Persist for Console {
             why,
         };
         if let Some(chain) = &state.tx_chain {
-            if !state.core.activated || chain.head >= QUEUE_SIZE || chain.seg > chain.segs.len() {
+            // The transport's restore activated the core with the queues the driver configured.
+            let size = self
+                .core
+                .active
+                .as_ref()
+                .and_then(|a| a.queues.get(TX_QUEUE))
+                .map_or(0, |q| q.size());
+            if !state.core.activated || chain.head >= size || chain.seg > chain.segs.len() {
                 return Err(mismatch(format!(
                     "transmit chain {} (buffer {} of {}) does not fit",
                     chain.head,
@@ -78,6 +86,10 @@ impl Persist for Console {
                 )));
             }
         }
+        // Receive chains are filled as they are taken; the transmit chain being written is held.
+        let mut in_flight = [0; 2];
+        in_flight[TX_QUEUE] = usize::from(state.tx_chain.is_some());
+        state.core.check_held(Self::NAME, &in_flight)?;
         self.core.restore(state.core)?;
         self.set_size(state.size.0, state.size.1);
         self.rx_pending = state.rx_pending;
@@ -177,5 +189,23 @@ mod tests {
             .read_slice(&mut got, GuestAddress(DATA + 0x100))
             .unwrap();
         assert_eq!(&got, b"hi");
+    }
+
+    /// The transmit chain's head is checked against the size the driver gave the queue (16
+    /// here), not the device's maximum: a head beyond it can never be returned, and the
+    /// restored device would fail on its first transmit.
+    #[test]
+    fn a_transmit_chain_beyond_the_configured_queue_is_refused() {
+        let (_o, a) = console();
+        let _driver = Driver::new(a.clone(), 1 << VIRTIO_F_VERSION_1);
+        let mut state = a.lock().unwrap().save();
+        state.tx_chain = Some(TxChainState {
+            head: 100,
+            segs: vec![(DATA, 10)],
+            seg: 0,
+            off: 0,
+        });
+        let err = a.lock().unwrap().restore(state);
+        assert!(matches!(err, Err(PersistError::Mismatch { .. })), "{err:?}");
     }
 }

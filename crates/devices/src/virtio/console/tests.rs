@@ -184,3 +184,80 @@ fn size_is_offered_and_changes_raise_a_config_interrupt() {
     h.console.read_config(u64::MAX - 1, &mut far);
     assert_eq!(far, [0; 4]);
 }
+
+/// One transmit event copies a bounded amount of guest output: a chain of descriptors that each
+/// cover most of guest memory (here 16 × 960 KiB; with 256 descriptors of up to 4 GiB, a
+/// terabyte) must not hold the event loop while a backend that never blocks (a file) takes it
+/// all. The rest follows on the next events (the queue is kicked), nothing lost or repeated.
+#[test]
+fn one_transmit_event_copies_a_bounded_amount() {
+    let mut h = Harness::new(None, None, 1 << VIRTIO_F_VERSION_1);
+    let len = (MEM_SIZE - DATA) as u32;
+    let descs = vec![(DATA, len, 0); usize::from(QSIZE)];
+    let head = h.add_chain(TX_QUEUE, &descs);
+    let total = u64::from(len) * u64::from(QSIZE);
+    let _ = h.console.queue_events()[TX_QUEUE].read();
+    h.console.process_tx();
+    let first = h.output().len() as u64;
+    assert!(
+        first <= 2 << 20,
+        "one event copied {first} of {total} bytes"
+    );
+    assert_eq!(h.console.queue_events()[TX_QUEUE].read().unwrap(), 1);
+    let mut events = 1;
+    while h.used_idx(TX_QUEUE) == 0 {
+        events += 1;
+        assert!(events < 100, "stuck at {} bytes", h.output().len());
+        h.console.process_tx();
+    }
+    assert_eq!(h.output().len() as u64, total);
+    assert_eq!(h.used(TX_QUEUE, 0), (u32::from(head), 0));
+}
+
+/// One receive event serves a bounded number of chains: receive buffers that take nothing (zero
+/// bytes), re-posted by the guest from another vCPU as fast as they are returned, must not keep
+/// `process_rx` (and the event loop) going.
+#[test]
+fn a_guest_that_keeps_posting_empty_receive_buffers_does_not_hold_the_event_loop() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const POSTS: u16 = 50_000;
+    let mut h = Harness::new(None, None, 1 << VIRTIO_F_VERSION_1);
+    let (desc, avail, used) = RINGS[RX_QUEUE];
+    for i in 0..QSIZE {
+        let d = virtio_queue::desc::split::Descriptor::new(DATA, 0, F_WRITE, 0);
+        virtio_queue::mock::DescriptorTable::new(&h.mem, GuestAddress(desc), QSIZE)
+            .store(i, virtio_queue::desc::RawDescriptor::from(d))
+            .unwrap();
+    }
+    h.console.rx_pending = b"x".to_vec();
+    let mem = h.mem.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let poster = std::thread::spawn(move || {
+        let mut idx = 0u16;
+        while idx < POSTS && !stopped.load(Ordering::Relaxed) {
+            let done: u16 = mem.load(GuestAddress(used + 2), Ordering::Acquire).unwrap();
+            if idx.wrapping_sub(done) >= QSIZE {
+                std::hint::spin_loop();
+                continue;
+            }
+            let slot = avail + 4 + 2 * u64::from(idx % QSIZE);
+            mem.write_obj(idx % QSIZE, GuestAddress(slot)).unwrap();
+            idx += 1;
+            mem.store(idx, GuestAddress(avail + 2), Ordering::Release)
+                .unwrap();
+        }
+    });
+    while h.mem.read_obj::<u16>(GuestAddress(avail + 2)).unwrap() < QSIZE {
+        std::hint::spin_loop();
+    }
+    h.console.process_rx();
+    let served = h.used_idx(RX_QUEUE);
+    stop.store(true, Ordering::Relaxed);
+    poster.join().unwrap();
+    assert!(
+        served <= QUEUE_SIZE,
+        "one event returned {served} receive chains"
+    );
+}

@@ -80,6 +80,10 @@ impl Persist for Net {
             }
         }
         let held = self.check_held(&state)?;
+        // RX holds `held`; a TX frame that waits stays in the ring.
+        let mut in_flight = [0; 2];
+        in_flight[RX_QUEUE] = held.len();
+        state.core.check_held(Self::NAME, &in_flight)?;
         self.core.restore(state.core)?;
         self.held = held;
         self.rx_pending = state.rx_frame.map(|frame| {
@@ -111,7 +115,10 @@ impl Net {
             else {
                 return Err(mismatch("held RX chains in a device not activated".into()));
             };
-            if chain.head >= rx.size() || chain.bufs.is_empty() {
+            if chain.head >= rx.size()
+                || chain.bufs.is_empty()
+                || held.iter().any(|h: &RxChain| h.head == chain.head)
+            {
                 return Err(mismatch(format!(
                     "held RX chain {} is not valid",
                     chain.head
@@ -126,6 +133,12 @@ impl Net {
                     )));
                 }
                 capacity = capacity.saturating_add(len as usize);
+            }
+            if capacity == 0 {
+                return Err(mismatch(format!(
+                    "held RX chain {} has no room",
+                    chain.head
+                )));
             }
             held.push_back(RxChain {
                 head: chain.head,
@@ -225,5 +238,45 @@ mod tests {
             bufs: vec![(DATA, 32)],
         });
         assert!(a.lock().unwrap().restore(state).is_err());
+    }
+
+    /// The device holds only chains with room (an empty one is returned at once when popped):
+    /// a held chain of zero bytes could never take a frame, and without MRG_RXBUF every frame
+    /// would be dropped against it while it stays held.
+    #[test]
+    fn a_held_chain_without_room_is_refused() {
+        let (_p, a) = net();
+        let _driver = Driver::new(a.clone(), 1 << VIRTIO_F_VERSION_1);
+        let mut state = a.lock().unwrap().save();
+        state.held.push(HeldChain {
+            head: 0,
+            bufs: vec![(DATA, 0)],
+        });
+        state.core.queues[RX_QUEUE].next_avail += 1;
+        let err = a.lock().unwrap().restore(state);
+        assert!(matches!(err, Err(PersistError::Mismatch { .. })), "{err:?}");
+    }
+
+    /// A descriptor is the head of one chain the device holds at most: the same head twice
+    /// (or more held chains than the queue has entries) would have the device return a chain
+    /// the driver never made available, and put more entries in the used ring than the driver
+    /// posted.
+    #[test]
+    fn a_head_held_twice_is_refused() {
+        let (_p, a) = net();
+        let features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF);
+        let _driver = Driver::new(a.clone(), features);
+        let mut state = a.lock().unwrap().save();
+        for _ in 0..2 {
+            state.held.push(HeldChain {
+                head: 3,
+                bufs: vec![(DATA, 32)],
+            });
+        }
+        state.rx_frame = Some(vec![0; 60]);
+        state.core.queues[RX_QUEUE].next_avail += 2;
+        let err = a.lock().unwrap().restore(state);
+        assert!(format!("{err:?}").contains("held RX chain 3"), "{err:?}");
+        assert!(matches!(err, Err(PersistError::Mismatch { .. })), "{err:?}");
     }
 }
