@@ -381,6 +381,21 @@ fn connect(path: &Path) -> UnixStream {
     }
 }
 
+/// The console guest, waiting for a line of input, with its console on a socket at `sock` and
+/// the serial port on `serial`.
+fn console_on_socket(sock: &Path, serial: &str) -> Spawned {
+    Spawned::new(&[
+        "--kernel",
+        VIRTIO_CONSOLE,
+        "--cmdline",
+        "console_rx=1",
+        "--console",
+        &format!("socket={}", s(sock)),
+        "--serial",
+        serial,
+    ])
+}
+
 /// Output written before the client connects is kept and replayed; input typed on the socket
 /// reaches the guest; a second client is refused while the first is connected.
 #[test]
@@ -388,16 +403,7 @@ fn boot_console_on_unix_socket() {
     require_kvm!();
     let scratch = Scratch::new("console-socket");
     let sock = scratch.path("hvc0.sock");
-    let vmm = Spawned::new(&[
-        "--kernel",
-        VIRTIO_CONSOLE,
-        "--cmdline",
-        "console_rx=1",
-        "--console",
-        &format!("socket={}", s(&sock)),
-        "--serial",
-        "stdio",
-    ]);
+    let vmm = console_on_socket(&sock, "stdio");
     let mut client = connect(&sock);
     client
         .set_read_timeout(Some(Duration::from_millis(200)))
@@ -431,16 +437,7 @@ fn boot_console_on_unix_socket() {
 fn serial_report_on(serial_arg: &str, open_serial: impl FnOnce(&mut Spawned) -> Box<dyn Read>) {
     let scratch = Scratch::new("serial-backend");
     let sock = scratch.path("hvc0.sock");
-    let mut vmm = Spawned::new(&[
-        "--kernel",
-        VIRTIO_CONSOLE,
-        "--cmdline",
-        "console_rx=1",
-        "--console",
-        &format!("socket={}", s(&sock)),
-        "--serial",
-        serial_arg,
-    ]);
+    let mut vmm = console_on_socket(&sock, serial_arg);
     let mut serial = open_serial(&mut vmm);
     let mut client = connect(&sock);
     client

@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn low_memory_areas_do_not_overlap() {
-        // (start, end) of every fixed low-memory area, in address order.
+        // (start, end) of every fixed low-memory area.
         let areas = [
             (BOOT_GDT_START, BOOT_GDT_START + 8 * BOOT_GDT_ENTRIES as u64),
             (BOOT_IDT_START, BOOT_IDT_START + 8),
@@ -144,15 +144,7 @@ mod tests {
             (MPTABLE_START, MPTABLE_LIMIT),
             (HIMEM_START, MMIO_GAP_START),
         ];
-        for pair in areas.windows(2) {
-            assert!(pair[0].0 < pair[0].1);
-            assert!(
-                pair[0].1 <= pair[1].0,
-                "{:x?} overlaps {:x?}",
-                pair[0],
-                pair[1]
-            );
-        }
+        assert_disjoint(areas.to_vec());
     }
 
     /// Fails if any two (start, end) ranges overlap.
