@@ -18,8 +18,10 @@
 //! runs, per thread, next to its code ([`devices::seccomp`]); the router the I/O APIC calls declares
 //! its KVM ioctl beside the KVM numbers (`kvm_nr.rs`). This module adds what the VMM core needs
 //! (`COMMON` on every thread, KVM_RUN on the vCPUs, epoll on the event loop, the argument rules
-//! below) and compiles the union per kind. The filters depend on the kind of thread only, not on
-//! the VM's configuration: every device type's declaration is in them.
+//! below) and compiles the union per kind; `COMMON`, the common `fcntl` commands, the argument
+//! rules and the compilation are shared with the jail's supervisor ([`seccomp_rules`]). The
+//! filters depend on the kind of thread only, not on the VM's configuration: every device type's
+//! declaration is in them.
 //!
 //! There is no other thread (console input is read on the event loop). Every thread the VMM starts
 //! is filtered unless seccomp is off; the caller's own thread only with [`SeccompMode::AllThreads`].
@@ -42,14 +44,11 @@
 mod syscall_names;
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::sync::{Arc, Once, OnceLock};
 
 use devices::seccomp::{SyscallRule, Syscalls, Thread};
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
+use seccomp_rules::{no_exec, one_of, send_connected, tgkill_self, Rules, COMMON, FCNTL_CMDS};
+use seccompiler::{BackendError, BpfProgram};
 use vmm_sys_util::signal::register_signal_handler;
 
 use crate::error::{Error, Result};
@@ -125,30 +124,6 @@ impl Filters {
     }
 }
 
-/// The system calls every kind of thread makes: memory management (glibc's malloc), locks, the
-/// return from a signal handler, logging to stderr, thread and process exit.
-const COMMON: &[i64] = &[
-    libc::SYS_read,
-    libc::SYS_write,
-    libc::SYS_readv,
-    libc::SYS_writev,
-    libc::SYS_close,
-    libc::SYS_futex,
-    libc::SYS_sched_yield,
-    libc::SYS_munmap,
-    libc::SYS_madvise,
-    libc::SYS_mremap,
-    libc::SYS_brk,
-    libc::SYS_rt_sigreturn,
-    libc::SYS_rt_sigprocmask,
-    libc::SYS_sigaltstack,
-    libc::SYS_clock_gettime,
-    libc::SYS_getpid,
-    libc::SYS_gettid,
-    libc::SYS_exit,
-    libc::SYS_exit_group,
-];
-
 /// The event loop's own calls (the VMM core's; devices declare theirs): epoll.
 const VMM_CORE: &[SyscallRule] = &[
     SyscallRule::Any(libc::SYS_epoll_wait),
@@ -209,17 +184,8 @@ fn ioctls(kind: ThreadKind) -> Vec<u64> {
     v
 }
 
-/// `fcntl` commands every kind may use: flags (O_NONBLOCK), close-on-exec, and the debug-build
-/// check that a closed fd was open (F_GETFD). Devices may declare more.
-const FCNTL_CMDS: &[i32] = &[
-    libc::F_GETFD,
-    libc::F_SETFD,
-    libc::F_GETFL,
-    libc::F_SETFL,
-    libc::F_DUPFD_CLOEXEC,
-];
-
-/// The `fcntl` commands of a kind: [`FCNTL_CMDS`] and its [`declared`] ones, each once.
+/// The `fcntl` commands of a kind: [`FCNTL_CMDS`] (every kind's) and its [`declared`] ones, each
+/// once.
 fn fcntl_cmds(kind: ThreadKind) -> Vec<u64> {
     let mut v: Vec<u64> = FCNTL_CMDS.iter().map(|&c| c as u64).collect();
     for rule in declared(kind) {
@@ -232,25 +198,9 @@ fn fcntl_cmds(kind: ThreadKind) -> Vec<u64> {
     v
 }
 
-fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> std::result::Result<SeccompCondition, String> {
-    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).map_err(|e| e.to_string())
-}
-
-fn rule(conds: Vec<SeccompCondition>) -> std::result::Result<SeccompRule, String> {
-    SeccompRule::new(conds).map_err(|e| e.to_string())
-}
-
-/// One rule per allowed value of argument `arg`.
-fn one_of(arg: u8, values: &[u64]) -> std::result::Result<Vec<SeccompRule>, String> {
-    values
-        .iter()
-        .map(|&v| rule(vec![cond(arg, SeccompCmpOp::Eq, v)?]))
-        .collect()
-}
-
 /// The rules of a kind: syscall number to the rules (any of which allows it; none: always).
-fn rules(kind: ThreadKind) -> std::result::Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
-    let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+fn rules(kind: ThreadKind) -> std::result::Result<Rules, BackendError> {
+    let mut map = Rules::new();
     for &nr in COMMON {
         map.insert(nr, Vec::new());
     }
@@ -261,63 +211,28 @@ fn rules(kind: ThreadKind) -> std::result::Result<BTreeMap<i64, Vec<SeccompRule>
     }
     map.insert(libc::SYS_ioctl, one_of(1, &ioctls(kind))?);
     map.insert(libc::SYS_fcntl, one_of(1, &fcntl_cmds(kind))?);
-    // No executable mappings: prot & PROT_EXEC == 0.
-    let no_exec = || -> std::result::Result<Vec<SeccompRule>, String> {
-        Ok(vec![rule(vec![cond(
-            2,
-            SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
-            0,
-        )?])?])
-    };
-    // send(2) on a connected socket (`SyscallRule::SendConnected`, the socket console backend):
-    // sendto with no destination address. Every kind has it.
-    map.insert(
-        libc::SYS_sendto,
-        vec![rule(vec![SeccompCondition::new(
-            4,
-            SeccompCmpArgLen::Qword,
-            SeccompCmpOp::Eq,
-            0,
-        )
-        .map_err(|e| e.to_string())?])?],
-    );
+    // send(2) on a connected socket (`SyscallRule::SendConnected`, the socket console backend).
+    // Every kind has it.
+    map.insert(libc::SYS_sendto, send_connected()?);
     map.insert(libc::SYS_mmap, no_exec()?);
     map.insert(libc::SYS_mprotect, no_exec()?);
     // tgkill(this process, any thread, SIGABRT or, for the event loop, the vCPU kick signal).
-    // The pid is checked with the process's own: a filter installed in a forked child is never
-    // reused.
-    let pid = std::process::id() as u64;
     let mut signals = vec![libc::SIGABRT as u64];
     if kind == ThreadKind::Vmm {
         signals.push(crate::vcpu::kick_signal() as u64);
     }
-    let tgkill = signals
-        .iter()
-        .map(|&sig| {
-            rule(vec![
-                cond(0, SeccompCmpOp::Eq, pid)?,
-                cond(2, SeccompCmpOp::Eq, sig)?,
-            ])
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    map.insert(libc::SYS_tgkill, tgkill);
+    map.insert(libc::SYS_tgkill, tgkill_self(&signals)?);
     Ok(map)
 }
 
 /// Compiles the filter of `kind`: the allow-list, everything else traps.
 pub fn compile(kind: ThreadKind) -> Result<BpfProgram> {
-    let err = |reason: String| Error::Seccomp {
-        thread: kind.name(),
-        reason,
-    };
-    let filter = SeccompFilter::new(
-        rules(kind).map_err(err)?,
-        SeccompAction::Trap,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )
-    .map_err(|e| err(e.to_string()))?;
-    BpfProgram::try_from(filter).map_err(|e| err(e.to_string()))
+    rules(kind)
+        .and_then(seccomp_rules::compile)
+        .map_err(|e| Error::Seccomp {
+            thread: kind.name(),
+            reason: e.to_string(),
+        })
 }
 
 thread_local! {
