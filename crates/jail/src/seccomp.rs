@@ -1,8 +1,8 @@
 //! The supervisor's seccomp filter: the system calls it makes while it waits for the jailed VMM
 //! and cleans up after it. It stays root outside the jail, so it confines itself to these.
 //!
-//! A forbidden call traps (SECCOMP_RET_TRAP); the SIGSYS handler the caller installed (see
-//! [`crate::Supervisor::wait`]) reports it.
+//! A forbidden call traps (SECCOMP_RET_TRAP); the SIGSYS handler of [`seccomp_rules`], which
+//! [`confine`] installs, reports it naming the thread `supervisor`, as the VMM's threads are named.
 //!
 //! The calls every filtered thread makes, the common `fcntl` commands, the argument rules and the
 //! compilation come from [`seccomp_rules`], shared with the VMM's own filters; this module adds
@@ -76,8 +76,11 @@ fn compile(child: libc::pid_t) -> Result<BpfProgram, JailError> {
 }
 
 /// Confines the calling process's only thread to the supervisor's allow-list, which may kill
-/// `child` (with SIGKILL) and no other process.
+/// `child` (with SIGKILL) and no other process. A forbidden call is reported by the SIGSYS handler
+/// of [`seccomp_rules`], installed here first.
 pub(crate) fn confine(child: libc::pid_t) -> Result<(), JailError> {
+    seccomp_rules::report_forbidden_calls("supervisor")
+        .map_err(|e| JailError::Seccomp(e.to_string()))?;
     let program = compile(child)?;
     seccompiler::apply_filter(&program).map_err(|e| JailError::Seccomp(e.to_string()))?;
     log::debug!("seccomp: filter of kind 'supervisor' on thread 'supervisor'");

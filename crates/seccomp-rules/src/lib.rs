@@ -1,13 +1,20 @@
 //! The pieces of a seccomp allow-list that every filtered thread shares, whether it is one of the
 //! VMM's threads (`vm::seccomp`) or the jail's supervisor (`jail`'s `seccomp` module): the calls
 //! every thread makes, the `fcntl` commands, the argument rules (`sendto` only on a connected
-//! socket, no executable mappings, `tgkill` only to this process), and the compilation of a rule
-//! map into a program whose unlisted calls trap.
+//! socket, no executable mappings, `tgkill` only to this process), the compilation of a rule map
+//! into a program whose unlisted calls trap, and the report of a trapped call.
 //!
 //! Each filter builds its map (system call number to rules, any of which allows the call; no rules:
-//! always allowed) from these and its own additions. Nothing here depends on the VMM or the jail.
+//! always allowed) from these and its own additions. A forbidden call traps; the SIGSYS handler
+//! here ([`report_forbidden_calls`]) names the thread and the call (by [`syscall_name`]). Nothing
+//! here depends on the VMM or the jail.
+
+mod sigsys;
+mod syscall_names;
 
 use std::collections::BTreeMap;
+
+pub use sigsys::{report_forbidden_calls, set_forbidden_call_hint, SigsysError};
 
 use seccompiler::{
     BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
@@ -117,6 +124,15 @@ pub fn compile(rules: Rules) -> Result<BpfProgram, BackendError> {
     BpfProgram::try_from(filter)
 }
 
+/// The name of x86_64 system call `nr`, if it has one.
+pub fn syscall_name(nr: i64) -> Option<&'static str> {
+    let nr = u32::try_from(nr).ok()?;
+    syscall_names::SYSCALL_NAMES
+        .binary_search_by_key(&nr, |&(n, _)| n)
+        .ok()
+        .map(|i| syscall_names::SYSCALL_NAMES[i].1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,5 +158,16 @@ mod tests {
         v.sort_unstable();
         v.dedup();
         assert_eq!(v.len(), COMMON.len());
+    }
+
+    #[test]
+    fn syscall_names_are_sorted_and_known() {
+        let names = syscall_names::SYSCALL_NAMES;
+        assert!(names.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(syscall_name(libc::SYS_openat), Some("openat"));
+        assert_eq!(syscall_name(libc::SYS_read), Some("read"));
+        assert_eq!(syscall_name(libc::SYS_clone3), Some("clone3"));
+        assert_eq!(syscall_name(100_000), None);
+        assert_eq!(syscall_name(-1), None);
     }
 }

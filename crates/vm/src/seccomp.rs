@@ -31,25 +31,23 @@
 //! unfiltered. The `vmm` thread is filtered for the rest of its life (a filter cannot be removed):
 //! embedders that want it ([`SeccompMode::AllThreads`]) run the VM on a thread of its own.
 //!
-//! A forbidden call traps (SECCOMP_RET_TRAP): the SIGSYS handler writes one line naming the thread
-//! and the system call to stderr and ends the process with status 1 (the CLI's "VMM error" status),
-//! e.g. `vmm: seccomp: thread 'vcpu0' made a forbidden system call: openat (257); stopping. Run
-//! with --seccomp off to debug.`
+//! A forbidden call traps (SECCOMP_RET_TRAP): the SIGSYS handler (in [`seccomp_rules`], shared with
+//! the jail's supervisor) writes one line naming the thread and the system call to stderr and ends
+//! the process with status 1 (the CLI's "VMM error" status), e.g. `vmm: seccomp: thread 'vcpu0'
+//! made a forbidden system call: openat (257); stopping. Run with --seccomp off to debug.`
 //!
 //! Argument filters where they matter: `ioctl` by request number, `mmap`/`mprotect` never with
 //! PROT_EXEC (no new code), `fcntl` by command, `sendto` only without a destination (send on the
 //! connected console client), `tgkill` only to this process and only with the kick signal or
 //! SIGABRT (abort on panic).
 
-mod syscall_names;
-
-use std::cell::Cell;
-use std::sync::{Arc, Once, OnceLock};
+use std::sync::Arc;
 
 use devices::seccomp::{SyscallRule, Syscalls, Thread};
 use seccomp_rules::{no_exec, one_of, send_connected, tgkill_self, Rules, COMMON, FCNTL_CMDS};
 use seccompiler::{BackendError, BpfProgram};
-use vmm_sys_util::signal::register_signal_handler;
+
+pub use seccomp_rules::{set_forbidden_call_hint, syscall_name};
 
 use crate::error::{Error, Result};
 use crate::kvm_nr::{
@@ -235,19 +233,13 @@ pub fn compile(kind: ThreadKind) -> Result<BpfProgram> {
         })
 }
 
-thread_local! {
-    /// This thread's name for the SIGSYS message (NUL-padded; set when its filter goes on).
-    static THREAD_NAME: Cell<[u8; 16]> = const { Cell::new([0; 16]) };
-}
-
-/// Installs `program` on the calling thread, named `thread` in the SIGSYS message. Installs the
-/// SIGSYS handler first if nobody did.
+/// Installs `program` on the calling thread, named `thread` in the SIGSYS message
+/// ([`seccomp_rules::report_forbidden_calls`]). Installs the SIGSYS handler first if nobody did.
 pub(crate) fn apply(kind: ThreadKind, program: &BpfProgram, thread: &str) -> Result<()> {
-    install_sigsys_handler()?;
-    let mut name = [0u8; 16];
-    let n = thread.len().min(name.len());
-    name[..n].copy_from_slice(&thread.as_bytes()[..n]);
-    THREAD_NAME.with(|t| t.set(name));
+    seccomp_rules::report_forbidden_calls(thread).map_err(|e| Error::Seccomp {
+        thread: "any",
+        reason: e.to_string(),
+    })?;
     seccompiler::apply_filter(program).map_err(|e| Error::Seccomp {
         thread: kind.name(),
         reason: e.to_string(),
@@ -257,17 +249,6 @@ pub(crate) fn apply(kind: ThreadKind, program: &BpfProgram, thread: &str) -> Res
         kind.name()
     );
     provoke_for_tests(kind);
-    Ok(())
-}
-
-/// Installs the SIGSYS handler (once per process) and names the calling thread `thread` in its
-/// message, for a filter installed by other code (the CLI's jail supervisor).
-pub fn report_forbidden_calls(thread: &str) -> Result<()> {
-    install_sigsys_handler()?;
-    let mut name = [0u8; 16];
-    let n = thread.len().min(name.len());
-    name[..n].copy_from_slice(&thread.as_bytes()[..n]);
-    THREAD_NAME.with(|t| t.set(name));
     Ok(())
 }
 
@@ -286,116 +267,6 @@ fn provoke_for_tests(kind: ThreadKind) {
 
 #[cfg(not(debug_assertions))]
 fn provoke_for_tests(_: ThreadKind) {}
-
-/// The name of x86_64 system call `nr`, if it has one.
-pub fn syscall_name(nr: i64) -> Option<&'static str> {
-    let nr = u32::try_from(nr).ok()?;
-    syscall_names::SYSCALL_NAMES
-        .binary_search_by_key(&nr, |&(n, _)| n)
-        .ok()
-        .map(|i| syscall_names::SYSCALL_NAMES[i].1)
-}
-
-/// Installs the SIGSYS handler once per process.
-fn install_sigsys_handler() -> Result<()> {
-    static ONCE: Once = Once::new();
-    let mut result = Ok(());
-    ONCE.call_once(|| {
-        result = register_signal_handler(libc::SIGSYS, on_sigsys).map_err(|e| Error::Seccomp {
-            thread: "any",
-            reason: format!("cannot install the SIGSYS handler: {e}"),
-        });
-    });
-    result
-}
-
-/// A fixed buffer to format the SIGSYS line without allocating.
-struct Line {
-    buf: [u8; 256],
-    len: usize,
-}
-
-impl Line {
-    fn push(&mut self, s: &[u8]) {
-        let n = s.len().min(self.buf.len() - self.len);
-        self.buf[self.len..self.len + n].copy_from_slice(&s[..n]);
-        self.len += n;
-    }
-
-    fn push_num(&mut self, mut v: u64) {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        self.push(&digits[i..]);
-    }
-}
-
-/// What the SIGSYS line adds after "stopping." ([`set_forbidden_call_hint`]).
-static FORBIDDEN_CALL_HINT: OnceLock<&'static str> = OnceLock::new();
-
-/// Sets, once for the process, a sentence the SIGSYS line ends with: the embedder's advice (the
-/// CLI names its `--seccomp off`). Without one the line ends at "stopping.".
-pub fn set_forbidden_call_hint(hint: &'static str) {
-    let _ = FORBIDDEN_CALL_HINT.set(hint);
-}
-
-/// Formats the SIGSYS line for a forbidden call `nr` made by `thread`, ending with `hint`.
-fn sigsys_line(thread: &[u8], nr: i64, hint: Option<&str>) -> Line {
-    let mut line = Line {
-        buf: [0; 256],
-        len: 0,
-    };
-    line.push(b"vmm: seccomp: thread '");
-    let n = thread.iter().position(|&b| b == 0).unwrap_or(thread.len());
-    line.push(if n == 0 { b"?" } else { &thread[..n] });
-    line.push(b"' made a forbidden system call: ");
-    line.push(syscall_name(nr).unwrap_or("unknown").as_bytes());
-    line.push(b" (");
-    if nr < 0 {
-        line.push(b"-");
-    }
-    line.push_num(nr.unsigned_abs());
-    line.push(b"); stopping.");
-    if let Some(hint) = hint {
-        line.push(b" ");
-        line.push(hint.as_bytes());
-    }
-    line.push(b"\n");
-    line
-}
-
-/// `si_code` of a SIGSYS sent by seccomp.
-const SYS_SECCOMP: i32 = 1;
-
-/// The SIGSYS handler: async-signal-safe (no allocation, no locks): formats into a stack buffer,
-/// writes it to stderr and exits with status 1. write(2) and exit_group(2) are in every filter.
-extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
-    let code = unsafe { (*info).si_code };
-    // For SYS_SECCOMP, the union after the three ints (and padding) is {void *call_addr; int
-    // syscall; unsigned arch}: the system call number is the int at byte 24 on x86_64.
-    let nr = if code == SYS_SECCOMP {
-        // SAFETY: siginfo_t is 128 bytes; offset 24 is inside it and 4-aligned.
-        i64::from(unsafe { *(info as *const u8).add(24).cast::<i32>() })
-    } else {
-        -1
-    };
-    // OnceLock::get is one atomic load: safe in a signal handler.
-    let hint = FORBIDDEN_CALL_HINT.get().copied();
-    let line = sigsys_line(&THREAD_NAME.with(Cell::get), nr, hint);
-    // SAFETY: writes a valid buffer to stderr, then ends the process; both are async-signal-safe.
-    unsafe {
-        libc::write(libc::STDERR_FILENO, line.buf.as_ptr().cast(), line.len);
-        libc::_exit(1);
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -573,38 +444,5 @@ mod tests {
             TRAP
         );
         assert_eq!(run_bpf(&vmm, libc::SYS_tgkill, [1, 1, kick, 0, 0, 0]), TRAP);
-    }
-
-    #[test]
-    fn syscall_names_are_sorted_and_known() {
-        let names = syscall_names::SYSCALL_NAMES;
-        assert!(names.windows(2).all(|w| w[0].0 < w[1].0));
-        assert_eq!(syscall_name(libc::SYS_openat), Some("openat"));
-        assert_eq!(syscall_name(libc::SYS_read), Some("read"));
-        assert_eq!(syscall_name(libc::SYS_clone3), Some("clone3"));
-        assert_eq!(syscall_name(100_000), None);
-        assert_eq!(syscall_name(-1), None);
-    }
-
-    #[test]
-    fn sigsys_line_names_thread_and_call() {
-        let mut name = [0u8; 16];
-        name[..5].copy_from_slice(b"vcpu0");
-        let line = sigsys_line(&name, 257, Some("Ask for help."));
-        assert_eq!(
-            std::str::from_utf8(&line.buf[..line.len]).unwrap(),
-            "vmm: seccomp: thread 'vcpu0' made a forbidden system call: openat (257); stopping. \
-             Ask for help.\n"
-        );
-        let line = sigsys_line(&name, 257, None);
-        assert!(std::str::from_utf8(&line.buf[..line.len])
-            .unwrap()
-            .ends_with("(257); stopping.\n"));
-        let line = sigsys_line(&[0; 16], 9999, None);
-        let text = std::str::from_utf8(&line.buf[..line.len]).unwrap();
-        assert!(
-            text.contains("thread '?'") && text.contains("unknown (9999)"),
-            "{text}"
-        );
     }
 }
