@@ -223,10 +223,7 @@ fn main() -> ExitCode {
         };
         match jail::Jail::new(&jail, &jail_spec(&config)).and_then(jail::Jail::fork) {
             Ok(jail::Forked::Supervisor(supervisor)) => {
-                // The VM's SIGSYS handler reports a forbidden call of the supervisor too.
-                let report =
-                    || vm::seccomp::report_forbidden_calls("supervisor").map_err(|e| e.to_string());
-                return ExitCode::from(supervisor.wait(report, jail_hint));
+                return ExitCode::from(supervisor.wait(jail_hint));
             }
             Ok(jail::Forked::Jailed(child)) => jailed = Some(child),
             Err(e) => {

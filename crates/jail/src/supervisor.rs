@@ -30,21 +30,15 @@ impl Supervisor {
     /// status to use: the child's, or 128 + the signal that ended it (or that was forwarded).
     ///
     /// With seccomp on, the supervisor first confines itself to what this needs (waiting, signals,
-    /// the terminal, removing files and directories): it stays root outside the jail.
-    /// `before_filter` runs right before the filter goes on: the caller installs its SIGSYS
-    /// handler there, which reports a forbidden call (the CLI uses the one of the `vm` crate, so
-    /// the message names the supervisor as it names the VMM's threads). If it fails, or the filter
-    /// does, the jailed VMM is stopped and its status returned; `hint` gives what the caller
-    /// appends to the filter's error in the log (the CLI's option hint, or "").
-    pub fn wait(
-        self,
-        before_filter: impl FnOnce() -> Result<(), String>,
-        hint: impl FnOnce(&JailError) -> String,
-    ) -> u8 {
+    /// the terminal, removing files and directories): it stays root outside the jail. A forbidden
+    /// call is reported by the SIGSYS handler of `seccomp-rules`, which names the supervisor as it
+    /// names the VMM's threads (and ends with the hint the embedder set there, if any). If the
+    /// filter cannot be installed, the jailed VMM is stopped and its status returned; `hint` gives
+    /// what the caller appends to the filter's error in the log (the CLI's option hint, or "").
+    pub fn wait(self, hint: impl FnOnce(&JailError) -> String) -> u8 {
         if self.seccomp {
-            let confined = before_filter().and_then(|()| {
-                crate::seccomp::confine(self.child).map_err(|e| format!("{e}{}", hint(&e)))
-            });
+            let confined =
+                crate::seccomp::confine(self.child).map_err(|e| format!("{e}{}", hint(&e)));
             if let Err(e) = confined {
                 log::error!("{e}; stopping the jailed VMM");
                 // SAFETY: kill has no memory-safety preconditions; the child is ours and unreaped.

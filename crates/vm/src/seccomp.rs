@@ -18,8 +18,10 @@
 //! runs, per thread, next to its code ([`devices::seccomp`]); the router the I/O APIC calls declares
 //! its KVM ioctl beside the KVM numbers (`kvm_nr.rs`). This module adds what the VMM core needs
 //! (`COMMON` on every thread, KVM_RUN on the vCPUs, epoll on the event loop, the argument rules
-//! below) and compiles the union per kind. The filters depend on the kind of thread only, not on
-//! the VM's configuration: every device type's declaration is in them.
+//! below) and compiles the union per kind; `COMMON`, the common `fcntl` commands, the argument
+//! rules and the compilation are shared with the jail's supervisor ([`seccomp_rules`]). The
+//! filters depend on the kind of thread only, not on the VM's configuration: every device type's
+//! declaration is in them.
 //!
 //! There is no other thread (console input is read on the event loop). Every thread the VMM starts
 //! is filtered unless seccomp is off; the caller's own thread only with [`SeccompMode::AllThreads`].
@@ -29,28 +31,23 @@
 //! unfiltered. The `vmm` thread is filtered for the rest of its life (a filter cannot be removed):
 //! embedders that want it ([`SeccompMode::AllThreads`]) run the VM on a thread of its own.
 //!
-//! A forbidden call traps (SECCOMP_RET_TRAP): the SIGSYS handler writes one line naming the thread
-//! and the system call to stderr and ends the process with status 1 (the CLI's "VMM error" status),
-//! e.g. `vmm: seccomp: thread 'vcpu0' made a forbidden system call: openat (257); stopping. Run
-//! with --seccomp off to debug.`
+//! A forbidden call traps (SECCOMP_RET_TRAP): the SIGSYS handler (in [`seccomp_rules`], shared with
+//! the jail's supervisor) writes one line naming the thread and the system call to stderr and ends
+//! the process with status 1 (the CLI's "VMM error" status), e.g. `vmm: seccomp: thread 'vcpu0'
+//! made a forbidden system call: openat (257); stopping. Run with --seccomp off to debug.`
 //!
 //! Argument filters where they matter: `ioctl` by request number, `mmap`/`mprotect` never with
 //! PROT_EXEC (no new code), `fcntl` by command, `sendto` only without a destination (send on the
 //! connected console client), `tgkill` only to this process and only with the kick signal or
 //! SIGABRT (abort on panic).
 
-mod syscall_names;
-
-use std::cell::Cell;
-use std::collections::BTreeMap;
-use std::sync::{Arc, Once, OnceLock};
+use std::sync::Arc;
 
 use devices::seccomp::{SyscallRule, Syscalls, Thread};
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
-use vmm_sys_util::signal::register_signal_handler;
+use seccomp_rules::{no_exec, one_of, send_connected, tgkill_self, Rules, COMMON, FCNTL_CMDS};
+use seccompiler::{BackendError, BpfProgram};
+
+pub use seccomp_rules::{set_forbidden_call_hint, syscall_name};
 
 use crate::error::{Error, Result};
 use crate::kvm_nr::{
@@ -125,30 +122,6 @@ impl Filters {
     }
 }
 
-/// The system calls every kind of thread makes: memory management (glibc's malloc), locks, the
-/// return from a signal handler, logging to stderr, thread and process exit.
-const COMMON: &[i64] = &[
-    libc::SYS_read,
-    libc::SYS_write,
-    libc::SYS_readv,
-    libc::SYS_writev,
-    libc::SYS_close,
-    libc::SYS_futex,
-    libc::SYS_sched_yield,
-    libc::SYS_munmap,
-    libc::SYS_madvise,
-    libc::SYS_mremap,
-    libc::SYS_brk,
-    libc::SYS_rt_sigreturn,
-    libc::SYS_rt_sigprocmask,
-    libc::SYS_sigaltstack,
-    libc::SYS_clock_gettime,
-    libc::SYS_getpid,
-    libc::SYS_gettid,
-    libc::SYS_exit,
-    libc::SYS_exit_group,
-];
-
 /// The event loop's own calls (the VMM core's; devices declare theirs): epoll.
 const VMM_CORE: &[SyscallRule] = &[
     SyscallRule::Any(libc::SYS_epoll_wait),
@@ -209,17 +182,8 @@ fn ioctls(kind: ThreadKind) -> Vec<u64> {
     v
 }
 
-/// `fcntl` commands every kind may use: flags (O_NONBLOCK), close-on-exec, and the debug-build
-/// check that a closed fd was open (F_GETFD). Devices may declare more.
-const FCNTL_CMDS: &[i32] = &[
-    libc::F_GETFD,
-    libc::F_SETFD,
-    libc::F_GETFL,
-    libc::F_SETFL,
-    libc::F_DUPFD_CLOEXEC,
-];
-
-/// The `fcntl` commands of a kind: [`FCNTL_CMDS`] and its [`declared`] ones, each once.
+/// The `fcntl` commands of a kind: [`FCNTL_CMDS`] (every kind's) and its [`declared`] ones, each
+/// once.
 fn fcntl_cmds(kind: ThreadKind) -> Vec<u64> {
     let mut v: Vec<u64> = FCNTL_CMDS.iter().map(|&c| c as u64).collect();
     for rule in declared(kind) {
@@ -232,25 +196,9 @@ fn fcntl_cmds(kind: ThreadKind) -> Vec<u64> {
     v
 }
 
-fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> std::result::Result<SeccompCondition, String> {
-    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).map_err(|e| e.to_string())
-}
-
-fn rule(conds: Vec<SeccompCondition>) -> std::result::Result<SeccompRule, String> {
-    SeccompRule::new(conds).map_err(|e| e.to_string())
-}
-
-/// One rule per allowed value of argument `arg`.
-fn one_of(arg: u8, values: &[u64]) -> std::result::Result<Vec<SeccompRule>, String> {
-    values
-        .iter()
-        .map(|&v| rule(vec![cond(arg, SeccompCmpOp::Eq, v)?]))
-        .collect()
-}
-
 /// The rules of a kind: syscall number to the rules (any of which allows it; none: always).
-fn rules(kind: ThreadKind) -> std::result::Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
-    let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+fn rules(kind: ThreadKind) -> std::result::Result<Rules, BackendError> {
+    let mut map = Rules::new();
     for &nr in COMMON {
         map.insert(nr, Vec::new());
     }
@@ -261,78 +209,37 @@ fn rules(kind: ThreadKind) -> std::result::Result<BTreeMap<i64, Vec<SeccompRule>
     }
     map.insert(libc::SYS_ioctl, one_of(1, &ioctls(kind))?);
     map.insert(libc::SYS_fcntl, one_of(1, &fcntl_cmds(kind))?);
-    // No executable mappings: prot & PROT_EXEC == 0.
-    let no_exec = || -> std::result::Result<Vec<SeccompRule>, String> {
-        Ok(vec![rule(vec![cond(
-            2,
-            SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
-            0,
-        )?])?])
-    };
-    // send(2) on a connected socket (`SyscallRule::SendConnected`, the socket console backend):
-    // sendto with no destination address. Every kind has it.
-    map.insert(
-        libc::SYS_sendto,
-        vec![rule(vec![SeccompCondition::new(
-            4,
-            SeccompCmpArgLen::Qword,
-            SeccompCmpOp::Eq,
-            0,
-        )
-        .map_err(|e| e.to_string())?])?],
-    );
+    // send(2) on a connected socket (`SyscallRule::SendConnected`, the socket console backend).
+    // Every kind has it.
+    map.insert(libc::SYS_sendto, send_connected()?);
     map.insert(libc::SYS_mmap, no_exec()?);
     map.insert(libc::SYS_mprotect, no_exec()?);
     // tgkill(this process, any thread, SIGABRT or, for the event loop, the vCPU kick signal).
-    // The pid is checked with the process's own: a filter installed in a forked child is never
-    // reused.
-    let pid = std::process::id() as u64;
     let mut signals = vec![libc::SIGABRT as u64];
     if kind == ThreadKind::Vmm {
         signals.push(crate::vcpu::kick_signal() as u64);
     }
-    let tgkill = signals
-        .iter()
-        .map(|&sig| {
-            rule(vec![
-                cond(0, SeccompCmpOp::Eq, pid)?,
-                cond(2, SeccompCmpOp::Eq, sig)?,
-            ])
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    map.insert(libc::SYS_tgkill, tgkill);
+    map.insert(libc::SYS_tgkill, tgkill_self(&signals)?);
     Ok(map)
 }
 
 /// Compiles the filter of `kind`: the allow-list, everything else traps.
 pub fn compile(kind: ThreadKind) -> Result<BpfProgram> {
-    let err = |reason: String| Error::Seccomp {
-        thread: kind.name(),
-        reason,
-    };
-    let filter = SeccompFilter::new(
-        rules(kind).map_err(err)?,
-        SeccompAction::Trap,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )
-    .map_err(|e| err(e.to_string()))?;
-    BpfProgram::try_from(filter).map_err(|e| err(e.to_string()))
+    rules(kind)
+        .and_then(seccomp_rules::compile)
+        .map_err(|e| Error::Seccomp {
+            thread: kind.name(),
+            reason: e.to_string(),
+        })
 }
 
-thread_local! {
-    /// This thread's name for the SIGSYS message (NUL-padded; set when its filter goes on).
-    static THREAD_NAME: Cell<[u8; 16]> = const { Cell::new([0; 16]) };
-}
-
-/// Installs `program` on the calling thread, named `thread` in the SIGSYS message. Installs the
-/// SIGSYS handler first if nobody did.
+/// Installs `program` on the calling thread, named `thread` in the SIGSYS message
+/// ([`seccomp_rules::report_forbidden_calls`]). Installs the SIGSYS handler first if nobody did.
 pub(crate) fn apply(kind: ThreadKind, program: &BpfProgram, thread: &str) -> Result<()> {
-    install_sigsys_handler()?;
-    let mut name = [0u8; 16];
-    let n = thread.len().min(name.len());
-    name[..n].copy_from_slice(&thread.as_bytes()[..n]);
-    THREAD_NAME.with(|t| t.set(name));
+    seccomp_rules::report_forbidden_calls(thread).map_err(|e| Error::Seccomp {
+        thread: "any",
+        reason: e.to_string(),
+    })?;
     seccompiler::apply_filter(program).map_err(|e| Error::Seccomp {
         thread: kind.name(),
         reason: e.to_string(),
@@ -342,17 +249,6 @@ pub(crate) fn apply(kind: ThreadKind, program: &BpfProgram, thread: &str) -> Res
         kind.name()
     );
     provoke_for_tests(kind);
-    Ok(())
-}
-
-/// Installs the SIGSYS handler (once per process) and names the calling thread `thread` in its
-/// message, for a filter installed by other code (the CLI's jail supervisor).
-pub fn report_forbidden_calls(thread: &str) -> Result<()> {
-    install_sigsys_handler()?;
-    let mut name = [0u8; 16];
-    let n = thread.len().min(name.len());
-    name[..n].copy_from_slice(&thread.as_bytes()[..n]);
-    THREAD_NAME.with(|t| t.set(name));
     Ok(())
 }
 
@@ -371,116 +267,6 @@ fn provoke_for_tests(kind: ThreadKind) {
 
 #[cfg(not(debug_assertions))]
 fn provoke_for_tests(_: ThreadKind) {}
-
-/// The name of x86_64 system call `nr`, if it has one.
-pub fn syscall_name(nr: i64) -> Option<&'static str> {
-    let nr = u32::try_from(nr).ok()?;
-    syscall_names::SYSCALL_NAMES
-        .binary_search_by_key(&nr, |&(n, _)| n)
-        .ok()
-        .map(|i| syscall_names::SYSCALL_NAMES[i].1)
-}
-
-/// Installs the SIGSYS handler once per process.
-fn install_sigsys_handler() -> Result<()> {
-    static ONCE: Once = Once::new();
-    let mut result = Ok(());
-    ONCE.call_once(|| {
-        result = register_signal_handler(libc::SIGSYS, on_sigsys).map_err(|e| Error::Seccomp {
-            thread: "any",
-            reason: format!("cannot install the SIGSYS handler: {e}"),
-        });
-    });
-    result
-}
-
-/// A fixed buffer to format the SIGSYS line without allocating.
-struct Line {
-    buf: [u8; 256],
-    len: usize,
-}
-
-impl Line {
-    fn push(&mut self, s: &[u8]) {
-        let n = s.len().min(self.buf.len() - self.len);
-        self.buf[self.len..self.len + n].copy_from_slice(&s[..n]);
-        self.len += n;
-    }
-
-    fn push_num(&mut self, mut v: u64) {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        self.push(&digits[i..]);
-    }
-}
-
-/// What the SIGSYS line adds after "stopping." ([`set_forbidden_call_hint`]).
-static FORBIDDEN_CALL_HINT: OnceLock<&'static str> = OnceLock::new();
-
-/// Sets, once for the process, a sentence the SIGSYS line ends with: the embedder's advice (the
-/// CLI names its `--seccomp off`). Without one the line ends at "stopping.".
-pub fn set_forbidden_call_hint(hint: &'static str) {
-    let _ = FORBIDDEN_CALL_HINT.set(hint);
-}
-
-/// Formats the SIGSYS line for a forbidden call `nr` made by `thread`, ending with `hint`.
-fn sigsys_line(thread: &[u8], nr: i64, hint: Option<&str>) -> Line {
-    let mut line = Line {
-        buf: [0; 256],
-        len: 0,
-    };
-    line.push(b"vmm: seccomp: thread '");
-    let n = thread.iter().position(|&b| b == 0).unwrap_or(thread.len());
-    line.push(if n == 0 { b"?" } else { &thread[..n] });
-    line.push(b"' made a forbidden system call: ");
-    line.push(syscall_name(nr).unwrap_or("unknown").as_bytes());
-    line.push(b" (");
-    if nr < 0 {
-        line.push(b"-");
-    }
-    line.push_num(nr.unsigned_abs());
-    line.push(b"); stopping.");
-    if let Some(hint) = hint {
-        line.push(b" ");
-        line.push(hint.as_bytes());
-    }
-    line.push(b"\n");
-    line
-}
-
-/// `si_code` of a SIGSYS sent by seccomp.
-const SYS_SECCOMP: i32 = 1;
-
-/// The SIGSYS handler: async-signal-safe (no allocation, no locks): formats into a stack buffer,
-/// writes it to stderr and exits with status 1. write(2) and exit_group(2) are in every filter.
-extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
-    let code = unsafe { (*info).si_code };
-    // For SYS_SECCOMP, the union after the three ints (and padding) is {void *call_addr; int
-    // syscall; unsigned arch}: the system call number is the int at byte 24 on x86_64.
-    let nr = if code == SYS_SECCOMP {
-        // SAFETY: siginfo_t is 128 bytes; offset 24 is inside it and 4-aligned.
-        i64::from(unsafe { *(info as *const u8).add(24).cast::<i32>() })
-    } else {
-        -1
-    };
-    // OnceLock::get is one atomic load: safe in a signal handler.
-    let hint = FORBIDDEN_CALL_HINT.get().copied();
-    let line = sigsys_line(&THREAD_NAME.with(Cell::get), nr, hint);
-    // SAFETY: writes a valid buffer to stderr, then ends the process; both are async-signal-safe.
-    unsafe {
-        libc::write(libc::STDERR_FILENO, line.buf.as_ptr().cast(), line.len);
-        libc::_exit(1);
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -658,38 +444,5 @@ mod tests {
             TRAP
         );
         assert_eq!(run_bpf(&vmm, libc::SYS_tgkill, [1, 1, kick, 0, 0, 0]), TRAP);
-    }
-
-    #[test]
-    fn syscall_names_are_sorted_and_known() {
-        let names = syscall_names::SYSCALL_NAMES;
-        assert!(names.windows(2).all(|w| w[0].0 < w[1].0));
-        assert_eq!(syscall_name(libc::SYS_openat), Some("openat"));
-        assert_eq!(syscall_name(libc::SYS_read), Some("read"));
-        assert_eq!(syscall_name(libc::SYS_clone3), Some("clone3"));
-        assert_eq!(syscall_name(100_000), None);
-        assert_eq!(syscall_name(-1), None);
-    }
-
-    #[test]
-    fn sigsys_line_names_thread_and_call() {
-        let mut name = [0u8; 16];
-        name[..5].copy_from_slice(b"vcpu0");
-        let line = sigsys_line(&name, 257, Some("Ask for help."));
-        assert_eq!(
-            std::str::from_utf8(&line.buf[..line.len]).unwrap(),
-            "vmm: seccomp: thread 'vcpu0' made a forbidden system call: openat (257); stopping. \
-             Ask for help.\n"
-        );
-        let line = sigsys_line(&name, 257, None);
-        assert!(std::str::from_utf8(&line.buf[..line.len])
-            .unwrap()
-            .ends_with("(257); stopping.\n"));
-        let line = sigsys_line(&[0; 16], 9999, None);
-        let text = std::str::from_utf8(&line.buf[..line.len]).unwrap();
-        assert!(
-            text.contains("thread '?'") && text.contains("unknown (9999)"),
-            "{text}"
-        );
     }
 }

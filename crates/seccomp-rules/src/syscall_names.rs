@@ -5,7 +5,7 @@
 //! calls added by Linux 6.6 to 6.15 (451-467); sorted by number.
 
 /// (number, name), sorted by number.
-pub(super) const SYSCALL_NAMES: &[(u32, &str)] = &[
+pub(crate) const SYSCALL_NAMES: &[(u32, &str)] = &[
     (0, "read"),
     (1, "write"),
     (2, "open"),
