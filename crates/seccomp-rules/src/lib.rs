@@ -48,6 +48,19 @@ pub const COMMON: &[i64] = &[
     libc::SYS_exit_group,
 ];
 
+/// Calls no filter of vmm's allows, whatever the thread: opening files, making sockets, starting
+/// processes or threads, tracing. Each filter's tests check it against this list.
+pub const NEVER_ALLOWED: &[i64] = &[
+    libc::SYS_openat,
+    libc::SYS_open,
+    libc::SYS_execve,
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_socket,
+    libc::SYS_connect,
+    libc::SYS_ptrace,
+];
+
 /// `fcntl` commands every filtered thread may use: flags (O_NONBLOCK), close-on-exec, and the
 /// debug-build check that a closed fd was open (F_GETFD).
 pub const FCNTL_CMDS: &[i32] = &[
@@ -136,6 +149,13 @@ pub fn syscall_name(nr: i64) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_common_calls_include_none_that_is_never_allowed() {
+        for nr in NEVER_ALLOWED {
+            assert!(!COMMON.contains(nr), "{nr}");
+        }
+    }
 
     #[test]
     fn the_shared_rules_compile() {
