@@ -381,6 +381,17 @@ fn connect(path: &Path) -> UnixStream {
     }
 }
 
+/// A client of the console socket at `sock` that has read the guest's greeting.
+fn connect_and_greet(sock: &Path) -> UnixStream {
+    let mut client = connect(sock);
+    client
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let seen = read_until(&mut client, CONSOLE_HELLO, Duration::from_secs(30));
+    assert!(seen.contains(CONSOLE_HELLO), "socket got {seen:?}");
+    client
+}
+
 /// The console guest, waiting for a line of input, with its console on a socket at `sock` and
 /// the serial port on `serial`.
 fn console_on_socket(sock: &Path, serial: &str) -> Spawned {
@@ -404,12 +415,7 @@ fn boot_console_on_unix_socket() {
     let scratch = Scratch::new("console-socket");
     let sock = scratch.path("hvc0.sock");
     let vmm = console_on_socket(&sock, "stdio");
-    let mut client = connect(&sock);
-    client
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    let seen = read_until(&mut client, CONSOLE_HELLO, Duration::from_secs(30));
-    assert!(seen.contains(CONSOLE_HELLO), "socket got {seen:?}");
+    let mut client = connect_and_greet(&sock);
 
     let mut second = connect(&sock);
     second
@@ -439,12 +445,7 @@ fn serial_report_on(serial_arg: &str, open_serial: impl FnOnce(&mut Spawned) -> 
     let sock = scratch.path("hvc0.sock");
     let mut vmm = console_on_socket(&sock, serial_arg);
     let mut serial = open_serial(&mut vmm);
-    let mut client = connect(&sock);
-    client
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    let seen = read_until(&mut client, CONSOLE_HELLO, Duration::from_secs(30));
-    assert!(seen.contains(CONSOLE_HELLO), "socket got {seen:?}");
+    let mut client = connect_and_greet(&sock);
     client.write_all(b"to-serial\n").expect("write");
     let text = read_until(&mut serial, "done", Duration::from_secs(30));
     let run = vmm.wait();
