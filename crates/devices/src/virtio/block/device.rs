@@ -2,7 +2,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
-use std::ops::{Deref, DerefMut};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 
@@ -207,17 +206,3 @@ impl VirtioDevice for Block {
     }
 }
 
-/// The device is its core plus the disk: the core's state reads through it.
-impl Deref for Block {
-    type Target = VirtioCore;
-
-    fn deref(&self) -> &VirtioCore {
-        &self.core
-    }
-}
-
-impl DerefMut for Block {
-    fn deref_mut(&mut self) -> &mut VirtioCore {
-        &mut self.core
-    }
-}

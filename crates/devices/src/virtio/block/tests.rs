@@ -509,7 +509,7 @@ fn repeated_failures_are_counted_across_resets() {
         h.mem.write_obj(QSIZE + 1, GuestAddress(AVAIL + 2)).unwrap();
         h.block.process_queue();
         assert!(h.interrupt.needs_reset());
-        assert_eq!(h.block.failures.count(), round);
+        assert_eq!(h.block.core().failures.count(), round);
         h.block.reset();
         h.interrupt.clear();
         let mut q = Queue::new(QSIZE).unwrap();
@@ -566,7 +566,7 @@ fn read_only_disk() {
 fn avail_index_jump_fails_the_device() {
     let mut h = Harness::new(false, None, false);
     assert_eq!(
-        h.block.queue_evts[0].read().unwrap(),
+        h.block.core().queue_evts[0].read().unwrap(),
         1,
         "activation kicks the event loop"
     );
@@ -869,7 +869,7 @@ fn a_guest_that_keeps_posting_does_not_hold_the_event_loop() {
         let d = SplitDescriptor::new(STATUS, 1, F_WRITE, 0);
         table.store(st_at, RawDescriptor::from(d)).unwrap();
     }
-    let _ = h.block.queue_evts[0].read();
+    let _ = h.block.core().queue_evts[0].read();
     // The other vCPU: re-posts every chain as soon as the device returns it.
     let mem = h.mem.clone();
     let stop = Arc::new(AtomicBool::new(false));
