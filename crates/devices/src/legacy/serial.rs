@@ -377,16 +377,10 @@ mod persist {
 
     #[cfg(test)]
     mod tests {
-        use super::super::tests::{serial, SharedBuf};
+        use super::super::tests::{serial, SharedBuf, DATA, IER, LCR, LSR, SCR};
         use super::*;
         use crate::persist::test_util::round_trip;
         use crate::persist::Versioned;
-
-        const DATA: u64 = 0;
-        const IER: u64 = 1;
-        const LCR: u64 = 3;
-        const LSR: u64 = 5;
-        const SCR: u64 = 7;
 
         fn read(s: &mut Serial, offset: u64) -> u8 {
             let mut b = [0u8];
@@ -503,9 +497,12 @@ mod tests {
 
     pub(super) use crate::test_util::SharedBuf;
 
-    const DATA: u64 = 0;
-    const IER: u64 = 1;
-    const LSR: u64 = 5;
+    // Register offsets from the base port.
+    pub(super) const DATA: u64 = 0;
+    pub(super) const IER: u64 = 1;
+    pub(super) const LCR: u64 = 3;
+    pub(super) const LSR: u64 = 5;
+    pub(super) const SCR: u64 = 7;
     const LSR_DATA_READY: u8 = 1;
 
     pub(super) fn serial() -> (Serial, EventFd, SharedBuf) {

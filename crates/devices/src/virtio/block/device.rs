@@ -205,4 +205,3 @@ impl VirtioDevice for Block {
         self.throttled = false;
     }
 }
-
