@@ -3,15 +3,18 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use clap::{CommandFactory, Parser};
-use vm::{CharBackend, DiskConfig, NetConfig, SeccompMode, Vm, VmConfig};
+use vm::{CharBackend, DiskConfig, ExitReason, NetConfig, SeccompMode, Vm, VmConfig};
 
 mod terminal;
 
 /// A minimal virtual machine monitor: boots a Linux kernel on KVM with a serial console and virtio disks.
 ///
-/// Exit status: 0 when the guest resets or powers off, 1 on a VMM error, 2 on a usage error.
+/// Exit status: 0 when the guest powers off or resets, 1 on a VMM error, 2 on a usage error, 3 when
+/// the guest triple-faults, 4 when the guest kernel panics (pvpanic), 143 when SIGTERM had to stop
+/// a guest that did not power off in time, 128+N when signal N killed vmm.
 #[derive(Parser, Debug)]
 #[command(name = "vmm", version, about, long_about = None)]
 struct Cli {
@@ -110,6 +113,19 @@ struct Cli {
     #[arg(long, value_name = "SIZE", requires = "jail", value_parser = parse_memory)]
     memory_limit: Option<u64>,
 
+    /// Describe the machine to the guest with ACPI tables (on): the kernel finds the virtio
+    /// devices, the power button and pvpanic there, and `poweroff` ends the VM. off: the MP table
+    /// and `virtio_mmio.device=` entries on the command line only, for kernels built without
+    /// ACPI (a guest's own `acpi=off` does the same).
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
+    acpi: String,
+
+    /// On SIGTERM vmm presses the guest's power button and waits this long (30s, 500ms, 2m or
+    /// seconds) for it to power off before stopping it (exit 143); a second SIGTERM stops it at
+    /// once.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    shutdown_timeout: std::time::Duration,
+
     /// The jail's CPU quota in cores, e.g. 1.5; 0 for none. Default: --cpus plus 1.
     #[arg(long, value_name = "CORES", requires = "jail", value_parser = parse_cpu_quota)]
     cpu_quota: Option<f64>,
@@ -120,6 +136,30 @@ fn parse_cpu_quota(s: &str) -> Result<f64, String> {
         Ok(v) if v == 0.0 || (0.01..=4096.0).contains(&v) => Ok(v),
         _ => Err(format!(
             "'{s}' is not a CPU quota: give a number of cores from 0.01 to 4096, e.g. 1.5, or 0 for none"
+        )),
+    }
+}
+
+/// A duration: a number with `ms`, `s` or `m`, or a plain number of seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let (number, unit_ms) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (t, 1000)
+    };
+    match number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_ms))
+    {
+        Some(ms) if ms <= 24 * 3600 * 1000 => Ok(std::time::Duration::from_millis(ms)),
+        _ => Err(format!(
+            "'{s}' is not a duration: give a whole number with ms, s or m (e.g. 30s), at most a day"
         )),
     }
 }
@@ -208,6 +248,8 @@ fn main() -> ExitCode {
             SeccompMode::AllThreads
         },
         irqchip: cli.irqchip,
+        acpi: cli.acpi == "on",
+        shutdown_timeout: cli.shutdown_timeout,
     };
 
     // The jail: the parent supervises and exits with the jailed child's status; the child builds
@@ -245,12 +287,13 @@ fn main() -> ExitCode {
         let _raw = (stdin_owned && std::io::stdin().is_terminal())
             .then(terminal::RawMode::enter)
             .flatten();
+        let _sigterm = shutdown_on_sigterm(vm.shutdown_request());
         vm.run().map_err(AnyError::from)
     });
     match result {
         Ok(reason) => {
             log::info!("guest stopped: {reason:?}");
-            ExitCode::SUCCESS
+            ExitCode::from(exit_status(reason))
         }
         Err(e) => {
             let hint = match (
@@ -264,6 +307,77 @@ fn main() -> ExitCode {
             eprintln!("error: {}{hint}", error_chain(&*e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// vmm's exit status for how the guest ended (README, "Exit status"), with a line on stderr for
+/// the endings that are not the guest's own choice.
+fn exit_status(reason: ExitReason) -> u8 {
+    match reason {
+        ExitReason::PowerOff | ExitReason::Reset => 0,
+        ExitReason::TripleFault => {
+            eprintln!("guest triple-faulted (a crash: x86 resets on a triple fault)");
+            EXIT_TRIPLE_FAULT
+        }
+        ExitReason::Panic => {
+            eprintln!("guest kernel panicked");
+            EXIT_PANIC
+        }
+        ExitReason::Stopped => EXIT_STOPPED,
+    }
+}
+
+/// The guest triple-faulted.
+const EXIT_TRIPLE_FAULT: u8 = 3;
+/// The guest kernel panicked (pvpanic).
+const EXIT_PANIC: u8 = 4;
+/// SIGTERM stopped a guest that did not power off in time: the status of a process SIGTERM ended.
+const EXIT_STOPPED: u8 = 128 + libc::SIGTERM as u8;
+
+/// The shutdown request's eventfd, for the SIGTERM handler; -1 when there is none.
+static SHUTDOWN_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_sigterm(_: libc::c_int) {
+    let fd = SHUTDOWN_FD.load(Ordering::Acquire);
+    if fd >= 0 {
+        let one = 1u64;
+        // SAFETY: write(2) is async-signal-safe; the buffer is 8 valid bytes; the fd stays open
+        // while the handle in `SigtermShutdown` lives, and is unset before that handle drops.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// While this lives, SIGTERM asks the guest to shut down (the power button, then a hard stop
+/// after --shutdown-timeout).
+struct SigtermShutdown {
+    _request: vm::ShutdownRequest,
+}
+
+fn shutdown_on_sigterm(request: vm::ShutdownRequest) -> Option<SigtermShutdown> {
+    use std::os::fd::AsRawFd;
+    SHUTDOWN_FD.store(request.as_raw_fd(), Ordering::Release);
+    // SAFETY: a zeroed sigaction is valid; the handler only loads an atomic and calls write(2).
+    let installed = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigterm as extern "C" fn(libc::c_int) as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut()) == 0
+    };
+    if !installed {
+        log::warn!(
+            "cannot handle SIGTERM: {}; it will kill vmm",
+            std::io::Error::last_os_error()
+        );
+        SHUTDOWN_FD.store(-1, Ordering::Release);
+        return None;
+    }
+    Some(SigtermShutdown { _request: request })
+}
+
+impl Drop for SigtermShutdown {
+    fn drop(&mut self) {
+        SHUTDOWN_FD.store(-1, Ordering::Release);
     }
 }
 

@@ -176,11 +176,15 @@ fn boot_i8042_reset_exits_zero() {
 }
 
 #[test]
-fn boot_triple_fault_exits_zero() {
+fn boot_triple_fault_exits_three_with_one_line() {
     require_kvm!();
     let run = run_vmm(&["--kernel", test_guests::TRIPLE_FAULT], TIMEOUT);
-    run.expect_success();
+    run.expect(run.code == Some(3), "a triple fault is a crash: exit 3");
     run.expect(run.stdout.contains("triple_fault=now"), "guest did not run");
+    run.expect(
+        run.stderr.trim() == "guest triple-faulted (a crash: x86 resets on a triple fault)",
+        "one line on stderr",
+    );
 }
 
 /// A KVM internal error (here a CPL0 int3 this host cannot emulate) ends the VM with status 1 and the

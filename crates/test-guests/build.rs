@@ -147,6 +147,16 @@ const GUESTS: &[Guest] = &[
         entry: Entry::Pvh,
         sources: &["irq.c"],
     },
+    Guest {
+        name: "acpi",
+        entry: Entry::Pvh,
+        sources: &["acpi.c"],
+    },
+    Guest {
+        name: "acpi_linux64",
+        entry: Entry::Linux64,
+        sources: &["acpi.c"],
+    },
 ];
 
 /// Real-mode entry stub of the bzImage guest.

@@ -157,6 +157,20 @@ pub fn configure_linux_boot(
     write_obj(mem, params, ZERO_PAGE_START, "the zero page (boot_params)")
 }
 
+/// Tells the kernel where the ACPI RSDP is, once its boot information is written: the PVH start
+/// info's `rsdp_paddr` (`pvh`), or the zero page's `acpi_rsdp_addr` (boot protocol 2.14). Linux
+/// would also find the RSDP by scanning 0xe0000..0x100000; this spares it the scan.
+pub fn set_acpi_rsdp(mem: &GuestMemoryMmap, pvh: bool, rsdp: u64) -> Result<()> {
+    let (addr, what) = if pvh {
+        let at = std::mem::offset_of!(hvm_start_info, rsdp_paddr) as u64;
+        (PVH_INFO_START + at, "the PVH start info's RSDP address")
+    } else {
+        let at = std::mem::offset_of!(boot_params, acpi_rsdp_addr) as u64;
+        (ZERO_PAGE_START + at, "the zero page's RSDP address")
+    };
+    write_obj(mem, rsdp, addr, what)
+}
+
 /// PVH boot: writes `hvm_start_info` at [`PVH_INFO_START`], the initrd's module entry at
 /// [`PVH_MODLIST_START`] and the memory map at [`PVH_MEMMAP_START`].
 pub fn configure_pvh_boot(
@@ -395,5 +409,21 @@ mod tests {
         assert_eq!(info.nr_modules, 0);
         assert_eq!(info.modlist_paddr, 0);
         assert_eq!(info.memmap_entries, 2);
+    }
+
+    #[test]
+    fn the_rsdp_address_lands_in_either_boot_structure() {
+        let mem = guest_mem(128 * MIB);
+        configure_pvh_boot(&mem, GuestAddress(CMDLINE_START), None).unwrap();
+        set_acpi_rsdp(&mem, true, 0xe_0000).unwrap();
+        let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
+        assert_eq!(info.rsdp_paddr, 0xe_0000);
+        assert_eq!(info.memmap_entries, 2, "nothing else changed");
+
+        configure_linux_boot(&mem, GuestAddress(CMDLINE_START), 42, None, None).unwrap();
+        set_acpi_rsdp(&mem, false, 0xe_0000).unwrap();
+        let p = zero_page(&mem);
+        assert_eq!({ p.acpi_rsdp_addr }, 0xe_0000);
+        assert_eq!({ p.hdr.cmdline_size }, 42, "nothing else changed");
     }
 }

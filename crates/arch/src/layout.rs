@@ -52,6 +52,12 @@ pub const MPTABLE_START: u64 = EBDA_START;
 /// End (exclusive) of the reserved window 0x9fc00..0x100000 that holds the MP table.
 pub const MPTABLE_LIMIT: u64 = HIMEM_START;
 
+/// ACPI: the RSDP, where Linux also scans for it (0xe0000..0x100000, inside the reserved window
+/// that holds the MP table); the other tables follow it.
+pub const ACPI_RSDP_START: u64 = 0xe_0000;
+/// End (exclusive) of the ACPI tables' area.
+pub const ACPI_TABLES_END: u64 = HIMEM_START;
+
 /// Start of high memory: the kernel is loaded here.
 pub const HIMEM_START: u64 = 0x10_0000;
 
@@ -110,6 +116,15 @@ pub const SERIAL_PORT_LEN: u16 = 8;
 pub const SERIAL_IRQ: u32 = 4;
 /// The boot timer's I/O port (one byte).
 pub const BOOT_TIMER_PORT: u16 = 0x440;
+/// The ACPI platform registers (hardware-reduced ACPI): sleep control, sleep status, reset, and
+/// the Generic Event Device's event selector, one byte each from here.
+pub const ACPI_PM_PORT_BASE: u16 = 0x600;
+/// How many ports the ACPI platform registers take.
+pub const ACPI_PM_PORT_LEN: u16 = 4;
+/// The Generic Event Device's interrupt (the power button): ISA IRQ 3, unused otherwise.
+pub const ACPI_GED_IRQ: u32 = 3;
+/// The pvpanic device's I/O port (QEMU's, which Linux's pvpanic driver finds through ACPI).
+pub const PVPANIC_PORT: u16 = 0x505;
 
 /// Maximum number of vCPUs: the MP table uses 8-bit APIC IDs, 255 is broadcast and one ID
 /// goes to the IOAPIC.
@@ -141,7 +156,11 @@ mod tests {
             (PDE_START, PDE_START + 4096),
             (GUEST_FREE_START, GUEST_FREE_END),
             (CMDLINE_START, CMDLINE_START + CMDLINE_MAX_SIZE as u64),
-            (MPTABLE_START, MPTABLE_LIMIT),
+            (
+                MPTABLE_START,
+                MPTABLE_START + crate::mptable::table_size(MAX_VCPUS) as u64,
+            ),
+            (ACPI_RSDP_START, ACPI_TABLES_END),
             (HIMEM_START, MMIO_GAP_START),
         ];
         assert_disjoint(areas.to_vec());
@@ -188,12 +207,14 @@ mod tests {
             port(I8042_COMMAND_PORT, 1),
             port(SERIAL_PORT_BASE, SERIAL_PORT_LEN),
             port(BOOT_TIMER_PORT, 1),
+            port(ACPI_PM_PORT_BASE, ACPI_PM_PORT_LEN),
+            port(PVPANIC_PORT, 1),
         ]);
     }
 
     #[test]
     fn irqs_are_ioapic_pins_and_distinct() {
-        let mut irqs = vec![PIT_IRQ, SERIAL_IRQ];
+        let mut irqs = vec![PIT_IRQ, SERIAL_IRQ, ACPI_GED_IRQ];
         irqs.extend((0..VIRTIO_MMIO_SLOTS).map(|slot| VIRTIO_MMIO_FIRST_IRQ + slot));
         assert!(irqs.iter().all(|&irq| irq <= IOAPIC_LAST_IRQ));
         let count = irqs.len();

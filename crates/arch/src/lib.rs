@@ -8,6 +8,7 @@
 
 #![deny(missing_docs)]
 
+pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod gdt;
@@ -126,6 +127,14 @@ pub enum Error {
         vcpu_id: u8,
         /// The vCPU count.
         num_cpus: u8,
+    },
+    /// The ACPI tables do not fit in their area.
+    #[error("ACPI tables of {size} bytes do not fit in the {max} bytes of their area")]
+    AcpiTablesTooLarge {
+        /// Size of the tables in bytes.
+        size: u64,
+        /// Size of the area.
+        max: u64,
     },
     /// The MP table does not fit in its window.
     #[error("MP table of {size} bytes for {num_cpus} vCPUs does not fit between {start:#x} and {end:#x}")]

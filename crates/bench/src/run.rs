@@ -207,7 +207,8 @@ fn kill(pid: u32, sig: i32) {
 }
 
 /// Runs `cmd` to its end (or `timeout`), timing spawn → exit. Console lines containing one of
-/// `watch` are timestamped; when a line contains `stop_at` the process is sent SIGTERM.
+/// `watch` are timestamped; when a line contains `stop_at` the process is sent SIGKILL (a SIGTERM
+/// would ask vmm's guest to power off and wait for it).
 pub fn run(
     mut cmd: Command,
     timeout: Duration,
@@ -268,7 +269,7 @@ pub fn run(
                 if let Some(stop) = &stop_at {
                     if !stopped && text.contains(stop.as_str()) {
                         stopped = true;
-                        kill(pid, libc::SIGTERM);
+                        kill(pid, libc::SIGKILL);
                     }
                 }
                 line.clear();

@@ -63,6 +63,8 @@ pub const ALL: &[&Syscalls] = &[
     &crate::legacy::SERIAL_SYSCALLS,
     &crate::legacy::I8042_SYSCALLS,
     &crate::legacy::BOOT_TIMER_SYSCALLS,
+    &crate::legacy::ACPI_PM_SYSCALLS,
+    &crate::legacy::PVPANIC_SYSCALLS,
     &crate::legacy::IOAPIC_SYSCALLS,
     &crate::legacy::PIT_SYSCALLS,
     &crate::virtio::seccomp::MMIO_TRANSPORT,

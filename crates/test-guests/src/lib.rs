@@ -314,6 +314,21 @@ pub fn writer_record(n: u64) -> Vec<u8> {
 }
 
 /// Every guest image, by name, for tests that iterate over all of them.
+/// ACPI guest (PVH): prints `start_info_rsdp=` (the RSDP address in the PVH start info), `rsdp=`
+/// (found by scanning 0xe0000..0x100000 on 16-byte boundaries, 0x0 if absent), `rsdp_checksum=ok`
+/// or `bad` (both checksums), `rsdp_revision=`, then for the XSDT, each table it lists and the
+/// FADT's X_DSDT: `table=SIG,<addr>,<len>,ok|bad` (checksum) and `dump=SIG,<hex bytes>`; then
+/// `tables_done`. Then the command line's `action=`: `poweroff` (S5 to the sleep control register
+/// 0x600), `reset` (1 to the reset register 0x602), `panic` (prints `pvpanic_features=` read from
+/// port 0x505, then writes 1 to it), `button` (prints `waiting_for_button`, polls the GED selector
+/// 0x603 until it is non-zero, prints `button=`, then powers off as for `poweroff`), `hang`
+/// (prints `hanging` and spins for minutes, ignoring the power button). Each action prints
+/// `<action>=ignored` if the VM goes on. `done` last.
+pub const ACPI: &str = concat!(env!("OUT_DIR"), "/acpi.elf");
+
+/// [`ACPI`] entered through the Linux 64-bit protocol (the RSDP address from the zero page).
+pub const ACPI_LINUX64: &str = concat!(env!("OUT_DIR"), "/acpi_linux64.elf");
+
 pub const ALL: &[(&str, &str)] = &[
     ("pvh_info", PVH_INFO),
     ("linux64_info", LINUX64_INFO),
@@ -335,6 +350,8 @@ pub const ALL: &[(&str, &str)] = &[
     ("blk_writer", BLK_WRITER),
     ("rate_probe", RATE_PROBE),
     ("irq", IRQ),
+    ("acpi", ACPI),
+    ("acpi_linux64", ACPI_LINUX64),
 ];
 
 /// Number of pattern lines [`SERIAL_FLOOD`] prints between `flood_begin` and `flood_end`.

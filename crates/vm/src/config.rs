@@ -447,7 +447,18 @@ pub struct VmConfig {
     pub seccomp: crate::SeccompMode,
     /// Where the interrupt controllers and the PIT are emulated (default: split when KVM can).
     pub irqchip: IrqChip,
+    /// Describe the machine with ACPI tables (default): the guest finds its devices, powers off
+    /// and hears the power button through them, and the command line carries no
+    /// `virtio_mmio.device=` entries. Off (or `acpi=off` on the command line): the MP table and
+    /// command-line devices only, for kernels without ACPI.
+    pub acpi: bool,
+    /// How long [`crate::ShutdownRequest::request`] waits, after pressing the power button, for the
+    /// guest to power off before the VM is stopped ([`crate::ExitReason::Stopped`]).
+    pub shutdown_timeout: std::time::Duration,
 }
+
+/// How long a guest has to power off after the power button, by default.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl VmConfig {
     /// A configuration with the defaults: 1 vCPU, 128 MiB, no disks, serial on stdout (no input),
@@ -466,6 +477,8 @@ impl VmConfig {
             boot_timer: false,
             seccomp: crate::SeccompMode::default(),
             irqchip: IrqChip::default(),
+            acpi: true,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
     }
 

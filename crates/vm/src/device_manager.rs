@@ -12,8 +12,9 @@ use arch::layout;
 use devices::bus::Bus;
 use devices::chardev::Chardev;
 use devices::legacy::{
-    BootTimer, ChardevWriter, Ioapic, Pit, PitTimer, Serial, SerialInput, BOOT_TIMER_MMIO_LEN,
-    BOOT_TIMER_PORT_LEN, I8042, IOAPIC_MMIO_LEN, PIT_PORT_LEN,
+    AcpiPm, BootTimer, ChardevWriter, Ioapic, Pit, PitTimer, PowerRequest, Pvpanic, Serial,
+    SerialInput, ACPI_PM_PORT_LEN, BOOT_TIMER_MMIO_LEN, BOOT_TIMER_PORT_LEN, I8042,
+    IOAPIC_MMIO_LEN, PIT_PORT_LEN,
 };
 use devices::rate_limiter::{RateLimitConfig, RateLimiter};
 use devices::virtio::block::{Block, BlockConfig};
@@ -30,6 +31,7 @@ use crate::error::{kvm_err, Error, Result};
 use crate::kvm::KvmRoutes;
 use crate::start::step_done;
 use crate::vcpu::{ExitState, ResetTrigger};
+use crate::ExitReason;
 
 /// What the event loop serves.
 pub(crate) type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -99,6 +101,8 @@ pub(crate) struct DeviceManager {
     devices: Devices,
     slots: MmioSlots,
     cmdline: Vec<String>,
+    /// The virtio-mmio slots in use, as (base, IRQ), for the ACPI tables.
+    virtio_slots: Vec<(u64, u32)>,
     disks: usize,
     nics: usize,
 }
@@ -117,6 +121,7 @@ impl DeviceManager {
             },
             slots: MmioSlots::default(),
             cmdline: Vec::new(),
+            virtio_slots: Vec::new(),
             disks: 0,
             nics: 0,
         })
@@ -198,6 +203,47 @@ impl DeviceManager {
         )
         .map_err(dev_err("PIT"))?;
         self.add_subscriber(Arc::new(Mutex::new(PitTimer(pit))));
+        Ok(())
+    }
+
+    /// The ACPI platform registers (sleep control and status, reset, the GED's event selector)
+    /// on their ports, the GED's IRQ (irqfd); power-off and reset stop the VM through `exit`.
+    /// Returns the device, whose power button the VM presses on a shutdown request.
+    pub fn add_acpi_platform(&mut self, exit: &Arc<ExitState>) -> Result<Arc<Mutex<AcpiPm>>> {
+        let irq = self.irqfd(layout::ACPI_GED_IRQ, "register the ACPI GED irqfd")?;
+        let exit = exit.clone();
+        let pm = Arc::new(Mutex::new(AcpiPm::new(
+            irq,
+            Box::new(move |request| {
+                exit.finish(Ok(match request {
+                    PowerRequest::PowerOff => ExitReason::PowerOff,
+                    PowerRequest::Reset => ExitReason::Reset,
+                }))
+            }),
+        )));
+        self.devices
+            .pio
+            .insert(
+                pm.clone(),
+                u64::from(layout::ACPI_PM_PORT_BASE),
+                ACPI_PM_PORT_LEN,
+            )
+            .map_err(dev_err("ACPI platform registers"))?;
+        Ok(pm)
+    }
+
+    /// The pvpanic port: a guest kernel's panic stops the VM through `exit`.
+    pub fn add_pvpanic(&mut self, exit: &Arc<ExitState>) -> Result<()> {
+        let exit = exit.clone();
+        let pvpanic = Pvpanic::new(Box::new(move || exit.finish(Ok(ExitReason::Panic))));
+        self.devices
+            .pio
+            .insert(
+                Arc::new(Mutex::new(pvpanic)),
+                u64::from(layout::PVPANIC_PORT),
+                1,
+            )
+            .map_err(dev_err("pvpanic"))?;
         Ok(())
     }
 
@@ -301,6 +347,11 @@ impl DeviceManager {
         &self.cmdline
     }
 
+    /// The virtio-mmio slots used so far, as (MMIO base, IRQ), in slot order.
+    pub fn virtio_slots(&self) -> &[(u64, u32)] {
+        &self.virtio_slots
+    }
+
     /// The buses, the event loop and the ptys, for the VM to run.
     pub fn into_devices(self) -> Devices {
         self.devices
@@ -336,6 +387,7 @@ impl DeviceManager {
             .map_err(dev_err(what))?;
         self.add_subscriber(device);
         self.cmdline.push(slot.cmdline_entry());
+        self.virtio_slots.push((slot.base, slot.irq));
         Ok(slot)
     }
 
@@ -380,6 +432,23 @@ fn rate_limiter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The ACPI tables (arch) describe the registers the devices serve: the same offsets and values.
+    #[test]
+    fn acpi_tables_and_devices_agree() {
+        use arch::acpi;
+        use devices::legacy as dev;
+        assert_eq!(u64::from(acpi::SLEEP_CONTROL_OFFSET), dev::SLEEP_CONTROL);
+        assert_eq!(u64::from(acpi::SLEEP_STATUS_OFFSET), dev::SLEEP_STATUS);
+        assert_eq!(u64::from(acpi::RESET_OFFSET), dev::RESET);
+        assert_eq!(u64::from(acpi::GED_SELECTOR_OFFSET), dev::GED_SELECTOR);
+        assert_eq!(acpi::RESET_VALUE, dev::RESET_VALUE);
+        assert_eq!(acpi::S5_SLEEP_TYPE, dev::S5_SLEEP_TYPE);
+        assert_eq!(acpi::SLEEP_ENABLE, dev::SLEEP_ENABLE);
+        assert_eq!(acpi::GED_EVENT_POWER_BUTTON, dev::GED_EVENT_POWER_BUTTON);
+        assert_eq!(acpi::PVPANIC_PANICKED, dev::PVPANIC_PANICKED);
+        assert_eq!(u64::from(layout::ACPI_PM_PORT_LEN), dev::ACPI_PM_PORT_LEN);
+    }
 
     #[test]
     fn slots_follow_the_layout_in_order() {

@@ -207,13 +207,15 @@ pub(crate) fn write_cmdline(
 }
 
 /// Writes what the kernel reads at its entry: the PVH start info or the zero page (each with the
-/// e820 map, the command line's address and the initrd), and the MP table for `vcpus` vCPUs.
+/// e820 map, the command line's address and the initrd), the MP table for `vcpus` vCPUs, and the
+/// ACPI tables for `acpi` (with their address in the start info or zero page) unless it is None.
 pub(crate) fn write_boot_tables(
     mem: &GuestMemoryMmap,
     kernel: &LoadedKernel,
     cmdline_len: usize,
     initrd: Option<&arch::boot::Initrd>,
     vcpus: u8,
+    acpi: Option<&arch::acpi::Machine>,
 ) -> Result<()> {
     let cmdline_addr = GuestAddress(layout::CMDLINE_START);
     match kernel.entry {
@@ -229,7 +231,13 @@ pub(crate) fn write_boot_tables(
         .map_err(arch_err("write the zero page"))?,
     }
     arch::mptable::setup_mptable(mem, vcpus).map_err(arch_err("write the MP table"))?;
-    step_done("wrote boot parameters and MP table");
+    if let Some(machine) = acpi {
+        let rsdp =
+            arch::acpi::setup_acpi(mem, machine).map_err(arch_err("write the ACPI tables"))?;
+        let pvh = matches!(kernel.entry, BootEntry::Pvh { .. });
+        arch::boot::set_acpi_rsdp(mem, pvh, rsdp).map_err(arch_err("write the RSDP address"))?;
+    }
+    step_done("wrote boot parameters, MP and ACPI tables");
     Ok(())
 }
 
@@ -257,6 +265,12 @@ pub(crate) fn build_cmdline(base: &str, additions: &[String], capacity: usize) -
             .map_err(|e| Error::Cmdline(format!("{e} in '{text}'")))?;
     }
     Ok(cmdline)
+}
+
+/// Whether the guest uses ACPI: the VM offers it (`acpi`) and the command line does not turn it
+/// off (`acpi=off`, which makes Linux ignore the tables and read the MP table).
+pub(crate) fn guest_uses_acpi(acpi: bool, cmdline: &str) -> bool {
+    acpi && !cmdline.split_whitespace().any(|w| w == "acpi=off")
 }
 
 /// Whether the command line already sets `key` (as `key` or `key=…`).
@@ -326,6 +340,14 @@ mod tests {
             cmdline_additions("console=ttyS0 ro", Vec::new(), Some(false), &[]),
             ["root=/dev/vda"]
         );
+    }
+
+    #[test]
+    fn acpi_off_on_the_command_line_wins() {
+        assert!(guest_uses_acpi(true, "console=ttyS0 panic=1"));
+        assert!(guest_uses_acpi(true, "xacpi=off acpi=on"));
+        assert!(!guest_uses_acpi(true, "console=ttyS0 acpi=off"));
+        assert!(!guest_uses_acpi(false, "console=ttyS0"));
     }
 
     #[test]

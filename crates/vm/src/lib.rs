@@ -35,21 +35,29 @@ mod vm;
 pub use config::{
     parse_memory_size, BucketConfig, CharBackend, DiskConfig, IrqChip, NetConfig, ParseError,
     RateLimitConfig, SerialOutput, VmConfig, DEFAULT_CMDLINE, DEFAULT_CONSOLE_CMDLINE,
-    DEFAULT_MEMORY_BYTES,
+    DEFAULT_MEMORY_BYTES, DEFAULT_SHUTDOWN_TIMEOUT,
 };
 pub use devices::Error as DeviceError;
 pub use error::{Error, Result};
 pub use seccomp::SeccompMode;
 pub use start::{mark_process_start, process_start};
-pub use vm::Vm;
+pub use vm::{ShutdownRequest, Vm};
 
 /// Why a guest stopped running without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitReason {
-    /// The guest asked for a reset (i8042 reset line, or a KVM reset event).
+    /// The guest asked for a reset (i8042 reset line, the ACPI reset register, or a KVM reset
+    /// event).
     Reset,
-    /// The guest triple-faulted (KVM_EXIT_SHUTDOWN), which resets an x86 machine.
+    /// The guest triple-faulted (KVM_EXIT_SHUTDOWN): a real machine resets, but no working guest
+    /// does this on purpose, so it is reported as a crash.
     TripleFault,
-    /// The guest powered off.
+    /// The guest powered off (ACPI sleep state S5, or a KVM shutdown event).
     PowerOff,
+    /// The guest kernel reported a panic through pvpanic.
+    Panic,
+    /// The host stopped the VM: a [`ShutdownRequest`] that the guest did not answer by powering
+    /// off within [`VmConfig::shutdown_timeout`], a second request, or a request to a VM without
+    /// ACPI (which has no power button).
+    Stopped,
 }

@@ -145,7 +145,7 @@ fn device_syscalls() -> impl Iterator<Item = &'static Syscalls> {
     devices::seccomp::ALL
         .iter()
         .copied()
-        .chain(std::iter::once(&GSI_ROUTER_SYSCALLS))
+        .chain([&GSI_ROUTER_SYSCALLS, &crate::vm::SHUTDOWN_SYSCALLS])
 }
 
 /// What a kind of thread may call on top of [`COMMON`] and the rules every kind shares: the core's

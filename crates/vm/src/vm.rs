@@ -1,6 +1,7 @@
 //! The boot sequence (see DESIGN.md, "Boot sequence"): [`Vm::new`] runs the checklist, each step a
 //! function of the module that owns it; [`Vm::run`] runs the VM to an [`ExitReason`].
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -14,6 +15,7 @@ use seccompiler::BpfProgram;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::config::{IrqChip, VmConfig};
 use crate::device_manager::{DeviceManager, Devices, Subscriber};
@@ -36,6 +38,7 @@ pub struct Vm {
     event_manager: EventManager<Subscriber>,
     exit: Arc<ExitState>,
     exit_seen: Arc<AtomicBool>,
+    shutdown: ShutdownRequest,
     /// Pseudo-terminals created for console backends: (device, secondary path).
     ptys: Vec<(&'static str, PathBuf)>,
     filters: Filters,
@@ -81,6 +84,20 @@ impl Vm {
         if irqchip == IrqChip::Split {
             devices.add_split_irqchip()?;
         }
+        let power_button = match config.acpi {
+            true => Some(devices.add_acpi_platform(&exit)?),
+            false => None,
+        };
+        devices.add_pvpanic(&exit)?;
+        let shutdown = ShutdownRequest(Arc::new(
+            EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?,
+        ));
+        devices.add_subscriber(ShutdownWatcher::subscriber(
+            &shutdown,
+            power_button,
+            &exit,
+            config.shutdown_timeout,
+        )?);
         if config.boot_timer {
             devices.add_boot_timer()?;
         }
@@ -107,12 +124,28 @@ impl Vm {
             (Some(disk), None) => Some(disk.read_only),
             _ => None,
         };
-        let additions =
-            kernel::cmdline_additions(base, quirks, root_disk, devices.cmdline_entries());
+        // With ACPI the guest finds the virtio devices in the DSDT; without, on the command line.
+        let device_entries = match kernel::guest_uses_acpi(config.acpi, base) {
+            true => &[][..],
+            false => devices.cmdline_entries(),
+        };
+        let additions = kernel::cmdline_additions(base, quirks, root_disk, device_entries);
         let cmdline_len = kernel::write_cmdline(&mem, base, &additions, kernel.cmdline_capacity)?;
 
-        // 8. The boot tables.
-        kernel::write_boot_tables(&mem, &kernel, cmdline_len, initrd.as_ref(), config.vcpus)?;
+        // 8. The boot tables: PVH start info or zero page, MP table, ACPI tables.
+        let acpi = config.acpi.then(|| arch::acpi::Machine {
+            vcpus: config.vcpus,
+            legacy_pics: irqchip == IrqChip::Kernel,
+            virtio_mmio: devices.virtio_slots().to_vec(),
+        });
+        kernel::write_boot_tables(
+            &mem,
+            &kernel,
+            cmdline_len,
+            initrd.as_ref(),
+            config.vcpus,
+            acpi.as_ref(),
+        )?;
 
         let Devices {
             pio,
@@ -127,6 +160,7 @@ impl Vm {
             event_manager,
             exit,
             exit_seen,
+            shutdown,
             ptys,
             filters,
             vm_fd,
@@ -134,6 +168,12 @@ impl Vm {
             _kvm: kvm,
             _mem: mem,
         })
+    }
+
+    /// A handle that asks the guest to shut down (see [`ShutdownRequest`]); it stays valid, and
+    /// harmless, after the VM has stopped.
+    pub fn shutdown_request(&self) -> ShutdownRequest {
+        self.shutdown.clone()
     }
 
     /// The pseudo-terminals created for `pty` console backends, as (`"serial"` or `"console"`,
@@ -231,6 +271,121 @@ impl Vm {
         self.exit_seen.load(Ordering::Acquire)
     }
 }
+
+/// Asks a running VM's guest to shut down, from any thread or from a signal handler.
+///
+/// The first request presses the ACPI power button; a guest that powers off within
+/// [`VmConfig::shutdown_timeout`] ends the VM with [`ExitReason::PowerOff`], otherwise the VM is
+/// stopped with [`ExitReason::Stopped`]. A second request, or one to a VM without ACPI (no power
+/// button), stops the VM at once with [`ExitReason::Stopped`].
+#[derive(Clone, Debug)]
+pub struct ShutdownRequest(Arc<EventFd>);
+
+impl ShutdownRequest {
+    /// Makes the request.
+    pub fn request(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+impl AsRawFd for ShutdownRequest {
+    /// The eventfd behind [`ShutdownRequest::request`]: a signal handler makes the request by
+    /// writing a native-endian `1u64` to it (`write(2)` is async-signal-safe). Valid while this
+    /// handle lives.
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// The event loop's side of [`ShutdownRequest`]: presses the power button, then stops the VM
+/// when the guest has not powered off in time.
+struct ShutdownWatcher {
+    requests: Arc<EventFd>,
+    timer: TimerFd,
+    power_button: Option<Arc<Mutex<devices::legacy::AcpiPm>>>,
+    exit: Arc<ExitState>,
+    timeout: std::time::Duration,
+    pressed: bool,
+}
+
+impl ShutdownWatcher {
+    fn subscriber(
+        request: &ShutdownRequest,
+        power_button: Option<Arc<Mutex<devices::legacy::AcpiPm>>>,
+        exit: &Arc<ExitState>,
+        timeout: std::time::Duration,
+    ) -> Result<Subscriber> {
+        Ok(Arc::new(Mutex::new(ShutdownWatcher {
+            requests: request.0.clone(),
+            timer: TimerFd::new().map_err(|e| Error::EventFd(e.into()))?,
+            power_button,
+            exit: exit.clone(),
+            timeout,
+            pressed: false,
+        })))
+    }
+
+    fn stop(&self, why: &str) {
+        log::warn!("stopping the VM: {why}");
+        self.exit.finish(Ok(ExitReason::Stopped));
+    }
+
+    fn on_request(&mut self, count: u64) {
+        let Some(button) = self.power_button.as_ref() else {
+            return self.stop("shutdown requested and the VM has no power button (ACPI is off)");
+        };
+        if self.pressed || count > 1 {
+            return self.stop("shutdown requested again");
+        }
+        self.pressed = true;
+        let pressed = button
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .press_power_button();
+        if let Err(e) = pressed {
+            return self.stop(&format!("cannot raise the power button's interrupt: {e}"));
+        }
+        log::info!(
+            "pressed the power button; the guest has {:?} to power off",
+            self.timeout
+        );
+        if let Err(e) = self.timer.reset(self.timeout, None) {
+            self.stop(&format!("cannot arm the shutdown timer: {e}"));
+        }
+    }
+}
+
+impl MutEventSubscriber for ShutdownWatcher {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() == self.requests.as_raw_fd() {
+            if let Ok(count) = self.requests.read() {
+                self.on_request(count);
+            }
+        } else if self.timer.wait().is_ok() {
+            let timeout = self.timeout;
+            self.stop(&format!("the guest did not power off within {timeout:?}"));
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for fd in [self.requests.as_raw_fd(), self.timer.as_raw_fd()] {
+            if let Err(e) = ops.add(Events::with_data_raw(fd, 0, EventSet::IN)) {
+                log::error!("cannot watch the shutdown request: {e:?}");
+            }
+        }
+    }
+}
+
+/// The shutdown watcher's calls, on the event loop: the request's eventfd and the timer's timerfd
+/// are read, the timer armed, and the power button's irqfd written (declared by the device).
+pub(crate) const SHUTDOWN_SYSCALLS: devices::seccomp::Syscalls = devices::seccomp::Syscalls {
+    name: "shutdown request",
+    vcpu: &[],
+    event_loop: &[
+        devices::seccomp::SyscallRule::Any(libc::SYS_read),
+        devices::seccomp::SyscallRule::Any(libc::SYS_timerfd_settime),
+    ],
+};
 
 /// Wakes the event loop when a vCPU or the i8042 asks the VM to stop.
 struct ExitWatcher {
