@@ -80,8 +80,10 @@ fn boot_linux_pvh_disk_root_three_disks() {
         .expect("sparse vdd image");
     let token = "tok-pvh-7f3a";
 
-    let cmdline = test_cmdline("full", token);
+    // The init ends with busybox `poweroff -f`: ACPI S5 ends the VM with 0, and -v says PowerOff.
+    let cmdline = format!("{} vmmend=poweroff", test_cmdline("full", token));
     let run = boot_with_checks(&[
+        "-v",
         "--kernel",
         s(&guest.vmlinux),
         "--cmdline",
@@ -102,6 +104,13 @@ fn boot_linux_pvh_disk_root_three_disks() {
     run.expect_check("vdb_before", "HOST-PREFILL-VDB");
     run.expect_check("vdc_write", "refused");
     run.expect_check("vdc_ro", "1");
+    // The disks came from the ACPI DSDT, not from the command line.
+    run.expect_check("acpi", "on");
+    run.expect_check("cmdline_virtio_mmio", "0");
+    run.expect(
+        run.stderr.contains("guest stopped: PowerOff"),
+        "poweroff did not end the VM through ACPI",
+    );
 
     // What the guest wrote is in the images on the host.
     assert_eq!(
@@ -135,14 +144,14 @@ fn boot_linux_pvh_disk_root_three_disks() {
     }
 }
 
-/// ELF vmlinux (PVH) with an initramfs, 4 vCPUs and 4 GiB (RAM split around the MMIO gap): the guest
-/// counts exactly 4 CPUs and sees 4 GiB. The slowest boot here: the guest kernel initialises a struct
+/// ELF vmlinux (PVH) with an initramfs, 4 vCPUs and 4 GiB (RAM split around the MMIO gap) and the
+/// guest's own `acpi=off`: the guest finds its 4 CPUs through the MP table and sees 4 GiB. The slowest boot here: the guest kernel initialises a struct
 /// page per 4 KiB of RAM, each slow where the guest kernel is emulated (README has the time).
 #[test]
 fn boot_linux_pvh_initramfs_smp_4_cpus_4g() {
     require_kvm!();
     let guest = linux_guest();
-    let cmdline = test_cmdline("full", "tok-smp");
+    let cmdline = format!("{} acpi=off", test_cmdline("full", "tok-smp"));
     let run = boot_with_checks(&[
         "--kernel",
         s(&guest.vmlinux),
@@ -157,6 +166,7 @@ fn boot_linux_pvh_initramfs_smp_4_cpus_4g() {
     ]);
     run.expect_check("root", "rootfs");
     run.expect_check("cpus", "4");
+    run.expect_check("acpi", "off");
     let mem_kb: u64 = run
         .check("memtotal_kb")
         .and_then(|v| v.parse().ok())
@@ -187,7 +197,8 @@ fn boot_linux_bzimage_initramfs() {
 }
 
 /// The README's promise: `vmm --kernel K --disk D` with no other flag boots to a shell on the console;
-/// what the person types reaches the shell, and `reboot` ends the VM with status 0. bzImage, disk root.
+/// what the person types reaches the shell, and `poweroff` ends the VM with status 0. bzImage, disk
+/// root.
 #[test]
 fn boot_linux_bzimage_disk_root_interactive_shell() {
     require_kvm!();
@@ -198,7 +209,7 @@ fn boot_linux_bzimage_disk_root_interactive_shell() {
         &["--kernel", s(&guest.bzimage), "--disk", &rootfs],
         &[
             ("to end the VM", "echo typed-$((6*7)); cat /proc/cmdline\n"),
-            ("typed-42", "reboot\n"),
+            ("typed-42", "poweroff\n"),
         ],
         BOOT_TIMEOUT,
     );
@@ -209,4 +220,61 @@ fn boot_linux_bzimage_disk_root_interactive_shell() {
         "VMM did not add root=/dev/vda",
     );
     run.expect_success();
+}
+
+/// `kill -TERM` of vmm presses the ACPI power button: the guest kernel's power-button driver
+/// signals init, which powers off; vmm exits 0.
+#[test]
+fn boot_linux_sigterm_presses_the_power_button() {
+    require_kvm!();
+    let guest = linux_guest();
+    let cmdline = "console=ttyS0 reboot=k panic=1 vmmtest=powerbutton";
+    let mut vmm = common::Running::start(&[
+        "--kernel",
+        s(&guest.vmlinux),
+        "--initrd",
+        s(&guest.initramfs),
+        "--cmdline",
+        cmdline,
+    ]);
+    vmm.wait_for_line("VMM-WAITING-FOR-POWER-BUTTON", BOOT_TIMEOUT);
+    // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+    unsafe { libc::kill(vmm.child.id() as libc::pid_t, libc::SIGTERM) };
+    vmm.wait_for_line("VMM-POWER-BUTTON", Duration::from_secs(120));
+    let code = vmm.signal_and_wait(0, Duration::from_secs(120));
+    assert_eq!(code, Some(0), "stderr: {}", vmm.stop());
+}
+
+/// A guest kernel panic reaches vmm through pvpanic: exit 4 and one line, whether the guest would
+/// reboot (`panic=1`) or hang (no `panic=`) after it.
+fn panic_ends_the_vm(cmdline: &str) {
+    require_kvm!();
+    let guest = linux_guest();
+    let run = run_vmm(
+        &[
+            "--kernel",
+            s(&guest.vmlinux),
+            "--initrd",
+            s(&guest.initramfs),
+            "--cmdline",
+            cmdline,
+        ],
+        BOOT_TIMEOUT,
+    );
+    run.expect(run.stdout.contains("VMM-PANICKING"), "the init did not panic");
+    run.expect(run.code == Some(4), "a guest panic must exit 4");
+    run.expect(
+        run.stderr.trim_end().ends_with("guest kernel panicked"),
+        "no 'guest kernel panicked' line",
+    );
+}
+
+#[test]
+fn boot_linux_panic_with_panic_1_exits_4() {
+    panic_ends_the_vm("console=ttyS0 reboot=k panic=1 vmmtest=panic");
+}
+
+#[test]
+fn boot_linux_panic_without_panic_param_exits_4() {
+    panic_ends_the_vm("console=ttyS0 reboot=k vmmtest=panic");
 }
