@@ -41,6 +41,17 @@ impl Block {
             path: path.clone(),
             error,
         };
+        // Before opening: root would open a file of mode 0444 for writing all the same.
+        if !config.read_only {
+            if let Ok(meta) = std::fs::metadata(path) {
+                if meta.is_file() && meta.mode() & 0o222 == 0 {
+                    return Err(Error::DiskModeReadOnly {
+                        path: path.clone(),
+                        mode: meta.mode() & 0o7777,
+                    });
+                }
+            }
+        }
         // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
         let mut file = OpenOptions::new()
             .read(true)
@@ -64,12 +75,6 @@ impl Block {
         // SAFETY: fcntl on a valid, owned descriptor; no memory is involved.
         if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, 0) } != 0 {
             return Err(open_err(std::io::Error::last_os_error()));
-        }
-        if !config.read_only && kind.is_file() && meta.mode() & 0o222 == 0 {
-            return Err(Error::DiskModeReadOnly {
-                path: path.clone(),
-                mode: meta.mode() & 0o7777,
-            });
         }
         super::lock::lock(&file, path, config.read_only)?;
 

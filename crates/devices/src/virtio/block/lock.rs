@@ -104,13 +104,13 @@ pub(super) fn lock(file: &File, path: &Path, read_only: bool) -> Result<(), Erro
         let bit = 1 << i;
         if perm & bit != 0 && ofd_held(file, SHARED_BASE + i64::from(i)).map_err(lock_err)? {
             return Err(locked(format!(
-                "another program (QEMU's kind of lock) does not share the {} permission this disk needs",
+                "another program refuses to share {} access to it (a QEMU image lock)",
                 perm_name(bit)
             )));
         }
         if unshared & bit != 0 && ofd_held(file, PERM_BASE + i64::from(i)).map_err(lock_err)? {
             return Err(locked(format!(
-                "another program (QEMU's kind of lock) holds the {} permission",
+                "another program has {} access to it (a QEMU image lock)",
                 perm_name(bit)
             )));
         }
