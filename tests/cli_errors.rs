@@ -225,7 +225,10 @@ fn kernel_fifo_is_refused_without_hanging() {
 #[test]
 fn kernel_device_is_refused() {
     require_kvm!();
-    for (dev, kind) in [("/dev/kvm", "character device"), ("/dev/null", "character device")] {
+    for (dev, kind) in [
+        ("/dev/kvm", "character device"),
+        ("/dev/null", "character device"),
+    ] {
         let run = run_vmm(&["--kernel", dev], HANG_TIMEOUT);
         expect_error(&run, &[dev, kind, "--kernel"]);
     }
@@ -319,7 +322,8 @@ fn disk_size_not_a_multiple_of_the_sector_boots_with_a_warning() {
     );
     run.expect(run.code == Some(0), "expected exit status 0");
     run.expect(
-        run.stderr.contains("not a multiple of 512; the last 488 bytes"),
+        run.stderr
+            .contains("not a multiple of 512; the last 488 bytes"),
         "expected the warning about the last 488 bytes",
     );
     assert_eq!(std::fs::read(&disk).unwrap(), data, "the image changed");
@@ -514,9 +518,8 @@ fn disk_held_by_qemu_is_refused() {
     let locked = loop {
         let locks = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
             .map(|d| {
-                d.flatten().any(|f| {
-                    std::fs::read_to_string(f.path()).is_ok_and(|s| holds_byte(&s, 101))
-                })
+                d.flatten()
+                    .any(|f| std::fs::read_to_string(f.path()).is_ok_and(|s| holds_byte(&s, 101)))
             })
             .unwrap_or(false);
         if locks || start.elapsed() > TIMEOUT {
@@ -536,7 +539,10 @@ fn disk_held_by_qemu_is_refused() {
     let _ = child.wait();
     let runs = runs.expect("QEMU never locked the image");
     for run in &runs {
-        expect_error(run, &["disk.img", "locked", "write", &format!("{pid} (qemu")]);
+        expect_error(
+            run,
+            &["disk.img", "locked", "write", &format!("{pid} (qemu")],
+        );
     }
 }
 
@@ -545,7 +551,10 @@ fn disk_held_by_qemu_is_refused() {
 fn holds_byte(fdinfo: &str, byte: u64) -> bool {
     fdinfo.lines().filter(|l| l.contains("OFDLCK")).any(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        let n = |i: usize| f.get(f.len().wrapping_sub(i)).and_then(|v| v.parse::<u64>().ok());
+        let n = |i: usize| {
+            f.get(f.len().wrapping_sub(i))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
         matches!((n(2), n(1)), (Some(a), Some(b)) if a <= byte && byte <= b)
     })
 }

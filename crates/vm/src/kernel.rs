@@ -134,15 +134,21 @@ fn image_span(file: &File, elf: bool) -> Option<(u64, u64)> {
     use std::os::unix::fs::FileExt;
     let u16_at = |off: u64| {
         let mut b = [0u8; 2];
-        file.read_exact_at(&mut b, off).ok().map(|_| u16::from_le_bytes(b))
+        file.read_exact_at(&mut b, off)
+            .ok()
+            .map(|_| u16::from_le_bytes(b))
     };
     let u32_at = |off: u64| {
         let mut b = [0u8; 4];
-        file.read_exact_at(&mut b, off).ok().map(|_| u32::from_le_bytes(b))
+        file.read_exact_at(&mut b, off)
+            .ok()
+            .map(|_| u32::from_le_bytes(b))
     };
     let u64_at = |off: u64| {
         let mut b = [0u8; 8];
-        file.read_exact_at(&mut b, off).ok().map(|_| u64::from_le_bytes(b))
+        file.read_exact_at(&mut b, off)
+            .ok()
+            .map(|_| u64::from_le_bytes(b))
     };
     if elf {
         // ELFCLASS64, little-endian: the only ELF the loader takes.
@@ -241,12 +247,13 @@ pub(crate) fn load_initrd(
         path: path.to_path_buf(),
         source,
     };
-    let (mut file, size) = open_regular(path)
-        .map_err(open_err)?
-        .map_err(|kind| Error::InitrdNotAFile {
-            path: path.to_path_buf(),
-            kind,
-        })?;
+    let (mut file, size) =
+        open_regular(path)
+            .map_err(open_err)?
+            .map_err(|kind| Error::InitrdNotAFile {
+                path: path.to_path_buf(),
+                kind,
+            })?;
     if size == 0 {
         return Err(open_err(std::io::Error::other("the file is empty")));
     }

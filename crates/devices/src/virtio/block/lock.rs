@@ -170,9 +170,9 @@ fn holders(file: &File) -> String {
         let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
             continue;
         };
-        let open = fds.flatten().any(|fd| {
-            std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
-        });
+        let open = fds
+            .flatten()
+            .any(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino));
         if open {
             let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
             found.push(format!("{pid} ({})", comm.trim()));
