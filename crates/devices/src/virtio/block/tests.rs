@@ -914,10 +914,8 @@ fn qemu_lock(file: &std::fs::File, byte: i64) {
     fl.l_start = byte;
     fl.l_len = 1;
     // SAFETY: fcntl on a descriptor we own, with a live flock.
-    assert_eq!(
-        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) },
-        0
-    );
+    let ret = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    assert_eq!(ret, 0);
 }
 
 #[test]
@@ -962,10 +960,8 @@ fn qemu_locks_are_honoured_and_taken() {
         fl.l_len = 1;
         use std::os::fd::AsRawFd;
         // SAFETY: fcntl on a descriptor we own, with a live flock it may write.
-        assert_eq!(
-            unsafe { libc::fcntl(probe.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) },
-            0
-        );
+        let ret = unsafe { libc::fcntl(probe.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+        assert_eq!(ret, 0);
         fl.l_type != libc::F_UNLCK as libc::c_short
     };
     let rw = Block::new(cfg(false)).unwrap();
