@@ -488,42 +488,87 @@ fn two_vmms_never_share_a_writable_image() {
     first.stop();
 }
 
+const QEMU: &str = "qemu-system-x86_64";
+
+/// Whether QEMU is installed (resources/apt-packages.txt has it); says so when it is not.
+fn have_qemu() -> bool {
+    let found = std::process::Command::new(QEMU)
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !found {
+        eprintln!("skipping: {QEMU} is not installed (resources/apt-packages.txt has it)");
+    }
+    found
+}
+
+/// QEMU (a paused microvm, no guest) with `disk` on a virtio-blk device.
+fn qemu_with_disk(disk: &str, read_only: bool) -> std::process::Command {
+    let ro = if read_only { ",readonly=on" } else { "" };
+    let mut cmd = std::process::Command::new(QEMU);
+    cmd.args(["-M", "microvm", "-S", "-nodefaults", "-display", "none"])
+        .args([
+            "-drive",
+            &format!("file={disk},if=none,format=raw,id=d0{ro}"),
+        ])
+        .args(["-device", "virtio-blk-device,drive=d0"]);
+    cmd
+}
+
+#[test]
+fn qemu_refuses_an_image_vmm_holds() {
+    require_kvm!();
+    if !have_qemu() {
+        return;
+    }
+    let scratch = Scratch::new("vmm-holds");
+    let disk = scratch.file("disk.img", &vec![0u8; 1 << 20]);
+    for vmm_disk in [disk.clone(), format!("{disk},readonly=on")] {
+        let mut vmm = Running::start(&["--kernel", test_guests::PARK, "--disk", &vmm_disk]);
+        vmm.wait_for_line("parked", TIMEOUT);
+        // QEMU stops at once when it cannot lock; a run past the timeout means it got the image.
+        let run = common::run_command(qemu_with_disk(&disk, false), HANG_TIMEOUT);
+        run.expect(run.code == Some(1), "QEMU should exit 1");
+        run.expect(
+            run.stderr.contains("Failed to get \"write\" lock"),
+            "QEMU should name the write lock",
+        );
+        vmm.stop();
+    }
+}
+
 #[test]
 fn disk_held_by_qemu_is_refused() {
     require_kvm!();
-    let qemu = "qemu-system-x86_64";
-    if std::process::Command::new(qemu)
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipping: {qemu} is not installed (resources/apt-packages.txt has it)");
+    if !have_qemu() {
         return;
     }
     let scratch = Scratch::new("qemu-holds");
     let disk = scratch.file("disk.img", &vec![0u8; 1 << 20]);
     // A paused microvm with the image on a virtio-blk device: QEMU locks it as a writer.
-    let mut child = std::process::Command::new(qemu)
-        .args(["-M", "microvm", "-S", "-nodefaults", "-display", "none"])
-        .args(["-drive", &format!("file={disk},if=none,format=raw,id=d0")])
-        .args(["-device", "virtio-blk-device,drive=d0"])
+    let qemu_err = scratch.path("qemu.err");
+    let mut child = qemu_with_disk(&disk, false)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(File::create(&qemu_err).unwrap())
         .spawn()
         .expect("start qemu");
     let pid = child.id();
-    // Wait (bounded) until QEMU holds the write permission's byte (101).
-    let start = Instant::now();
-    let locked = loop {
-        let locks = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+    let qemu_locks = || {
+        std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
             .map(|d| {
                 d.flatten()
-                    .any(|f| std::fs::read_to_string(f.path()).is_ok_and(|s| holds_byte(&s, 101)))
+                    .filter_map(|f| std::fs::read_to_string(f.path()).ok())
+                    .collect::<String>()
             })
-            .unwrap_or(false);
-        if locks || start.elapsed() > TIMEOUT {
-            break locks;
+            .unwrap_or_default()
+    };
+    // Wait (bounded) until QEMU holds the bytes of a writer: write (101), write not shared (201).
+    let start = Instant::now();
+    let locked = loop {
+        let locks = qemu_locks();
+        if (holds_byte(&locks, 101) && holds_byte(&locks, 201)) || start.elapsed() > TIMEOUT {
+            break holds_byte(&locks, 101);
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -535,10 +580,19 @@ fn disk_held_by_qemu_is_refused() {
             )
         })
     });
+    let after = qemu_locks();
+    let alive = matches!(child.try_wait(), Ok(None));
     let _ = child.kill();
     let _ = child.wait();
-    let runs = runs.expect("QEMU never locked the image");
+    let why = format!(
+        "QEMU alive: {alive}; its locks after the runs:\n{after}\nits stderr:\n{}",
+        std::fs::read_to_string(&qemu_err).unwrap_or_default()
+    );
+    let runs = runs.unwrap_or_else(|| panic!("QEMU never locked the image; {why}"));
     for run in &runs {
+        if run.code != Some(1) {
+            eprintln!("{why}");
+        }
         expect_error(
             run,
             &["disk.img", "locked", "write", &format!("{pid} (qemu")],
