@@ -73,7 +73,11 @@ pub(crate) fn human_size(bytes: u64) -> String {
         unit += 1;
     }
     let text = format!("{value:.1}");
-    format!("{} {}", text.strip_suffix(".0").unwrap_or(&text), UNITS[unit])
+    format!(
+        "{} {}",
+        text.strip_suffix(".0").unwrap_or(&text),
+        UNITS[unit]
+    )
 }
 
 #[cfg(test)]
