@@ -399,6 +399,21 @@ fn flag_hint(e: &vm::Error) -> String {
         Error::InitrdTooLarge { .. } => {
             "; give the guest more --memory or a smaller --initrd".into()
         }
+        Error::KernelTooLarge { needs_mib, .. } => format!("; give --memory {needs_mib}M or more"),
+        Error::InitrdNotAFile { .. } => "; give a regular file with --initrd".into(),
+        Error::DiskTwice { .. } => "; give each image to one --disk only".into(),
+        Error::Disk {
+            source: DeviceError::DiskModeReadOnly { .. },
+            ..
+        } => "; add readonly=on to its --disk".into(),
+        Error::Disk {
+            source: DeviceError::DiskOpen { error, .. },
+            ..
+        } if error.raw_os_error() == Some(libc::EROFS) => "; add readonly=on to its --disk".into(),
+        Error::Disk {
+            source: DeviceError::DiskNotAFile { .. },
+            ..
+        } => "; give a raw image file or a block device with --disk".into(),
         Error::CmdlineTooLong { .. } => "; shorten --cmdline".into(),
         Error::TooManyVirtioDevices { .. } => {
             "; give fewer --disk, --net and --console devices".into()

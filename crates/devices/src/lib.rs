@@ -112,12 +112,48 @@ pub enum Error {
         error: io::Error,
     },
     /// The disk image is locked by someone else.
-    #[error("disk image '{}' is locked by another process (is another vmm using it?)", path.display())]
+    #[error("disk image '{}' is locked: {conflict}{}", path.display(), held_by(holders))]
     DiskLocked {
         /// The image path as given.
         path: PathBuf,
+        /// Who conflicts with this disk, and how.
+        conflict: String,
+        /// The other processes that have the image open ("PID (COMMAND)", comma-separated;
+        /// empty if none could be found).
+        holders: String,
     },
-    /// `flock` failed for another reason.
+    /// The disk image is neither a regular file nor a block device.
+    #[error("disk image '{}' is {kind}, not a regular file or a block device", path.display())]
+    DiskNotAFile {
+        /// The image path as given.
+        path: PathBuf,
+        /// What it is (e.g. "a directory", "a FIFO").
+        kind: &'static str,
+    },
+    /// The disk image is smaller than one sector.
+    #[error(
+        "disk image '{}' is {bytes} bytes, less than one {sector}-byte sector; give it a size first, e.g. `truncate -s 64M {}`",
+        path.display(),
+        path.display()
+    )]
+    DiskTooSmall {
+        /// The image path as given.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
+        /// The sector size.
+        sector: u64,
+    },
+    /// A disk to be opened writable whose file mode allows no one to write it (root could
+    /// anyway, bypassing the mode).
+    #[error("disk image '{}' is read-only (mode {mode:04o}) but the disk is writable; open it read-only, or make the file writable", path.display())]
+    DiskModeReadOnly {
+        /// The image path as given.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// `flock` or `fcntl` locking failed for another reason.
     #[error("cannot lock disk image '{}': {error}", path.display())]
     DiskLock {
         /// The image path as given.
@@ -192,4 +228,13 @@ pub enum Error {
         /// The OS error.
         error: io::Error,
     },
+}
+
+/// " (open in PID (COMMAND), …)" for [`Error::DiskLocked`], or nothing.
+fn held_by(holders: &str) -> String {
+    if holders.is_empty() {
+        String::new()
+    } else {
+        format!(" (open in {holders})")
+    }
 }

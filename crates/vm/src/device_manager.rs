@@ -82,6 +82,18 @@ impl MmioSlots {
     }
 }
 
+/// What makes two disk paths the same disk: the device and inode of a file, the device number
+/// of a block device (two nodes may name one device). `None` if the path cannot be read.
+fn disk_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::metadata(path).ok()?;
+    Some(if meta.file_type().is_block_device() {
+        (meta.rdev(), 0)
+    } else {
+        (meta.dev(), meta.ino())
+    })
+}
+
 /// What the device manager leaves to the running VM.
 pub(crate) struct Devices {
     /// The port I/O bus.
@@ -105,6 +117,8 @@ pub(crate) struct DeviceManager {
     virtio_slots: Vec<(u64, u32)>,
     disks: usize,
     nics: usize,
+    /// The files behind the disks so far ([`disk_identity`]) and their paths.
+    disk_files: Vec<((u64, u64), PathBuf)>,
 }
 
 impl DeviceManager {
@@ -124,6 +138,7 @@ impl DeviceManager {
             virtio_slots: Vec::new(),
             disks: 0,
             nics: 0,
+            disk_files: Vec::new(),
         })
     }
 
@@ -265,12 +280,25 @@ impl DeviceManager {
         Ok(())
     }
 
-    /// A virtio-blk disk in the next virtio-mmio slot (/dev/vda, /dev/vdb, … in order).
+    /// A virtio-blk disk in the next virtio-mmio slot (/dev/vda, /dev/vdb, … in order). The same
+    /// image twice (by any path, hard link or device node) is refused.
     pub fn add_block_device(&mut self, disk: &DiskConfig) -> Result<()> {
         let disk_err = |source| Error::Disk {
             path: disk.path.clone(),
             source,
         };
+        // A path that cannot be read is reported by the open below.
+        if let Some(identity) = disk_identity(&disk.path) {
+            if let Some((_, first)) = self.disk_files.iter().find(|(id, _)| *id == identity) {
+                return Err(Error::DiskTwice {
+                    first: first.clone(),
+                    second: disk.path.clone(),
+                    dev: identity.0,
+                    ino: identity.1,
+                });
+            }
+            self.disk_files.push((identity, disk.path.clone()));
+        }
         let block = Block::new(BlockConfig {
             path: disk.path.clone(),
             read_only: disk.read_only,

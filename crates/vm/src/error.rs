@@ -104,6 +104,47 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The initrd is not a regular file.
+    #[error("initrd '{}' is {kind}, not a regular file", path.display())]
+    InitrdNotAFile {
+        /// The initrd path.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// The kernel does not fit in guest memory.
+    #[error(
+        "kernel '{}' loads up to {end:#x}, beyond the guest's {}: it needs at least {} MiB of guest memory",
+        path.display(),
+        crate::memory::human_size(*memory),
+        needs_mib
+    )]
+    KernelTooLarge {
+        /// The kernel path.
+        path: PathBuf,
+        /// The first guest address after the image.
+        end: u64,
+        /// The guest memory size.
+        memory: u64,
+        /// The least memory that holds it, in MiB.
+        needs_mib: u64,
+    },
+    /// Two disks are the same file (or block device).
+    #[error(
+        "disk images '{}' and '{}' are the same file (device {dev:#x}, inode {ino}): one image can back one disk only",
+        first.display(),
+        second.display()
+    )]
+    DiskTwice {
+        /// The first disk's path.
+        first: PathBuf,
+        /// The later disk's path.
+        second: PathBuf,
+        /// The device number the file is on (for a block device, its own device number).
+        dev: u64,
+        /// Its inode (0 for a block device).
+        ino: u64,
+    },
     /// The initrd does not fit in guest memory.
     #[error("initrd '{path}' ({size} bytes) does not fit in guest memory")]
     InitrdTooLarge {

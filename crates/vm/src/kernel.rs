@@ -13,7 +13,7 @@ use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bzimage::BzImage;
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::config::{DEFAULT_CMDLINE, DEFAULT_CONSOLE_CMDLINE};
 use crate::error::{arch_err, Error, Result};
@@ -58,15 +58,18 @@ fn load_kernel_image(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel>
         path: path.to_path_buf(),
         reason,
     };
-    let mut file = File::open(path).map_err(open_err)?;
-    if file.metadata().map_err(open_err)?.is_dir() {
-        return Err(format_err("it is a directory".into()));
-    }
+    let (mut file, _) = open_regular(path)
+        .map_err(open_err)?
+        .map_err(|kind| format_err(format!("it is {kind}, not a regular file")))?;
     let mut magic = [0u8; 4];
     let n = file.read(&mut magic).map_err(open_err)?;
     let highmem = Some(GuestAddress(layout::HIMEM_START));
+    let elf = n == 4 && magic == *b"\x7fELF";
+    if let Some((start, end)) = image_span(&file, elf) {
+        check_fits(mem, path, start, end)?;
+    }
 
-    if n == 4 && magic == *b"\x7fELF" {
+    if elf {
         let loaded = Elf::load(mem, None, &mut file, highmem)
             .map_err(|e| format_err(format!("cannot load it as an ELF vmlinux: {e}")))?;
         let (entry, kind) = match loaded.pvh_boot_cap {
@@ -124,6 +127,121 @@ fn load_kernel_image(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel>
     })
 }
 
+/// The guest addresses a kernel image occupies once loaded (ELF: its PT_LOAD segments from
+/// their physical addresses, bss included; bzImage: its protected-mode code at `code32_start`),
+/// read from its headers; `None` when they cannot be read, for the loader to report.
+fn image_span(file: &File, elf: bool) -> Option<(u64, u64)> {
+    use std::os::unix::fs::FileExt;
+    let u16_at = |off: u64| {
+        let mut b = [0u8; 2];
+        file.read_exact_at(&mut b, off)
+            .ok()
+            .map(|_| u16::from_le_bytes(b))
+    };
+    let u32_at = |off: u64| {
+        let mut b = [0u8; 4];
+        file.read_exact_at(&mut b, off)
+            .ok()
+            .map(|_| u32::from_le_bytes(b))
+    };
+    let u64_at = |off: u64| {
+        let mut b = [0u8; 8];
+        file.read_exact_at(&mut b, off)
+            .ok()
+            .map(|_| u64::from_le_bytes(b))
+    };
+    if elf {
+        // ELFCLASS64, little-endian: the only ELF the loader takes.
+        let mut ident = [0u8; 2];
+        file.read_exact_at(&mut ident, 4).ok()?;
+        if ident != [2, 1] {
+            return None;
+        }
+        let phoff = u64_at(0x20)?;
+        let phentsize = u64::from(u16_at(0x36)?);
+        let phnum = u64::from(u16_at(0x38)?);
+        let mut span: Option<(u64, u64)> = None;
+        for i in 0..phnum {
+            let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
+            if u32_at(ph)? != 1 {
+                continue; // not PT_LOAD
+            }
+            let start = u64_at(ph.checked_add(0x18)?)?;
+            let end = start.checked_add(u64_at(ph.checked_add(0x28)?)?)?;
+            span = Some(span.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
+        }
+        span
+    } else {
+        if u32_at(0x202)? != u32::from_le_bytes(*b"HdrS") {
+            return None;
+        }
+        let mut setup_sects = [0u8; 1];
+        file.read_exact_at(&mut setup_sects, 0x1f1).ok()?;
+        // Setup sectors, then the boot sector; 0 means 4, as the boot protocol says.
+        let sects = match setup_sects[0] {
+            0 => 4,
+            n => u64::from(n),
+        };
+        let setup = (sects + 1) * 512;
+        let size = file.metadata().ok()?.len().checked_sub(setup)?;
+        let start = u64::from(u32_at(0x214)?);
+        Some((start, start.checked_add(size)?))
+    }
+}
+
+/// Refuses a kernel whose image (guest addresses `start..end`) is not all in guest memory,
+/// naming the memory it would need. An image that no memory size could hold (below high memory,
+/// or reaching into the MMIO gap: a corrupt header) is left to the loader, which says what is
+/// wrong with it.
+fn check_fits(mem: &GuestMemoryMmap, path: &Path, start: u64, end: u64) -> Result<()> {
+    if start < layout::HIMEM_START || end > layout::MMIO_GAP_START {
+        return Ok(());
+    }
+    let fits =
+        usize::try_from(end - start).is_ok_and(|len| mem.check_range(GuestAddress(start), len));
+    if fits {
+        return Ok(());
+    }
+    let memory = mem.iter().map(|r| r.len()).sum();
+    Err(Error::KernelTooLarge {
+        path: path.to_path_buf(),
+        end,
+        memory,
+        needs_mib: end.div_ceil(1 << 20),
+    })
+}
+
+/// Opens `path` for reading if it is a regular file: `Ok(Err(kind))` names what it is instead.
+/// The open does not block (a FIFO would wait for a writer; a FIFO is refused).
+pub(crate) fn open_regular(
+    path: &Path,
+) -> std::io::Result<std::result::Result<(File, u64), &'static str>> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    let kind = meta.file_type();
+    if kind.is_file() {
+        // O_NONBLOCK does not change reads of a regular file.
+        return Ok(Ok((file, meta.len())));
+    }
+    Ok(Err(if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }))
+}
+
 /// Loads the initrd at the top of low memory and says where it went.
 pub(crate) fn load_initrd(
     mem: &GuestMemoryMmap,
@@ -134,12 +252,13 @@ pub(crate) fn load_initrd(
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(open_err)?;
-    let meta = file.metadata().map_err(open_err)?;
-    if !meta.is_file() {
-        return Err(open_err(std::io::Error::other("not a regular file")));
-    }
-    let size = meta.len();
+    let (mut file, size) =
+        open_regular(path)
+            .map_err(open_err)?
+            .map_err(|kind| Error::InitrdNotAFile {
+                path: path.to_path_buf(),
+                kind,
+            })?;
     if size == 0 {
         return Err(open_err(std::io::Error::other("the file is empty")));
     }

@@ -72,11 +72,12 @@ pub(crate) fn human_size(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if value.fract() == 0.0 {
-        format!("{value} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    let text = format!("{value:.1}");
+    format!(
+        "{} {}",
+        text.strip_suffix(".0").unwrap_or(&text),
+        UNITS[unit]
+    )
 }
 
 #[cfg(test)]
@@ -90,6 +91,9 @@ mod tests {
         assert_eq!(human_size(100 << 40), "100 TiB");
         assert_eq!(human_size((23 << 30) + (512 << 20)), "23.5 GiB");
         assert_eq!(human_size(5000 << 40), "5000 TiB");
+        // Just under a whole number: rounded, without a ".0".
+        assert_eq!(human_size(17_179_869_183 << 30), "16777216 TiB");
+        assert_eq!(human_size(u64::MAX), "16777216 TiB");
     }
 
     #[test]

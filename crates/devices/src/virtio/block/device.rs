@@ -1,9 +1,9 @@
 //! The virtio-blk device: the image file, the feature set, the config space, the queue.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
 use log::warn;
 
@@ -31,26 +31,62 @@ pub struct Block {
     pub(super) throttled: bool,
 }
 impl Block {
-    /// Opens and locks the image: read-only → `O_RDONLY` + `flock(LOCK_SH | LOCK_NB)`,
-    /// read-write → `O_RDWR` + `flock(LOCK_EX | LOCK_NB)`.
+    /// Opens and locks the image: read-only → `O_RDONLY`, read-write → `O_RDWR`, then the
+    /// locks of [`super::lock`] (flock and QEMU's byte-range locks). The image must be a regular
+    /// file or a block device of at least one sector; a writable disk's file must have a write
+    /// bit in its mode (root would write it regardless).
     pub fn new(config: BlockConfig) -> Result<Self, Error> {
         let path = &config.path;
+        let open_err = |error| Error::DiskOpen {
+            path: path.clone(),
+            error,
+        };
+        // Before opening: root would open a file of mode 0444 for writing all the same.
+        if !config.read_only {
+            if let Ok(meta) = std::fs::metadata(path) {
+                if meta.is_file() && meta.mode() & 0o222 == 0 {
+                    return Err(Error::DiskModeReadOnly {
+                        path: path.clone(),
+                        mode: meta.mode() & 0o7777,
+                    });
+                }
+            }
+        }
+        // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
         let mut file = OpenOptions::new()
             .read(true)
             .write(!config.read_only)
+            .custom_flags(libc::O_NONBLOCK)
             .open(path)
-            .map_err(|error| Error::DiskOpen {
-                path: path.clone(),
-                error,
-            })?;
-        lock(&file, &config)?;
-
-        // Seeking works for block devices too, where the metadata length is 0.
+            .map_err(open_err)?;
         let size_err = |error| Error::DiskSize {
             path: path.clone(),
             error,
         };
+        let meta = file.metadata().map_err(size_err)?;
+        let kind = meta.file_type();
+        if !kind.is_file() && !kind.is_block_device() {
+            return Err(Error::DiskNotAFile {
+                path: path.clone(),
+                kind: file_kind(&kind),
+            });
+        }
+        // Back to blocking I/O (no change for files and block devices, but say what we mean).
+        // SAFETY: fcntl on a valid, owned descriptor; no memory is involved.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, 0) } != 0 {
+            return Err(open_err(std::io::Error::last_os_error()));
+        }
+        super::lock::lock(&file, path, config.read_only)?;
+
+        // Seeking works for block devices too, where the metadata length is 0.
         let bytes = file.seek(SeekFrom::End(0)).map_err(size_err)?;
+        if bytes < SECTOR_SIZE {
+            return Err(Error::DiskTooSmall {
+                path: path.clone(),
+                bytes,
+                sector: SECTOR_SIZE,
+            });
+        }
         if !bytes.is_multiple_of(SECTOR_SIZE) {
             warn!(
                 "disk image '{}': size {bytes} is not a multiple of {SECTOR_SIZE}; the last {} bytes are not visible to the guest",
@@ -67,10 +103,7 @@ impl Block {
                 }
                 id.clone()
             }
-            None => {
-                let meta = file.metadata().map_err(size_err)?;
-                default_id(meta.dev(), meta.ino())
-            }
+            None => default_id(meta.dev(), meta.ino()),
         };
         let mut id_bytes = [0u8; ID_BYTES];
         id_bytes[..id.len()].copy_from_slice(id.as_bytes());
@@ -174,27 +207,18 @@ fn default_id(dev: u64, ino: u64) -> String {
     id
 }
 
-fn lock(file: &File, config: &BlockConfig) -> Result<(), Error> {
-    let op = if config.read_only {
-        libc::LOCK_SH
+/// What a file that is not a disk image is, for the error.
+fn file_kind(kind: &std::fs::FileType) -> &'static str {
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_socket() {
+        "a socket"
     } else {
-        libc::LOCK_EX
-    };
-    // SAFETY: flock on a valid, owned file descriptor; no memory is involved.
-    let ret = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };
-    if ret == 0 {
-        return Ok(());
-    }
-    let error = std::io::Error::last_os_error();
-    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Err(Error::DiskLocked {
-            path: config.path.clone(),
-        })
-    } else {
-        Err(Error::DiskLock {
-            path: config.path.clone(),
-            error,
-        })
+        "not a file"
     }
 }
 

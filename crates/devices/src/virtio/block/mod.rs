@@ -2,6 +2,7 @@
 //!
 //! * `device.rs`: [`Block`], opening and locking the image, the [`VirtioDevice`] side and
 //!   the queue processing loop;
+//! * `lock.rs`: the image's locks (flock, and QEMU's byte-range locks);
 //! * `request.rs`: parsing and executing one request (descriptor chain) against the image;
 //! * `event_handler.rs`: the event-loop side (queue notifications, the rate limiter's timer);
 //! * `persist.rs`: the saved state.
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 
 mod device;
 mod event_handler;
+mod lock;
 mod persist;
 
 mod request;

@@ -632,7 +632,7 @@ fn open_errors() {
     assert_eq!(
         err.to_string(),
         format!(
-            "disk image '{}' is locked by another process (is another vmm using it?)",
+            "disk image '{}' is locked: another vmm uses it",
             f.as_path().display()
         )
     );
@@ -902,4 +902,116 @@ fn a_guest_that_keeps_posting_does_not_hold_the_event_loop() {
         "one notification served {served} requests"
     );
     assert!(!h.interrupt.needs_reset());
+}
+
+/// Takes a shared OFD lock on one byte, as QEMU does for its permissions.
+fn qemu_lock(file: &std::fs::File, byte: i64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: all-zero is a valid flock.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_RDLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = byte;
+    fl.l_len = 1;
+    // SAFETY: fcntl on a descriptor we own, with a live flock.
+    let ret = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    assert_eq!(ret, 0);
+}
+
+#[test]
+fn qemu_locks_are_honoured_and_taken() {
+    let f = image(2);
+    let cfg = |read_only| BlockConfig {
+        path: f.as_path().to_path_buf(),
+        read_only,
+        id: None,
+    };
+    let other = || std::fs::File::open(f.as_path()).unwrap();
+    // (bytes another program holds, writable vmm allowed, read-only vmm allowed)
+    for (bytes, rw_ok, ro_ok) in [
+        (&[100, 101, 102, 201, 203][..], false, false), // a QEMU writer
+        (&[100, 201, 203][..], false, true),            // a reader refusing shared writes
+        (&[100][..], true, true),                       // a reader sharing everything
+        (&[103][..], false, false),                     // a resizer
+        (&[200][..], false, false),                     // refuses consistent reads to others
+    ] {
+        let holder = other();
+        for &b in bytes {
+            qemu_lock(&holder, b);
+        }
+        let rw = Block::new(cfg(false));
+        assert_eq!(rw.is_ok(), rw_ok, "writable vmm against {bytes:?}");
+        drop(rw);
+        let ro = Block::new(cfg(true));
+        assert_eq!(ro.is_ok(), ro_ok, "read-only vmm against {bytes:?}");
+        if let Err(e) = ro {
+            assert!(matches!(e, Error::DiskLocked { .. }), "{e}");
+        }
+    }
+    // What vmm takes, a QEMU-style test sees: a writable disk holds write (101) and refuses
+    // shared writes (201); a read-only one refuses shared writes only.
+    let held = |byte: i64| {
+        let probe = other();
+        // SAFETY: all-zero is a valid flock.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_WRLCK as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        fl.l_start = byte;
+        fl.l_len = 1;
+        use std::os::fd::AsRawFd;
+        // SAFETY: fcntl on a descriptor we own, with a live flock it may write.
+        let ret = unsafe { libc::fcntl(probe.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+        assert_eq!(ret, 0);
+        fl.l_type != libc::F_UNLCK as libc::c_short
+    };
+    let rw = Block::new(cfg(false)).unwrap();
+    assert!(held(100) && held(101) && held(201) && held(203));
+    drop(rw);
+    let ro = Block::new(cfg(true)).unwrap();
+    assert!(held(100) && !held(101) && held(201));
+    drop(ro);
+    assert!(!held(100) && !held(201), "locks go with the device");
+}
+
+#[test]
+fn images_that_cannot_be_disks() {
+    use std::os::unix::fs::PermissionsExt;
+    let cfg = |path: &std::path::Path, read_only| BlockConfig {
+        path: path.to_path_buf(),
+        read_only,
+        id: None,
+    };
+    let dir = std::env::temp_dir();
+    let err = Block::new(cfg(&dir, true)).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::DiskNotAFile {
+                kind: "a directory",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = Block::new(cfg("/dev/null".as_ref(), true)).err().unwrap();
+    assert!(matches!(err, Error::DiskNotAFile { .. }), "{err}");
+
+    let empty = TempFile::new().unwrap();
+    let err = Block::new(cfg(empty.as_path(), false)).err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "disk image '{0}' is 0 bytes, less than one 512-byte sector; give it a size first, e.g. `truncate -s 64M {0}`",
+            empty.as_path().display()
+        )
+    );
+
+    let f = image(1);
+    std::fs::set_permissions(f.as_path(), std::fs::Permissions::from_mode(0o444)).unwrap();
+    let err = Block::new(cfg(f.as_path(), false)).err().unwrap();
+    assert!(
+        matches!(err, Error::DiskModeReadOnly { mode: 0o444, .. }),
+        "{err}"
+    );
+    assert!(Block::new(cfg(f.as_path(), true)).is_ok());
 }
