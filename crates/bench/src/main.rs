@@ -672,6 +672,11 @@ impl Bench {
             "Linux: start → init's boot-timer mark (vmm)",
             "s",
         );
+        let mut init_no_acpi = Figure::new(
+            "linux_start_to_init_acpi_off",
+            "Linux: start → VMM-INIT-OK, guest's acpi=off (vmm)",
+            "s",
+        );
         let (mut qi, mut qd) = (Samples::default(), Samples::default());
         for i in 0..runs {
             for engine in self.engines() {
@@ -707,6 +712,19 @@ impl Bench {
                         mark.vmm
                             .0
                             .extend(o.stderr_micros("boot-timer: ").map(|us| us / 1e6));
+                        // The same boot without ACPI (MP table, command-line devices): what the
+                        // ACPI tables cost the guest's boot.
+                        eprintln!("vmm-bench: Linux boot {}/{runs} under vmm, acpi=off", i + 1);
+                        let mut plain = guest.clone();
+                        plain.cmdline = plain.cmdline.map(|c| format!("{c} acpi=off"));
+                        std::fs::copy(rootfs, plain.disk.as_deref().unwrap_or(Path::new("")))
+                            .map_err(|e| self.failures.push(format!("copy the rootfs: {e}")))
+                            .ok();
+                        let p = self.once(&engine, &plain, LINUX_TIMEOUT, &["VMM-INIT-OK"], None);
+                        let _ = std::fs::remove_file(plain.disk.as_deref().unwrap_or(Path::new("")));
+                        if let Some(p) = p {
+                            init_no_acpi.vmm.0.extend(s(p.mark("VMM-INIT-OK")));
+                        }
                     }
                     Engine::Qemu(_) => {
                         qi.0.extend(s(o.mark("VMM-INIT-OK")));
@@ -725,7 +743,8 @@ impl Bench {
                      this guest (no i8042), so this is the comparable 'boot to exit'"
             .into();
         exit.note = "process exit after the guest's i8042 reset".into();
-        self.figures.extend([init, done, exit, mark]);
+        init_no_acpi.note = "beside 'Linux: start → VMM-INIT-OK': the cost of ACPI in the boot".into();
+        self.figures.extend([init, init_no_acpi, done, exit, mark]);
     }
 
     fn linux_parallel(&mut self, kernel: &Path, rootfs: &Path) {
