@@ -35,10 +35,44 @@
 #define D_NEXT 1
 #define D_WRITE 2
 
-/* Parses the next `virtio_mmio.device=<size>@<addr>[:<irq>]` entry of the command line at or after *p
- * whose slot lies below 4 GiB; returns 1 and advances *p past it, or 0 when there is none left. */
+/* vmm's virtio-mmio slots (arch::layout): 19 pages from 0xd0000000, slot n on IRQ 5 + n. */
+#define VIRTIO_SLOT_BASE 0xd0000000ULL
+#define VIRTIO_SLOT_SIZE 0x1000ULL
+#define VIRTIO_SLOTS 19
+#define VIRTIO_SLOT_FIRST_IRQ 5
+
+/* The cursor of the slot scan: *p points into this array while scanning. */
+static const char virtio_slot_cursor[VIRTIO_SLOTS + 1];
+
+/* The next virtio-mmio device, from the command line or, when the command line has no
+ * `virtio_mmio.device=` entry at all (the VMM described its devices with ACPI instead), from a
+ * probe of vmm's slots for the virtio magic. Start with *p = the command line; returns 1 and
+ * advances *p past the device, or 0 when there is none left.
+ *
+ * Command-line entries are `virtio_mmio.device=<size>@<addr>[:<irq>]`, taken when their slot lies
+ * below 4 GiB. Whether the command line has any is decided at the first call (it never changes). */
 static inline int virtio_mmio_next(const char **p, u64 *size, u64 *addr, u64 *irq)
 {
+    static int from_cmdline = -1;
+    if (from_cmdline < 0)
+        from_cmdline = *p && cmdline_find(*p, "virtio_mmio.device=") != 0;
+    if (!from_cmdline) {
+        int slot = (*p >= virtio_slot_cursor && *p <= virtio_slot_cursor + VIRTIO_SLOTS)
+                       ? (int)(*p - virtio_slot_cursor)
+                       : 0;
+        for (; slot < VIRTIO_SLOTS; slot++) {
+            u64 base = VIRTIO_SLOT_BASE + (u64)slot * VIRTIO_SLOT_SIZE;
+            if (mmio_read32(base + VM_MAGIC) != 0x74726976 || mmio_read32(base + VM_DEVICE_ID) == 0)
+                continue;
+            *size = VIRTIO_SLOT_SIZE;
+            *addr = base;
+            *irq = VIRTIO_SLOT_FIRST_IRQ + slot;
+            *p = virtio_slot_cursor + slot + 1;
+            return 1;
+        }
+        *p = virtio_slot_cursor + VIRTIO_SLOTS;
+        return 0;
+    }
     while (*p && (*p = cmdline_find(*p, "virtio_mmio.device=")) != 0) {
         *irq = 0;
         if (!parse_size(p, size) || **p != '@')
