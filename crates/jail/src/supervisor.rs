@@ -3,10 +3,9 @@
 
 use std::fs;
 use std::io;
-use std::path::PathBuf;
 
 use crate::cgroup::Cgroup;
-use crate::JailError;
+use crate::{JailError, SocketSpec};
 
 /// The parent: holds nothing but the cgroup paths; waits for the jailed VMM.
 #[derive(Debug)]
@@ -15,7 +14,7 @@ pub struct Supervisor {
     pub(crate) signals: libc::sigset_t,
     pub(crate) termios: Option<libc::termios>,
     pub(crate) cgroup: Cgroup,
-    pub(crate) sockets: Vec<PathBuf>,
+    pub(crate) sockets: Vec<SocketSpec>,
     pub(crate) seccomp: bool,
 }
 
@@ -70,8 +69,8 @@ impl Supervisor {
             // SAFETY: `t` is the terminal state read from fd 0 before the fork.
             unsafe { libc::tcsetattr(0, libc::TCSANOW, t) };
         }
-        for path in &self.sockets {
-            let _ = fs::remove_file(path);
+        for socket in &self.sockets {
+            remove_if_same(socket);
         }
         self.cgroup.remove();
         match (forwarded, status) {
@@ -80,6 +79,34 @@ impl Supervisor {
             (None, Some(s)) if libc::WIFSIGNALED(s) => 128 + libc::WTERMSIG(s) as u8,
             _ => 1,
         }
+    }
+}
+
+/// Removes a socket file the VMM made, only if the path still names that socket (the same
+/// device and inode): a file that was there before, or was put there since, is left alone.
+fn remove_if_same(socket: &SocketSpec) {
+    let Ok(path) = std::ffi::CString::new(socket.path.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // SAFETY: a zeroed stat is a valid out buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `st` writable; newfstatat (lstat) is in the
+    // supervisor's filter.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_newfstatat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &mut st as *mut libc::stat,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if ret == 0
+        && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+        && st.st_dev == socket.dev
+        && st.st_ino == socket.ino
+    {
+        let _ = fs::remove_file(&socket.path);
     }
 }
 
