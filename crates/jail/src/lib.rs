@@ -322,6 +322,28 @@ fn thread_count() -> usize {
 mod tests {
     use super::*;
 
+    /// An output file keeps RLIMIT_FSIZE: the larger of the largest disk and the file's cap.
+    #[test]
+    fn an_output_file_keeps_the_file_size_limit_at_its_cap() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let mut vm = VmSpec {
+            memory_bytes: 128 << 20,
+            vcpus: 1,
+            disk_sizes: vec![4 << 20],
+            output_file_max: Some(1 << 30),
+            ..VmSpec::default()
+        };
+        let jail = Jail::new(&JailConfig::new("/tmp"), &vm).unwrap();
+        assert_eq!(jail.fsize, Some(1 << 30));
+        drop(jail);
+        vm.output_file_max = Some(1 << 20);
+        let jail = Jail::new(&JailConfig::new("/tmp"), &vm).unwrap();
+        assert_eq!(jail.fsize, Some(4 << 20));
+    }
+
     #[test]
     fn bad_directories_and_ids_are_refused_before_anything_is_made() {
         let vm = VmSpec {

@@ -135,3 +135,40 @@ pub(crate) fn saved_termios() -> Option<libc::termios> {
     // SAFETY: isatty and tcgetattr on fd 0 with a valid buffer.
     (unsafe { libc::isatty(0) == 1 && libc::tcgetattr(0, &mut t) == 0 }).then_some(t)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    /// The supervisor removes the VMM's socket, and nothing that took its path.
+    #[test]
+    fn only_the_vmms_own_socket_is_removed() {
+        let path = std::env::temp_dir().join(format!("vmm-jail-sock-{}", std::process::id()));
+        let _ = fs::remove_file(&path);
+        let _listener = UnixListener::bind(&path).unwrap();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        let spec = SocketSpec {
+            path: path.clone(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, b"precious").unwrap();
+        remove_if_same(&spec);
+        assert_eq!(fs::read(&path).unwrap(), b"precious");
+        fs::remove_file(&path).unwrap();
+
+        let _listener = UnixListener::bind(&path).unwrap();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        let spec = SocketSpec {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            ..spec
+        };
+        remove_if_same(&spec);
+        assert!(!path.exists());
+    }
+}
