@@ -432,8 +432,15 @@ fn boot_console_on_unix_socket() {
     let sock = scratch.path("hvc0.sock");
     let vmm = console_on_socket(&sock, "stdio");
     let mut client = connect_and_greet(&sock);
-    let mode = std::fs::metadata(&sock).expect("socket").permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600, "under umask 000 the socket must still be private");
+    let mode = std::fs::metadata(&sock)
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(
+        mode, 0o600,
+        "under umask 000 the socket must still be private"
+    );
 
     let mut second = connect(&sock);
     second
@@ -677,7 +684,10 @@ fn host_paths_the_vmm_did_not_make_are_left_alone() {
     std::os::unix::fs::symlink(&victim, &link).expect("symlink");
     let file_arg = format!("file={},truncate=on", s(&link));
     let run = run_vmm(&["--kernel", PVH_INFO, "--serial", &file_arg], TIMEOUT);
-    run.expect(run.code == Some(1), "a symbolic link as output file must fail");
+    run.expect(
+        run.code == Some(1),
+        "a symbolic link as output file must fail",
+    );
     run.expect(run.stderr.contains("symbolic link"), "the error says why");
     run.expect(
         std::fs::read(&victim).unwrap() == b"precious",
@@ -714,7 +724,14 @@ fn host_paths_the_vmm_did_not_make_are_left_alone() {
         ),
     ] {
         let run = run_vmm(
-            &["--kernel", PVH_INFO, "--serial", &serial, "--console", &console],
+            &[
+                "--kernel",
+                PVH_INFO,
+                "--serial",
+                &serial,
+                "--console",
+                &console,
+            ],
             TIMEOUT,
         );
         run.expect(run.code == Some(1), "one path for two devices must fail");

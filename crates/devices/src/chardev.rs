@@ -1122,7 +1122,9 @@ fn open_output_file(path: &Path, truncate: bool) -> Result<File, Error> {
     {
         Ok(file) => file,
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(refused("is a symbolic link, which vmm does not follow".into()))
+            return Err(refused(
+                "is a symbolic link, which vmm does not follow".into(),
+            ))
         }
         Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
             return Err(refused("is a FIFO or socket".into()))
@@ -1315,8 +1317,16 @@ mod tests {
         };
         let mut dev = Chardev::file("t", &path, options).unwrap();
         dev.write_lossy(b"abcd");
-        assert_eq!(dev.write(b"efgh").unwrap(), 2, "only the room left is written");
-        assert_eq!(dev.write(b"ijkl").unwrap(), 4, "beyond the cap: taken and dropped");
+        assert_eq!(
+            dev.write(b"efgh").unwrap(),
+            2,
+            "only the room left is written"
+        );
+        assert_eq!(
+            dev.write(b"ijkl").unwrap(),
+            4,
+            "beyond the cap: taken and dropped"
+        );
         dev.write_lossy(b"mnop");
         assert_eq!(dev.lost_bytes(), 8);
         drop(dev);
@@ -1360,7 +1370,9 @@ mod tests {
             .unwrap()
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().starts_with(".vmm-"))
-            .filter(|e| std::fs::symlink_metadata(e.path().join("s")).is_ok_and(|m| m.ino() == inode))
+            .filter(|e| {
+                std::fs::symlink_metadata(e.path().join("s")).is_ok_and(|m| m.ino() == inode)
+            })
             .count();
         assert_eq!(left, 0);
         drop(dev);

@@ -119,7 +119,9 @@ impl FromStr for CharBackend {
                     for part in parts {
                         match part.split_once('=') {
                             Some(("max", v)) => options.max_bytes = parse_file_size(v)?,
-                            Some(("truncate", v)) => options.truncate = parse_switch("truncate", v)?,
+                            Some(("truncate", v)) => {
+                                options.truncate = parse_switch("truncate", v)?
+                            }
                             _ => {
                                 return Err(ParseError(format!(
                                     "'{part}' in '{s}' is not max=SIZE or truncate=on|off \
@@ -635,7 +637,12 @@ mod tests {
             "File(/tmp/x, max 4096, truncate)"
         );
         assert_eq!(parse("file=/tmp/x,max=10").unwrap(), "File(/tmp/x, max 10)");
-        for bad in ["file=/x,max=0", "file=/x,max=1Q", "file=/x,truncate=maybe", "file=/x,y"] {
+        for bad in [
+            "file=/x,max=0",
+            "file=/x,max=1Q",
+            "file=/x,truncate=maybe",
+            "file=/x,y",
+        ] {
             assert!(!parse(bad).unwrap_err().0.is_empty(), "{bad}");
         }
         assert_eq!(parse("socket=/run/c.sock").unwrap(), "Socket(/run/c.sock)");

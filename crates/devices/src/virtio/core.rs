@@ -571,8 +571,14 @@ mod tests {
         d[12..14].copy_from_slice(&2u16.to_le_bytes());
         driver.mem.write_slice(&d, GuestAddress(table)).unwrap();
         driver.mem.write_obj(table, GuestAddress(second)).unwrap();
-        driver.mem.write_obj(16u32, GuestAddress(second + 8)).unwrap();
-        driver.mem.write_obj(4u16, GuestAddress(second + 12)).unwrap();
+        driver
+            .mem
+            .write_obj(16u32, GuestAddress(second + 8))
+            .unwrap();
+        driver
+            .mem
+            .write_obj(4u16, GuestAddress(second + 12))
+            .unwrap();
     }
 
     #[test]
@@ -591,7 +597,10 @@ mod tests {
         let (mut driver, dev) = driven();
         post_indirect(&mut driver);
         let mut d = dev.lock().unwrap();
-        assert_eq!(d.0.pop(0, |_| panic!("an indirect chain was served")), None::<()>);
+        assert_eq!(
+            d.0.pop(0, |_| panic!("an indirect chain was served")),
+            None::<()>
+        );
         assert!(driver.transport.interrupt().needs_reset());
     }
 
