@@ -68,13 +68,27 @@ struct Cli {
     net: Vec<NetConfig>,
 
     /// The virtio console (hvc0): off, stdio, file=PATH, pty or socket=PATH. When on, the default
-    /// kernel command line uses console=hvc0 and --serial defaults to off.
-    #[arg(long, value_name = "off|stdio|file=PATH|pty|socket=PATH", value_parser = check_backend)]
+    /// kernel command line uses console=hvc0 and --serial defaults to off. file=PATH[,max=SIZE]
+    /// [,truncate=on]: a new file is created mode 0600; an existing regular file is appended to
+    /// (emptied first with truncate=on); a symbolic link is never followed, and a FIFO, device
+    /// (but /dev/null) or file with several hard links is refused; output beyond max (default 1G;
+    /// K, M, G suffixes) is dropped and counted. socket=PATH: created mode 0600; refused if
+    /// anything is at PATH (a stale socket from a killed vmm included: remove it yourself);
+    /// removed at exit if it is still vmm's. --serial and --console cannot share a PATH.
+    #[arg(
+        long,
+        value_name = "off|stdio|file=PATH[,max=SIZE][,truncate=on]|pty|socket=PATH",
+        value_parser = check_backend
+    )]
     console: Option<String>,
 
-    /// The serial port COM1 (ttyS0): off, stdio, file=PATH, pty or socket=PATH. Default: stdio,
-    /// or off when --console is on.
-    #[arg(long, value_name = "off|stdio|file=PATH|pty|socket=PATH", value_parser = check_backend)]
+    /// The serial port COM1 (ttyS0): off, stdio, file=PATH[,max=SIZE][,truncate=on], pty or
+    /// socket=PATH, as for --console. Default: stdio, or off when --console is on.
+    #[arg(
+        long,
+        value_name = "off|stdio|file=PATH[,max=SIZE][,truncate=on]|pty|socket=PATH",
+        value_parser = check_backend
+    )]
     serial: Option<String>,
 
     /// Where the interrupt controllers and the PIT are emulated: split (KVM emulates the local
@@ -228,7 +242,7 @@ fn main() -> ExitCode {
     }
     let stdin_owned = console.owns_stdin() || serial.owns_stdin();
 
-    let config = VmConfig {
+    let mut config = VmConfig {
         kernel: cli.kernel,
         initrd: cli.initrd,
         cmdline: cli.cmdline,
@@ -254,8 +268,18 @@ fn main() -> ExitCode {
 
     // The jail: the parent supervises and exits with the jailed child's status; the child builds
     // the VM with the host's files in view, then closes the jail before the guest runs.
+    if let Err(e) = config.check_backend_paths() {
+        eprintln!("error: {e}{}", flag_hint(&e));
+        return ExitCode::FAILURE;
+    }
     let mut jailed = None;
     if let Some(dir) = cli.jail {
+        // Sockets are bound before the fork, so the supervisor knows which inode is the VMM's.
+        if let Err(e) = bind_sockets(&mut config) {
+            remove_bound_sockets(&config);
+            eprintln!("error: {}", error_chain(&e));
+            return ExitCode::FAILURE;
+        }
         let jail = jail::JailConfig {
             dir,
             uid: cli.uid,
@@ -265,10 +289,13 @@ fn main() -> ExitCode {
         };
         match jail::Jail::new(&jail, &jail_spec(&config)).and_then(jail::Jail::fork) {
             Ok(jail::Forked::Supervisor(supervisor)) => {
+                // Closes the supervisor's copies of the listening sockets.
+                drop(config);
                 return ExitCode::from(supervisor.wait(jail_hint));
             }
             Ok(jail::Forked::Jailed(child)) => jailed = Some(child),
             Err(e) => {
+                remove_bound_sockets(&config);
                 eprintln!("error: {}{}", error_chain(&e), jail_hint(&e));
                 return ExitCode::FAILURE;
             }
@@ -392,6 +419,7 @@ fn flag_hint(e: &vm::Error) -> String {
         Error::MemoryExceedsHost { .. } | Error::GuestMemory { .. } => {
             "; ask for less with --memory".into()
         }
+        Error::SameBackendPath { .. } => "; give --serial and --console different paths".into(),
         Error::StdinTwice => {
             "; move --serial or --console to off, file=PATH, pty or socket=PATH".into()
         }
@@ -483,12 +511,38 @@ fn jail_spec(config: &VmConfig) -> jail::VmSpec {
     };
     for backend in [&config.serial, &config.console] {
         match backend {
-            CharBackend::File(_) => spec.output_to_file = true,
-            CharBackend::Socket(path) => spec.sockets.push(path.clone()),
+            CharBackend::File(_, options) => {
+                let max = spec.output_file_max.unwrap_or(0).max(options.max_bytes);
+                spec.output_file_max = Some(max);
+            }
+            CharBackend::BoundSocket(socket) => spec.sockets.push(jail::SocketSpec {
+                path: socket.path().to_path_buf(),
+                dev: socket.id().dev,
+                ino: socket.id().ino,
+            }),
             _ => {}
         }
     }
     spec
+}
+
+/// Binds the socket backends now (see [`CharBackend::BoundSocket`]).
+fn bind_sockets(config: &mut VmConfig) -> Result<(), vm::DeviceError> {
+    for backend in [&mut config.serial, &mut config.console] {
+        if let CharBackend::Socket(path) = backend {
+            *backend = CharBackend::BoundSocket(vm::SocketFile::bind(path)?);
+        }
+    }
+    Ok(())
+}
+
+/// Removes the sockets [`bind_sockets`] made, when the VM will not run.
+fn remove_bound_sockets(config: &VmConfig) {
+    for backend in [&config.serial, &config.console] {
+        if let CharBackend::BoundSocket(socket) = backend {
+            socket.remove();
+        }
+    }
 }
 
 /// The error and its sources on one line, without repeating a source its parent already printed.

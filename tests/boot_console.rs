@@ -5,6 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -184,10 +185,25 @@ impl Spawned {
         Self::with_stdout_delay(args, Duration::ZERO)
     }
 
+    /// Like `new`, but the VMM starts with umask 000, as a careless shell could give it.
+    fn with_umask_000(args: &[&str]) -> Spawned {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("umask 000 && exec \"$0\" \"$@\"")
+            .arg(vmm_bin())
+            .args(args);
+        Self::spawn(cmd, Duration::ZERO)
+    }
+
     /// Like `new`, but stdout is not read before `delay` has passed.
     fn with_stdout_delay(args: &[&str], delay: Duration) -> Spawned {
-        let mut child = Command::new(vmm_bin())
-            .args(args)
+        let mut cmd = Command::new(vmm_bin());
+        cmd.args(args);
+        Self::spawn(cmd, delay)
+    }
+
+    fn spawn(mut cmd: Command, delay: Duration) -> Spawned {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -395,7 +411,7 @@ fn connect_and_greet(sock: &Path) -> UnixStream {
 /// The console guest, waiting for a line of input, with its console on a socket at `sock` and
 /// the serial port on `serial`.
 fn console_on_socket(sock: &Path, serial: &str) -> Spawned {
-    Spawned::new(&[
+    Spawned::with_umask_000(&[
         "--kernel",
         VIRTIO_CONSOLE,
         "--cmdline",
@@ -416,6 +432,15 @@ fn boot_console_on_unix_socket() {
     let sock = scratch.path("hvc0.sock");
     let vmm = console_on_socket(&sock, "stdio");
     let mut client = connect_and_greet(&sock);
+    let mode = std::fs::metadata(&sock)
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(
+        mode, 0o600,
+        "under umask 000 the socket must still be private"
+    );
 
     let mut second = connect(&sock);
     second
@@ -644,6 +669,108 @@ fn boot_console_default_cmdline_uses_hvc0() {
         cmdline.starts_with("console=hvc0 ") && !cmdline.contains("ttyS0"),
         "default command line with the console on",
     );
+}
+
+/// Host paths the VMM did not make are never followed, emptied or removed: a symbolic link given
+/// as an output file, a regular file given as a socket path (with and without the jail, whose
+/// supervisor removes socket files), and serial and console on one path are refused, exit 1, and
+/// what was there is intact.
+#[test]
+fn host_paths_the_vmm_did_not_make_are_left_alone() {
+    require_kvm!();
+    let scratch = Scratch::new("console-paths");
+    let victim = scratch.file("victim.txt", b"precious");
+    let link = scratch.path("serial.log");
+    std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+    let file_arg = format!("file={},truncate=on", s(&link));
+    let run = run_vmm(&["--kernel", PVH_INFO, "--serial", &file_arg], TIMEOUT);
+    run.expect(
+        run.code == Some(1),
+        "a symbolic link as output file must fail",
+    );
+    run.expect(run.stderr.contains("symbolic link"), "the error says why");
+    run.expect(
+        std::fs::read(&victim).unwrap() == b"precious",
+        "the link's target is untouched",
+    );
+
+    let precious = scratch.file("precious.txt", b"precious");
+    let socket_arg = format!("socket={precious}");
+    let root = scratch.path("root");
+    std::fs::create_dir(&root).expect("jail dir");
+    let mut cases = vec![vec!["--serial", &socket_arg]];
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cases.push(vec!["--serial", &socket_arg, "--jail", s(&root)]);
+    }
+    for extra in cases {
+        let mut args = vec!["--kernel", PVH_INFO];
+        args.extend(&extra);
+        let run = run_vmm(&args, TIMEOUT);
+        run.expect(run.code == Some(1), &format!("{extra:?} must fail"));
+        run.expect(run.stderr.contains("left alone"), "the error says why");
+        run.expect(
+            std::fs::read(&precious).unwrap() == b"precious",
+            &format!("{extra:?}: the file at the socket path survives"),
+        );
+    }
+
+    let both = scratch.path("both.txt");
+    for (serial, console) in [
+        (format!("file={}", s(&both)), format!("file={}", s(&both))),
+        (
+            format!("socket={}", s(&both)),
+            format!("socket={}/./both.txt", s(&scratch.0)),
+        ),
+    ] {
+        let run = run_vmm(
+            &[
+                "--kernel",
+                PVH_INFO,
+                "--serial",
+                &serial,
+                "--console",
+                &console,
+            ],
+            TIMEOUT,
+        );
+        run.expect(run.code == Some(1), "one path for two devices must fail");
+        run.expect(
+            run.stderr.contains("different paths"),
+            "the error names the fix",
+        );
+        run.expect(!both.exists(), "nothing is created");
+    }
+}
+
+/// Output beyond a file's max= is dropped, counted and logged once; the file stops at the cap,
+/// with and without the jail (which keeps RLIMIT_FSIZE at the cap).
+#[test]
+fn boot_serial_file_stops_at_its_cap() {
+    require_kvm!();
+    let scratch = Scratch::new("serial-cap");
+    let root = scratch.path("root");
+    std::fs::create_dir(&root).expect("jail dir");
+    let mut jails = vec![vec![]];
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        jails.push(vec!["--jail", s(&root)]);
+    }
+    for jail in jails {
+        let out = scratch.path("serial.txt");
+        let _ = std::fs::remove_file(&out);
+        let arg = format!("file={},max=40", s(&out));
+        let mut args = vec!["--kernel", PVH_INFO, "--serial", &arg];
+        args.extend(&jail);
+        let run = run_vmm(&args, TIMEOUT);
+        run.expect_success();
+        let len = std::fs::metadata(&out).expect("output").len();
+        run.expect(len == 40, &format!("{jail:?}: {len} bytes, not 40"));
+        run.expect(
+            run.stderr.matches("size cap").count() == 1,
+            "the cap is logged once",
+        );
+    }
 }
 
 #[test]

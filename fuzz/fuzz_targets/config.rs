@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         2 => {
-            if let Ok(CharBackend::File(p) | CharBackend::Socket(p)) = s.parse::<CharBackend>() {
+            if let Ok(CharBackend::File(p, _) | CharBackend::Socket(p)) = s.parse::<CharBackend>() {
                 assert!(!p.as_os_str().is_empty());
             }
         }

@@ -16,16 +16,31 @@
 //! While a socket has no client, output of either kind goes to the same bounded backlog, which is
 //! replayed to the next client; what does not fit is counted and logged.
 //!
+//! Host files and sockets are handled with a local user in mind who can create files, symbolic
+//! links and sockets where the VMM looks:
+//!
+//! * A file backend ([`Chardev::file`]) never follows a symbolic link (O_NOFOLLOW), creates a new
+//!   file 0600, appends to an existing one unless asked to truncate it, refuses anything but a
+//!   regular file with one link or /dev/null, and stops writing (counting and logging once) at a
+//!   size cap ([`FileOptions::max_bytes`]).
+//! * A socket backend ([`SocketFile`]) is bound inside a private 0700 directory, made 0600 there
+//!   and linked into place only if nothing is at the path (so no other user can connect during
+//!   the window, and no existing file is ever replaced); at the end the path is removed only if
+//!   it is still that socket (same device and inode).
+//! * A pty's secondary side is made 0600 (grantpt leaves it writable by the tty group).
+//!
 //! The event-loop side: the owner's event-manager subscriber calls [`Chardev::update_interest`]
 //! after anything that may have changed what the backend waits for (input paused, output blocked,
 //! a client gone), and hands every event on a file descriptor the chardev owns
 //! ([`Chardev::owns`]) to [`Chardev::handle_event`].
 
-use std::fs::{File, OpenOptions};
+use std::ffi::CString;
+use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, ErrorKind, Read, Write};
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -41,6 +56,214 @@ use crate::Error;
 pub const BACKLOG_LIMIT: usize = 1 << 20;
 /// The largest write to stdout after a POLLOUT (a pipe takes this much without blocking).
 const STDOUT_CHUNK: usize = 4096;
+/// The default size cap of an output file: 1 GiB.
+pub const DEFAULT_FILE_MAX: u64 = 1 << 30;
+
+/// How a file backend opens and bounds its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileOptions {
+    /// The size the file may reach; guest output beyond it is dropped and counted.
+    pub max_bytes: u64,
+    /// Empty an existing file first (default: append to it). A new file is empty anyway.
+    pub truncate: bool,
+}
+
+impl Default for FileOptions {
+    fn default() -> Self {
+        FileOptions {
+            max_bytes: DEFAULT_FILE_MAX,
+            truncate: false,
+        }
+    }
+}
+
+/// A file's identity: its device and inode numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    /// The device (st_dev).
+    pub dev: u64,
+    /// The inode (st_ino).
+    pub ino: u64,
+}
+
+/// lstat(2), made as newfstatat (the call the socket backend declares for its end).
+fn lstat(path: &Path) -> io::Result<libc::stat> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(ErrorKind::InvalidInput))?;
+    // SAFETY: a zeroed stat is a valid out buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable stat that outlives the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_newfstatat,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            &mut st as *mut libc::stat,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+fn is_socket(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+}
+
+fn kind_of(mode: u32) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => "a regular file",
+        libc::S_IFDIR => "a directory",
+        libc::S_IFLNK => "a symbolic link",
+        libc::S_IFIFO => "a FIFO",
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        libc::S_IFSOCK => "a socket",
+        _ => "a file of unknown type",
+    }
+}
+
+/// Removes `path` if it is still the socket `id`; a file someone put in its place stays.
+pub fn remove_socket_if_same(path: &Path, id: FileId) -> bool {
+    match lstat(path) {
+        Ok(st) if is_socket(&st) && st.st_dev == id.dev && st.st_ino == id.ino => {
+            std::fs::remove_file(path).is_ok()
+        }
+        _ => false,
+    }
+}
+
+/// Refuses a socket path where something already is: a socket a process listens on, a stale
+/// socket, or any other file. Nothing found there is ever removed.
+fn refuse_taken(path: &Path) -> Result<(), Error> {
+    let st = match lstat(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(error) => {
+            return Err(Error::Chardev {
+                what: format!("cannot look at '{}'", path.display()),
+                error,
+            })
+        }
+        Ok(st) => st,
+    };
+    let path = path.to_path_buf();
+    if !is_socket(&st) {
+        let kind = kind_of(st.st_mode).to_string();
+        return Err(Error::PathTaken { path, kind });
+    }
+    match UnixStream::connect(&path) {
+        Ok(_) => Err(Error::SocketInUse { path }),
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Err(Error::SocketStale { path }),
+        Err(e) => Err(Error::PathTaken {
+            path,
+            kind: format!("a socket vmm cannot connect to: {e}"),
+        }),
+    }
+}
+
+/// A directory only this process can enter, next to a socket path, removed with what is in it.
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn new(parent: &Path) -> io::Result<PrivateDir> {
+        let template = parent.join(".vmm-XXXXXX");
+        let mut buf = CString::new(template.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(ErrorKind::InvalidInput))?
+            .into_bytes_with_nul();
+        // SAFETY: `buf` is a writable NUL-terminated template ending in XXXXXX; mkdtemp fills
+        // the X's in place and creates the directory with mode 0700.
+        let ret = unsafe { libc::mkdtemp(buf.as_mut_ptr().cast()) };
+        if ret.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        buf.pop();
+        Ok(PrivateDir(PathBuf::from(std::ffi::OsStr::from_bytes(&buf))))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A unix socket file bound by this VMM: the listener (non-blocking) and the identity of its
+/// inode, so that the file is removed at the end only if it is still the one made here.
+#[derive(Debug)]
+pub struct SocketFile {
+    listener: UnixListener,
+    path: PathBuf,
+    id: FileId,
+}
+
+impl SocketFile {
+    /// Creates a socket at `path`, mode 0600 (whatever the umask), listening; refuses a path
+    /// where anything already is (see the module documentation).
+    pub fn bind(path: &Path) -> Result<SocketFile, Error> {
+        let what = || format!("cannot listen on unix socket '{}'", path.display());
+        refuse_taken(path)?;
+        if path.file_name().is_none() {
+            return Err(Error::PathTaken {
+                path: path.to_path_buf(),
+                kind: "not a file name".into(),
+            });
+        }
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let private = PrivateDir::new(parent).map_err(chardev_err(format!(
+            "cannot create a private directory in '{}' to bind '{}' in",
+            parent.display(),
+            path.display()
+        )))?;
+        let inner = private.0.join("s");
+        let listener = UnixListener::bind(&inner).map_err(chardev_err(what()))?;
+        std::fs::set_permissions(&inner, Permissions::from_mode(0o600))
+            .map_err(chardev_err(what()))?;
+        let st = lstat(&inner).map_err(chardev_err(what()))?;
+        let id = FileId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        };
+        // link(2) never replaces what is at the path: EEXIST if someone got there first.
+        if let Err(e) = std::fs::hard_link(&inner, path) {
+            refuse_taken(path)?;
+            return Err(chardev_err(what())(e));
+        }
+        drop(private);
+        listener
+            .set_nonblocking(true)
+            .map_err(chardev_err(what()))?;
+        Ok(SocketFile {
+            listener,
+            path: path.to_path_buf(),
+            id,
+        })
+    }
+
+    /// The path the socket was bound at.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The socket inode's identity.
+    pub fn id(&self) -> FileId {
+        self.id
+    }
+
+    /// Removes the socket file if it is still the one bound here.
+    pub fn remove(&self) -> bool {
+        remove_socket_if_same(&self.path, self.id)
+    }
+}
 
 /// Where the output goes.
 enum Out {
@@ -48,7 +271,12 @@ enum Out {
     /// The process's standard output, shared with others: never made non-blocking; `write`
     /// polls it before each write of at most [`STDOUT_CHUNK`] bytes.
     Stdout,
-    File(File),
+    /// A file and its size now, which output never takes beyond `max`.
+    File {
+        file: File,
+        size: u64,
+        max: u64,
+    },
     Writer(Box<dyn Write + Send>),
     /// The primary side of a pseudo-terminal (non-blocking), also the input.
     Pty {
@@ -59,9 +287,8 @@ enum Out {
     },
     /// A listening unix socket and its current client (non-blocking), also the input.
     Socket {
-        listener: UnixListener,
+        socket: SocketFile,
         client: Option<UnixStream>,
-        path: PathBuf,
     },
 }
 
@@ -89,6 +316,8 @@ pub struct Chardev {
     /// Bytes of guest output that were dropped.
     lost: u64,
     loss_logged: bool,
+    /// The file's size cap was reached (logged once).
+    cap_logged: bool,
     /// The owner does not want input now (no room in the guest).
     input_paused: bool,
     /// Input ended (EOF, an error, or an fd epoll cannot watch).
@@ -136,6 +365,7 @@ impl Chardev {
             blocked: false,
             lost: 0,
             loss_logged: false,
+            cap_logged: false,
             input_paused: false,
             input_done: false,
             stale: Vec::new(),
@@ -168,15 +398,23 @@ impl Chardev {
         Ok(dev)
     }
 
-    /// Output to `path`, created or truncated; no input.
-    pub fn file(name: &'static str, path: &Path) -> Result<Self, Error> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(path)
-            .map_err(chardev_err(format!("cannot create '{}'", path.display())))?;
-        Self::with_out(name, Out::File(file))
+    /// Output to `path`: a new file (mode 0600), or an existing regular file appended to (emptied
+    /// first with `options.truncate`), or /dev/null; never through a symbolic link, never a
+    /// file with more than one link. Output stops at `options.max_bytes`. No input.
+    pub fn file(name: &'static str, path: &Path, options: FileOptions) -> Result<Self, Error> {
+        let file = open_output_file(path, options.truncate)?;
+        let size = file
+            .metadata()
+            .map_err(chardev_err(format!("cannot look at '{}'", path.display())))?
+            .len();
+        Self::with_out(
+            name,
+            Out::File {
+                file,
+                size,
+                max: options.max_bytes,
+            },
+        )
     }
 
     /// Output to any writer (written synchronously); no input.
@@ -214,6 +452,10 @@ impl Chardev {
             .custom_flags(libc::O_NOCTTY)
             .open(&path)
             .map_err(err("open the secondary"))?;
+        // grantpt leaves it writable by the tty group, i.e. able to type into the guest.
+        secondary
+            .set_permissions(Permissions::from_mode(0o600))
+            .map_err(err("make the secondary 0600"))?;
         // SAFETY: termios is plain data; tcgetattr fills it.
         let mut tio: libc::termios = unsafe { std::mem::zeroed() };
         // SAFETY: the secondary is a terminal and `tio` is writable.
@@ -237,25 +479,21 @@ impl Chardev {
         )
     }
 
-    /// A unix socket listening at `path` (a stale socket there is replaced). One client at a
-    /// time: while one is connected, further clients are accepted and closed at once.
+    /// A unix socket listening at `path` ([`SocketFile::bind`]: mode 0600, refused if anything
+    /// is at the path). One client at a time: while one is connected, further clients are
+    /// accepted and closed at once.
     pub fn socket(name: &'static str, path: &Path) -> Result<Self, Error> {
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            if meta.file_type().is_socket() {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-        let what = || format!("cannot listen on unix socket '{}'", path.display());
-        let listener = UnixListener::bind(path).map_err(chardev_err(what()))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(chardev_err(what()))?;
+        Self::listen(name, SocketFile::bind(path)?)
+    }
+
+    /// A socket backend on a socket bound beforehand (e.g. before a fork, so that the parent
+    /// knows its identity).
+    pub fn listen(name: &'static str, socket: SocketFile) -> Result<Self, Error> {
         Self::with_out(
             name,
             Out::Socket {
-                listener,
+                socket,
                 client: None,
-                path: path.to_path_buf(),
             },
         )
     }
@@ -332,18 +570,41 @@ impl Chardev {
 
     /// Drops the socket client (kept until `update_interest` unregisters it).
     fn disconnect(&mut self) {
-        if let Out::Socket { client, path, .. } = &mut self.out {
+        if let Out::Socket { client, socket } = &mut self.out {
             if let Some(c) = client.take() {
-                info!("{}: client of '{}' disconnected", self.name, path.display());
+                info!(
+                    "{}: client of '{}' disconnected",
+                    self.name,
+                    socket.path.display()
+                );
                 self.stale.push(c);
             }
         }
         self.blocked = false;
     }
 
+    /// Counts what a file's size cap did not let through; logs the first time.
+    fn over_cap(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.lost += n as u64;
+        if !self.cap_logged {
+            if let Out::File { max, .. } = &self.out {
+                warn!(
+                    "{}: the output file reached its size cap of {max} bytes: further guest \
+                     output is dropped (counted; total logged at exit)",
+                    self.name
+                );
+            }
+            self.cap_logged = true;
+        }
+    }
+
     /// One attempt to hand bytes to the host side without blocking (stdout: after a poll).
     /// `Ok(None)` means a socket without a client.
     fn raw_write(&mut self, buf: &[u8]) -> io::Result<Option<usize>> {
+        let mut over = 0;
         let result = match &mut self.out {
             Out::Null => Ok(buf.len()),
             Out::Stdout => {
@@ -362,7 +623,19 @@ impl Chardev {
                 }
                 stdout().write(&buf[..buf.len().min(STDOUT_CHUNK)])
             }
-            Out::File(f) => f.write(buf),
+            Out::File { file, size, max } => {
+                let room = usize::try_from(max.saturating_sub(*size)).unwrap_or(usize::MAX);
+                if room == 0 {
+                    over = buf.len();
+                    Ok(buf.len())
+                } else {
+                    let n = file.write(&buf[..buf.len().min(room)]);
+                    if let Ok(n) = n {
+                        *size += n as u64;
+                    }
+                    n
+                }
+            }
             Out::Writer(w) => w.write(buf).and_then(|n| w.flush().map(|()| n)),
             Out::Pty { primary, .. } => primary.write(buf),
             Out::Socket { client: None, .. } => return Ok(None),
@@ -391,6 +664,7 @@ impl Chardev {
                 }
             }
         };
+        self.over_cap(over);
         match result {
             Ok(0) if !buf.is_empty() => Err(ErrorKind::WriteZero.into()),
             Ok(n) => Ok(Some(n)),
@@ -456,9 +730,19 @@ impl Chardev {
     /// Writes guest output for a device that cannot wait: see the module documentation. Safe to
     /// call from any thread; wakes the event loop when it left bytes in the backlog.
     pub fn write_lossy(&mut self, buf: &[u8]) {
+        let mut over = 0;
         let result = match &mut self.out {
             Out::Stdout => stdout().write_all(buf),
-            Out::File(f) => f.write_all(buf),
+            Out::File { file, size, max } => {
+                let room = usize::try_from(max.saturating_sub(*size)).unwrap_or(usize::MAX);
+                let n = buf.len().min(room);
+                over = buf.len() - n;
+                let written = file.write_all(&buf[..n]);
+                if written.is_ok() {
+                    *size += n as u64;
+                }
+                written
+            }
             Out::Writer(w) => w.write_all(buf).and_then(|()| w.flush()),
             Out::Null => Ok(()),
             Out::Pty { .. } | Out::Socket { .. } => {
@@ -484,8 +768,9 @@ impl Chardev {
                 Ok(())
             }
         };
+        self.over_cap(over);
         if let Err(e) = result {
-            self.lose(buf.len(), &format!("output failed ({e})"));
+            self.lose(buf.len() - over, &format!("output failed ({e})"));
         }
         if (!self.backlog.is_empty() || !self.stale.is_empty()) && !self.wake_sent {
             self.wake_sent = true;
@@ -580,8 +865,8 @@ impl Chardev {
             Some((_, s)) => *s |= set,
             None => want.push((fd, set)),
         };
-        if let Out::Socket { listener, .. } = &self.out {
-            add(listener.as_raw_fd(), EventSet::IN);
+        if let Out::Socket { socket, .. } = &self.out {
+            add(socket.listener.as_raw_fd(), EventSet::IN);
         }
         if !self.input_paused && !self.input_done {
             if let Some(fd) = self.input_fd() {
@@ -637,14 +922,10 @@ impl Chardev {
             self.wake_sent = false;
             return ready;
         }
-        if let Out::Socket {
-            listener,
-            client,
-            path,
-        } = &mut self.out
-        {
-            if fd == listener.as_raw_fd() {
-                match listener.accept() {
+        if let Out::Socket { socket, client } = &mut self.out {
+            let path = &socket.path;
+            if fd == socket.listener.as_raw_fd() {
+                match socket.listener.accept() {
                     Ok((stream, _)) if client.is_none() => {
                         if let Err(e) = stream.set_nonblocking(true) {
                             warn!("{}: cannot make the client non-blocking: {e}", self.name);
@@ -713,8 +994,8 @@ impl Drop for Chardev {
             );
         }
         match &self.out {
-            Out::Socket { path, .. } => {
-                let _ = std::fs::remove_file(path);
+            Out::Socket { socket, .. } => {
+                socket.remove();
             }
             Out::Pty { _secondary, .. } => drain_pty(self.name, _secondary),
             _ => {}
@@ -764,7 +1045,7 @@ impl std::fmt::Debug for Chardev {
         let kind = match &self.out {
             Out::Null => "null",
             Out::Stdout => "stdio",
-            Out::File(_) => "file",
+            Out::File { .. } => "file",
             Out::Writer(_) => "writer",
             Out::Pty { .. } => "pty",
             Out::Socket { .. } => "socket",
@@ -810,6 +1091,77 @@ pub const FILE_SYSCALLS: Syscalls = Syscalls {
     ],
 };
 
+/// Opens a file backend's file: see [`Chardev::file`].
+fn open_output_file(path: &Path, truncate: bool) -> Result<File, Error> {
+    let flags = libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let refused = |why: String| Error::OutputFileRefused {
+        path: path.to_path_buf(),
+        why,
+    };
+    // O_CREAT|O_EXCL: a new file, never one reached through a symbolic link.
+    match OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(flags)
+        .open(path)
+    {
+        Ok(file) => return Ok(file),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(error) => {
+            return Err(Error::Chardev {
+                what: format!("cannot create '{}'", path.display()),
+                error,
+            })
+        }
+    }
+    let file = match OpenOptions::new()
+        .append(true)
+        .custom_flags(flags)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(refused(
+                "is a symbolic link, which vmm does not follow".into(),
+            ))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            return Err(refused("is a FIFO or socket".into()))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+            return Err(refused("is a directory".into()))
+        }
+        Err(error) => {
+            return Err(Error::Chardev {
+                what: format!("cannot open '{}'", path.display()),
+                error,
+            })
+        }
+    };
+    let meta = file
+        .metadata()
+        .map_err(chardev_err(format!("cannot look at '{}'", path.display())))?;
+    let null = libc::makedev(1, 3);
+    if meta.file_type().is_char_device() && meta.rdev() == null {
+        return Ok(file);
+    }
+    if !meta.file_type().is_file() {
+        return Err(refused(format!("is {}", kind_of(meta.mode()))));
+    }
+    if meta.nlink() > 1 {
+        return Err(refused(format!(
+            "has {} hard links (another of its names may be a file you did not mean)",
+            meta.nlink()
+        )));
+    }
+    if truncate {
+        file.set_len(0)
+            .map_err(chardev_err(format!("cannot empty '{}'", path.display())))?;
+    }
+    Ok(file)
+}
+
 /// The pty backend's system calls once the guest runs: output written to the primary side on
 /// either thread, input read from it on the event loop; when the VM ends, the event loop waits for
 /// the reader to take what is queued ([`drain_pty`]: FIONREAD and a sleep).
@@ -844,6 +1196,8 @@ pub const SOCKET_SYSCALLS: Syscalls = Syscalls {
         SyscallRule::Any(libc::SYS_read),
         SyscallRule::Any(libc::SYS_write),
         SyscallRule::Any(libc::SYS_shutdown),
+        // The socket file removed at the end if it is still ours (lstat, then unlink).
+        SyscallRule::Any(libc::SYS_newfstatat),
         SyscallRule::Any(libc::SYS_unlink),
     ],
 };
@@ -860,7 +1214,7 @@ mod tests {
 
     fn listener_fd(dev: &Chardev) -> RawFd {
         match &dev.out {
-            Out::Socket { listener, .. } => listener.as_raw_fd(),
+            Out::Socket { socket, .. } => socket.listener.as_raw_fd(),
             _ => panic!("not a socket"),
         }
     }
@@ -878,16 +1232,151 @@ mod tests {
         assert_eq!(null.lost_bytes(), 0);
     }
 
+    fn temp(name: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("vmm-chardev-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    }
+
     #[test]
-    fn file_backend_truncates_and_appends() {
-        let path = std::env::temp_dir().join(format!("vmm-chardev-{}.txt", std::process::id()));
-        std::fs::write(&path, b"old contents").unwrap();
-        let mut dev = Chardev::file("t", &path).unwrap();
+    fn file_backend_appends_unless_asked_to_truncate() {
+        let path = temp("append.txt");
+        std::fs::write(&path, b"old contents ").unwrap();
+        let mut dev = Chardev::file("t", &path, FileOptions::default()).unwrap();
         dev.write_lossy(b"one ");
         assert_eq!(dev.write(b"two").unwrap(), 3);
         drop(dev);
-        assert_eq!(std::fs::read(&path).unwrap(), b"one two");
+        assert_eq!(std::fs::read(&path).unwrap(), b"old contents one two");
+        let truncate = FileOptions {
+            truncate: true,
+            ..FileOptions::default()
+        };
+        let mut dev = Chardev::file("t", &path, truncate).unwrap();
+        dev.write_lossy(b"new");
+        drop(dev);
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
         let _ = std::fs::remove_file(&path);
+    }
+
+    /// A new file is 0600 whatever the umask; a symbolic link is not followed (its target is
+    /// neither truncated nor written); FIFOs, directories and files with two links are refused;
+    /// /dev/null is taken.
+    #[test]
+    fn file_backend_creates_0600_and_refuses_links_and_special_files() {
+        let path = temp("new.txt");
+        drop(Chardev::file("t", &path, FileOptions::default()).unwrap());
+        assert_eq!(mode(&path), 0o600);
+        let _ = std::fs::remove_file(&path);
+
+        let victim = temp("victim.txt");
+        std::fs::write(&victim, b"precious").unwrap();
+        let link = temp("link.log");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let truncate = FileOptions {
+            truncate: true,
+            ..FileOptions::default()
+        };
+        let e = Chardev::file("t", &link, truncate).unwrap_err();
+        assert!(matches!(e, Error::OutputFileRefused { .. }), "{e}");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+
+        let hard = temp("hard.log");
+        std::fs::hard_link(&victim, &hard).unwrap();
+        let e = Chardev::file("t", &hard, truncate).unwrap_err();
+        assert!(e.to_string().contains("2 hard links"), "{e}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+
+        let fifo = temp("fifo");
+        let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid C string path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = Chardev::file("t", &fifo, FileOptions::default()).unwrap_err();
+        assert!(matches!(e, Error::OutputFileRefused { .. }), "{e}");
+        let e = Chardev::file("t", &std::env::temp_dir(), FileOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("is a directory"), "{e}");
+        let mut null = Chardev::file("t", Path::new("/dev/null"), truncate).unwrap();
+        null.write_lossy(b"gone");
+        for p in [&victim, &link, &hard, &fifo] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// Output beyond the cap is dropped and counted, by either kind of write.
+    #[test]
+    fn file_backend_stops_at_its_size_cap() {
+        let path = temp("cap.txt");
+        std::fs::write(&path, b"0123").unwrap();
+        let options = FileOptions {
+            max_bytes: 10,
+            truncate: false,
+        };
+        let mut dev = Chardev::file("t", &path, options).unwrap();
+        dev.write_lossy(b"abcd");
+        assert_eq!(
+            dev.write(b"efgh").unwrap(),
+            2,
+            "only the room left is written"
+        );
+        assert_eq!(
+            dev.write(b"ijkl").unwrap(),
+            4,
+            "beyond the cap: taken and dropped"
+        );
+        dev.write_lossy(b"mnop");
+        assert_eq!(dev.lost_bytes(), 8);
+        drop(dev);
+        assert_eq!(std::fs::read(&path).unwrap(), b"0123abcdef");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// The socket is 0600 whatever the umask; a path where anything is (a file, a live socket,
+    /// a stale one) is refused and left as it was; at the end the path is removed only if it
+    /// is still our socket.
+    #[test]
+    fn socket_is_private_refuses_a_taken_path_and_removes_only_its_own() {
+        let path = socket_path("private");
+        let _ = std::fs::remove_file(&path);
+        let dev = Chardev::socket("t", &path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        let e = Chardev::socket("t", &path).unwrap_err();
+        assert!(matches!(e, Error::SocketInUse { .. }), "{e}");
+        assert!(e.to_string().contains(&*path.to_string_lossy()), "{e}");
+        // Someone replaces our socket with a file of their own: the end leaves it there.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"precious").unwrap();
+        drop(dev);
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+        let e = Chardev::socket("t", &path).unwrap_err();
+        assert!(matches!(e, Error::PathTaken { .. }), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+        std::fs::remove_file(&path).unwrap();
+
+        // A socket nobody listens on (a killed VMM's) is refused, not removed.
+        drop(UnixListener::bind(&path).unwrap());
+        let e = Chardev::socket("t", &path).unwrap_err();
+        assert!(matches!(e, Error::SocketStale { .. }), "{e}");
+        assert!(path.exists());
+        std::fs::remove_file(&path).unwrap();
+
+        // Bound in a private directory that is gone once the socket is in place.
+        let dev = Chardev::socket("t", &path).unwrap();
+        let inode = std::fs::symlink_metadata(&path).unwrap().ino();
+        let left = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".vmm-"))
+            .filter(|e| {
+                std::fs::symlink_metadata(e.path().join("s")).is_ok_and(|m| m.ino() == inode)
+            })
+            .count();
+        assert_eq!(left, 0);
+        drop(dev);
+        assert!(!path.exists());
     }
 
     /// Without a client output is kept up to the limit, the rest counted; a client gets the
@@ -966,6 +1455,7 @@ mod tests {
         let mut dev = Chardev::pty("t").unwrap();
         let path = dev.pty_path().unwrap().to_path_buf();
         assert!(path.starts_with("/dev/pts"));
+        assert_eq!(mode(&path), 0o600, "only its owner may type into the guest");
         let mut secondary = OpenOptions::new()
             .read(true)
             .write(true)

@@ -191,6 +191,37 @@ pub enum Error {
         /// The OS error.
         error: io::Error,
     },
+    /// A socket backend's path is taken by a socket a process listens on.
+    #[error("'{path}' is in use: a process listens on that socket (another VMM?)")]
+    SocketInUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// A socket backend's path is taken by a socket nobody listens on.
+    #[error(
+        "'{path}' is a socket nobody listens on (left by a VMM that was killed?); it is left \
+         alone: remove it if no program uses it"
+    )]
+    SocketStale {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// A socket backend's path is taken by something else, which is left alone.
+    #[error("'{path}' exists ({kind}); it is left alone: choose another path for the socket")]
+    PathTaken {
+        /// The path.
+        path: PathBuf,
+        /// What is there.
+        kind: String,
+    },
+    /// A file backend's path is not a file guest output may go to.
+    #[error("'{path}' {why}: guest output goes to a new or existing regular file, or /dev/null")]
+    OutputFileRefused {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The device refused activation.
     #[error("cannot activate virtio device: {0}")]
     Activate(String),

@@ -113,16 +113,27 @@ pub struct VmSpec {
     /// The size in bytes of each disk image: RLIMIT_FSIZE is the largest (writes never grow an
     /// image), 1 without disks.
     pub disk_sizes: Vec<u64>,
-    /// Whether a console or the serial port writes to a file, which grows: RLIMIT_FSIZE is then
-    /// not set.
-    pub output_to_file: bool,
-    /// Socket files the VMM creates (console backends); the supervisor removes them at the end
-    /// (the jailed VMM cannot reach them).
-    pub sockets: Vec<PathBuf>,
+    /// The size cap of a console's or the serial port's output file, if one writes to a file:
+    /// RLIMIT_FSIZE is then the larger of it and the largest disk.
+    pub output_file_max: Option<u64>,
+    /// Socket files the VMM created (console backends, bound before the fork); the supervisor
+    /// removes each at the end (the jailed VMM cannot reach them) if it is still that socket.
+    pub sockets: Vec<SocketSpec>,
     /// Whether the VM uses host tap devices: the VMM then keeps the host's net namespace.
     pub host_network: bool,
     /// Whether seccomp filters are on: the supervisor then confines itself with its own too.
     pub seccomp: bool,
+}
+
+/// A socket file the VMM created: its path and the identity of its inode when it was bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketSpec {
+    /// Where it was bound.
+    pub path: PathBuf,
+    /// Its device number (st_dev).
+    pub dev: u64,
+    /// Its inode number (st_ino).
+    pub ino: u64,
 }
 
 /// A jail, checked and with its cgroup made, ready to fork.
@@ -133,12 +144,11 @@ pub struct Jail {
     gid: u32,
     new_netns: bool,
     cgroup: Cgroup,
-    /// RLIMIT_FSIZE: the largest disk (writes never grow an image); `None` when a console or serial
-    /// writes to a file, which grows.
+    /// RLIMIT_FSIZE: the largest disk (writes never grow an image) or output file cap.
     fsize: Option<u64>,
     nproc: u64,
-    /// Socket files the VMM creates; the supervisor removes them (the jailed VMM cannot reach them).
-    sockets: Vec<PathBuf>,
+    /// Socket files the VMM created; the supervisor removes them (the jailed VMM cannot reach them).
+    sockets: Vec<SocketSpec>,
     /// Whether the supervisor filters itself ([`VmSpec::seccomp`]).
     seccomp: bool,
 }
@@ -185,8 +195,8 @@ impl Jail {
         for &len in &vm.disk_sizes {
             fsize = fsize.map(|f: u64| f.max(len));
         }
-        if vm.output_to_file {
-            fsize = None;
+        if let Some(max) = vm.output_file_max {
+            fsize = fsize.map(|f| f.max(max));
         }
         let cgroup = Cgroup::create(&CgroupHost::current(), &format!("vmm-{pid}"), &limits)?;
         Ok(Jail {
@@ -311,6 +321,28 @@ fn thread_count() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An output file keeps RLIMIT_FSIZE: the larger of the largest disk and the file's cap.
+    #[test]
+    fn an_output_file_keeps_the_file_size_limit_at_its_cap() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let mut vm = VmSpec {
+            memory_bytes: 128 << 20,
+            vcpus: 1,
+            disk_sizes: vec![4 << 20],
+            output_file_max: Some(1 << 30),
+            ..VmSpec::default()
+        };
+        let jail = Jail::new(&JailConfig::new("/tmp"), &vm).unwrap();
+        assert_eq!(jail.fsize, Some(1 << 30));
+        drop(jail);
+        vm.output_file_max = Some(1 << 20);
+        let jail = Jail::new(&JailConfig::new("/tmp"), &vm).unwrap();
+        assert_eq!(jail.fsize, Some(4 << 20));
+    }
 
     #[test]
     fn bad_directories_and_ids_are_refused_before_anything_is_made() {

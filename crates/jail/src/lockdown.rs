@@ -45,8 +45,14 @@ impl Jailed {
         set_rlimit(libc::RLIMIT_NPROC, self.nproc, "RLIMIT_NPROC")?;
         // RLIMIT_FSIZE caps every write to a regular file, stdout and stderr redirected to a file
         // included, where guest output legitimately grows without bound; then it is left alone.
+        // (An output file given to a console has its own cap, which the limit covers.) A write
+        // past the limit must fail with EFBIG rather than kill the VMM with SIGXFSZ.
         match self.fsize {
             Some(fsize) if !is_regular_file(1) && !is_regular_file(2) => {
+                // SAFETY: SIG_IGN for a signal that has no handler of ours.
+                if unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) } == libc::SIG_ERR {
+                    return Err(step_err("ignore SIGXFSZ", io::Error::last_os_error()));
+                }
                 set_rlimit(libc::RLIMIT_FSIZE, fsize, "RLIMIT_FSIZE")?
             }
             _ => log::info!("jail: RLIMIT_FSIZE not set: guest output goes to a regular file"),

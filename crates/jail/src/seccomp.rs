@@ -27,11 +27,12 @@ const ALLOWED: &[i64] = &[
     libc::SYS_ppoll,
     libc::SYS_recvfrom,
     // Its own: reap the child, wait for signals, sleep while a cgroup is busy, remove socket
-    // files and cgroup directories.
+    // files (if still the VMM's: lstat first) and cgroup directories.
     libc::SYS_wait4,
     libc::SYS_rt_sigtimedwait,
     libc::SYS_nanosleep,
     libc::SYS_clock_nanosleep,
+    libc::SYS_newfstatat,
     libc::SYS_unlink,
     libc::SYS_rmdir,
 ];

@@ -3,10 +3,9 @@
 
 use std::fs;
 use std::io;
-use std::path::PathBuf;
 
 use crate::cgroup::Cgroup;
-use crate::JailError;
+use crate::{JailError, SocketSpec};
 
 /// The parent: holds nothing but the cgroup paths; waits for the jailed VMM.
 #[derive(Debug)]
@@ -15,7 +14,7 @@ pub struct Supervisor {
     pub(crate) signals: libc::sigset_t,
     pub(crate) termios: Option<libc::termios>,
     pub(crate) cgroup: Cgroup,
-    pub(crate) sockets: Vec<PathBuf>,
+    pub(crate) sockets: Vec<SocketSpec>,
     pub(crate) seccomp: bool,
 }
 
@@ -70,8 +69,8 @@ impl Supervisor {
             // SAFETY: `t` is the terminal state read from fd 0 before the fork.
             unsafe { libc::tcsetattr(0, libc::TCSANOW, t) };
         }
-        for path in &self.sockets {
-            let _ = fs::remove_file(path);
+        for socket in &self.sockets {
+            remove_if_same(socket);
         }
         self.cgroup.remove();
         match (forwarded, status) {
@@ -80,6 +79,34 @@ impl Supervisor {
             (None, Some(s)) if libc::WIFSIGNALED(s) => 128 + libc::WTERMSIG(s) as u8,
             _ => 1,
         }
+    }
+}
+
+/// Removes a socket file the VMM made, only if the path still names that socket (the same
+/// device and inode): a file that was there before, or was put there since, is left alone.
+fn remove_if_same(socket: &SocketSpec) {
+    let Ok(path) = std::ffi::CString::new(socket.path.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // SAFETY: a zeroed stat is a valid out buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `st` writable; newfstatat (lstat) is in the
+    // supervisor's filter.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_newfstatat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &mut st as *mut libc::stat,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if ret == 0
+        && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+        && st.st_dev == socket.dev
+        && st.st_ino == socket.ino
+    {
+        let _ = fs::remove_file(&socket.path);
     }
 }
 
@@ -107,4 +134,41 @@ pub(crate) fn saved_termios() -> Option<libc::termios> {
     let mut t: libc::termios = unsafe { std::mem::zeroed() };
     // SAFETY: isatty and tcgetattr on fd 0 with a valid buffer.
     (unsafe { libc::isatty(0) == 1 && libc::tcgetattr(0, &mut t) == 0 }).then_some(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    /// The supervisor removes the VMM's socket, and nothing that took its path.
+    #[test]
+    fn only_the_vmms_own_socket_is_removed() {
+        let path = std::env::temp_dir().join(format!("vmm-jail-sock-{}", std::process::id()));
+        let _ = fs::remove_file(&path);
+        let _listener = UnixListener::bind(&path).unwrap();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        let spec = SocketSpec {
+            path: path.clone(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, b"precious").unwrap();
+        remove_if_same(&spec);
+        assert_eq!(fs::read(&path).unwrap(), b"precious");
+        fs::remove_file(&path).unwrap();
+
+        let _listener = UnixListener::bind(&path).unwrap();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        let spec = SocketSpec {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            ..spec
+        };
+        remove_if_same(&spec);
+        assert!(!path.exists());
+    }
 }

@@ -2,8 +2,10 @@
 
 use std::fmt;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+
+pub use devices::chardev::{FileOptions, SocketFile, DEFAULT_FILE_MAX};
 
 /// Guest memory when none is asked for: 128 MiB.
 pub const DEFAULT_MEMORY_BYTES: u64 = 128 << 20;
@@ -26,13 +28,19 @@ pub enum CharBackend {
     Stdio,
     /// The VMM's standard output, no input.
     Stdout,
-    /// A file, created or truncated; output only.
-    File(PathBuf),
+    /// A file, output only: created (mode 0600) or appended to (emptied first with
+    /// [`FileOptions::truncate`]), never through a symbolic link; output beyond
+    /// [`FileOptions::max_bytes`] is dropped and counted.
+    File(PathBuf, FileOptions),
     /// A new pseudo-terminal (its path is reported by [`crate::Vm::ptys`]).
     Pty,
     /// A unix socket listening at this path; one client at a time (others are refused); output
-    /// is kept (up to 1 MiB) while no client is connected.
+    /// is kept (up to 1 MiB) while no client is connected. Created mode 0600; refused if
+    /// anything is at the path; removed at the end if it is still the VMM's socket.
     Socket(PathBuf),
+    /// A [`CharBackend::Socket`] bound beforehand (the CLI binds before entering a jail, so that
+    /// the jail's supervisor knows which socket to remove).
+    BoundSocket(SocketFile),
     /// Any writer, e.g. a pipe a test reads; output only.
     Writer(Box<dyn Write + Send>),
 }
@@ -51,6 +59,15 @@ impl CharBackend {
     pub fn owns_stdin(&self) -> bool {
         matches!(self, CharBackend::Stdio)
     }
+
+    /// The host file or socket path the backend writes to, if any.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            CharBackend::File(p, _) | CharBackend::Socket(p) => Some(p),
+            CharBackend::BoundSocket(s) => Some(s.path()),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Debug for CharBackend {
@@ -59,7 +76,17 @@ impl fmt::Debug for CharBackend {
             CharBackend::Off => f.write_str("Off"),
             CharBackend::Stdio => f.write_str("Stdio"),
             CharBackend::Stdout => f.write_str("Stdout"),
-            CharBackend::File(p) => write!(f, "File({})", p.display()),
+            CharBackend::File(p, o) if *o == FileOptions::default() => {
+                write!(f, "File({})", p.display())
+            }
+            CharBackend::File(p, o) => write!(
+                f,
+                "File({}, max {}{})",
+                p.display(),
+                o.max_bytes,
+                if o.truncate { ", truncate" } else { "" }
+            ),
+            CharBackend::BoundSocket(s) => write!(f, "BoundSocket({})", s.path().display()),
             CharBackend::Pty => f.write_str("Pty"),
             CharBackend::Socket(p) => write!(f, "Socket({})", p.display()),
             CharBackend::Writer(_) => f.write_str("Writer(..)"),
@@ -70,9 +97,9 @@ impl fmt::Debug for CharBackend {
 impl FromStr for CharBackend {
     type Err = ParseError;
 
-    /// Parses `off`, `stdio`, `file=PATH`, `pty` or `socket=PATH`.
+    /// Parses `off`, `stdio`, `file=PATH[,max=SIZE][,truncate=on]`, `pty` or `socket=PATH`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let usage = "use off, stdio, file=PATH, pty or socket=PATH";
+        let usage = "use off, stdio, file=PATH[,max=SIZE][,truncate=on], pty or socket=PATH";
         let path = |p: &str, what: &str| {
             if p.is_empty() {
                 Err(ParseError(format!("'{s}' has no {what} path; {usage}")))
@@ -85,8 +112,25 @@ impl FromStr for CharBackend {
             "stdio" => Ok(CharBackend::Stdio),
             "pty" => Ok(CharBackend::Pty),
             _ => {
-                if let Some(p) = s.strip_prefix("file=") {
-                    Ok(CharBackend::File(path(p, "file")?))
+                if let Some(rest) = s.strip_prefix("file=") {
+                    let mut parts = rest.split(',');
+                    let p = path(parts.next().unwrap_or_default(), "file")?;
+                    let mut options = FileOptions::default();
+                    for part in parts {
+                        match part.split_once('=') {
+                            Some(("max", v)) => options.max_bytes = parse_file_size(v)?,
+                            Some(("truncate", v)) => {
+                                options.truncate = parse_switch("truncate", v)?
+                            }
+                            _ => {
+                                return Err(ParseError(format!(
+                                    "'{part}' in '{s}' is not max=SIZE or truncate=on|off \
+                                     (a file path cannot contain ','); {usage}"
+                                )))
+                            }
+                        }
+                    }
+                    Ok(CharBackend::File(p, options))
                 } else if let Some(p) = s.strip_prefix("socket=") {
                     Ok(CharBackend::Socket(path(p, "socket")?))
                 } else {
@@ -96,6 +140,31 @@ impl FromStr for CharBackend {
                 }
             }
         }
+    }
+}
+
+/// Parses an output file's size cap: bytes, with an optional binary `K`, `M`, `G` or `T` suffix.
+fn parse_file_size(value: &str) -> Result<u64, ParseError> {
+    let err = || {
+        ParseError(format!(
+            "max={value} is not a size; give bytes with an optional K, M, G or T suffix (binary: \
+             1G = 1 GiB), at least 1"
+        ))
+    };
+    let (digits, shift) = match value.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => match c.to_ascii_uppercase() {
+            'K' => (&value[..i], 10),
+            'M' => (&value[..i], 20),
+            'G' => (&value[..i], 30),
+            'T' => (&value[..i], 40),
+            _ => return Err(err()),
+        },
+        _ => (value, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| err())?;
+    match n.checked_mul(1 << shift) {
+        Some(bytes) if bytes > 0 => Ok(bytes),
+        _ => Err(err()),
     }
 }
 
@@ -482,12 +551,26 @@ impl VmConfig {
         }
     }
 
+    /// Refuses the serial port and the virtio console on the same file or socket path (compared
+    /// as written, after dropping `.` components and repeated slashes).
+    pub fn check_backend_paths(&self) -> crate::Result<()> {
+        if let (Some(a), Some(b)) = (self.serial.path(), self.console.path()) {
+            if a.components().eq(b.components()) {
+                return Err(crate::Error::SameBackendPath {
+                    path: a.to_path_buf(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Checks what can be checked before anything is built: one reader of stdin, 1 to `max_vcpus`
     /// vCPUs, at least 1 MiB of memory and no more than `host_ram` bytes (0: unknown).
     pub(crate) fn check(&self, max_vcpus: usize, host_ram: u64) -> crate::Result<()> {
         if self.serial.owns_stdin() && self.console.owns_stdin() {
             return Err(crate::Error::StdinTwice);
         }
+        self.check_backend_paths()?;
         if self.vcpus == 0 || usize::from(self.vcpus) > max_vcpus {
             return Err(crate::Error::VcpuCount {
                 asked: self.vcpus,
@@ -562,6 +645,19 @@ mod tests {
         assert_eq!(parse("stdio").unwrap(), "Stdio");
         assert_eq!(parse("pty").unwrap(), "Pty");
         assert_eq!(parse("file=/tmp/x").unwrap(), "File(/tmp/x)");
+        assert_eq!(
+            parse("file=/tmp/x,max=4K,truncate=on").unwrap(),
+            "File(/tmp/x, max 4096, truncate)"
+        );
+        assert_eq!(parse("file=/tmp/x,max=10").unwrap(), "File(/tmp/x, max 10)");
+        for bad in [
+            "file=/x,max=0",
+            "file=/x,max=1Q",
+            "file=/x,truncate=maybe",
+            "file=/x,y",
+        ] {
+            assert!(!parse(bad).unwrap_err().0.is_empty(), "{bad}");
+        }
         assert_eq!(parse("socket=/run/c.sock").unwrap(), "Socket(/run/c.sock)");
         for bad in ["", "bogus", "file=", "socket=", "file", "stdio,x", "tcp=1"] {
             assert!(!parse(bad).unwrap_err().0.is_empty(), "{bad}");
@@ -569,6 +665,20 @@ mod tests {
         assert!(CharBackend::Stdio.owns_stdin());
         assert!(!CharBackend::Stdout.owns_stdin());
         assert!(!CharBackend::Off.is_on());
+    }
+
+    #[test]
+    fn serial_and_console_on_one_path_are_refused() {
+        let mut c = VmConfig::new("vmlinux");
+        c.serial = "socket=/tmp/x.sock".parse().unwrap();
+        c.console = "socket=/tmp/./x.sock".parse().unwrap();
+        let e = c.check(1, 0).unwrap_err();
+        assert!(matches!(e, crate::Error::SameBackendPath { .. }), "{e}");
+        assert!(e.to_string().contains("'/tmp/x.sock'"), "{e}");
+        c.serial = "file=/tmp//x.sock,truncate=on".parse().unwrap();
+        assert!(c.check(1, 0).is_err());
+        c.serial = "file=/tmp/y".parse().unwrap();
+        assert!(c.check(1, 0).is_ok());
     }
 
     #[test]

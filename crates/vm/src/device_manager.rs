@@ -439,9 +439,10 @@ fn open_chardev(name: &'static str, backend: CharBackend) -> Result<Chardev> {
         CharBackend::Off => Chardev::null(name),
         CharBackend::Stdio => Chardev::stdio(name, true),
         CharBackend::Stdout => Chardev::stdio(name, false),
-        CharBackend::File(path) => Chardev::file(name, &path),
+        CharBackend::File(path, options) => Chardev::file(name, &path, options),
         CharBackend::Pty => Chardev::pty(name),
         CharBackend::Socket(path) => Chardev::socket(name, &path),
+        CharBackend::BoundSocket(socket) => Chardev::listen(name, socket),
         CharBackend::Writer(w) => Chardev::writer(name, w),
     }
     .map_err(|source| Error::Device { what: name, source })

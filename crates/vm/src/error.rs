@@ -30,6 +30,15 @@ pub enum Error {
     /// The serial port and the virtio console both read stdin.
     #[error("the serial port and the virtio console are both on stdio, and only one of them can read stdin")]
     StdinTwice,
+    /// The serial port and the virtio console were given the same file or socket.
+    #[error(
+        "the serial port and the virtio console both use '{path}': two files would overwrite \
+         each other, and a socket has one listener"
+    )]
+    SameBackendPath {
+        /// The path given twice.
+        path: std::path::PathBuf,
+    },
     /// More vCPUs than the host (or the MP table) allows, or none.
     #[error("{asked} vCPUs: this host runs 1 to {max} vCPUs per VM")]
     VcpuCount {

@@ -14,7 +14,10 @@ use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events};
 use log::{debug, warn};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{FailureLog, Interrupt, VIRTIO_MMIO_INT_VRING};
@@ -252,10 +255,18 @@ impl VirtioCore {
     /// Pops the next chain of queue `q` and hands it to `take`; `None` if the device does not
     /// run, the queue is empty, or the ring is broken (then the device fails).
     pub fn pop<T>(&mut self, q: usize, take: impl FnOnce(Chain<'_>) -> T) -> Option<T> {
+        let indirect_ok = self.acked(VIRTIO_RING_F_INDIRECT_DESC);
         let (mem, queue) = self.queue(q)?;
+        let (table, size) = (queue.desc_table(), queue.size());
         let failure = match queue.iter(mem) {
             Ok(mut iter) => match iter.next() {
-                Some(chain) => return Some(take(chain)),
+                Some(chain) => match unnegotiated_indirect(mem, table, size, &chain, indirect_ok) {
+                    None => return Some(take(chain)),
+                    Some(why) => {
+                        // Not served: the driver must reset the device anyway.
+                        format!("queue {q}: {why}")
+                    }
+                },
                 None => return None,
             },
             Err(e) => format!("queue {q}: bad available ring: {e}"),
@@ -287,6 +298,7 @@ impl VirtioCore {
     where
         F: FnMut(&GuestMemoryMmap, Chain<'_>) -> Step,
     {
+        let indirect_ok = self.acked(VIRTIO_RING_F_INDIRECT_DESC);
         let Some((mem, queue)) = self.queue(q) else {
             return Drained::Empty;
         };
@@ -321,6 +333,11 @@ impl VirtioCore {
                         "queue {q}: available ring names descriptor {head}, beyond the queue size {}",
                         queue.size()
                     ));
+                    break 'outer;
+                }
+                let (table, size) = (queue.desc_table(), queue.size());
+                if let Some(why) = unnegotiated_indirect(mem, table, size, &chain, indirect_ok) {
+                    failure = Some(format!("queue {q}: {why}"));
                     break 'outer;
                 }
                 match serve(mem, chain) {
@@ -391,6 +408,50 @@ impl VirtioCore {
             self.name
         );
     }
+}
+
+/// Why `chain` may not be served: it has a descriptor with VRING_DESC_F_INDIRECT while the
+/// driver did not negotiate VIRTIO_RING_F_INDIRECT_DESC (no device here offers it). virtio-queue
+/// would follow such a descriptor into a table of up to 65 535 entries, anywhere in guest memory,
+/// and a chain could then be far longer than the queue the per-event budgets are counted in.
+///
+/// The walk reads the descriptor table as the driver left it, along `next`, at most `size`
+/// descriptors (the longest chain virtio-queue follows without an indirect table); `None` when
+/// indirect descriptors were negotiated or the chain has none. A driver that rewrites a
+/// descriptor between this walk and the device's own could still slip one table past it: the
+/// chain is then bounded by virtio-queue alone (one table, no nesting, every buffer checked
+/// against guest memory).
+pub(crate) fn unnegotiated_indirect(
+    mem: &GuestMemoryMmap,
+    desc_table: u64,
+    size: u16,
+    chain: &Chain<'_>,
+    indirect_ok: bool,
+) -> Option<String> {
+    if indirect_ok {
+        return None;
+    }
+    let mut index = chain.head_index();
+    for _ in 0..size {
+        if index >= size {
+            return None;
+        }
+        let addr = GuestAddress(desc_table).checked_add(u64::from(index) * 16)?;
+        // An unreadable descriptor ends virtio-queue's walk too.
+        let desc: Descriptor = mem.read_obj(addr).ok()?;
+        if desc.refers_to_indirect_table() {
+            return Some(format!(
+                "chain {} has an indirect descriptor ({index}), and VIRTIO_RING_F_INDIRECT_DESC \
+                 was not negotiated",
+                chain.head_index()
+            ));
+        }
+        if !desc.has_next() {
+            return None;
+        }
+        index = desc.next();
+    }
+    None
 }
 
 #[cfg(test)]
@@ -496,6 +557,51 @@ mod tests {
         assert_eq!(d.0.failures.count(), 1);
         d.0.reset();
         assert!(!d.0.is_activated());
+    }
+
+    /// Posts a chain of two buffers on queue 0 and turns its second descriptor into an
+    /// indirect one, naming a table of one device-writable buffer.
+    fn post_indirect(driver: &mut Driver) {
+        driver.post(0, &[(DATA, 4, true), (DATA + 16, 4, true)]);
+        let second = 0x1000 + 16;
+        let table = DATA + 0x100;
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&(DATA + 32).to_le_bytes());
+        d[8..12].copy_from_slice(&4u32.to_le_bytes());
+        d[12..14].copy_from_slice(&2u16.to_le_bytes());
+        driver.mem.write_slice(&d, GuestAddress(table)).unwrap();
+        driver.mem.write_obj(table, GuestAddress(second)).unwrap();
+        driver
+            .mem
+            .write_obj(16u32, GuestAddress(second + 8))
+            .unwrap();
+        driver
+            .mem
+            .write_obj(4u16, GuestAddress(second + 12))
+            .unwrap();
+    }
+
+    #[test]
+    fn an_indirect_descriptor_never_negotiated_fails_the_device() {
+        let (mut driver, dev) = driven();
+        post_indirect(&mut driver);
+        let mut d = dev.lock().unwrap();
+        let end =
+            d.0.drain(0, usize::MAX, |_, _| panic!("an indirect chain was served"));
+        assert_eq!(end, Drained::Failed);
+        assert!(driver.transport.interrupt().needs_reset());
+        assert_eq!(driver.used_idx(0), 0);
+        assert_eq!(d.0.failures.count(), 1);
+
+        // The device's own pop refuses it too.
+        let (mut driver, dev) = driven();
+        post_indirect(&mut driver);
+        let mut d = dev.lock().unwrap();
+        assert_eq!(
+            d.0.pop(0, |_| panic!("an indirect chain was served")),
+            None::<()>
+        );
+        assert!(driver.transport.interrupt().needs_reset());
     }
 
     #[test]

@@ -27,6 +27,7 @@ use super::{
     VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VNET_HDR_LEN,
 };
 use crate::rate_limiter::RateLimiter;
+use crate::virtio::core::unnegotiated_indirect;
 use crate::virtio::{Step, VirtioCore, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::{Error, GuestMemoryMmap};
 
@@ -465,9 +466,13 @@ fn pop_rx_chain(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<RxCha
     let head = chain.head_index();
     let mut bufs = Vec::new();
     let mut capacity = 0usize;
-    let mut ok = true;
+    // virtio-net never offers VIRTIO_RING_F_INDIRECT_DESC: an indirect descriptor makes the
+    // chain bad.
+    let indirect =
+        unnegotiated_indirect(mem, queue.desc_table(), queue.size(), &chain, false).is_some();
+    let mut ok = !indirect;
     let mut truncated = false;
-    for desc in chain {
+    for desc in chain.take(if indirect { 0 } else { usize::MAX }) {
         truncated = desc.has_next();
         if !desc.is_write_only()
             || !mem.check_range(desc.addr(), desc.len() as usize, Permissions::Write)

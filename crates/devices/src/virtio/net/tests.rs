@@ -510,3 +510,32 @@ fn throttled_rx_stops_reading_the_tap_and_loses_nothing() {
     assert_eq!(h.net.stats().rx_frames, 5);
     assert_eq!(h.net.stats().rx_dropped, 0);
 }
+
+/// VIRTIO_RING_F_INDIRECT_DESC is never offered: an RX chain that names an indirect table is
+/// returned unused (and the frame waits for a good one); a TX chain with one fails the device.
+#[test]
+fn indirect_descriptors_never_negotiated_are_refused() {
+    const F_INDIRECT: u16 = 4;
+    let mut h = Harness::new(base_features());
+    // An indirect table of one device-writable buffer, big enough for the frame.
+    let table = BUF + 0x8000;
+    h.mem.write_obj(BUF + 0x9000, GuestAddress(table)).unwrap();
+    h.mem.write_obj(2048u32, GuestAddress(table + 8)).unwrap();
+    h.mem.write_obj(F_WRITE, GuestAddress(table + 12)).unwrap();
+    let f = frame(50, 3);
+    h.peer_send(&f);
+    let indirect = h.rx_chain(&[(table, 16, F_INDIRECT)]);
+    let good = h.rx_chain(&[(BUF, 2048, F_WRITE)]);
+    h.net.process_rx();
+    assert_eq!(
+        h.rx_used(),
+        vec![(u32::from(indirect), 0), (u32::from(good), f.len() as u32)]
+    );
+    assert_eq!(h.net.stats().rx_bad_chains, 1);
+    assert!(!h.interrupt.needs_reset());
+
+    h.tx_chain(&[(table, 16, F_INDIRECT)]);
+    h.net.process_tx();
+    assert!(h.interrupt.needs_reset());
+    assert!(h.peer_recv().is_none());
+}
