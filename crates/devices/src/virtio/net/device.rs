@@ -3,7 +3,8 @@
 //! TX: each chain the guest makes available is one frame (vnet header first); it goes to the tap
 //! with one `writev` straight from guest memory. A chain that breaks the rules (a device-writable
 //! descriptor, a buffer outside guest memory, shorter than the header or longer than
-//! [`MAX_BUFFER_LEN`]) is returned unused and counted; the device keeps going.
+//! [`MAX_BUFFER_LEN`], a vnet header that asks for offloads not negotiated or does not fit the
+//! frame: [`check_tx_header`]) is returned unused and counted; the device keeps going.
 //!
 //! RX: a frame read from the tap is kept until the guest has posted enough buffers for it. Without
 //! MRG_RXBUF one chain must hold the whole frame; with it, the frame is spread over as many chains
@@ -23,8 +24,11 @@ use super::tap::Tap;
 use super::{
     format_mac, MAX_BUFFER_LEN, NUM_BUFFERS_OFFSET, QUEUE_SIZE, RX_QUEUE, TUN_F_CSUM, TUN_F_TSO4,
     TUN_F_TSO6, TX_QUEUE, VIRTIO_ID_NET, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM,
-    VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_TSO4,
-    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VNET_HDR_LEN,
+    VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP, VNET_HDR_LEN,
 };
 use crate::rate_limiter::RateLimiter;
 use crate::virtio::{Step, VirtioCore, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
@@ -79,6 +83,7 @@ const LOG_TX_TAP: u32 = 2;
 const LOG_RX_CHAIN: u32 = 4;
 const LOG_RX_BIG: u32 = 8;
 const LOG_TAP_READ: u32 = 16;
+const LOG_TX_HEADER: u32 = 32;
 
 /// A virtio-net device backed by a tap.
 ///
@@ -208,6 +213,7 @@ impl Net {
         }
         self.tx_blocked = false;
         let mut problems: Vec<(u32, String)> = Vec::new();
+        let acked_features = self.core.active.as_ref().map_or(0, |a| a.acked_features);
         let Net {
             core,
             tap,
@@ -227,7 +233,7 @@ impl Net {
                 }
             }
             let head = chain.head_index();
-            match send_frame(tap, mem, chain) {
+            match send_frame(tap, mem, chain, acked_features) {
                 Ok(bytes) => {
                     stats.tx_frames += 1;
                     stats.tx_bytes += bytes as u64;
@@ -240,6 +246,13 @@ impl Net {
                 Err(TxError::Chain(why)) => {
                     stats.tx_dropped += 1;
                     problems.push((LOG_TX_CHAIN, format!("dropped TX chain {head}: {why}")));
+                }
+                Err(TxError::Header(why)) => {
+                    stats.tx_dropped += 1;
+                    problems.push((
+                        LOG_TX_HEADER,
+                        format!("dropped TX chain {head}: vnet header: {why}"),
+                    ));
                 }
                 Err(TxError::Tap(e)) => {
                     stats.tx_dropped += 1;
@@ -371,6 +384,8 @@ enum TxError {
     Blocked,
     /// The chain breaks the rules.
     Chain(String),
+    /// The vnet header asks for what the driver did not negotiate, or does not fit the frame.
+    Header(String),
     /// The tap refused the frame.
     Tap(io::Error),
 }
@@ -381,6 +396,7 @@ fn send_frame(
     tap: &Tap,
     mem: &GuestMemoryMmap,
     chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+    acked_features: u64,
 ) -> Result<usize, TxError> {
     let mut slices = Vec::new();
     let mut total = 0usize;
@@ -417,6 +433,15 @@ fn send_frame(
             "{total} bytes, shorter than the {VNET_HDR_LEN}-byte header"
         )));
     }
+    let mut header = [0u8; VNET_HDR_LEN];
+    let mut filled = 0;
+    for s in &slices {
+        if filled == VNET_HDR_LEN {
+            break;
+        }
+        filled += s.copy_to(&mut header[filled..]);
+    }
+    check_tx_header(&header, total - VNET_HDR_LEN, acked_features).map_err(TxError::Header)?;
     let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
     let iovs: Vec<libc::iovec> = guards
         .iter()
@@ -433,6 +458,65 @@ fn send_frame(
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(TxError::Blocked),
         Err(e) => Err(TxError::Tap(e)),
     }
+}
+
+/// Checks the guest's TX vnet header against the features it negotiated and the frame (`frame_len`
+/// bytes after the header) before the host kernel sees it: its checksum and segmentation paths
+/// trust the header. Flags: NEEDS_CSUM (only with CSUM, and the checksum field inside the frame)
+/// and DATA_VALID; GSO only of a type whose HOST_* feature was negotiated, with a segment size
+/// from 1 to the frame's length; `hdr_len` within the frame; `num_buffers` 0.
+pub(super) fn check_tx_header(
+    header: &[u8; VNET_HDR_LEN],
+    frame_len: usize,
+    acked_features: u64,
+) -> Result<(), String> {
+    let acked = |bit: u32| acked_features & (1u64 << bit) != 0;
+    let word = |at: usize| usize::from(u16::from_le_bytes([header[at], header[at + 1]]));
+    let flags = u32::from(header[0]);
+    let gso_type = u32::from(header[1]);
+    let (hdr_len, gso_size) = (word(2), word(4));
+    let (csum_start, csum_offset) = (word(6), word(8));
+    let num_buffers = word(NUM_BUFFERS_OFFSET);
+    if flags & !(VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID) != 0 {
+        return Err(format!("header flags {flags:#x}"));
+    }
+    if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+        if !acked(VIRTIO_NET_F_CSUM) {
+            return Err("NEEDS_CSUM without CSUM negotiated".into());
+        }
+        if csum_start + csum_offset + 2 > frame_len {
+            return Err(format!(
+                "checksum at {csum_start}+{csum_offset} outside the {frame_len}-byte frame"
+            ));
+        }
+    }
+    let ecn = gso_type & VIRTIO_NET_HDR_GSO_ECN != 0;
+    let needed = match gso_type & !VIRTIO_NET_HDR_GSO_ECN {
+        VIRTIO_NET_HDR_GSO_NONE if !ecn => None,
+        VIRTIO_NET_HDR_GSO_TCPV4 => Some(VIRTIO_NET_F_HOST_TSO4),
+        VIRTIO_NET_HDR_GSO_TCPV6 => Some(VIRTIO_NET_F_HOST_TSO6),
+        VIRTIO_NET_HDR_GSO_UDP => Some(VIRTIO_NET_F_HOST_UFO),
+        _ => return Err(format!("GSO type {gso_type:#x}")),
+    };
+    if let Some(bit) = needed {
+        if !acked(bit) || (ecn && !acked(VIRTIO_NET_F_HOST_ECN)) {
+            return Err(format!("GSO type {gso_type:#x} not negotiated"));
+        }
+        if gso_size == 0 || gso_size > frame_len {
+            return Err(format!(
+                "GSO segment size {gso_size} for a {frame_len}-byte frame"
+            ));
+        }
+    }
+    if hdr_len > frame_len {
+        return Err(format!(
+            "header length {hdr_len} beyond the {frame_len}-byte frame"
+        ));
+    }
+    if num_buffers != 0 {
+        return Err(format!("num_buffers {num_buffers} on TX"));
+    }
+    Ok(())
 }
 
 /// What became of the pending RX frame.

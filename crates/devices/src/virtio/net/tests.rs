@@ -510,3 +510,118 @@ fn throttled_rx_stops_reading_the_tap_and_loses_nothing() {
     assert_eq!(h.net.stats().rx_frames, 5);
     assert_eq!(h.net.stats().rx_dropped, 0);
 }
+
+/// A vnet header: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers.
+fn header(
+    flags: u8,
+    gso: u8,
+    hdr_len: u16,
+    gso_size: u16,
+    start: u16,
+    off: u16,
+    num: u16,
+) -> [u8; 12] {
+    let mut h = [0u8; 12];
+    h[0] = flags;
+    h[1] = gso;
+    for (i, v) in [hdr_len, gso_size, start, off, num].into_iter().enumerate() {
+        h[2 + 2 * i..4 + 2 * i].copy_from_slice(&v.to_le_bytes());
+    }
+    h
+}
+
+fn with(bits: &[u32]) -> u64 {
+    bits.iter().fold(base_features(), |f, &b| f | (1 << b))
+}
+
+#[test]
+fn tx_header_flags_only_needs_csum_and_data_valid() {
+    use super::device::check_tx_header as check;
+    let csum = with(&[VIRTIO_NET_F_CSUM]);
+    assert!(check(&header(0, 0, 0, 0, 0, 0, 0), 100, base_features()).is_ok());
+    assert!(check(&header(2, 0, 0, 0, 0, 0, 0), 100, base_features()).is_ok());
+    assert!(check(&header(1, 0, 0, 0, 20, 16, 0), 100, csum).is_ok());
+    for flags in [4u8, 8, 0x80, 0xff] {
+        assert!(
+            check(&header(flags, 0, 0, 0, 0, 0, 0), 100, csum).is_err(),
+            "{flags:#x}"
+        );
+    }
+}
+
+#[test]
+fn tx_header_needs_csum_wants_csum_and_the_checksum_inside_the_frame() {
+    use super::device::check_tx_header as check;
+    let csum = with(&[VIRTIO_NET_F_CSUM]);
+    // Not negotiated.
+    assert!(check(&header(1, 0, 0, 0, 20, 16, 0), 100, base_features()).is_err());
+    // The 2-byte checksum field ends exactly at the frame's end, or one byte past it.
+    assert!(check(&header(1, 0, 0, 0, 90, 8, 0), 100, csum).is_ok());
+    assert!(check(&header(1, 0, 0, 0, 90, 9, 0), 100, csum).is_err());
+    assert!(check(&header(1, 0, 0, 0, 0xffff, 0xffff, 0), 100, csum).is_err());
+}
+
+#[test]
+fn tx_header_gso_only_of_a_negotiated_type_with_a_sane_segment_size() {
+    use super::device::check_tx_header as check;
+    let tso4 = with(&[VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4]);
+    let tso6 = with(&[VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO6]);
+    let gso = |t: u8, size: u16| header(1, t, 54, size, 34, 16, 0);
+    assert!(check(&gso(1, 1448), 3000, tso4).is_ok());
+    assert!(check(&gso(4, 1448), 3000, tso6).is_ok());
+    // Not negotiated: TSO6 with TSO4 only, TSO4 with nothing, UFO and ECN never offered.
+    assert!(check(&gso(4, 1448), 3000, tso4).is_err());
+    assert!(check(&gso(1, 1448), 3000, with(&[VIRTIO_NET_F_CSUM])).is_err());
+    assert!(check(&gso(3, 1448), 3000, tso4).is_err());
+    assert!(check(&gso(0x81, 1448), 3000, tso4).is_err());
+    assert!(check(&gso(0x80, 1448), 3000, tso4).is_err(), "ECN alone");
+    // Unknown types.
+    for t in [2u8, 5, 6, 0x7f, 0xff] {
+        assert!(check(&gso(t, 1448), 3000, tso4).is_err(), "{t:#x}");
+    }
+    // Segment size 0, or beyond the frame.
+    assert!(check(&gso(1, 0), 3000, tso4).is_err());
+    assert!(check(&gso(1, 3001), 3000, tso4).is_err());
+}
+
+#[test]
+fn tx_header_length_within_the_frame_and_no_num_buffers() {
+    use super::device::check_tx_header as check;
+    assert!(check(&header(0, 0, 100, 0, 0, 0, 0), 100, base_features()).is_ok());
+    assert!(check(&header(0, 0, 101, 0, 0, 0, 0), 100, base_features()).is_err());
+    assert!(check(&header(0, 0, 0, 0, 0, 0, 1), 100, base_features()).is_err());
+}
+
+/// Frames whose header asks for offloads not negotiated never reach the tap; they are counted, and
+/// a good frame behind them goes. The header may span descriptors.
+#[test]
+fn tx_frames_with_a_bad_vnet_header_are_dropped_before_the_tap() {
+    let mut h = Harness::new(base_features());
+    let payload = frame(200, 4);
+    let bad = [
+        header(0xff, 0xff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff),
+        header(1, 0, 0, 0, 10, 6, 0),      // NEEDS_CSUM without CSUM
+        header(1, 1, 54, 1448, 34, 16, 0), // TSO4 without HOST_TSO4
+        header(0, 0, 0, 0, 0, 0, 3),       // num_buffers
+    ];
+    for (i, hdr) in bad.iter().enumerate() {
+        let at = BUF + i as u64 * 0x1000;
+        h.put(at, &hdr[..5]);
+        h.put(at + 0x800, &hdr[5..]);
+        h.put(at + 0x800 + 7, &payload[12..]);
+        h.tx_chain(&[(at, 5, 0), (at + 0x800, 7 + 200, 0)]);
+    }
+    h.put(BUF + 0x8000, &payload);
+    h.tx_chain(&[(BUF + 0x8000, payload.len() as u32, 0)]);
+    h.net.process_tx();
+    assert_eq!(
+        h.peer_recv().as_deref(),
+        Some(&payload[..]),
+        "only the good frame"
+    );
+    assert_eq!(h.peer_recv(), None);
+    assert_eq!(h.tx_used().len(), 5, "every chain returned");
+    let s = h.net.stats();
+    assert_eq!((s.tx_frames, s.tx_dropped), (1, 4));
+    assert!(!h.interrupt.needs_reset());
+}
