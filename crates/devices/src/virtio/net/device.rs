@@ -9,7 +9,12 @@
 //! RX: a frame read from the tap is kept until the guest has posted enough buffers for it. Without
 //! MRG_RXBUF one chain must hold the whole frame; with it, the frame is spread over as many chains
 //! as it needs and `num_buffers` says how many. Chains popped from the available ring but not yet
-//! filled are held by the device ([`Net::held`]), never given back half-used. When the guest has
+//! filled are held by the device ([`Net::held`]), never given back half-used; at most a queue's
+//! size of them (and twice that in buffers, zero-length ones skipped) for one frame, which is
+//! dropped if they still fall short, and a head made available again while held fails the device.
+//! Every tap read, chain popped (bad ones too) and look at the ring after re-enabling
+//! notifications counts against the event's budget ([`RX_BUDGET`]); when it runs out the RX
+//! queue's event is signalled, so the event loop serves everything else first. When the guest has
 //! no buffers the device stops watching the tap (the event handler) until the guest notifies the
 //! RX queue, so a full RX ring costs no CPU and loses no frame.
 
@@ -34,8 +39,12 @@ use crate::rate_limiter::RateLimiter;
 use crate::virtio::{Step, VirtioCore, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::{Error, GuestMemoryMmap};
 
-/// Frames moved per event before the loop serves others (the event comes back).
+/// TX frames moved per event before the loop serves others (the event comes back).
 const BUDGET: usize = 256;
+/// RX work per event before the loop serves others: every tap read, every chain popped (good or
+/// bad) and every look at the ring after re-enabling notifications costs one. Twice the queue
+/// size: 256 one-chain frames, as for TX.
+const RX_BUDGET: usize = 2 * QUEUE_SIZE as usize;
 
 /// Counters of one NIC, for logs and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -69,12 +78,63 @@ pub(super) enum RxState {
     Throttled,
 }
 
-/// One RX chain popped from the available ring: its head and device-writable buffers.
+/// One RX chain popped from the available ring: its head and device-writable buffers (none of
+/// zero length).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct RxChain {
     pub(super) head: u16,
     pub(super) bufs: Vec<(GuestAddress, u32)>,
     pub(super) capacity: usize,
+}
+
+/// The RX chains the device holds, in order, with running totals of their room and buffers (so
+/// no pop re-sums them).
+#[derive(Debug, Default)]
+pub(super) struct Held {
+    chains: VecDeque<RxChain>,
+    /// Sum of the chains' capacities.
+    capacity: usize,
+    /// Sum of the chains' buffer counts.
+    bufs: usize,
+}
+
+impl Held {
+    pub(super) fn push_back(&mut self, chain: RxChain) {
+        self.capacity += chain.capacity;
+        self.bufs += chain.bufs.len();
+        self.chains.push_back(chain);
+    }
+
+    pub(super) fn pop_front(&mut self) -> Option<RxChain> {
+        let chain = self.chains.pop_front()?;
+        self.capacity -= chain.capacity;
+        self.bufs -= chain.bufs.len();
+        Some(chain)
+    }
+
+    pub(super) fn clear(&mut self) {
+        *self = Held::default();
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.chains.len()
+    }
+
+    pub(super) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub(super) fn bufs(&self) -> usize {
+        self.bufs
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &RxChain> {
+        self.chains.iter()
+    }
+
+    fn holds(&self, head: u16) -> bool {
+        self.chains.iter().any(|c| c.head == head)
+    }
 }
 
 // Things logged once per device (bit flags).
@@ -100,7 +160,7 @@ pub struct Net {
     /// Length of the frame in `rx_buf` waiting for guest buffers.
     pub(super) rx_pending: Option<usize>,
     /// RX chains popped but not yet used.
-    pub(super) held: VecDeque<RxChain>,
+    pub(super) held: Held,
     pub(super) rx_state: RxState,
     /// The tap would block on write: TX waits for the tap to become writable.
     pub(super) tx_blocked: bool,
@@ -147,7 +207,7 @@ impl Net {
             mergeable: false,
             rx_buf: vec![0; MAX_BUFFER_LEN],
             rx_pending: None,
-            held: VecDeque::new(),
+            held: Held::default(),
             rx_state: RxState::Stopped,
             tx_blocked: false,
             tap_broken: false,
@@ -282,7 +342,7 @@ impl Net {
             return RxState::Stopped;
         };
         let mut used_any = false;
-        let mut budget = BUDGET;
+        let mut budget = RX_BUDGET;
         let mut problems: Vec<(u32, String)> = Vec::new();
         let mut failure = None;
         let state = loop {
@@ -297,13 +357,16 @@ impl Net {
                             break RxState::Throttled;
                         }
                     }
-                    match self.tap.read(&mut self.rx_buf) {
+                    let read = self.tap.read(&mut self.rx_buf);
+                    if read.is_ok() {
+                        budget -= 1;
+                    }
+                    match read {
                         Ok(n) if n < VNET_HDR_LEN => {
                             debug!("virtio-net: ignored a {n}-byte read from the tap");
                             continue;
                         }
                         Ok(n) => {
-                            budget -= 1;
                             if let Some(limiter) = self.rx_limiter.as_mut() {
                                 limiter.charge((n - VNET_HDR_LEN) as u64, 1);
                             }
@@ -322,7 +385,7 @@ impl Net {
                 }
             };
             let frame = &mut self.rx_buf[..len];
-            match deliver(rx, mem, &mut self.held, frame, mergeable) {
+            match deliver(rx, mem, &mut self.held, frame, mergeable, &mut budget) {
                 Ok(Delivery::Done) => {
                     self.rx_pending = None;
                     self.stats.rx_frames += 1;
@@ -341,8 +404,20 @@ impl Net {
                         ),
                     ));
                 }
+                Ok(Delivery::OutOfBudget) => {
+                    // The frame stays pending; come back after the others had their turn.
+                    self.core.kick(RX_QUEUE);
+                    break RxState::WantBuffers;
+                }
+                Ok(Delivery::NeedBuffers) if budget == 0 => {
+                    self.core.kick(RX_QUEUE);
+                    break RxState::WantBuffers;
+                }
                 Ok(Delivery::NeedBuffers) => match rx.enable_notification(mem) {
-                    Ok(true) => continue,
+                    Ok(true) => {
+                        budget -= 1;
+                        continue;
+                    }
                     Ok(false) => break RxState::WantBuffers,
                     Err(e) => {
                         failure = Some(format!("cannot update RX avail_event: {e}"));
@@ -350,6 +425,7 @@ impl Net {
                     }
                 },
                 Err(RxError::BadChains(n)) => {
+                    // Its pop was counted against the budget.
                     used_any = true;
                     self.stats.rx_bad_chains += n;
                     problems.push((
@@ -525,8 +601,20 @@ enum Delivery {
     Done,
     /// More buffers are needed; the frame stays pending.
     NeedBuffers,
-    /// The frame can never fit (no MRG_RXBUF and the next chain is too small): dropped.
+    /// The frame can never fit (no MRG_RXBUF and the next chain is too small, or the chains
+    /// held reached [`max_held`] and still fall short): dropped.
     TooBig(usize),
+    /// The event's budget ran out before the frame found its buffers; it stays pending.
+    OutOfBudget,
+}
+
+/// The most RX chains, and buffers in them, the device holds for one frame. A frame of at most
+/// [`MAX_BUFFER_LEN`] bytes never needs more chains than a queue of sane buffers has; a guest that
+/// posts tiny buffers (or names one head again and again) must not make the device hold tens of
+/// thousands of them. Without MRG_RXBUF one chain is held, of at most a queue's size of buffers.
+pub(super) fn max_held(queue_size: u16) -> (usize, usize) {
+    let size = usize::from(queue_size);
+    (size, 2 * size)
 }
 
 enum RxError {
@@ -559,6 +647,9 @@ fn pop_rx_chain(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<RxCha
             ok = false;
             break;
         }
+        if desc.len() == 0 {
+            continue;
+        }
         capacity = capacity.saturating_add(desc.len() as usize);
         bufs.push((desc.addr(), desc.len()));
     }
@@ -579,20 +670,35 @@ fn pop_rx_chain(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<RxCha
 fn deliver(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
-    held: &mut VecDeque<RxChain>,
+    held: &mut Held,
     frame: &mut [u8],
     mergeable: bool,
+    budget: &mut usize,
 ) -> Result<Delivery, RxError> {
     let total = frame.len();
-    let want = |held: &VecDeque<RxChain>| -> bool {
+    let (max_chains, max_bufs) = max_held(queue.size());
+    let want = |held: &Held| -> bool {
         if mergeable {
-            held.iter().map(|c| c.capacity).sum::<usize>() < total
+            held.capacity() < total
         } else {
-            held.is_empty()
+            held.len() == 0
         }
     };
     while want(held) {
+        if held.len() >= max_chains || held.bufs() >= max_bufs {
+            return Ok(Delivery::TooBig(held.capacity()));
+        }
+        if *budget == 0 {
+            return Ok(Delivery::OutOfBudget);
+        }
+        *budget -= 1;
         match pop_rx_chain(queue, mem)? {
+            Some(chain) if held.holds(chain.head) => {
+                return Err(RxError::Queue(format!(
+                    "RX chain {} made available again while the device holds it",
+                    chain.head
+                )));
+            }
             Some(chain) => held.push_back(chain),
             None => return Ok(Delivery::NeedBuffers),
         }
@@ -600,7 +706,8 @@ fn deliver(
     // How many chains this frame takes.
     let count = if mergeable {
         let mut sum = 0usize;
-        held.iter()
+        held.chains
+            .iter()
             .take_while(|c| {
                 let before = sum;
                 sum += c.capacity;
@@ -608,7 +715,7 @@ fn deliver(
             })
             .count()
     } else {
-        let capacity = held.front().map_or(0, |c| c.capacity);
+        let capacity = held.chains.front().map_or(0, |c| c.capacity);
         if capacity < total {
             return Ok(Delivery::TooBig(capacity));
         }

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
 
-use super::device::{RxChain, RxState};
+use super::device::{max_held, Held, RxChain, RxState};
 use virtio_queue::QueueT;
 
 use super::{Net, MAX_BUFFER_LEN, RX_QUEUE, VNET_HDR_LEN};
@@ -100,21 +100,24 @@ impl Persist for Net {
 impl Net {
     /// The saved held chains, checked against the queue size and guest memory (the core's
     /// activation must match, checked by the core's restore).
-    fn check_held(
-        &self,
-        state: &NetState,
-    ) -> Result<std::collections::VecDeque<RxChain>, PersistError> {
+    fn check_held(&self, state: &NetState) -> Result<Held, PersistError> {
         let mismatch = |why: String| PersistError::Mismatch {
             device: Self::NAME,
             why,
         };
         let active = self.core.active.as_ref();
-        let mut held = std::collections::VecDeque::new();
+        let mut held = Held::default();
         for chain in &state.held {
             let Some((mem, rx)) = active.and_then(|a| Some((&a.mem, a.queues.get(RX_QUEUE)?)))
             else {
                 return Err(mismatch("held RX chains in a device not activated".into()));
             };
+            let (max_chains, max_bufs) = max_held(rx.size());
+            if held.len() >= max_chains || held.bufs() + chain.bufs.len() > max_bufs {
+                return Err(mismatch(format!(
+                    "more than {max_chains} held RX chains or {max_bufs} buffers in them"
+                )));
+            }
             if chain.head >= rx.size()
                 || chain.bufs.is_empty()
                 || held.iter().any(|h: &RxChain| h.head == chain.head)
@@ -145,6 +148,7 @@ impl Net {
                 bufs: chain
                     .bufs
                     .iter()
+                    .filter(|&&(_, l)| l > 0)
                     .map(|&(a, l)| (GuestAddress(a), l))
                     .collect(),
                 capacity,
