@@ -283,4 +283,25 @@ mod tests {
         assert!(format!("{err:?}").contains("held RX chain 3"), "{err:?}");
         assert!(matches!(err, Err(PersistError::Mismatch { .. })), "{err:?}");
     }
+
+    /// The device never holds more buffers than [`max_held`] allows for one frame; a state with
+    /// more (a crafted buffer list of any length) is refused.
+    #[test]
+    fn more_held_buffers_than_the_device_holds_are_refused() {
+        let (_p, a) = net();
+        let features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF);
+        let _driver = Driver::new(a.clone(), features);
+        let mut state = a.lock().unwrap().save();
+        let size = a.lock().unwrap().core.queue(RX_QUEUE).unwrap().1.size();
+        let (_, max_bufs) = max_held(size);
+        state.held.push(HeldChain {
+            head: 0,
+            bufs: (0..=max_bufs as u64).map(|i| (DATA + i, 1)).collect(),
+        });
+        state.rx_frame = Some(vec![0; 60]);
+        state.core.queues[RX_QUEUE].next_avail += 1;
+        let err = a.lock().unwrap().restore(state);
+        assert!(format!("{err:?}").contains("buffers"), "{err:?}");
+        assert!(matches!(err, Err(PersistError::Mismatch { .. })), "{err:?}");
+    }
 }
