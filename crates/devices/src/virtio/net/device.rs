@@ -272,7 +272,7 @@ impl Net {
             return;
         }
         self.tx_blocked = false;
-        let mut problems: Vec<(u32, String)> = Vec::new();
+        let mut problems = Problems::default();
         let acked_features = self.core.active.as_ref().map_or(0, |a| a.acked_features);
         let Net {
             core,
@@ -305,23 +305,22 @@ impl Net {
                 }
                 Err(TxError::Chain(why)) => {
                     stats.tx_dropped += 1;
-                    problems.push((LOG_TX_CHAIN, format!("dropped TX chain {head}: {why}")));
+                    problems.note(LOG_TX_CHAIN, || format!("dropped TX chain {head}: {why}"));
                 }
                 Err(TxError::Header(why)) => {
                     stats.tx_dropped += 1;
-                    problems.push((
-                        LOG_TX_HEADER,
-                        format!("dropped TX chain {head}: vnet header: {why}"),
-                    ));
+                    problems.note(LOG_TX_HEADER, || {
+                        format!("dropped TX chain {head}: vnet header: {why}")
+                    });
                 }
                 Err(TxError::Tap(e)) => {
                     stats.tx_dropped += 1;
-                    problems.push((LOG_TX_TAP, format!("the tap refused a frame: {e}")));
+                    problems.note(LOG_TX_TAP, || format!("the tap refused a frame: {e}"));
                 }
             }
             Step::Used(0)
         });
-        for (what, msg) in problems {
+        for (what, msg) in problems.list {
             self.log_once(what, &msg);
         }
     }
@@ -343,7 +342,7 @@ impl Net {
         };
         let mut used_any = false;
         let mut budget = RX_BUDGET;
-        let mut problems: Vec<(u32, String)> = Vec::new();
+        let mut problems = Problems::default();
         let mut failure = None;
         let state = loop {
             let len = match self.rx_pending {
@@ -377,7 +376,7 @@ impl Net {
                             break RxState::WantFrames;
                         }
                         Err(e) => {
-                            problems.push((LOG_TAP_READ, format!("cannot read the tap: {e}")));
+                            problems.note(LOG_TAP_READ, || format!("cannot read the tap: {e}"));
                             self.tap_broken = true;
                             break RxState::Stopped;
                         }
@@ -395,14 +394,11 @@ impl Net {
                 Ok(Delivery::TooBig(capacity)) => {
                     self.rx_pending = None;
                     self.stats.rx_dropped += 1;
-                    problems.push((
-                        LOG_RX_BIG,
-                        format!(
+                    problems.note(LOG_RX_BIG, || format!(
                             "dropped a {len}-byte frame: the guest's RX buffer holds {capacity} bytes \
                              (and MRG_RXBUF is {})",
                             if mergeable { "on" } else { "off" }
-                        ),
-                    ));
+                        ));
                 }
                 Ok(Delivery::OutOfBudget) => {
                     // The frame stays pending; come back after the others had their turn.
@@ -428,11 +424,10 @@ impl Net {
                     // Its pop was counted against the budget.
                     used_any = true;
                     self.stats.rx_bad_chains += n;
-                    problems.push((
-                        LOG_RX_CHAIN,
+                    problems.note(LOG_RX_CHAIN, || {
                         "returned an RX chain with a device-readable or out-of-memory buffer unused"
-                            .to_string(),
-                    ));
+                            .to_string()
+                    });
                 }
                 Err(RxError::Queue(why)) => {
                     failure = Some(why);
@@ -443,7 +438,7 @@ impl Net {
         if used_any {
             self.core.notify_used(RX_QUEUE);
         }
-        for (what, msg) in problems {
+        for (what, msg) in problems.list {
             self.log_once(what, &msg);
         }
         if let Some(why) = failure {
@@ -451,6 +446,23 @@ impl Net {
             return RxState::Stopped;
         }
         state
+    }
+}
+
+/// What went wrong during one event, to be logged after it: the first problem of each kind only,
+/// so a guest that sends a queue of bad chains costs no message (or allocation) per chain.
+#[derive(Default)]
+struct Problems {
+    seen: u32,
+    list: Vec<(u32, String)>,
+}
+
+impl Problems {
+    fn note(&mut self, what: u32, msg: impl FnOnce() -> String) {
+        if self.seen & what == 0 {
+            self.seen |= what;
+            self.list.push((what, msg()));
+        }
     }
 }
 
