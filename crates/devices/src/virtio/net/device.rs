@@ -530,17 +530,30 @@ fn send_frame(
         filled += s.copy_to(&mut header[filled..]);
     }
     check_tx_header(&header, total - VNET_HDR_LEN, acked_features).map_err(TxError::Header)?;
+    // The tap gets the header that was checked, not guest memory the guest may have rewritten
+    // since; the frame itself follows from guest memory.
     let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
-    let iovs: Vec<libc::iovec> = guards
-        .iter()
-        .zip(&slices)
-        .map(|(g, s)| libc::iovec {
-            iov_base: g.as_ptr() as *mut libc::c_void,
-            iov_len: s.len(),
-        })
-        .collect();
-    // SAFETY: every iovec points into guest memory checked by vm-memory, kept mapped by `mem`
-    // and the live `guards` for the duration of the call.
+    let mut iovs = Vec::with_capacity(slices.len() + 1);
+    iovs.push(libc::iovec {
+        iov_base: header.as_mut_ptr().cast(),
+        iov_len: VNET_HDR_LEN,
+    });
+    let mut skip = VNET_HDR_LEN;
+    for (g, s) in guards.iter().zip(&slices) {
+        if skip >= s.len() {
+            skip -= s.len();
+            continue;
+        }
+        iovs.push(libc::iovec {
+            iov_base: g.as_ptr().wrapping_add(skip) as *mut libc::c_void,
+            iov_len: s.len() - skip,
+        });
+        skip = 0;
+    }
+    // SAFETY: the first iovec is `header`, on this stack for the duration of the call; every
+    // other one points into guest memory checked by vm-memory (`skip` is less than the slice's
+    // length), kept mapped by `mem` and the live `guards` for the duration of the call. writev
+    // only reads them.
     match unsafe { tap.writev(&iovs) } {
         Ok(_) => Ok(total - VNET_HDR_LEN),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(TxError::Blocked),

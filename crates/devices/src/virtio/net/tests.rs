@@ -795,3 +795,40 @@ fn an_rx_head_posted_again_while_held_fails_the_device() {
     assert_eq!(h.net.process_rx(), RxState::Stopped);
     assert!(h.interrupt.needs_reset());
 }
+
+/// The header the tap gets is the one that was checked: another vCPU rewriting it in guest memory
+/// between the check and the write cannot slip an unchecked one through.
+#[test]
+fn a_tx_header_rewritten_after_the_check_does_not_reach_the_tap() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let mut h = Harness::new(base_features());
+    let f = frame(200, 5);
+    h.put(BUF, &f);
+    let mem = h.mem.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let flipper = std::thread::spawn(move || {
+        let mut flags = 0u8;
+        while !stopped.load(Ordering::Relaxed) {
+            flags ^= 0xfc;
+            mem.store(flags, GuestAddress(BUF), Ordering::Relaxed)
+                .unwrap();
+        }
+    });
+    let mut sent = 0;
+    for _ in 0..5000 {
+        h.tx_chain(&[(BUF, f.len() as u32, 0)]);
+        h.net.process_tx();
+        h.tx_used();
+        while let Some(got) = h.peer_recv() {
+            sent += 1;
+            assert_eq!(got[0], 0, "an unchecked header reached the tap");
+            assert_eq!(got[1..], f[1..]);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    flipper.join().unwrap();
+    assert!(sent > 0);
+    assert_eq!(h.net.stats().tx_frames, sent);
+}
