@@ -12,8 +12,8 @@ use arch::layout;
 use devices::bus::Bus;
 use devices::chardev::Chardev;
 use devices::legacy::{
-    AcpiPm, BootTimer, ChardevWriter, Ioapic, Pit, PitTimer, PowerRequest, Pvpanic, Serial,
-    SerialInput, ACPI_PM_PORT_LEN, BOOT_TIMER_MMIO_LEN, BOOT_TIMER_PORT_LEN, I8042,
+    AcpiPm, BootTimer, ChardevWriter, Ioapic, IoapicTimer, Pit, PitTimer, PowerRequest, Pvpanic,
+    Serial, SerialInput, ACPI_PM_PORT_LEN, BOOT_TIMER_MMIO_LEN, BOOT_TIMER_PORT_LEN, I8042,
     IOAPIC_MMIO_LEN, PIT_PORT_LEN,
 };
 use devices::rate_limiter::{RateLimitConfig, RateLimiter};
@@ -189,18 +189,17 @@ impl DeviceManager {
     }
 
     /// The user-space half of a split irqchip: the I/O APIC (its routes go to KVM's GSI routing
-    /// table) and the 8254 PIT (its ports and port 0x61, channel 0 on its IRQ through an irqfd, its
+    /// table; its pacing timer on the event loop) and the 8254 PIT (its ports and port 0x61, channel 0 on its IRQ through an irqfd, its
     /// timer on the event loop).
     pub fn add_split_irqchip(&mut self) -> Result<()> {
-        let ioapic = Ioapic::new(Box::new(KvmRoutes(self.vm_fd.clone())));
+        let ioapic = Arc::new(Mutex::new(Ioapic::new(Box::new(KvmRoutes(
+            self.vm_fd.clone(),
+        )))));
         self.devices
             .mmio
-            .insert(
-                Arc::new(Mutex::new(ioapic)),
-                layout::IOAPIC_ADDR,
-                IOAPIC_MMIO_LEN,
-            )
+            .insert(ioapic.clone(), layout::IOAPIC_ADDR, IOAPIC_MMIO_LEN)
             .map_err(dev_err("I/O APIC"))?;
+        self.add_subscriber(Arc::new(Mutex::new(IoapicTimer(ioapic))));
         let irq = self.irqfd(layout::PIT_IRQ, "register the PIT irqfd")?;
         let pit = Pit::new(irq).map_err(dev_err("PIT"))?;
         let (ports, speaker) = Pit::port_devices(&pit);

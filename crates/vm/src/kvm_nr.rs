@@ -26,11 +26,12 @@ pub(crate) const KVM_SET_GSI_ROUTING: u64 = ioctl_expr(
 
 /// The system calls of the split irqchip's interrupt router (the [`devices::legacy::IrqRouter`]
 /// the VM hands the I/O APIC): when the guest programs a redirection entry, on a vCPU thread, the
-/// new MSI routes go to KVM with KVM_SET_GSI_ROUTING.
+/// new MSI routes go to KVM with KVM_SET_GSI_ROUTING; changes beyond the I/O APIC's burst are
+/// pushed by its pacing timer, on the event loop.
 pub(crate) const GSI_ROUTER_SYSCALLS: Syscalls = Syscalls {
     name: "I/O APIC router (KVM)",
     vcpu: &[SyscallRule::Ioctl(KVM_SET_GSI_ROUTING)],
-    event_loop: &[],
+    event_loop: &[SyscallRule::Ioctl(KVM_SET_GSI_ROUTING)],
 };
 
 #[cfg(test)]

@@ -18,11 +18,29 @@
 //! pin drops them. Every route is edge-triggered whatever the entry's trigger mode says (the bit
 //! reads back as written; remote IRR stays 0): the VMM's devices signal events, not levels, so no
 //! EOI ever has to come back to user space. The table is pushed to KVM only when a route changes.
+//!
+//! # Pacing
+//! Each push is a KVM_SET_GSI_ROUTING, which waits for an SRCU grace period, and a guest can
+//! change routes tens of thousands of times a second. Pushes are paced by a bucket of
+//! [`PUSH_BURST`] that refills one push per [`PUSH_INTERVAL`]: a guest that programs its
+//! entries as guests do (a few changes at boot, one per interrupt set up or moved) never waits,
+//! and each change is in KVM before its write returns. Beyond that, a change only marks the table
+//! dirty and arms a timer; when it fires ([`IoapicTimer`], on the event loop) the table as it is
+//! then is pushed once, however many writes came in between, and a change undone meanwhile (mask,
+//! then unmask) is never pushed. Only such a guest sees its changes land up to one interval late:
+//! an interrupt raised in between goes where the previous route said, as if the write had taken
+//! that long.
 
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, warn};
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::bus::BusDevice;
-use crate::seccomp::Syscalls;
+use crate::seccomp::{SyscallRule, Syscalls};
 
 /// Number of redirection entries (pins).
 pub const IOAPIC_NUM_PINS: usize = 24;
@@ -46,6 +64,56 @@ const ID_MASK: u32 = 0x0f00_0000;
 const DELIVERY_FIXED: u64 = 0;
 const DELIVERY_LOWEST: u64 = 1;
 const DELIVERY_NMI: u64 = 4;
+
+/// Pushes the I/O APIC makes at once before pacing starts.
+pub const PUSH_BURST: u32 = 32;
+/// Once the burst is spent, at most one push per this interval (1000 a second).
+pub const PUSH_INTERVAL: Duration = Duration::from_millis(1);
+
+/// A bucket of pushes: [`PUSH_BURST`] deep, one more per [`PUSH_INTERVAL`].
+#[derive(Debug)]
+struct Pacer {
+    credit: u32,
+    /// When the credit was last brought up to date.
+    since: Instant,
+}
+
+impl Pacer {
+    fn new(now: Instant) -> Self {
+        Pacer {
+            credit: PUSH_BURST,
+            since: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.since);
+        let earned = elapsed.as_nanos() / PUSH_INTERVAL.as_nanos();
+        let earned = u32::try_from(earned).unwrap_or(u32::MAX);
+        if self.credit.saturating_add(earned) >= PUSH_BURST {
+            self.credit = PUSH_BURST;
+            self.since = now;
+        } else {
+            self.credit += earned;
+            self.since += PUSH_INTERVAL * earned;
+        }
+    }
+
+    /// Takes one push if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.credit == 0 {
+            return false;
+        }
+        self.credit -= 1;
+        true
+    }
+
+    /// How long until the next push is earned.
+    fn wait(&self, now: Instant) -> Duration {
+        PUSH_INTERVAL.saturating_sub(now.saturating_duration_since(self.since))
+    }
+}
 
 /// An MSI: what an interrupt on a pin becomes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,11 +143,21 @@ pub struct Ioapic {
     router: Box<dyn IrqRouter>,
     /// A failing router is reported once.
     router_failed: bool,
+    pacer: Pacer,
+    /// The table's routes differ from the ones pushed, and the timer will push them.
+    dirty: bool,
+    /// Fires when the next push is earned, if the table is dirty; `None` if it could not be made
+    /// (then every change is pushed at once, unpaced).
+    timer: Option<TimerFd>,
 }
 
 impl Ioapic {
     /// An I/O APIC with ID 0 and every entry masked, pushing its routes to `router`.
+    /// Its pacing timer goes on the event loop with [`IoapicTimer`].
     pub fn new(router: Box<dyn IrqRouter>) -> Self {
+        let timer = crate::nonblocking_timer("I/O APIC route pacing")
+            .map_err(|e| warn!("ioapic: {e}; route changes will not be paced"))
+            .ok();
         Ioapic {
             id: 0,
             select: 0,
@@ -87,12 +165,20 @@ impl Ioapic {
             routes: [None; IOAPIC_NUM_PINS],
             router,
             router_failed: false,
+            pacer: Pacer::new(Instant::now()),
+            dirty: false,
+            timer,
         }
     }
 
-    /// The current route of each pin.
+    /// The route of each pin, as last pushed to the router.
     pub fn routes(&self) -> &[Option<MsiMessage>; IOAPIC_NUM_PINS] {
         &self.routes
+    }
+
+    /// Whether route changes wait for the pacing timer.
+    pub fn routes_pending(&self) -> bool {
+        self.dirty
     }
 
     fn read_register(&self) -> u32 {
@@ -113,7 +199,7 @@ impl Ioapic {
         }
     }
 
-    fn write_register(&mut self, value: u32) {
+    fn write_register(&mut self, value: u32, now: Instant) {
         match self.select {
             REG_ID => self.id = value & ID_MASK,
             reg => match table_slot(reg) {
@@ -125,7 +211,7 @@ impl Ioapic {
                         (old & !0xffff_ffff) | u64::from(value)
                     };
                     self.table[pin] = (old & !RTE_WRITABLE) | (new & RTE_WRITABLE);
-                    self.update_routes();
+                    self.update_routes(now);
                 }
                 None => debug!(
                     "ioapic: ignored a write to read-only or unknown register {:#x}",
@@ -135,11 +221,50 @@ impl Ioapic {
         }
     }
 
-    fn update_routes(&mut self) {
+    /// Pushes the table's routes if they changed and the pacer allows; else leaves them dirty
+    /// for the timer.
+    fn update_routes(&mut self, now: Instant) {
         let routes = self.table.map(route);
         if routes == self.routes {
+            // Nothing to push, or a deferred change undone: the timer finds nothing to do.
+            self.dirty = false;
             return;
         }
+        let Some(timer) = &mut self.timer else {
+            self.push(routes);
+            return;
+        };
+        if self.pacer.take(now) {
+            self.dirty = false;
+            self.push(routes);
+            return;
+        }
+        if !self.dirty {
+            self.dirty = true;
+            let wait = self.pacer.wait(now).max(Duration::from_micros(1));
+            if let Err(e) = timer.reset(wait, None) {
+                warn!("ioapic: cannot arm the pacing timer: {e}; pushing at once");
+                self.timer = None;
+                self.dirty = false;
+                self.push(routes);
+            }
+        }
+    }
+
+    /// The pacing timer fired (on the event loop): push the table if it is still dirty, or wait
+    /// for the next push if a vCPU took this one.
+    fn timer_fired(&mut self, now: Instant) {
+        if let Some(timer) = &mut self.timer {
+            // Non-blocking: EAGAIN if a vCPU re-armed it since it fired.
+            let _ = timer.wait();
+        }
+        if self.dirty {
+            self.dirty = false;
+            self.update_routes(now);
+        }
+    }
+
+    fn push(&mut self, routes: [Option<MsiMessage>; IOAPIC_NUM_PINS]) {
         match self.router.set_routes(&routes) {
             Ok(()) => self.routes = routes,
             Err(e) if !self.router_failed => {
@@ -195,6 +320,12 @@ impl BusDevice for Ioapic {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
+        self.write_at(offset, data, Instant::now());
+    }
+}
+
+impl Ioapic {
+    fn write_at(&mut self, offset: u64, data: &[u8], now: Instant) {
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
             debug!(
                 "ioapic: ignored a {}-byte write at offset {offset:#x}",
@@ -205,19 +336,48 @@ impl BusDevice for Ioapic {
         let value = u32::from_le_bytes(bytes);
         match offset {
             IOREGSEL => self.select = value & 0xff,
-            IOWIN => self.write_register(value),
+            IOWIN => self.write_register(value, now),
             _ => debug!("ioapic: ignored a write at offset {offset:#x}"),
         }
     }
 }
 
-/// The I/O APIC's own system calls once the guest runs: none. Its register handlers run on the vCPU
-/// threads, and so does the [`IrqRouter`] a redirection-table write calls: the router's
-/// implementation (the `vm` crate's, which issues KVM_SET_GSI_ROUTING) declares its calls itself.
+/// The pacing timer on the event loop: when it fires, the routes the guest changed since the
+/// last push go to the router at once.
+pub struct IoapicTimer(pub Arc<Mutex<Ioapic>>);
+
+impl MutEventSubscriber for IoapicTimer {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.event_set().contains(EventSet::IN) {
+            let mut ioapic = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            ioapic.timer_fired(Instant::now());
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let ioapic = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(timer) = &ioapic.timer else { return };
+        if let Err(e) = ops.add(Events::new_raw(timer.as_raw_fd(), EventSet::IN)) {
+            warn!("ioapic: cannot watch the pacing timer: {e:?}");
+        }
+    }
+}
+
+/// The I/O APIC's own system calls once the guest runs. Its register handlers run on the vCPU
+/// threads: a route change beyond the burst arms the pacing timer (and reads the clock). On the
+/// event loop, the timer is read (and re-armed if a vCPU took the push). The [`IrqRouter`] called
+/// on either thread (the `vm` crate's, which issues KVM_SET_GSI_ROUTING) declares its calls itself.
 pub const SYSCALLS: Syscalls = Syscalls {
     name: "I/O APIC",
-    vcpu: &[],
-    event_loop: &[],
+    vcpu: &[
+        SyscallRule::Any(libc::SYS_timerfd_settime),
+        SyscallRule::Any(libc::SYS_clock_gettime),
+    ],
+    event_loop: &[
+        SyscallRule::Any(libc::SYS_read),
+        SyscallRule::Any(libc::SYS_timerfd_settime),
+        SyscallRule::Any(libc::SYS_clock_gettime),
+    ],
 };
 
 pub use persist::IoapicState;
@@ -298,6 +458,7 @@ mod persist {
             self.table = table;
             self.routes = routes;
             self.router_failed = false;
+            self.dirty = false;
             Ok(())
         }
     }
@@ -590,6 +751,113 @@ mod tests {
         // Selecting a register past the table reads 0 and ignores writes.
         write_reg(&mut io, REG_TABLE + 2 * IOAPIC_NUM_PINS as u32, 0);
         assert_eq!(read_reg(&mut io, REG_TABLE + 2 * IOAPIC_NUM_PINS as u32), 0);
+    }
+
+    /// Writes `value` to register `reg` as if at time `now`.
+    fn write_reg_at(io: &mut Ioapic, reg: u32, value: u32, now: Instant) {
+        io.write_at(IOREGSEL, &reg.to_le_bytes(), now);
+        io.write_at(IOWIN, &value.to_le_bytes(), now);
+    }
+
+    /// A guest flipping an entry's mask and vector as fast as it can: N writes that each change a
+    /// route cost the burst, then one push per interval, each with the table as it is then.
+    #[test]
+    fn route_changes_beyond_the_burst_are_pushed_once_per_interval() {
+        const N: u32 = 10_001;
+        let (mut io, pushed) = ioapic();
+        let start = Instant::now();
+        io.pacer = Pacer::new(start);
+        for i in 0..N {
+            let masked = if i % 2 == 0 { 0 } else { 1 << 16 };
+            write_reg_at(&mut io, REG_TABLE + 14, (0x40 + (i & 0x3f)) | masked, start);
+        }
+        assert_eq!(pushed.lock().unwrap().len(), PUSH_BURST as usize);
+        assert!(io.routes_pending());
+        assert!(io.timer.as_ref().unwrap().is_armed().unwrap());
+        // The last push (write 31) masked pin 7; the last write unmasked it, to vector 0x50.
+        assert_eq!(io.routes()[7], None);
+        // The timer, one interval later: one push, of the table as it is now.
+        io.timer_fired(start + PUSH_INTERVAL);
+        assert_eq!(pushed.lock().unwrap().len(), PUSH_BURST as usize + 1);
+        assert_eq!(io.routes()[7].unwrap().data, 0x50);
+        assert!(!io.routes_pending());
+        // Another N writes over one second of guest time: at most one push per interval.
+        for i in 0..N {
+            let now = start + PUSH_INTERVAL + Duration::from_micros(u64::from(i) * 100);
+            write_reg_at(&mut io, REG_TABLE + 14, 0x40 + (i & 0x3f), now);
+            if i % 10 == 9 {
+                io.timer_fired(now);
+            }
+        }
+        let pushes = pushed.lock().unwrap().len() - PUSH_BURST as usize - 1;
+        assert!(pushes <= 1001, "{pushes} pushes in one second");
+        assert!(pushes >= 900, "{pushes} pushes in one second");
+    }
+
+    /// A change deferred and then undone (mask, unmask) is never pushed; one the timer finds
+    /// still pending is, and what a vCPU pushed meanwhile is not pushed again.
+    #[test]
+    fn deferred_changes_coalesce() {
+        let (mut io, pushed) = ioapic();
+        let t = Instant::now();
+        io.pacer = Pacer::new(t);
+        io.pacer.credit = 1;
+        write_reg_at(&mut io, REG_TABLE, 0x30, t);
+        assert_eq!(pushed.lock().unwrap().len(), 1);
+        // Out of credit: mask, then unmask again: the pushed routes are right, nothing to push.
+        write_reg_at(&mut io, REG_TABLE, 0x0001_0030, t);
+        assert!(io.routes_pending());
+        write_reg_at(&mut io, REG_TABLE, 0x30, t);
+        assert!(!io.routes_pending());
+        io.timer_fired(t + PUSH_INTERVAL);
+        assert_eq!(pushed.lock().unwrap().len(), 1);
+        // Deferred, then pushed by the vCPU once a push is earned: the timer has nothing left.
+        write_reg_at(&mut io, REG_TABLE + 2, 0x31, t + PUSH_INTERVAL);
+        write_reg_at(&mut io, REG_TABLE + 4, 0x32, t + PUSH_INTERVAL);
+        assert!(io.routes_pending());
+        write_reg_at(&mut io, REG_TABLE + 6, 0x33, t + 2 * PUSH_INTERVAL);
+        assert!(!io.routes_pending());
+        assert_eq!(pushed.lock().unwrap().len(), 3);
+        assert!(io.routes()[1..4].iter().all(Option::is_some));
+        io.timer_fired(t + 2 * PUSH_INTERVAL);
+        assert_eq!(pushed.lock().unwrap().len(), 3);
+        // A timer that finds no push earned (the vCPU took it) waits for the next one.
+        write_reg_at(&mut io, REG_TABLE + 8, 0x34, t + 2 * PUSH_INTERVAL);
+        io.timer_fired(t + 2 * PUSH_INTERVAL);
+        assert!(io.routes_pending());
+        assert!(io.timer.as_ref().unwrap().is_armed().unwrap());
+        io.timer_fired(t + 3 * PUSH_INTERVAL);
+        assert!(!io.routes_pending());
+        assert!(io.routes()[4].is_some());
+        assert_eq!(pushed.lock().unwrap().len(), 4);
+    }
+
+    /// The timer on a real event loop pushes what the vCPUs deferred.
+    #[test]
+    fn the_pacing_timer_pushes_on_the_event_loop() {
+        use event_manager::{EventManager, SubscriberOps};
+        let (io, pushed) = ioapic();
+        let io = Arc::new(Mutex::new(io));
+        let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+            EventManager::new().unwrap();
+        em.add_subscriber(Arc::new(Mutex::new(IoapicTimer(io.clone()))));
+        for i in 0..PUSH_BURST + 10 {
+            write_reg(&mut io.lock().unwrap(), REG_TABLE, 0x40 + (i & 0xf));
+        }
+        assert!(io.lock().unwrap().routes_pending());
+        for _ in 0..100 {
+            em.run_with_timeout(100).unwrap();
+            if !io.lock().unwrap().routes_pending() {
+                break;
+            }
+        }
+        let io = io.lock().unwrap();
+        assert!(!io.routes_pending());
+        assert_eq!(
+            io.routes()[0].unwrap().data,
+            0x40 + ((PUSH_BURST + 9) & 0xf)
+        );
+        assert_eq!(pushed.lock().unwrap().len(), PUSH_BURST as usize + 1);
     }
 
     #[test]

@@ -16,7 +16,10 @@ pub use acpi_pm::{
 };
 pub use boot_timer::{BootTimer, BOOT_TIMER_MAGIC, BOOT_TIMER_MMIO_LEN, BOOT_TIMER_PORT_LEN};
 pub use i8042::I8042;
-pub use ioapic::{Ioapic, IrqRouter, MsiMessage, IOAPIC_MMIO_LEN, IOAPIC_NUM_PINS};
+pub use ioapic::{
+    Ioapic, IoapicTimer, IrqRouter, MsiMessage, IOAPIC_MMIO_LEN, IOAPIC_NUM_PINS, PUSH_BURST,
+    PUSH_INTERVAL,
+};
 pub use pit::{Pit, PitPorts, PitTimer, SpeakerPort, MIN_IRQ_PERIOD, PIT_FREQ_HZ, PIT_PORT_LEN};
 pub use pvpanic::{PanicSink, Pvpanic, PVPANIC_PANICKED};
 pub use serial::{ChardevWriter, Serial, SerialInput};

@@ -3,12 +3,18 @@
 //! TX: each chain the guest makes available is one frame (vnet header first); it goes to the tap
 //! with one `writev` straight from guest memory. A chain that breaks the rules (a device-writable
 //! descriptor, a buffer outside guest memory, shorter than the header or longer than
-//! [`MAX_BUFFER_LEN`]) is returned unused and counted; the device keeps going.
+//! [`MAX_BUFFER_LEN`], a vnet header that asks for offloads not negotiated or does not fit the
+//! frame: [`check_tx_header`]) is returned unused and counted; the device keeps going.
 //!
 //! RX: a frame read from the tap is kept until the guest has posted enough buffers for it. Without
 //! MRG_RXBUF one chain must hold the whole frame; with it, the frame is spread over as many chains
 //! as it needs and `num_buffers` says how many. Chains popped from the available ring but not yet
-//! filled are held by the device ([`Net::held`]), never given back half-used. When the guest has
+//! filled are held by the device ([`Net::held`]), never given back half-used; at most a queue's
+//! size of them (and twice that in buffers, zero-length ones skipped) for one frame, which is
+//! dropped if they still fall short, and a head made available again while held fails the device.
+//! Every tap read, chain popped (bad ones too) and look at the ring after re-enabling
+//! notifications counts against the event's budget ([`RX_BUDGET`]); when it runs out the RX
+//! queue's event is signalled, so the event loop serves everything else first. When the guest has
 //! no buffers the device stops watching the tap (the event handler) until the guest notifies the
 //! RX queue, so a full RX ring costs no CPU and loses no frame.
 
@@ -23,16 +29,23 @@ use super::tap::Tap;
 use super::{
     format_mac, MAX_BUFFER_LEN, NUM_BUFFERS_OFFSET, QUEUE_SIZE, RX_QUEUE, TUN_F_CSUM, TUN_F_TSO4,
     TUN_F_TSO6, TX_QUEUE, VIRTIO_ID_NET, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM,
-    VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_TSO4,
-    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VNET_HDR_LEN,
+    VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP, VNET_HDR_LEN,
 };
 use crate::rate_limiter::RateLimiter;
 use crate::virtio::core::unnegotiated_indirect;
 use crate::virtio::{Step, VirtioCore, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::{Error, GuestMemoryMmap};
 
-/// Frames moved per event before the loop serves others (the event comes back).
+/// TX frames moved per event before the loop serves others (the event comes back).
 const BUDGET: usize = 256;
+/// RX work per event before the loop serves others: every tap read, every chain popped (good or
+/// bad) and every look at the ring after re-enabling notifications costs one. Twice the queue
+/// size: 256 one-chain frames, as for TX.
+const RX_BUDGET: usize = 2 * QUEUE_SIZE as usize;
 
 /// Counters of one NIC, for logs and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -66,12 +79,63 @@ pub(super) enum RxState {
     Throttled,
 }
 
-/// One RX chain popped from the available ring: its head and device-writable buffers.
+/// One RX chain popped from the available ring: its head and device-writable buffers (none of
+/// zero length).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct RxChain {
     pub(super) head: u16,
     pub(super) bufs: Vec<(GuestAddress, u32)>,
     pub(super) capacity: usize,
+}
+
+/// The RX chains the device holds, in order, with running totals of their room and buffers (so
+/// no pop re-sums them).
+#[derive(Debug, Default)]
+pub(super) struct Held {
+    chains: VecDeque<RxChain>,
+    /// Sum of the chains' capacities.
+    capacity: usize,
+    /// Sum of the chains' buffer counts.
+    bufs: usize,
+}
+
+impl Held {
+    pub(super) fn push_back(&mut self, chain: RxChain) {
+        self.capacity += chain.capacity;
+        self.bufs += chain.bufs.len();
+        self.chains.push_back(chain);
+    }
+
+    pub(super) fn pop_front(&mut self) -> Option<RxChain> {
+        let chain = self.chains.pop_front()?;
+        self.capacity -= chain.capacity;
+        self.bufs -= chain.bufs.len();
+        Some(chain)
+    }
+
+    pub(super) fn clear(&mut self) {
+        *self = Held::default();
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.chains.len()
+    }
+
+    pub(super) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub(super) fn bufs(&self) -> usize {
+        self.bufs
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &RxChain> {
+        self.chains.iter()
+    }
+
+    fn holds(&self, head: u16) -> bool {
+        self.chains.iter().any(|c| c.head == head)
+    }
 }
 
 // Things logged once per device (bit flags).
@@ -80,6 +144,7 @@ const LOG_TX_TAP: u32 = 2;
 const LOG_RX_CHAIN: u32 = 4;
 const LOG_RX_BIG: u32 = 8;
 const LOG_TAP_READ: u32 = 16;
+const LOG_TX_HEADER: u32 = 32;
 
 /// A virtio-net device backed by a tap.
 ///
@@ -96,7 +161,7 @@ pub struct Net {
     /// Length of the frame in `rx_buf` waiting for guest buffers.
     pub(super) rx_pending: Option<usize>,
     /// RX chains popped but not yet used.
-    pub(super) held: VecDeque<RxChain>,
+    pub(super) held: Held,
     pub(super) rx_state: RxState,
     /// The tap would block on write: TX waits for the tap to become writable.
     pub(super) tx_blocked: bool,
@@ -143,7 +208,7 @@ impl Net {
             mergeable: false,
             rx_buf: vec![0; MAX_BUFFER_LEN],
             rx_pending: None,
-            held: VecDeque::new(),
+            held: Held::default(),
             rx_state: RxState::Stopped,
             tx_blocked: false,
             tap_broken: false,
@@ -208,7 +273,8 @@ impl Net {
             return;
         }
         self.tx_blocked = false;
-        let mut problems: Vec<(u32, String)> = Vec::new();
+        let mut problems = Problems::default();
+        let acked_features = self.core.active.as_ref().map_or(0, |a| a.acked_features);
         let Net {
             core,
             tap,
@@ -228,7 +294,7 @@ impl Net {
                 }
             }
             let head = chain.head_index();
-            match send_frame(tap, mem, chain) {
+            match send_frame(tap, mem, chain, acked_features) {
                 Ok(bytes) => {
                     stats.tx_frames += 1;
                     stats.tx_bytes += bytes as u64;
@@ -240,16 +306,22 @@ impl Net {
                 }
                 Err(TxError::Chain(why)) => {
                     stats.tx_dropped += 1;
-                    problems.push((LOG_TX_CHAIN, format!("dropped TX chain {head}: {why}")));
+                    problems.note(LOG_TX_CHAIN, || format!("dropped TX chain {head}: {why}"));
+                }
+                Err(TxError::Header(why)) => {
+                    stats.tx_dropped += 1;
+                    problems.note(LOG_TX_HEADER, || {
+                        format!("dropped TX chain {head}: vnet header: {why}")
+                    });
                 }
                 Err(TxError::Tap(e)) => {
                     stats.tx_dropped += 1;
-                    problems.push((LOG_TX_TAP, format!("the tap refused a frame: {e}")));
+                    problems.note(LOG_TX_TAP, || format!("the tap refused a frame: {e}"));
                 }
             }
             Step::Used(0)
         });
-        for (what, msg) in problems {
+        for (what, msg) in problems.list {
             self.log_once(what, &msg);
         }
     }
@@ -270,8 +342,8 @@ impl Net {
             return RxState::Stopped;
         };
         let mut used_any = false;
-        let mut budget = BUDGET;
-        let mut problems: Vec<(u32, String)> = Vec::new();
+        let mut budget = RX_BUDGET;
+        let mut problems = Problems::default();
         let mut failure = None;
         let state = loop {
             let len = match self.rx_pending {
@@ -285,13 +357,16 @@ impl Net {
                             break RxState::Throttled;
                         }
                     }
-                    match self.tap.read(&mut self.rx_buf) {
+                    let read = self.tap.read(&mut self.rx_buf);
+                    if read.is_ok() {
+                        budget -= 1;
+                    }
+                    match read {
                         Ok(n) if n < VNET_HDR_LEN => {
                             debug!("virtio-net: ignored a {n}-byte read from the tap");
                             continue;
                         }
                         Ok(n) => {
-                            budget -= 1;
                             if let Some(limiter) = self.rx_limiter.as_mut() {
                                 limiter.charge((n - VNET_HDR_LEN) as u64, 1);
                             }
@@ -302,7 +377,7 @@ impl Net {
                             break RxState::WantFrames;
                         }
                         Err(e) => {
-                            problems.push((LOG_TAP_READ, format!("cannot read the tap: {e}")));
+                            problems.note(LOG_TAP_READ, || format!("cannot read the tap: {e}"));
                             self.tap_broken = true;
                             break RxState::Stopped;
                         }
@@ -310,7 +385,7 @@ impl Net {
                 }
             };
             let frame = &mut self.rx_buf[..len];
-            match deliver(rx, mem, &mut self.held, frame, mergeable) {
+            match deliver(rx, mem, &mut self.held, frame, mergeable, &mut budget) {
                 Ok(Delivery::Done) => {
                     self.rx_pending = None;
                     self.stats.rx_frames += 1;
@@ -320,17 +395,26 @@ impl Net {
                 Ok(Delivery::TooBig(capacity)) => {
                     self.rx_pending = None;
                     self.stats.rx_dropped += 1;
-                    problems.push((
-                        LOG_RX_BIG,
-                        format!(
+                    problems.note(LOG_RX_BIG, || format!(
                             "dropped a {len}-byte frame: the guest's RX buffer holds {capacity} bytes \
                              (and MRG_RXBUF is {})",
                             if mergeable { "on" } else { "off" }
-                        ),
-                    ));
+                        ));
+                }
+                Ok(Delivery::OutOfBudget) => {
+                    // The frame stays pending; come back after the others had their turn.
+                    self.core.kick(RX_QUEUE);
+                    break RxState::WantBuffers;
+                }
+                Ok(Delivery::NeedBuffers) if budget == 0 => {
+                    self.core.kick(RX_QUEUE);
+                    break RxState::WantBuffers;
                 }
                 Ok(Delivery::NeedBuffers) => match rx.enable_notification(mem) {
-                    Ok(true) => continue,
+                    Ok(true) => {
+                        budget -= 1;
+                        continue;
+                    }
                     Ok(false) => break RxState::WantBuffers,
                     Err(e) => {
                         failure = Some(format!("cannot update RX avail_event: {e}"));
@@ -338,13 +422,13 @@ impl Net {
                     }
                 },
                 Err(RxError::BadChains(n)) => {
+                    // Its pop was counted against the budget.
                     used_any = true;
                     self.stats.rx_bad_chains += n;
-                    problems.push((
-                        LOG_RX_CHAIN,
+                    problems.note(LOG_RX_CHAIN, || {
                         "returned an RX chain with a device-readable or out-of-memory buffer unused"
-                            .to_string(),
-                    ));
+                            .to_string()
+                    });
                 }
                 Err(RxError::Queue(why)) => {
                     failure = Some(why);
@@ -355,7 +439,7 @@ impl Net {
         if used_any {
             self.core.notify_used(RX_QUEUE);
         }
-        for (what, msg) in problems {
+        for (what, msg) in problems.list {
             self.log_once(what, &msg);
         }
         if let Some(why) = failure {
@@ -366,12 +450,31 @@ impl Net {
     }
 }
 
+/// What went wrong during one event, to be logged after it: the first problem of each kind only,
+/// so a guest that sends a queue of bad chains costs no message (or allocation) per chain.
+#[derive(Default)]
+struct Problems {
+    seen: u32,
+    list: Vec<(u32, String)>,
+}
+
+impl Problems {
+    fn note(&mut self, what: u32, msg: impl FnOnce() -> String) {
+        if self.seen & what == 0 {
+            self.seen |= what;
+            self.list.push((what, msg()));
+        }
+    }
+}
+
 /// Why a TX chain was not sent.
 enum TxError {
     /// The tap would block: retry the same chain later.
     Blocked,
     /// The chain breaks the rules.
     Chain(String),
+    /// The vnet header asks for what the driver did not negotiate, or does not fit the frame.
+    Header(String),
     /// The tap refused the frame.
     Tap(io::Error),
 }
@@ -382,6 +485,7 @@ fn send_frame(
     tap: &Tap,
     mem: &GuestMemoryMmap,
     chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+    acked_features: u64,
 ) -> Result<usize, TxError> {
     let mut slices = Vec::new();
     let mut total = 0usize;
@@ -418,22 +522,103 @@ fn send_frame(
             "{total} bytes, shorter than the {VNET_HDR_LEN}-byte header"
         )));
     }
+    let mut header = [0u8; VNET_HDR_LEN];
+    let mut filled = 0;
+    for s in &slices {
+        if filled == VNET_HDR_LEN {
+            break;
+        }
+        filled += s.copy_to(&mut header[filled..]);
+    }
+    check_tx_header(&header, total - VNET_HDR_LEN, acked_features).map_err(TxError::Header)?;
+    // The tap gets the header that was checked, not guest memory the guest may have rewritten
+    // since; the frame itself follows from guest memory.
     let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
-    let iovs: Vec<libc::iovec> = guards
-        .iter()
-        .zip(&slices)
-        .map(|(g, s)| libc::iovec {
-            iov_base: g.as_ptr() as *mut libc::c_void,
-            iov_len: s.len(),
-        })
-        .collect();
-    // SAFETY: every iovec points into guest memory checked by vm-memory, kept mapped by `mem`
-    // and the live `guards` for the duration of the call.
+    let mut iovs = Vec::with_capacity(slices.len() + 1);
+    iovs.push(libc::iovec {
+        iov_base: header.as_mut_ptr().cast(),
+        iov_len: VNET_HDR_LEN,
+    });
+    let mut skip = VNET_HDR_LEN;
+    for (g, s) in guards.iter().zip(&slices) {
+        if skip >= s.len() {
+            skip -= s.len();
+            continue;
+        }
+        iovs.push(libc::iovec {
+            iov_base: g.as_ptr().wrapping_add(skip) as *mut libc::c_void,
+            iov_len: s.len() - skip,
+        });
+        skip = 0;
+    }
+    // SAFETY: the first iovec is `header`, on this stack for the duration of the call; every
+    // other one points into guest memory checked by vm-memory (`skip` is less than the slice's
+    // length), kept mapped by `mem` and the live `guards` for the duration of the call. writev
+    // only reads them.
     match unsafe { tap.writev(&iovs) } {
         Ok(_) => Ok(total - VNET_HDR_LEN),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(TxError::Blocked),
         Err(e) => Err(TxError::Tap(e)),
     }
+}
+
+/// Checks the guest's TX vnet header against the features it negotiated and the frame (`frame_len`
+/// bytes after the header) before the host kernel sees it: its checksum and segmentation paths
+/// trust the header. Flags: NEEDS_CSUM (only with CSUM, and the checksum field inside the frame)
+/// and DATA_VALID; GSO only of a type whose HOST_* feature was negotiated, with a segment size
+/// from 1 to the frame's length; `hdr_len` within the frame; `num_buffers` 0.
+pub(super) fn check_tx_header(
+    header: &[u8; VNET_HDR_LEN],
+    frame_len: usize,
+    acked_features: u64,
+) -> Result<(), String> {
+    let acked = |bit: u32| acked_features & (1u64 << bit) != 0;
+    let word = |at: usize| usize::from(u16::from_le_bytes([header[at], header[at + 1]]));
+    let flags = u32::from(header[0]);
+    let gso_type = u32::from(header[1]);
+    let (hdr_len, gso_size) = (word(2), word(4));
+    let (csum_start, csum_offset) = (word(6), word(8));
+    let num_buffers = word(NUM_BUFFERS_OFFSET);
+    if flags & !(VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID) != 0 {
+        return Err(format!("header flags {flags:#x}"));
+    }
+    if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+        if !acked(VIRTIO_NET_F_CSUM) {
+            return Err("NEEDS_CSUM without CSUM negotiated".into());
+        }
+        if csum_start + csum_offset + 2 > frame_len {
+            return Err(format!(
+                "checksum at {csum_start}+{csum_offset} outside the {frame_len}-byte frame"
+            ));
+        }
+    }
+    let ecn = gso_type & VIRTIO_NET_HDR_GSO_ECN != 0;
+    let needed = match gso_type & !VIRTIO_NET_HDR_GSO_ECN {
+        VIRTIO_NET_HDR_GSO_NONE if !ecn => None,
+        VIRTIO_NET_HDR_GSO_TCPV4 => Some(VIRTIO_NET_F_HOST_TSO4),
+        VIRTIO_NET_HDR_GSO_TCPV6 => Some(VIRTIO_NET_F_HOST_TSO6),
+        VIRTIO_NET_HDR_GSO_UDP => Some(VIRTIO_NET_F_HOST_UFO),
+        _ => return Err(format!("GSO type {gso_type:#x}")),
+    };
+    if let Some(bit) = needed {
+        if !acked(bit) || (ecn && !acked(VIRTIO_NET_F_HOST_ECN)) {
+            return Err(format!("GSO type {gso_type:#x} not negotiated"));
+        }
+        if gso_size == 0 || gso_size > frame_len {
+            return Err(format!(
+                "GSO segment size {gso_size} for a {frame_len}-byte frame"
+            ));
+        }
+    }
+    if hdr_len > frame_len {
+        return Err(format!(
+            "header length {hdr_len} beyond the {frame_len}-byte frame"
+        ));
+    }
+    if num_buffers != 0 {
+        return Err(format!("num_buffers {num_buffers} on TX"));
+    }
+    Ok(())
 }
 
 /// What became of the pending RX frame.
@@ -442,8 +627,20 @@ enum Delivery {
     Done,
     /// More buffers are needed; the frame stays pending.
     NeedBuffers,
-    /// The frame can never fit (no MRG_RXBUF and the next chain is too small): dropped.
+    /// The frame can never fit (no MRG_RXBUF and the next chain is too small, or the chains
+    /// held reached [`max_held`] and still fall short): dropped.
     TooBig(usize),
+    /// The event's budget ran out before the frame found its buffers; it stays pending.
+    OutOfBudget,
+}
+
+/// The most RX chains, and buffers in them, the device holds for one frame. A frame of at most
+/// [`MAX_BUFFER_LEN`] bytes never needs more chains than a queue of sane buffers has; a guest that
+/// posts tiny buffers (or names one head again and again) must not make the device hold tens of
+/// thousands of them. Without MRG_RXBUF one chain is held, of at most a queue's size of buffers.
+pub(super) fn max_held(queue_size: u16) -> (usize, usize) {
+    let size = usize::from(queue_size);
+    (size, 2 * size)
 }
 
 enum RxError {
@@ -480,6 +677,9 @@ fn pop_rx_chain(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<RxCha
             ok = false;
             break;
         }
+        if desc.len() == 0 {
+            continue;
+        }
         capacity = capacity.saturating_add(desc.len() as usize);
         bufs.push((desc.addr(), desc.len()));
     }
@@ -500,20 +700,35 @@ fn pop_rx_chain(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<RxCha
 fn deliver(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
-    held: &mut VecDeque<RxChain>,
+    held: &mut Held,
     frame: &mut [u8],
     mergeable: bool,
+    budget: &mut usize,
 ) -> Result<Delivery, RxError> {
     let total = frame.len();
-    let want = |held: &VecDeque<RxChain>| -> bool {
+    let (max_chains, max_bufs) = max_held(queue.size());
+    let want = |held: &Held| -> bool {
         if mergeable {
-            held.iter().map(|c| c.capacity).sum::<usize>() < total
+            held.capacity() < total
         } else {
-            held.is_empty()
+            held.len() == 0
         }
     };
     while want(held) {
+        if held.len() >= max_chains || held.bufs() >= max_bufs {
+            return Ok(Delivery::TooBig(held.capacity()));
+        }
+        if *budget == 0 {
+            return Ok(Delivery::OutOfBudget);
+        }
+        *budget -= 1;
         match pop_rx_chain(queue, mem)? {
+            Some(chain) if held.holds(chain.head) => {
+                return Err(RxError::Queue(format!(
+                    "RX chain {} made available again while the device holds it",
+                    chain.head
+                )));
+            }
             Some(chain) => held.push_back(chain),
             None => return Ok(Delivery::NeedBuffers),
         }
@@ -521,7 +736,8 @@ fn deliver(
     // How many chains this frame takes.
     let count = if mergeable {
         let mut sum = 0usize;
-        held.iter()
+        held.chains
+            .iter()
             .take_while(|c| {
                 let before = sum;
                 sum += c.capacity;
@@ -529,7 +745,7 @@ fn deliver(
             })
             .count()
     } else {
-        let capacity = held.front().map_or(0, |c| c.capacity);
+        let capacity = held.chains.front().map_or(0, |c| c.capacity);
         if capacity < total {
             return Ok(Delivery::TooBig(capacity));
         }

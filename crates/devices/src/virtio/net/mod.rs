@@ -6,8 +6,9 @@
 //! * `persist.rs`: the saved state (RX chains held, the frame waiting for them).
 //!
 //! Queue 0 is RX (tap → guest), queue 1 is TX (guest → tap). Frames cross the tap with the
-//! 12-byte `virtio_net_hdr_v1` in front, exactly as the guest writes and reads them, so the
-//! checksum and segmentation offloads the guest negotiated pass through untouched.
+//! 12-byte `virtio_net_hdr_v1` in front, so the checksum and segmentation offloads the guest
+//! negotiated pass through; a TX header is checked first against the negotiated features and the
+//! frame (`check_tx_header`), and a frame whose header does not fit is dropped and counted.
 //!
 //! [`VirtioDevice`]: super::VirtioDevice
 
@@ -43,6 +44,11 @@ pub const MAX_BUFFER_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN;
 pub use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
+};
+pub use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_HDR_F_DATA_VALID,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP,
 };
 
 /// How to build one NIC.

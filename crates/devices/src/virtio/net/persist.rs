@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
 
-use super::device::{RxChain, RxState};
+use super::device::{max_held, Held, RxChain, RxState};
 use virtio_queue::QueueT;
 
 use super::{Net, MAX_BUFFER_LEN, RX_QUEUE, VNET_HDR_LEN};
@@ -100,21 +100,24 @@ impl Persist for Net {
 impl Net {
     /// The saved held chains, checked against the queue size and guest memory (the core's
     /// activation must match, checked by the core's restore).
-    fn check_held(
-        &self,
-        state: &NetState,
-    ) -> Result<std::collections::VecDeque<RxChain>, PersistError> {
+    fn check_held(&self, state: &NetState) -> Result<Held, PersistError> {
         let mismatch = |why: String| PersistError::Mismatch {
             device: Self::NAME,
             why,
         };
         let active = self.core.active.as_ref();
-        let mut held = std::collections::VecDeque::new();
+        let mut held = Held::default();
         for chain in &state.held {
             let Some((mem, rx)) = active.and_then(|a| Some((&a.mem, a.queues.get(RX_QUEUE)?)))
             else {
                 return Err(mismatch("held RX chains in a device not activated".into()));
             };
+            let (max_chains, max_bufs) = max_held(rx.size());
+            if held.len() >= max_chains || held.bufs() + chain.bufs.len() > max_bufs {
+                return Err(mismatch(format!(
+                    "more than {max_chains} held RX chains or {max_bufs} buffers in them"
+                )));
+            }
             if chain.head >= rx.size()
                 || chain.bufs.is_empty()
                 || held.iter().any(|h: &RxChain| h.head == chain.head)
@@ -145,6 +148,7 @@ impl Net {
                 bufs: chain
                     .bufs
                     .iter()
+                    .filter(|&&(_, l)| l > 0)
                     .map(|&(a, l)| (GuestAddress(a), l))
                     .collect(),
                 capacity,
@@ -277,6 +281,27 @@ mod tests {
         state.core.queues[RX_QUEUE].next_avail += 2;
         let err = a.lock().unwrap().restore(state);
         assert!(format!("{err:?}").contains("held RX chain 3"), "{err:?}");
+        assert!(matches!(err, Err(PersistError::Mismatch { .. })), "{err:?}");
+    }
+
+    /// The device never holds more buffers than [`max_held`] allows for one frame; a state with
+    /// more (a crafted buffer list of any length) is refused.
+    #[test]
+    fn more_held_buffers_than_the_device_holds_are_refused() {
+        let (_p, a) = net();
+        let features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF);
+        let _driver = Driver::new(a.clone(), features);
+        let mut state = a.lock().unwrap().save();
+        let size = a.lock().unwrap().core.queue(RX_QUEUE).unwrap().1.size();
+        let (_, max_bufs) = max_held(size);
+        state.held.push(HeldChain {
+            head: 0,
+            bufs: (0..=max_bufs as u64).map(|i| (DATA + i, 1)).collect(),
+        });
+        state.rx_frame = Some(vec![0; 60]);
+        state.core.queues[RX_QUEUE].next_avail += 1;
+        let err = a.lock().unwrap().restore(state);
+        assert!(format!("{err:?}").contains("buffers"), "{err:?}");
         assert!(matches!(err, Err(PersistError::Mismatch { .. })), "{err:?}");
     }
 }

@@ -24,6 +24,8 @@ fn rings(q: u64) -> (u64, u64, u64) {
 /// Buffers live from here on.
 const BUF: u64 = 0x10_0000;
 const BAD: u64 = 0x1000_0000;
+/// Rings of a large RX queue (up to 8192 entries), above the buffers.
+const BIG_RX_RINGS: (u64, u64, u64) = (0x20_0000, 0x30_0000, 0x34_0000);
 
 type Desc = (u64, u32, u16);
 
@@ -69,6 +71,16 @@ fn socketpair() -> (OwnedFd, OwnedFd) {
 
 impl Harness {
     fn new(features: u64) -> Harness {
+        Harness::with_rx_size(features, QSIZE)
+    }
+
+    /// An RX queue of `rx_size` entries (other than [`QSIZE`]: its rings at [`BIG_RX_RINGS`]).
+    fn with_rx_size(features: u64, rx_size: u16) -> Harness {
+        let rx_rings = if rx_size == QSIZE {
+            rings(0)
+        } else {
+            BIG_RX_RINGS
+        };
         let (a, b) = socketpair();
         let net = Net::new(Tap::from_fd(a, "test0"), [0x52, 0x54, 0, 1, 2, 3]).unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
@@ -77,14 +89,21 @@ impl Harness {
             net,
             peer: b,
             interrupt: Arc::new(Interrupt::new().unwrap()),
-            rx: Driver::new(0),
+            rx: Driver {
+                ring: RingDriver::new(rx_rings.0, rx_rings.1, rx_rings.2, rx_size),
+                used_seen: 0,
+            },
             tx: Driver::new(1),
         };
         let event_idx = features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let queues = (0..2)
             .map(|i| {
-                let (d, a, u) = rings(i);
-                let mut q = Queue::new(QSIZE).unwrap();
+                let ((d, a, u), size) = if i == 0 {
+                    (rx_rings, rx_size)
+                } else {
+                    (rings(i), QSIZE)
+                };
+                let mut q = Queue::new(size).unwrap();
                 q.set_desc_table_address(Some(d as u32), Some(0));
                 q.set_avail_ring_address(Some(a as u32), Some(0));
                 q.set_used_ring_address(Some(u as u32), Some(0));
@@ -538,4 +557,307 @@ fn indirect_descriptors_never_negotiated_are_refused() {
     h.net.process_tx();
     assert!(h.interrupt.needs_reset());
     assert!(h.peer_recv().is_none());
+}
+
+/// A vnet header: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers.
+fn header(
+    flags: u8,
+    gso: u8,
+    hdr_len: u16,
+    gso_size: u16,
+    start: u16,
+    off: u16,
+    num: u16,
+) -> [u8; 12] {
+    let mut h = [0u8; 12];
+    h[0] = flags;
+    h[1] = gso;
+    for (i, v) in [hdr_len, gso_size, start, off, num].into_iter().enumerate() {
+        h[2 + 2 * i..4 + 2 * i].copy_from_slice(&v.to_le_bytes());
+    }
+    h
+}
+
+fn with(bits: &[u32]) -> u64 {
+    bits.iter().fold(base_features(), |f, &b| f | (1 << b))
+}
+
+#[test]
+fn tx_header_flags_only_needs_csum_and_data_valid() {
+    use super::device::check_tx_header as check;
+    let csum = with(&[VIRTIO_NET_F_CSUM]);
+    assert!(check(&header(0, 0, 0, 0, 0, 0, 0), 100, base_features()).is_ok());
+    assert!(check(&header(2, 0, 0, 0, 0, 0, 0), 100, base_features()).is_ok());
+    assert!(check(&header(1, 0, 0, 0, 20, 16, 0), 100, csum).is_ok());
+    for flags in [4u8, 8, 0x80, 0xff] {
+        assert!(
+            check(&header(flags, 0, 0, 0, 0, 0, 0), 100, csum).is_err(),
+            "{flags:#x}"
+        );
+    }
+}
+
+#[test]
+fn tx_header_needs_csum_wants_csum_and_the_checksum_inside_the_frame() {
+    use super::device::check_tx_header as check;
+    let csum = with(&[VIRTIO_NET_F_CSUM]);
+    // Not negotiated.
+    assert!(check(&header(1, 0, 0, 0, 20, 16, 0), 100, base_features()).is_err());
+    // The 2-byte checksum field ends exactly at the frame's end, or one byte past it.
+    assert!(check(&header(1, 0, 0, 0, 90, 8, 0), 100, csum).is_ok());
+    assert!(check(&header(1, 0, 0, 0, 90, 9, 0), 100, csum).is_err());
+    assert!(check(&header(1, 0, 0, 0, 0xffff, 0xffff, 0), 100, csum).is_err());
+}
+
+#[test]
+fn tx_header_gso_only_of_a_negotiated_type_with_a_sane_segment_size() {
+    use super::device::check_tx_header as check;
+    let tso4 = with(&[VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4]);
+    let tso6 = with(&[VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO6]);
+    let gso = |t: u8, size: u16| header(1, t, 54, size, 34, 16, 0);
+    assert!(check(&gso(1, 1448), 3000, tso4).is_ok());
+    assert!(check(&gso(4, 1448), 3000, tso6).is_ok());
+    // Not negotiated: TSO6 with TSO4 only, TSO4 with nothing, UFO and ECN never offered.
+    assert!(check(&gso(4, 1448), 3000, tso4).is_err());
+    assert!(check(&gso(1, 1448), 3000, with(&[VIRTIO_NET_F_CSUM])).is_err());
+    assert!(check(&gso(3, 1448), 3000, tso4).is_err());
+    assert!(check(&gso(0x81, 1448), 3000, tso4).is_err());
+    assert!(check(&gso(0x80, 1448), 3000, tso4).is_err(), "ECN alone");
+    // Unknown types.
+    for t in [2u8, 5, 6, 0x7f, 0xff] {
+        assert!(check(&gso(t, 1448), 3000, tso4).is_err(), "{t:#x}");
+    }
+    // Segment size 0, or beyond the frame.
+    assert!(check(&gso(1, 0), 3000, tso4).is_err());
+    assert!(check(&gso(1, 3001), 3000, tso4).is_err());
+}
+
+#[test]
+fn tx_header_length_within_the_frame_and_no_num_buffers() {
+    use super::device::check_tx_header as check;
+    assert!(check(&header(0, 0, 100, 0, 0, 0, 0), 100, base_features()).is_ok());
+    assert!(check(&header(0, 0, 101, 0, 0, 0, 0), 100, base_features()).is_err());
+    assert!(check(&header(0, 0, 0, 0, 0, 0, 1), 100, base_features()).is_err());
+}
+
+/// Frames whose header asks for offloads not negotiated never reach the tap; they are counted, and
+/// a good frame behind them goes. The header may span descriptors.
+#[test]
+fn tx_frames_with_a_bad_vnet_header_are_dropped_before_the_tap() {
+    let mut h = Harness::new(base_features());
+    let payload = frame(200, 4);
+    let bad = [
+        header(0xff, 0xff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff),
+        header(1, 0, 0, 0, 10, 6, 0),      // NEEDS_CSUM without CSUM
+        header(1, 1, 54, 1448, 34, 16, 0), // TSO4 without HOST_TSO4
+        header(0, 0, 0, 0, 0, 0, 3),       // num_buffers
+    ];
+    for (i, hdr) in bad.iter().enumerate() {
+        let at = BUF + i as u64 * 0x1000;
+        h.put(at, &hdr[..5]);
+        h.put(at + 0x800, &hdr[5..]);
+        h.put(at + 0x800 + 7, &payload[12..]);
+        h.tx_chain(&[(at, 5, 0), (at + 0x800, 7 + 200, 0)]);
+    }
+    h.put(BUF + 0x8000, &payload);
+    h.tx_chain(&[(BUF + 0x8000, payload.len() as u32, 0)]);
+    h.net.process_tx();
+    assert_eq!(
+        h.peer_recv().as_deref(),
+        Some(&payload[..]),
+        "only the good frame"
+    );
+    assert_eq!(h.peer_recv(), None);
+    assert_eq!(h.tx_used().len(), 5, "every chain returned");
+    let s = h.net.stats();
+    assert_eq!((s.tx_frames, s.tx_dropped), (1, 4));
+    assert!(!h.interrupt.needs_reset());
+}
+
+/// One RX event does a bounded amount of work: RX chains the device must return unused
+/// (device-readable, or with no room), re-posted by the guest from another vCPU as fast as they
+/// come back while a frame waits, must not keep `process_rx` (and the event loop) going. The RX
+/// queue's event is signalled so the loop comes back after serving the others.
+#[test]
+fn a_guest_that_keeps_posting_bad_receive_buffers_does_not_hold_the_event_loop() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const POSTS: u16 = 50_000;
+    for (what, bad) in [
+        ("device-readable", (BUF, 2048, 0)),
+        ("empty", (BUF, 0, F_WRITE)),
+    ] {
+        let mut h = Harness::new(base_features() | (1 << VIRTIO_RING_F_EVENT_IDX));
+        let (desc, avail, used) = rings(0);
+        let table = virtio_queue::mock::DescriptorTable::new(&h.mem, GuestAddress(desc), QSIZE);
+        for i in 0..QSIZE {
+            let (addr, len, flags) = bad;
+            let d = virtio_queue::desc::split::Descriptor::new(addr, len, flags, 0);
+            table
+                .store(i, virtio_queue::desc::RawDescriptor::from(d))
+                .unwrap();
+        }
+        h.peer_send(&frame(100, 1));
+        let _ = h.net.queue_events()[RX_QUEUE].read();
+        let mem = h.mem.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let poster = std::thread::spawn(move || {
+            let mut idx = 0u16;
+            while idx < POSTS && !stopped.load(Ordering::Relaxed) {
+                let done: u16 = mem.load(GuestAddress(used + 2), Ordering::Acquire).unwrap();
+                if idx.wrapping_sub(done) >= QSIZE {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                let slot = avail + 4 + 2 * u64::from(idx % QSIZE);
+                mem.write_obj(idx % QSIZE, GuestAddress(slot)).unwrap();
+                idx += 1;
+                mem.store(idx, GuestAddress(avail + 2), Ordering::Release)
+                    .unwrap();
+            }
+        });
+        while h.mem.read_obj::<u16>(GuestAddress(avail + 2)).unwrap() < QSIZE {
+            std::hint::spin_loop();
+        }
+        let state = h.net.process_rx();
+        let served = h.rx.ring.used_idx(&h.mem);
+        stop.store(true, Ordering::Relaxed);
+        poster.join().unwrap();
+        assert!(
+            usize::from(served) <= 2 * usize::from(QUEUE_SIZE),
+            "{what}: one event returned {served} receive chains"
+        );
+        // Out of budget (the RX event was signalled) or out of buffers (notifications on).
+        assert_eq!(state, RxState::WantBuffers, "{what}");
+        assert!(!h.interrupt.needs_reset(), "{what}");
+    }
+}
+
+/// The same without a race: a guest with a large RX queue posts thousands of bad chains at once
+/// while a frame waits. One event returns at most the budget of them, and signals the RX event.
+#[test]
+fn one_receive_event_returns_a_bounded_number_of_bad_chains() {
+    const SIZE: u16 = 4096;
+    for bad in [(BUF, 2048, 0), (BUF, 0, F_WRITE)] {
+        let mut h = Harness::with_rx_size(base_features() | (1 << VIRTIO_RING_F_EVENT_IDX), SIZE);
+        for _ in 0..SIZE {
+            h.rx_chain(&[bad]);
+        }
+        h.peer_send(&frame(100, 1));
+        let _ = h.net.queue_events()[RX_QUEUE].read();
+        assert_eq!(h.net.process_rx(), RxState::WantBuffers);
+        let served = h.rx_used().len();
+        assert!(
+            served <= 2 * usize::from(QUEUE_SIZE),
+            "{bad:?}: one event returned {served} receive chains"
+        );
+        assert_eq!(h.net.queue_events()[RX_QUEUE].read().unwrap(), 1);
+        // The next events go on where it stopped.
+        let mut total = served;
+        for _ in 0..usize::from(SIZE) {
+            if total == usize::from(SIZE) {
+                break;
+            }
+            h.net.process_rx();
+            total += h.rx_used().len();
+        }
+        assert_eq!(total, usize::from(SIZE));
+        assert_eq!(h.net.stats().rx_bad_chains, u64::from(SIZE));
+        assert!(!h.interrupt.needs_reset());
+    }
+}
+
+/// With MRG_RXBUF, tiny receive buffers cannot make the device hold more chains than the queue
+/// has entries for one frame: the frame that does not fit in them is dropped, and the chains serve
+/// the next frames. Zero-length descriptors take no room in the held buffer lists.
+#[test]
+fn mergeable_rx_holds_at_most_a_queue_of_chains_per_frame() {
+    let mut h = Harness::new(base_features() | (1 << VIRTIO_NET_F_MRG_RXBUF));
+    h.peer_send(&frame(MAX_FRAME_LEN, 3));
+    // A zero-length descriptor in front of a 1-byte buffer.
+    h.rx_chain(&[(BUF, 0, F_WRITE), (BUF, 1, F_WRITE)]);
+    assert_eq!(h.net.process_rx(), RxState::WantBuffers);
+    assert!(h
+        .net
+        .held
+        .iter()
+        .all(|c| c.bufs.len() == 1 && c.capacity == 1));
+
+    let mut h = Harness::new(base_features() | (1 << VIRTIO_NET_F_MRG_RXBUF));
+    h.peer_send(&frame(MAX_FRAME_LEN, 3));
+    for i in 0..QSIZE / 2 {
+        h.rx_chain(&[(BUF + u64::from(i) * 0x10, 1, F_WRITE)]);
+    }
+    assert_eq!(h.net.process_rx(), RxState::WantBuffers);
+    assert_eq!(h.net.held.len(), usize::from(QSIZE / 2));
+    for i in QSIZE / 2..QSIZE {
+        h.rx_chain(&[(BUF + u64::from(i) * 0x10, 1, F_WRITE)]);
+    }
+    // The queue's worth of chains is held and still too small: the frame goes.
+    h.net.process_rx();
+    assert_eq!(h.net.held.len(), usize::from(QSIZE));
+    assert_eq!(h.net.held.capacity(), usize::from(QSIZE));
+    assert_eq!(h.net.stats().rx_dropped, 1);
+    assert!(h.rx_used().is_empty());
+    assert!(!h.interrupt.needs_reset());
+    // A frame that fits takes the chains it needs, the rest stay held.
+    let small = frame(2, 9);
+    h.peer_send(&small);
+    h.net.process_rx();
+    assert_eq!(h.rx_used().len(), small.len());
+    assert_eq!(h.net.held.len(), usize::from(QSIZE) - small.len());
+    assert_eq!(h.net.held.capacity(), usize::from(QSIZE) - small.len());
+}
+
+/// A head made available again while the device holds it breaks the queue protocol (the device
+/// would return it twice); before, the device held it once more on every notification.
+#[test]
+fn an_rx_head_posted_again_while_held_fails_the_device() {
+    let mut h = Harness::new(base_features() | (1 << VIRTIO_NET_F_MRG_RXBUF));
+    h.peer_send(&frame(5000, 3));
+    h.rx_chain(&[(BUF, 1024, F_WRITE)]);
+    assert_eq!(h.net.process_rx(), RxState::WantBuffers);
+    let (_, avail, _) = rings(0);
+    h.mem.write_obj(0u16, GuestAddress(avail + 4 + 2)).unwrap();
+    h.mem.write_obj(2u16, GuestAddress(avail + 2)).unwrap();
+    assert_eq!(h.net.process_rx(), RxState::Stopped);
+    assert!(h.interrupt.needs_reset());
+}
+
+/// The header the tap gets is the one that was checked: another vCPU rewriting it in guest memory
+/// between the check and the write cannot slip an unchecked one through.
+#[test]
+fn a_tx_header_rewritten_after_the_check_does_not_reach_the_tap() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let mut h = Harness::new(base_features());
+    let f = frame(200, 5);
+    h.put(BUF, &f);
+    let mem = h.mem.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let flipper = std::thread::spawn(move || {
+        let mut flags = 0u8;
+        while !stopped.load(Ordering::Relaxed) {
+            flags ^= 0xfc;
+            mem.store(flags, GuestAddress(BUF), Ordering::Relaxed)
+                .unwrap();
+        }
+    });
+    let mut sent = 0;
+    for _ in 0..5000 {
+        h.tx_chain(&[(BUF, f.len() as u32, 0)]);
+        h.net.process_tx();
+        h.tx_used();
+        while let Some(got) = h.peer_recv() {
+            sent += 1;
+            assert_eq!(got[0], 0, "an unchecked header reached the tap");
+            assert_eq!(got[1..], f[1..]);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    flipper.join().unwrap();
+    assert!(sent > 0);
+    assert_eq!(h.net.stats().tx_frames, sent);
 }
