@@ -261,7 +261,10 @@ fn panic_ends_the_vm(cmdline: &str) {
         ],
         BOOT_TIMEOUT,
     );
-    run.expect(run.stdout.contains("VMM-PANICKING"), "the init did not panic");
+    run.expect(
+        run.stdout.contains("VMM-PANICKING"),
+        "the init did not panic",
+    );
     run.expect(run.code == Some(4), "a guest panic must exit 4");
     run.expect(
         run.stderr.trim_end().ends_with("guest kernel panicked"),

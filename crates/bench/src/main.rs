@@ -721,7 +721,8 @@ impl Bench {
                             .map_err(|e| self.failures.push(format!("copy the rootfs: {e}")))
                             .ok();
                         let p = self.once(&engine, &plain, LINUX_TIMEOUT, &["VMM-INIT-OK"], None);
-                        let _ = std::fs::remove_file(plain.disk.as_deref().unwrap_or(Path::new("")));
+                        let _ =
+                            std::fs::remove_file(plain.disk.as_deref().unwrap_or(Path::new("")));
                         if let Some(p) = p {
                             init_no_acpi.vmm.0.extend(s(p.mark("VMM-INIT-OK")));
                         }
@@ -743,7 +744,8 @@ impl Bench {
                      this guest (no i8042), so this is the comparable 'boot to exit'"
             .into();
         exit.note = "process exit after the guest's i8042 reset".into();
-        init_no_acpi.note = "beside 'Linux: start → VMM-INIT-OK': the cost of ACPI in the boot".into();
+        init_no_acpi.note =
+            "beside 'Linux: start → VMM-INIT-OK': the cost of ACPI in the boot".into();
         self.figures.extend([init, init_no_acpi, done, exit, mark]);
     }
 

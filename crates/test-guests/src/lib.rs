@@ -541,7 +541,10 @@ mod tests {
                 );
             }
             assert_eq!(entry, 0x10_0000, "{name}: e_entry");
-            let wants_pvh = !matches!(*name, "linux64_info" | "virtio_blk" | "echo_cmdline");
+            let wants_pvh = !matches!(
+                *name,
+                "linux64_info" | "virtio_blk" | "echo_cmdline" | "acpi_linux64"
+            );
             if wants_pvh {
                 assert_eq!(pvh, Some(0x10_0000), "{name}: PVH note");
             } else {
