@@ -14,7 +14,9 @@ mod terminal;
 ///
 /// Exit status: 0 when the guest powers off or resets, 1 on a VMM error, 2 on a usage error, 3 when
 /// the guest triple-faults, 4 when the guest kernel panics (pvpanic), 143 when SIGTERM had to stop
-/// a guest that did not power off in time, 128+N when signal N killed vmm.
+/// a guest that did not power off in time, 128+N when signal N killed vmm, and N when the guest
+/// writes the byte N to the exit device: I/O port 0x501 (`outb` of N, no shifted encoding) or the
+/// byte at MMIO 0xc000_1000 (`devmem 0xc0001000 8 N` from a Linux init).
 #[derive(Parser, Debug)]
 #[command(name = "vmm", version, about, long_about = None)]
 struct Cli {
@@ -351,6 +353,7 @@ fn exit_status(reason: ExitReason) -> u8 {
             EXIT_PANIC
         }
         ExitReason::Stopped => EXIT_STOPPED,
+        ExitReason::GuestStatus(status) => status,
     }
 }
 

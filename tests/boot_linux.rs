@@ -178,20 +178,35 @@ fn boot_linux_pvh_initramfs_smp_4_cpus_4g() {
     );
 }
 
-/// bzImage through the 64-bit boot protocol with an initramfs (no disk).
+/// bzImage through the 64-bit boot protocol with an initramfs (no disk); the init ends the VM
+/// through the exit device (`devmem` on its MMIO page) with status 7, vmm's exit status.
 #[test]
 fn boot_linux_bzimage_initramfs() {
     require_kvm!();
     let guest = linux_guest();
-    let cmdline = test_cmdline("full", "tok-bz-initrd");
-    let run = boot_with_checks(&[
-        "--kernel",
-        s(&guest.bzimage),
-        "--initrd",
-        s(&guest.initramfs),
-        "--cmdline",
-        &cmdline,
-    ]);
+    let cmdline = format!(
+        "{} vmmend=exit vmmexit=7",
+        test_cmdline("full", "tok-bz-initrd")
+    );
+    let run = run_vmm(
+        &[
+            "--kernel",
+            s(&guest.bzimage),
+            "--initrd",
+            s(&guest.initramfs),
+            "--cmdline",
+            &cmdline,
+        ],
+        BOOT_TIMEOUT,
+    );
+    run.expect(
+        run.stdout.contains("VMM-TEST-DONE"),
+        "checks did not finish",
+    );
+    run.expect(
+        run.code == Some(7),
+        "the init's status through the exit device",
+    );
     run.expect_check("root", "rootfs");
     run.expect_check("cpus", "1");
 }

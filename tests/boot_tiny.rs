@@ -413,3 +413,20 @@ fn boot_virtio_blk_read_only_refuses_writes() {
         "read-only image changed\n{run}"
     );
 }
+
+/// The exit device: the byte a guest writes to port 0x501 or to MMIO 0xc000_1000 is vmm's exit
+/// status, whatever it is, with nothing on stderr.
+#[test]
+fn boot_exit_device_status_is_vmms_exit_status() {
+    require_kvm!();
+    for (action, status) in [("exit", 0), ("exit", 7), ("exit", 255), ("exit_mmio", 42)] {
+        let cmdline = format!("action={action} status={status}");
+        let run = run_vmm(
+            &["--kernel", test_guests::ACPI, "--cmdline", &cmdline],
+            TIMEOUT,
+        );
+        run.expect(run.code == Some(status), "the guest's status");
+        run.expect(!run.stdout.contains("exit=ignored"), "the VM ran on");
+        run.expect(run.stderr.is_empty(), "vmm printed on stderr");
+    }
+}

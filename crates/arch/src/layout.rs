@@ -74,6 +74,10 @@ pub const PHYS_ADDR_LIMIT: u64 = 1 << 46;
 /// The boot timer's MMIO page: the first page of the 32-bit MMIO gap.
 pub const BOOT_TIMER_MMIO_ADDR: u64 = MMIO_GAP_START;
 
+/// The exit device's MMIO page (the same device as [`EXIT_DEVICE_PORT`]), for guest user space
+/// that can reach memory through /dev/mem but no I/O port: the second page of the MMIO gap.
+pub const EXIT_DEVICE_MMIO_ADDR: u64 = MMIO_GAP_START + PAGE_SIZE;
+
 /// First virtio-mmio slot.
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 /// Size of one virtio-mmio slot.
@@ -123,6 +127,9 @@ pub const ACPI_PM_PORT_BASE: u16 = 0x600;
 pub const ACPI_PM_PORT_LEN: u16 = 4;
 /// The Generic Event Device's interrupt (the power button): ISA IRQ 3, unused otherwise.
 pub const ACPI_GED_IRQ: u32 = 3;
+/// The exit device's I/O port: a guest's write ends the VM with the written byte as the status
+/// (QEMU's isa-debug-exit port, without its shifted encoding).
+pub const EXIT_DEVICE_PORT: u16 = 0x501;
 /// The pvpanic device's I/O port (QEMU's, which Linux's pvpanic driver finds through ACPI).
 pub const PVPANIC_PORT: u16 = 0x505;
 
@@ -185,6 +192,7 @@ mod tests {
         let virtio_end = VIRTIO_MMIO_BASE + u64::from(VIRTIO_MMIO_SLOTS) * VIRTIO_MMIO_SIZE;
         let areas = vec![
             (BOOT_TIMER_MMIO_ADDR, BOOT_TIMER_MMIO_ADDR + PAGE_SIZE),
+            (EXIT_DEVICE_MMIO_ADDR, EXIT_DEVICE_MMIO_ADDR + PAGE_SIZE),
             (VIRTIO_MMIO_BASE, virtio_end),
             (IOAPIC_ADDR, IOAPIC_ADDR + PAGE_SIZE),
             (APIC_ADDR, APIC_ADDR + PAGE_SIZE),
@@ -209,6 +217,7 @@ mod tests {
             port(BOOT_TIMER_PORT, 1),
             port(ACPI_PM_PORT_BASE, ACPI_PM_PORT_LEN),
             port(PVPANIC_PORT, 1),
+            port(EXIT_DEVICE_PORT, 1),
         ]);
     }
 

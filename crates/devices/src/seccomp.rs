@@ -65,6 +65,7 @@ pub const ALL: &[&Syscalls] = &[
     &crate::legacy::BOOT_TIMER_SYSCALLS,
     &crate::legacy::ACPI_PM_SYSCALLS,
     &crate::legacy::PVPANIC_SYSCALLS,
+    &crate::legacy::EXIT_DEVICE_SYSCALLS,
     &crate::legacy::IOAPIC_SYSCALLS,
     &crate::legacy::PIT_SYSCALLS,
     &crate::virtio::seccomp::MMIO_TRANSPORT,

@@ -132,6 +132,17 @@ void guest_main(u32 boot, u64 info, u64 entry_rflags)
         line("panic=ignored");
     } else if (strncmp(action, "button", 6) == 0) {
         wait_for_button();
+    } else if (strncmp(action, "exit", 4) == 0) {
+        /* action=exit: the exit device's port; action=exit_mmio: its MMIO page. */
+        const char *p = cmdline_find(cmdline, "status=");
+        u64 status = 0;
+        if (p)
+            parse_num(&p, &status);
+        if (strncmp(action, "exit_mmio", 9) == 0)
+            mmio_write8(0xc0001000, (u8)status);
+        else
+            outb(0x501, (u8)status);
+        line("exit=ignored");
     } else if (strncmp(action, "hang", 4) == 0) {
         /* Ignores the power button: only a hard stop ends this guest. */
         line("hanging");

@@ -321,7 +321,9 @@ pub fn writer_record(n: u64) -> Vec<u8> {
 /// `tables_done`. Then the command line's `action=`: `poweroff` (S5 to the sleep control register
 /// 0x600), `reset` (1 to the reset register 0x602), `panic` (prints `pvpanic_features=` read from
 /// port 0x505, then writes 1 to it), `button` (prints `waiting_for_button`, polls the GED selector
-/// 0x603 until it is non-zero, prints `button=`, then powers off as for `poweroff`), `hang`
+/// 0x603 until it is non-zero, prints `button=`, then powers off as for `poweroff`), `exit` and
+/// `exit_mmio` (write the command line's `status=N` to the exit device's port 0x501, or to its
+/// MMIO page 0xc000_1000), `hang`
 /// (prints `hanging` and spins for minutes, ignoring the power button). Each action prints
 /// `<action>=ignored` if the VM goes on. `done` last.
 pub const ACPI: &str = concat!(env!("OUT_DIR"), "/acpi.elf");

@@ -12,9 +12,9 @@ use arch::layout;
 use devices::bus::Bus;
 use devices::chardev::Chardev;
 use devices::legacy::{
-    AcpiPm, BootTimer, ChardevWriter, Ioapic, IoapicTimer, Pit, PitTimer, PowerRequest, Pvpanic,
-    Serial, SerialInput, ACPI_PM_PORT_LEN, BOOT_TIMER_MMIO_LEN, BOOT_TIMER_PORT_LEN, I8042,
-    IOAPIC_MMIO_LEN, PIT_PORT_LEN,
+    AcpiPm, BootTimer, ChardevWriter, ExitDevice, Ioapic, IoapicTimer, Pit, PitTimer, PowerRequest,
+    Pvpanic, Serial, SerialInput, ACPI_PM_PORT_LEN, BOOT_TIMER_MMIO_LEN, BOOT_TIMER_PORT_LEN,
+    I8042, IOAPIC_MMIO_LEN, PIT_PORT_LEN,
 };
 use devices::rate_limiter::{RateLimitConfig, RateLimiter};
 use devices::virtio::block::{Block, BlockConfig};
@@ -258,6 +258,24 @@ impl DeviceManager {
                 1,
             )
             .map_err(dev_err("pvpanic"))?;
+        Ok(())
+    }
+
+    /// The exit device, on its port and its MMIO page: a guest's write stops the VM through `exit`
+    /// with the value as the status.
+    pub fn add_exit_device(&mut self, exit: &Arc<ExitState>) -> Result<()> {
+        let exit = exit.clone();
+        let device = Arc::new(Mutex::new(ExitDevice::new(Box::new(move |status| {
+            exit.finish(Ok(ExitReason::GuestStatus(status)))
+        }))));
+        self.devices
+            .pio
+            .insert(device.clone(), u64::from(layout::EXIT_DEVICE_PORT), 1)
+            .map_err(dev_err("exit device"))?;
+        self.devices
+            .mmio
+            .insert(device, layout::EXIT_DEVICE_MMIO_ADDR, layout::PAGE_SIZE)
+            .map_err(dev_err("exit device"))?;
         Ok(())
     }
 

@@ -56,6 +56,8 @@ pub enum ExitReason {
     PowerOff,
     /// The guest kernel reported a panic through pvpanic.
     Panic,
+    /// The guest wrote this status to the exit device (`arch::layout::EXIT_DEVICE_PORT`).
+    GuestStatus(u8),
     /// The host stopped the VM: a [`ShutdownRequest`] that the guest did not answer by powering
     /// off within [`VmConfig::shutdown_timeout`], a second request, or a request to a VM without
     /// ACPI (which has no power button).

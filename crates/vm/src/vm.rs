@@ -89,6 +89,7 @@ impl Vm {
             false => None,
         };
         devices.add_pvpanic(&exit)?;
+        devices.add_exit_device(&exit)?;
         let shutdown = ShutdownRequest(Arc::new(
             EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?,
         ));

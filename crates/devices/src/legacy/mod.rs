@@ -1,9 +1,10 @@
 //! Legacy PC devices: the COM1 serial port, the i8042 controller (reset only), the boot timer, the
-//! ACPI platform registers and pvpanic, and the I/O APIC and PIT that a split irqchip leaves to
+//! ACPI platform registers, pvpanic and the exit device, and the I/O APIC and PIT that a split irqchip leaves to
 //! user space.
 
 mod acpi_pm;
 mod boot_timer;
+mod exit_device;
 mod i8042;
 mod ioapic;
 mod pit;
@@ -15,6 +16,7 @@ pub use acpi_pm::{
     RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL, SLEEP_ENABLE, SLEEP_STATUS,
 };
 pub use boot_timer::{BootTimer, BOOT_TIMER_MAGIC, BOOT_TIMER_MMIO_LEN, BOOT_TIMER_PORT_LEN};
+pub use exit_device::{ExitDevice, ExitSink};
 pub use i8042::I8042;
 pub use ioapic::{
     Ioapic, IoapicTimer, IrqRouter, MsiMessage, IOAPIC_MMIO_LEN, IOAPIC_NUM_PINS, PUSH_BURST,
@@ -26,6 +28,7 @@ pub use serial::{ChardevWriter, Serial, SerialInput};
 
 pub use acpi_pm::SYSCALLS as ACPI_PM_SYSCALLS;
 pub use boot_timer::SYSCALLS as BOOT_TIMER_SYSCALLS;
+pub use exit_device::SYSCALLS as EXIT_DEVICE_SYSCALLS;
 pub use i8042::SYSCALLS as I8042_SYSCALLS;
 pub use ioapic::SYSCALLS as IOAPIC_SYSCALLS;
 pub use pit::SYSCALLS as PIT_SYSCALLS;
@@ -50,6 +53,7 @@ impl Trigger for EventFdTrigger {
 /// The saved states of the legacy devices (see [`crate::persist`]).
 pub use acpi_pm::AcpiPmState;
 pub use boot_timer::BootTimerState;
+pub use exit_device::ExitDeviceState;
 pub use i8042::I8042State;
 pub use ioapic::IoapicState;
 pub use pit::{PitChannelState, PitState};
