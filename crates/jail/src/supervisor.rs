@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use crate::cgroup::Cgroup;
@@ -17,6 +18,8 @@ pub struct Supervisor {
     pub(crate) cgroup: Cgroup,
     pub(crate) sockets: Vec<PathBuf>,
     pub(crate) seccomp: bool,
+    /// The write end of the jailed VMM's lifeline: closed when the supervisor dies, however.
+    pub(crate) _alive: OwnedFd,
 }
 
 impl Supervisor {
