@@ -9,17 +9,21 @@
 //! # Order, and why
 //! ```text
 //! vmm (root, host namespaces)
-//!   Jail::new     check DIR and ids; create and configure the cgroup(s) vmm-<pid> (v1 and/or v2)
-//!   Jail::fork    block SIGINT/TERM/HUP/QUIT/CHLD; unshare(CLONE_NEWPID); fork
+//!   Jail::new     check the ids; open DIR once (no symbolic links) and check it; draw an id;
+//!                 remove cgroups of dead supervisors; create and configure vmm-<id> (v1 and/or v2)
+//!   Jail::fork    block SIGINT/TERM/HUP/QUIT/CHLD; unshare(CLONE_NEWPID); lifeline pipe; fork
 //!   ├─ parent = Supervisor: waits; turns SIGINT/TERM/HUP/QUIT into SIGKILL of the child; restores
 //!   │   the terminal; removes the cgroup(s) and socket files; exits with the child's status
-//!   └─ child (pid 1 of the new pid namespace): join the cgroup(s); unshare mount, ipc, uts and
-//!       (unless a tap is used) net namespaces; make every mount private          -> Jailed
+//!   └─ child (pid 1 of the new pid namespace): parent-death signal, lifeline checked; close every
+//!       inherited descriptor but 0-2, empty the environment and signal mask, umask 077; join the
+//!       cgroup(s); unshare mount, ipc, uts and (unless a tap is used) net namespaces; make every
+//!       mount private; reopen DIR in the new namespace (same inode)              -> Jailed
 //!        vm::Vm::new      opens /dev/kvm, kernel, initrd, disks, taps, ptys, sockets; creates the
 //!                         VM (its fd belongs to this process's mm) and loads the guest
-//!        Jailed::lock_down  bind DIR read-only, pivot_root into it, drop the old root; hostname;
-//!                         rlimits; bounding set, setgroups, setresgid, setresuid, capabilities,
-//!                         no_new_privs, parent-death signal
+//!        Jailed::lock_down  bind DIR read-only through its descriptor, pivot_root into it, drop
+//!                         the old root; hostname; rlimits; bounding set, setgroups, setresgid,
+//!                         setresuid (checked with getresuid/getresgid), capabilities,
+//!                         no_new_privs, parent-death signal, lifeline checked
 //!        (seccomp goes on here, in Vm::run, before the first KVM_RUN)
 //!        Vm::run
 //! ```
