@@ -732,3 +732,24 @@ fn boot_jail_two_at_once_have_distinct_ids_and_cgroups() {
     first.stop();
     second.stop();
 }
+
+/// A caller that ignores SIGCHLD (or SIGTERM, SIGINT) passes that on through exec; the supervisor
+/// still learns that the jailed VMM ended, and exits with its status.
+#[test]
+fn boot_jail_supervisor_works_when_signals_were_ignored() {
+    require_root!();
+    let scratch = Scratch::new("jail-sigign");
+    let root = jail_root(&scratch);
+    let mut cmd = vmm_command(&["--kernel", test_guests::NULL, "--jail", s(&root)]);
+    // SAFETY: signal() is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT] {
+                libc::signal(sig, libc::SIG_IGN);
+            }
+            Ok(())
+        });
+    }
+    let run = common::run_command(cmd, Duration::from_secs(20));
+    run.expect_success();
+}

@@ -258,6 +258,14 @@ impl Jail {
             unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, &mut old_mask) },
             || "block signals".into(),
         )?;
+        // An ignored SIGCHLD, which a caller passes on through exec, makes the kernel reap the
+        // child itself and send no SIGCHLD: the supervisor would wait for ever. The supervised
+        // signals, blocked now and taken with sigwaitinfo, get their default action back (SIGHUP
+        // excepted: `nohup` ignores it on purpose).
+        for sig in [libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGQUIT] {
+            // SAFETY: SIG_DFL is a valid disposition for these signals, so this cannot fail.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+        }
         let restore_mask = |old: &libc::sigset_t| {
             // SAFETY: `old` is the mask saved above.
             unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
