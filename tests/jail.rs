@@ -564,6 +564,12 @@ fn boot_jail_drops_inherited_fds_and_environment() {
         String::from_utf8_lossy(&environ)
     );
     assert_eq!(status_field(pid, "Umask"), "0077");
+    // The cgroup, made before the child set its umask, is not left writable by all either.
+    for controller in ["memory", "pids", "cpu"] {
+        let dir = cgroup_dir(pid, controller);
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o022, 0, "{} has mode {mode:o}", dir.display());
+    }
     let blocked = u64::from_str_radix(&status_field(pid, "SigBlk"), 16).unwrap();
     assert_eq!(blocked & (1 << (libc::SIGUSR1 - 1)), 0, "SIGUSR1 blocked");
     assert_eq!(

@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{step_err, JailError};
@@ -312,7 +313,9 @@ impl Cgroup {
             remove_stale(&parent);
             let dir = parent.join(name);
             // mkdir decides: an existing cgroup is another VM's (or one it left), never reused.
-            match fs::create_dir(&dir) {
+            // Mode 0755 whatever the umask the caller passed on (0 would let anyone make cgroups
+            // in it, which would also keep it from being removed).
+            match fs::DirBuilder::new().mode(0o755).create(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     return Err(JailError::CgroupExists { dir });
