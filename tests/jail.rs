@@ -529,6 +529,8 @@ fn boot_jail_drops_inherited_fds_and_environment() {
             libc::sigaddset(&mut set, libc::SIGUSR1);
             libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
             libc::umask(0);
+            let param = libc::sched_param { sched_priority: 1 };
+            libc::sched_setscheduler(0, libc::SCHED_FIFO, &param);
             Ok(())
         });
     }
@@ -564,6 +566,11 @@ fn boot_jail_drops_inherited_fds_and_environment() {
         String::from_utf8_lossy(&environ)
     );
     assert_eq!(status_field(pid, "Umask"), "0077");
+    // The normal scheduling policy (field 41 of stat), not the caller's real-time one.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = stat.rsplit_once(')').unwrap().1;
+    let policy = after_name.split_whitespace().nth(38).unwrap();
+    assert_eq!(policy, libc::SCHED_OTHER.to_string(), "scheduling policy");
     // The cgroup, made before the child set its umask, is not left writable by all either.
     for controller in ["memory", "pids", "cpu"] {
         let dir = cgroup_dir(pid, controller);

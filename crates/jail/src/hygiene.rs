@@ -146,6 +146,17 @@ pub(crate) fn unblock_all_signals() -> Result<(), JailError> {
     Ok(())
 }
 
+/// The normal scheduling policy: a real-time one (SCHED_FIFO, SCHED_RR), which the caller may pass
+/// on, would let the guest's vCPUs, which inherit it, starve the host's other tasks whatever the
+/// cgroup's CPU quota (which limits normal tasks only).
+pub(crate) fn normal_scheduling() -> Result<(), JailError> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a valid sched_param for SCHED_OTHER; this thread only.
+    let ret = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+    check(ret, || "set the normal scheduling policy".into())?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,8 @@
 //!   ├─ parent = Supervisor: waits; turns SIGINT/TERM/HUP/QUIT into SIGKILL of the child; restores
 //!   │   the terminal; removes the cgroup(s) and socket files; exits with the child's status
 //!   └─ child (pid 1 of the new pid namespace): parent-death signal, lifeline checked; close every
-//!       inherited descriptor but 0-2, empty the environment and signal mask, umask 077; join the
+//!       inherited descriptor but 0-2, empty the environment and signal mask, umask 077, normal
+//!       scheduling; join the
 //!       cgroup(s); unshare mount, ipc, uts and (unless a tap is used) net namespaces; make every
 //!       mount private; reopen DIR in the new namespace (same inode)              -> Jailed
 //!        vm::Vm::new      opens /dev/kvm, kernel, initrd, disks, taps, ptys, sockets; creates the
@@ -318,6 +319,7 @@ impl Jail {
         hygiene::unblock_all_signals()?;
         hygiene::clear_environment()?;
         hygiene::restrict_umask();
+        hygiene::normal_scheduling()?;
         self.cgroup.join()?;
         let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
         if self.new_netns {
