@@ -766,3 +766,69 @@ fn boot_jail_supervisor_works_when_signals_were_ignored() {
     let run = common::run_command(cmd, Duration::from_secs(20));
     run.expect_success();
 }
+
+/// Started from a terminal, the jailed VMM leaves the caller's session: without a controlling
+/// terminal it cannot push input into the caller's shell (TIOCSTI) even with --seccomp off, nor
+/// signal its process group. Terminal size changes still reach it (the supervisor forwards
+/// SIGWINCH).
+#[test]
+fn boot_jail_leaves_the_callers_terminal_session() {
+    require_root!();
+    let scratch = Scratch::new("jail-tty");
+    let root = jail_root(&scratch);
+    // SAFETY: posix_openpt, grantpt, unlockpt, ptsname_r on a new descriptor we own.
+    let (primary, secondary) = unsafe {
+        let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(fd >= 0);
+        assert_eq!(libc::grantpt(fd), 0);
+        assert_eq!(libc::unlockpt(fd), 0);
+        let mut name = [0 as libc::c_char; 64];
+        assert_eq!(libc::ptsname_r(fd, name.as_mut_ptr(), name.len()), 0);
+        (fd, std::ffi::CStr::from_ptr(name.as_ptr()).to_owned())
+    };
+    let mut cmd = vmm_command(&[
+        "--kernel",
+        test_guests::PARK,
+        "--seccomp",
+        "off",
+        "--jail",
+        s(&root),
+    ]);
+    // SAFETY: setsid, open, ioctl, dup2 and close are async-signal-safe; the name was made
+    // before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            let tty = libc::open(secondary.as_ptr(), libc::O_RDWR);
+            if tty < 0 || libc::ioctl(tty, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::dup2(tty, 0);
+            libc::close(tty);
+            Ok(())
+        });
+    }
+    let mut vmm = Running::spawn(cmd);
+    vmm.wait_for_line("parked", TIMEOUT);
+    let pid = vmm.jailed_pid();
+    let stat = |pid: u32| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<String> = text
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        // (session, tty_nr): fields 6 and 7.
+        (fields[3].clone(), fields[4].clone())
+    };
+    let (supervisor_session, supervisor_tty) = stat(vmm.child.id());
+    assert_ne!(supervisor_tty, "0", "the test gave vmm no terminal");
+    let (session, tty) = stat(pid);
+    assert_ne!(session, supervisor_session, "same session as the caller");
+    assert_eq!(tty, "0", "the jailed VMM has a controlling terminal");
+    vmm.stop();
+    // SAFETY: our descriptor.
+    unsafe { libc::close(primary) };
+}

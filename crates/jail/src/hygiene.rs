@@ -146,6 +146,18 @@ pub(crate) fn unblock_all_signals() -> Result<(), JailError> {
     Ok(())
 }
 
+/// A session of its own, with no controlling terminal: in the caller's session, a VMM whose stdin
+/// is the caller's terminal could push input into the caller's shell (TIOCSTI) and signal its
+/// process group. Reading and writing the terminal, and setting its mode, still work; the
+/// supervisor, which stays in the caller's session, forwards SIGWINCH.
+pub(crate) fn leave_the_session() -> Result<(), JailError> {
+    // SAFETY: setsid has no preconditions; a forked child is never a process group leader.
+    check(unsafe { libc::setsid() }, || {
+        "leave the caller's session (setsid)".into()
+    })?;
+    Ok(())
+}
+
 /// The normal scheduling policy: a real-time one (SCHED_FIFO, SCHED_RR), which the caller may pass
 /// on, would let the guest's vCPUs, which inherit it, starve the host's other tasks whatever the
 /// cgroup's CPU quota (which limits normal tasks only).

@@ -15,7 +15,7 @@
 //!   ├─ parent = Supervisor: waits; turns SIGINT/TERM/HUP/QUIT into SIGKILL of the child; restores
 //!   │   the terminal; removes the cgroup(s) and socket files; exits with the child's status
 //!   └─ child (pid 1 of the new pid namespace): parent-death signal, lifeline checked; close every
-//!       inherited descriptor but 0-2, empty the environment and signal mask, umask 077, normal
+//!       inherited descriptor but 0-2, empty the environment and signal mask, setsid, umask 077, normal
 //!       scheduling; join the
 //!       cgroup(s); unshare mount, ipc, uts and (unless a tap is used) net namespaces; make every
 //!       mount private; reopen DIR in the new namespace (same inode)              -> Jailed
@@ -241,7 +241,7 @@ impl Jail {
     /// The child starts clean: it dies with the supervisor (parent-death signal, and a pipe only
     /// the supervisor holds open, checked after setting it), it closes every descriptor but 0, 1
     /// and 2 (opened on /dev/null if they were closed), empties its environment and its signal
-    /// mask and sets the umask to 077. So the caller must hold no descriptor it means to use in
+    /// mask, leaves the caller's session, sets the umask to 077 and the normal scheduling policy. So the caller must hold no descriptor it means to use in
     /// the child: open files after the fork (as `vm::Vm::new` does).
     pub fn fork(self) -> Result<Forked, JailError> {
         let threads = thread_count();
@@ -317,6 +317,7 @@ impl Jail {
         // descriptor closed here but the write end, dropped above.
         hygiene::close_inherited_fds(&[alive_read.as_raw_fd(), self.root.raw_fd()])?;
         hygiene::unblock_all_signals()?;
+        hygiene::leave_the_session()?;
         hygiene::clear_environment()?;
         hygiene::restrict_umask();
         hygiene::normal_scheduling()?;

@@ -28,7 +28,8 @@ impl Supervisor {
         self.child as u32
     }
 
-    /// Waits for the jailed VMM, turning SIGINT, SIGTERM, SIGHUP and SIGQUIT into SIGKILL of it,
+    /// Waits for the jailed VMM, turning SIGINT, SIGTERM, SIGHUP and SIGQUIT into SIGKILL of it
+    /// and passing SIGWINCH on (the jailed VMM has no controlling terminal),
     /// then restores the terminal, removes the cgroup and the socket files, and returns the exit
     /// status to use: the child's, or 128 + the signal that ended it (or that was forwarded).
     ///
@@ -63,7 +64,11 @@ impl Supervisor {
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
             // SAFETY: the set and the out buffer are valid; these signals are blocked in this thread.
             let sig = unsafe { libc::sigwaitinfo(&self.signals, &mut info) };
-            if sig > 0 && sig != libc::SIGCHLD {
+            if sig == libc::SIGWINCH {
+                // The jailed VMM has no controlling terminal: pass the terminal's resize on.
+                // SAFETY: kill has no memory-safety preconditions; the child is ours and unreaped.
+                unsafe { libc::kill(self.child, libc::SIGWINCH) };
+            } else if sig > 0 && sig != libc::SIGCHLD {
                 forwarded.get_or_insert(sig);
                 // SAFETY: kill has no memory-safety preconditions; the child is ours and unreaped.
                 unsafe { libc::kill(self.child, libc::SIGKILL) };
@@ -97,6 +102,7 @@ pub(crate) fn supervised_signals() -> libc::sigset_t {
             libc::SIGHUP,
             libc::SIGQUIT,
             libc::SIGCHLD,
+            libc::SIGWINCH,
         ] {
             libc::sigaddset(&mut set, sig);
         }
