@@ -12,13 +12,14 @@
 //!   Jail::new     check the ids; open DIR once (no symbolic links) and check it; draw an id;
 //!                 remove cgroups of dead supervisors; create and configure vmm-<id> (v1 and/or v2)
 //!   Jail::fork    block SIGINT/TERM/HUP/QUIT/CHLD; unshare(CLONE_NEWPID); lifeline pipe; fork
-//!   ├─ parent = Supervisor: waits; turns SIGINT/TERM/HUP/QUIT into SIGKILL of the child; restores
-//!   │   the terminal; removes the cgroup(s) and socket files; exits with the child's status
+//!   ├─ parent = Supervisor: waits; turns SIGINT/TERM/HUP/QUIT into SIGKILL of the child and
+//!   │   passes SIGWINCH on; restores the terminal; removes the cgroup(s) and socket files; exits
+//!   │   with the child's status
 //!   └─ child (pid 1 of the new pid namespace): parent-death signal, lifeline checked; close every
-//!       inherited descriptor but 0-2, empty the environment and signal mask, setsid, umask 077, normal
-//!       scheduling; join the
-//!       cgroup(s); unshare mount, ipc, uts and (unless a tap is used) net namespaces; make every
-//!       mount private; reopen DIR in the new namespace (same inode)              -> Jailed
+//!       inherited descriptor but 0-2; empty the environment and signal mask; setsid; umask 077;
+//!       normal scheduling; join the cgroup(s); unshare mount, ipc, uts and (unless a tap is used)
+//!       net namespaces; make every mount private; reopen DIR in the new namespace (same inode)
+//!                                                                                -> Jailed
 //!        vm::Vm::new      opens /dev/kvm, kernel, initrd, disks, taps, ptys, sockets; creates the
 //!                         VM (its fd belongs to this process's mm) and loads the guest
 //!        Jailed::lock_down  bind DIR read-only through its descriptor, pivot_root into it, drop
