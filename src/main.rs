@@ -109,19 +109,25 @@ struct Cli {
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
     seccomp: String,
 
-    /// Run jailed, with DIR (an existing directory, bound read-only) as the only file system the
-    /// VMM sees: after opening its files the VMM enters new mount, pid, ipc, uts and (without
-    /// --net) net namespaces and its own cgroup, and runs as --uid/--gid with no capabilities.
+    /// Run jailed, with DIR as the only file system the VMM sees (bound read-only): an empty
+    /// directory owned by root that only root can write, on a path without symbolic links
+    /// (mkdir -m 0755 DIR as root). After opening its files the VMM enters new mount, pid, ipc,
+    /// uts and (without --net) net namespaces and its own cgroup vmm-ID, and runs as --uid/--gid
+    /// with no capabilities; it inherits no descriptor but 0-2 and no environment variable.
     /// Needs root.
     #[arg(long, value_name = "DIR")]
     jail: Option<PathBuf>,
 
-    /// The user id the jailed VMM runs as (not 0). Default: 2000000000 + the VMM's pid, an id of
-    /// its own.
+    /// The jail's id: its cgroup is vmm-ID (which must not exist), and the default --uid and
+    /// --gid. Default: drawn at random from 2000000000 to 2147483646, an id of its own.
+    #[arg(long, value_name = "ID", requires = "jail")]
+    jail_id: Option<u32>,
+
+    /// The user id the jailed VMM runs as, from 1 to 4294967294. Default: the jail's id.
     #[arg(long, value_name = "UID", requires = "jail")]
     uid: Option<u32>,
 
-    /// The group id the jailed VMM runs as (not 0). Default: 2000000000 + the VMM's pid.
+    /// The group id the jailed VMM runs as, from 1 to 4294967294. Default: the jail's id.
     #[arg(long, value_name = "GID", requires = "jail")]
     gid: Option<u32>,
 
@@ -284,6 +290,7 @@ fn main() -> ExitCode {
         }
         let jail = jail::JailConfig {
             dir,
+            id: cli.jail_id,
             uid: cli.uid,
             gid: cli.gid,
             memory_limit: cli.memory_limit,
@@ -465,14 +472,16 @@ fn jail_hint(e: &jail::JailError) -> String {
     match e {
         JailError::DirUnusable { .. } => "; give an existing, empty directory with --jail".into(),
         JailError::NotADirectory { .. } | JailError::HostRoot => "; give one with --jail".into(),
-        JailError::RootIds { uid, gid } => {
-            let zero = match (uid, gid) {
-                (0, 0) => "--uid and --gid",
-                (0, _) => "--uid",
-                _ => "--gid",
+        JailError::DirNotSafe { .. } => "; give such a directory with --jail".into(),
+        JailError::BadId { kind, .. } => {
+            let option = match *kind {
+                "uid" => "--uid",
+                "gid" => "--gid",
+                _ => "--jail-id (or --uid and --gid)",
             };
-            format!("; give {zero} other than 0")
+            format!("; give {option} from 1 to 4294967294")
         }
+        JailError::CgroupExists { .. } => "; give another --jail-id".into(),
         JailError::MemoryLimitTooLow {
             ram_mib,
             overhead_mib,
@@ -621,12 +630,20 @@ mod tests {
              128 MiB: the VMM would be killed once the guest touches its RAM; raise \
              --memory-limit, which is less than the guest's --memory: give 256M or more"
         );
-        let e = JailError::RootIds { uid: 0, gid: 7 };
+        let e = JailError::BadId {
+            kind: "gid",
+            id: u32::MAX,
+        };
         assert_eq!(
             jail_line(&e),
-            "uid 0, gid 7: the jailed VMM runs as an unprivileged user and needs non-zero ids; \
-             give --uid other than 0"
+            "gid 4294967295: the jailed VMM runs as an unprivileged user and needs ids from 1 to \
+             4294967294 (0 is root; 4294967295 is -1, which leaves the id unchanged); give --gid \
+             from 1 to 4294967294"
         );
+        let e = JailError::CgroupExists {
+            dir: "/sys/fs/cgroup/pids/vmm-7".into(),
+        };
+        assert!(jail_line(&e).ends_with("(rmdir it); give another --jail-id"));
         let e = JailError::NotADirectory {
             path: "/etc/hostname".into(),
         };

@@ -6,12 +6,15 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{root_available, run_vmm, s, vmm_bin, Running, Scratch};
+use common::{root_available, run_vmm, s, vmm_bin, vmm_command, Running, Scratch};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const MIB: u64 = 1 << 20;
@@ -80,6 +83,31 @@ fn cgroup_dir(pid: u32, controller: &str) -> PathBuf {
     panic!("no cgroup hierarchy has {controller}");
 }
 
+/// An empty directory owned by root that only root can write: what `--jail` takes.
+fn jail_root(scratch: &Scratch) -> PathBuf {
+    let root = scratch.path("root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    root
+}
+
+/// A jail id no other test uses: the cgroup is `vmm-<id>`.
+fn test_id(n: u32) -> u32 {
+    1_000_000_000 + (std::process::id() % 100_000) * 10 + n
+}
+
+/// Waits up to `timeout` for `done`.
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > timeout {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
 fn read_trim(path: &Path) -> String {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
@@ -92,14 +120,15 @@ fn read_trim(path: &Path) -> String {
 fn boot_jail_confines_the_vmm() {
     require_root!();
     let scratch = Scratch::new("jail-confines");
-    let root = scratch.path("root");
-    std::fs::create_dir(&root).unwrap();
-    std::fs::write(root.join("only-this"), b"x").unwrap();
+    let root = jail_root(&scratch);
+    let id = test_id(1).to_string();
     let mut vmm = Running::start(&[
         "--kernel",
         test_guests::PARK,
         "--jail",
         s(&root),
+        "--jail-id",
+        &id,
         "--uid",
         "4242",
         "--gid",
@@ -110,7 +139,6 @@ fn boot_jail_confines_the_vmm() {
         "0.5",
     ]);
     vmm.wait_for_line("parked", TIMEOUT);
-    let supervisor = vmm.child.id();
     let pid = vmm.jailed_pid();
 
     // Credentials and capabilities.
@@ -143,7 +171,7 @@ fn boot_jail_confines_the_vmm() {
     assert!(nspid.ends_with("\t1"), "NSpid {nspid}");
 
     // The cgroup, with the limits asked for.
-    let name = format!("vmm-{supervisor}");
+    let name = format!("vmm-{id}");
     let memory = cgroup_dir(pid, "memory");
     let pids = cgroup_dir(pid, "pids");
     let cpu = cgroup_dir(pid, "cpu");
@@ -166,12 +194,12 @@ fn boot_jail_confines_the_vmm() {
     }
     assert_eq!(read_trim(&pids.join("pids.max")), "17", "1 vCPU + 16");
 
-    // The file system: only the jail directory, read-only.
+    // The file system: only the (empty) jail directory, read-only.
     let seen: BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/root"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(seen, BTreeSet::from(["only-this".to_string()]));
+    assert_eq!(seen, BTreeSet::new());
     assert!(!Path::new(&format!("/proc/{pid}/root/etc/passwd")).exists());
     let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
     assert_eq!(mountinfo.lines().count(), 1, "{mountinfo}");
@@ -225,9 +253,9 @@ fn disk_image(scratch: &Scratch, name: &str) -> String {
 fn boot_jail_virtio_blk_guest_does_io_and_exits_zero() {
     require_root!();
     let scratch = Scratch::new("jail-blk");
-    let root = scratch.path("root");
-    std::fs::create_dir(&root).unwrap();
+    let root = jail_root(&scratch);
     let disk = disk_image(&scratch, "disk.img");
+    let id = test_id(2).to_string();
     let run = run_vmm(
         &[
             "--kernel",
@@ -236,6 +264,8 @@ fn boot_jail_virtio_blk_guest_does_io_and_exits_zero() {
             &disk,
             "--jail",
             s(&root),
+            "--jail-id",
+            &id,
         ],
         TIMEOUT,
     );
@@ -251,7 +281,7 @@ fn boot_jail_virtio_blk_guest_does_io_and_exits_zero() {
     let image = std::fs::read(&disk).unwrap();
     assert_eq!(&image[512..528], b"WRITTEN-BY-GUEST", "{run}");
     assert!(
-        !Path::new(&format!("/sys/fs/cgroup/pids/vmm-{}", std::process::id())).exists(),
+        !Path::new(&format!("/sys/fs/cgroup/pids/vmm-{id}")).exists(),
         "{run}"
     );
 }
@@ -298,8 +328,16 @@ fn boot_jail_with_a_tap_keeps_the_net_namespace() {
     ]);
     vmm.wait_for_line("parked", TIMEOUT);
     let jailed = vmm.jailed_pid();
-    // Without --uid/--gid: an id of its own, 2000000000 + the supervisor's pid.
-    let id = 2_000_000_000 + vmm.child.id();
+    // Without --uid/--gid: the jail's own id, drawn from 2000000000 to 2^31 - 2, which names its
+    // cgroup too.
+    let id: u32 = status_field(jailed, "Uid")
+        .split('\t')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((2_000_000_000..i32::MAX as u32).contains(&id), "uid {id}");
+    assert!(cgroup_dir(jailed, "pids").ends_with(format!("vmm-{id}")));
     assert_eq!(
         status_field(jailed, "Uid"),
         format!("{id}\t{id}\t{id}\t{id}")
@@ -330,11 +368,52 @@ fn jail_bad_input_is_refused_clearly() {
     let scratch = Scratch::new("jail-bad");
     let file = scratch.file("plain-file", b"x");
     let missing = scratch.path("missing");
+    let open = scratch.path("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let link = scratch.path("link");
+    std::os::unix::fs::symlink("/etc", &link).unwrap();
     let cases: &[(&[&str], i32, &str)] = &[
         (&["--jail", s(&missing)], 1, "No such file or directory"),
         (&["--jail", &file], 1, "is not a directory"),
         (&["--jail", "/"], 1, "host's files"),
-        (&["--jail", s(&scratch.0), "--uid", "0"], 1, "non-zero ids"),
+        (
+            &["--jail", "/etc"],
+            1,
+            "'/etc' cannot be the jail's root: it is not empty",
+        ),
+        (
+            &["--jail", "/proc"],
+            1,
+            "'/proc' cannot be the jail's root: it is not empty",
+        ),
+        (&["--jail", s(&link)], 1, "symbolic link"),
+        (
+            &["--jail", s(&open)],
+            1,
+            "other users can write it (mode 1777)",
+        ),
+        (
+            &["--jail", s(&scratch.0), "--uid", "0"],
+            1,
+            "uid 0: the jailed VMM runs as an unprivileged user and needs ids from 1 to \
+             4294967294",
+        ),
+        (
+            &["--jail", s(&scratch.0), "--uid", "4294967295"],
+            1,
+            "give --uid from 1 to 4294967294",
+        ),
+        (
+            &["--jail", s(&scratch.0), "--gid", "4294967295"],
+            1,
+            "give --gid from 1 to 4294967294",
+        ),
+        (
+            &["--jail", s(&scratch.0), "--jail-id", "0"],
+            1,
+            "jail id 0: the jailed VMM",
+        ),
         (
             &["--jail", s(&scratch.0), "--memory-limit", "16M"],
             1,
@@ -415,4 +494,341 @@ fn boot_jail_many_at_once_all_exit_zero() {
     for run in runs {
         run.join().expect("runner").expect_success();
     }
+}
+
+/// What the caller hands down does not reach the jailed VMM: descriptors (the host's `/`, a
+/// read-write secret, /etc/shadow), environment variables, a blocked signal mask, a umask of 0.
+#[test]
+fn boot_jail_drops_inherited_fds_and_environment() {
+    require_root!();
+    let scratch = Scratch::new("jail-inherit");
+    let root = jail_root(&scratch);
+    let secret = scratch.file("secret", b"secret");
+    let secret_c = std::ffi::CString::new(secret.clone()).unwrap();
+    let mut cmd = vmm_command(&["--kernel", test_guests::PARK, "--jail", s(&root)]);
+    cmd.env("VMM_TEST_SECRET", "hunter2").env("HOME", "/root");
+    // SAFETY: only async-signal-safe calls (open, dup2, close, sigprocmask, umask) between fork
+    // and exec; the strings were made before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (path, flags, fd) in [
+                (c"/".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY, 3),
+                (secret_c.as_ptr(), libc::O_RDWR, 4),
+                (c"/etc/shadow".as_ptr(), libc::O_RDONLY, 5),
+            ] {
+                let opened = libc::open(path, flags);
+                if opened < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // dup2 leaves the new descriptor without close-on-exec.
+                libc::dup2(opened, fd);
+                libc::close(opened);
+            }
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR1);
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            libc::umask(0);
+            let param = libc::sched_param { sched_priority: 1 };
+            libc::sched_setscheduler(0, libc::SCHED_FIFO, &param);
+            Ok(())
+        });
+    }
+    let mut vmm = Running::spawn(cmd);
+    vmm.wait_for_line("parked", TIMEOUT);
+    let pid = vmm.jailed_pid();
+    let inherited = [
+        PathBuf::from("/"),
+        PathBuf::from(&secret),
+        PathBuf::from("/etc/shadow"),
+    ];
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let entry = entry.unwrap();
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        assert!(
+            !inherited.contains(&target),
+            "fd {:?} of the jailed VMM is the inherited {}",
+            entry.file_name(),
+            target.display()
+        );
+        seen.push(target);
+    }
+    assert!(
+        seen.iter().any(|t| t == Path::new("anon_inode:kvm-vm")),
+        "{seen:?}"
+    );
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    // Empty, or (without CAP_SYS_RESOURCE to shrink it) wiped.
+    assert!(
+        environ.iter().all(|&b| b == 0),
+        "environment: {}",
+        String::from_utf8_lossy(&environ)
+    );
+    assert_eq!(status_field(pid, "Umask"), "0077");
+    // The normal scheduling policy (field 41 of stat), not the caller's real-time one.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = stat.rsplit_once(')').unwrap().1;
+    let policy = after_name.split_whitespace().nth(38).unwrap();
+    assert_eq!(policy, libc::SCHED_OTHER.to_string(), "scheduling policy");
+    // The cgroup, made before the child set its umask, is not left writable by all either.
+    for controller in ["memory", "pids", "cpu"] {
+        let dir = cgroup_dir(pid, controller);
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o022, 0, "{} has mode {mode:o}", dir.display());
+    }
+    let blocked = u64::from_str_radix(&status_field(pid, "SigBlk"), 16).unwrap();
+    assert_eq!(blocked & (1 << (libc::SIGUSR1 - 1)), 0, "SIGUSR1 blocked");
+    assert_eq!(
+        vmm.signal_and_wait(libc::SIGTERM, TIMEOUT),
+        Some(128 + libc::SIGTERM)
+    );
+}
+
+/// The jail directory is opened once: swapping it for a symbolic link to /etc while the VM is
+/// being built (here: while the VMM waits to open its serial output, a FIFO) changes nothing.
+#[test]
+fn boot_jail_directory_swapped_while_the_vm_is_built_is_not_followed() {
+    require_root!();
+    let scratch = Scratch::new("jail-swap");
+    let root = jail_root(&scratch);
+    let fifo = scratch.path("serial.fifo");
+    let fifo_c = std::ffi::CString::new(s(&fifo)).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) }, 0);
+    let serial = format!("file={}", s(&fifo));
+    let mut vmm = Running::start(&[
+        "--kernel",
+        test_guests::PARK,
+        "--serial",
+        &serial,
+        "--jail",
+        s(&root),
+    ]);
+    // The jailed VMM is building the VM once it waits, in Vm::new, for a reader of the FIFO.
+    let building = wait_until(TIMEOUT, || {
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", vmm.child.id()))
+            .ok()
+            .and_then(|c| c.split_whitespace().next().map(str::to_string))
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/wchan")).ok())
+            .is_some_and(|wchan| wchan == "wait_for_partner")
+    });
+    assert!(building, "the VMM never opened its FIFO: {}", vmm.stop());
+    std::fs::rename(&root, scratch.path("moved")).unwrap();
+    std::os::unix::fs::symlink("/etc", &root).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let reader = BufReader::new(std::fs::File::open(&fifo).unwrap());
+        for line in reader.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let parked = rx.recv_timeout(TIMEOUT);
+    assert!(
+        parked.as_deref().is_ok_and(|l| l.trim_end() == "parked"),
+        "{parked:?}; stderr:\n{}",
+        vmm.stop()
+    );
+    let pid = vmm.jailed_pid();
+    let seen: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(seen.is_empty(), "the jail's root holds {seen:?}");
+    assert!(!Path::new(&format!("/proc/{pid}/root/passwd")).exists());
+    vmm.stop();
+}
+
+/// kill -9 of the supervisor: the jailed VMM dies with it, and the next `vmm --jail` removes the
+/// cgroup it left.
+#[test]
+fn boot_jail_supervisor_killed_leaves_no_vmm_and_no_cgroup() {
+    require_root!();
+    let scratch = Scratch::new("jail-kill9");
+    let root = jail_root(&scratch);
+    let mut vmm = Running::start(&["--kernel", test_guests::PARK, "--jail", s(&root)]);
+    vmm.wait_for_line("parked", TIMEOUT);
+    let pid = vmm.jailed_pid();
+    let dirs: Vec<PathBuf> = ["memory", "pids", "cpu"]
+        .iter()
+        .map(|c| cgroup_dir(pid, c))
+        .collect();
+    assert!(vmm.child.kill().is_ok());
+    let _ = vmm.child.wait();
+    assert!(
+        wait_until(Duration::from_secs(10), || !Path::new(&format!(
+            "/proc/{pid}"
+        ))
+        .exists()),
+        "jailed VMM {pid} outlived its supervisor"
+    );
+    // The cgroup is left (unless another test's vmm has already removed it): the next run removes
+    // it.
+    run_vmm(
+        &["--kernel", test_guests::NULL, "--jail", s(&root)],
+        TIMEOUT,
+    )
+    .expect_success();
+    for dir in &dirs {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
+/// The only child of `pid`.
+fn only_child(pid: u32) -> u32 {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let pids: Vec<u32> = children
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 1, "children of {pid}: {pids:?}");
+    pids[0]
+}
+
+/// Two jails at once get two ids (uids, gids, cgroups), even when both supervisors have the same
+/// pid (pid 1 of two pid namespaces); an id in use is refused, not shared.
+#[test]
+fn boot_jail_two_at_once_have_distinct_ids_and_cgroups() {
+    require_root!();
+    let scratch = Scratch::new("jail-two");
+    let root = jail_root(&scratch);
+    let start = || {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork", "--kill-child=SIGTERM", "--", vmm_bin()]);
+        cmd.args(["--kernel", test_guests::PARK, "--jail", s(&root)]);
+        Running::spawn(cmd)
+    };
+    let mut first = start();
+    let mut second = start();
+    first.wait_for_line("parked", TIMEOUT);
+    second.wait_for_line("parked", TIMEOUT);
+    // unshare → the supervisor (pid 1 of its namespace) → the jailed VMM.
+    let (a, b) = (
+        only_child(only_child(first.child.id())),
+        only_child(only_child(second.child.id())),
+    );
+    assert_ne!(status_field(a, "Uid"), status_field(b, "Uid"));
+    assert_ne!(status_field(a, "Gid"), status_field(b, "Gid"));
+    for controller in ["memory", "pids", "cpu"] {
+        assert_ne!(cgroup_dir(a, controller), cgroup_dir(b, controller));
+    }
+    let id = cgroup_dir(a, "pids")
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_start_matches("vmm-")
+        .to_string();
+    let run = run_vmm(
+        &[
+            "--kernel",
+            test_guests::NULL,
+            "--jail",
+            s(&root),
+            "--jail-id",
+            &id,
+        ],
+        TIMEOUT,
+    );
+    run.expect(run.code == Some(1), "an id in use was accepted");
+    run.expect(
+        run.stderr.contains("already exists") && run.stderr.contains("give another --jail-id"),
+        "no error naming the cgroup",
+    );
+    // The first VM is untouched.
+    assert!(cgroup_dir(a, "pids").exists());
+    // unshare ignores SIGTERM while it waits: stop the supervisors themselves.
+    for running in [&first, &second] {
+        let supervisor = only_child(running.child.id()) as libc::pid_t;
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(supervisor, libc::SIGTERM) };
+    }
+    first.stop();
+    second.stop();
+}
+
+/// A caller that ignores SIGCHLD (or SIGTERM, SIGINT) passes that on through exec; the supervisor
+/// still learns that the jailed VMM ended, and exits with its status.
+#[test]
+fn boot_jail_supervisor_works_when_signals_were_ignored() {
+    require_root!();
+    let scratch = Scratch::new("jail-sigign");
+    let root = jail_root(&scratch);
+    let mut cmd = vmm_command(&["--kernel", test_guests::NULL, "--jail", s(&root)]);
+    // SAFETY: signal() is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT] {
+                libc::signal(sig, libc::SIG_IGN);
+            }
+            Ok(())
+        });
+    }
+    let run = common::run_command(cmd, Duration::from_secs(20));
+    run.expect_success();
+}
+
+/// Started from a terminal, the jailed VMM leaves the caller's session: without a controlling
+/// terminal it cannot push input into the caller's shell (TIOCSTI) even with --seccomp off, nor
+/// signal its process group. Terminal size changes still reach it (the supervisor forwards
+/// SIGWINCH).
+#[test]
+fn boot_jail_leaves_the_callers_terminal_session() {
+    require_root!();
+    let scratch = Scratch::new("jail-tty");
+    let root = jail_root(&scratch);
+    // SAFETY: posix_openpt, grantpt, unlockpt, ptsname_r on a new descriptor we own.
+    let (primary, secondary) = unsafe {
+        let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(fd >= 0);
+        assert_eq!(libc::grantpt(fd), 0);
+        assert_eq!(libc::unlockpt(fd), 0);
+        let mut name = [0 as libc::c_char; 64];
+        assert_eq!(libc::ptsname_r(fd, name.as_mut_ptr(), name.len()), 0);
+        (fd, std::ffi::CStr::from_ptr(name.as_ptr()).to_owned())
+    };
+    let mut cmd = vmm_command(&[
+        "--kernel",
+        test_guests::PARK,
+        "--seccomp",
+        "off",
+        "--jail",
+        s(&root),
+    ]);
+    // SAFETY: setsid, open, ioctl, dup2 and close are async-signal-safe; the name was made
+    // before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            let tty = libc::open(secondary.as_ptr(), libc::O_RDWR);
+            if tty < 0 || libc::ioctl(tty, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::dup2(tty, 0);
+            libc::close(tty);
+            Ok(())
+        });
+    }
+    let mut vmm = Running::spawn(cmd);
+    vmm.wait_for_line("parked", TIMEOUT);
+    let pid = vmm.jailed_pid();
+    let stat = |pid: u32| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<String> = text
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        // (session, tty_nr): fields 6 and 7.
+        (fields[3].clone(), fields[4].clone())
+    };
+    let (supervisor_session, supervisor_tty) = stat(vmm.child.id());
+    assert_ne!(supervisor_tty, "0", "the test gave vmm no terminal");
+    let (session, tty) = stat(pid);
+    assert_ne!(session, supervisor_session, "same session as the caller");
+    assert_eq!(tty, "0", "the jailed VMM has a controlling terminal");
+    vmm.stop();
+    // SAFETY: our descriptor.
+    unsafe { libc::close(primary) };
 }

@@ -276,7 +276,12 @@ pub struct Running {
 
 impl Running {
     pub fn start(args: &[&str]) -> Running {
-        let mut child = vmm_command(args)
+        Running::spawn(vmm_command(args))
+    }
+
+    /// As [`Running::start`], for a command the caller prepared (descriptors, environment).
+    pub fn spawn(mut cmd: Command) -> Running {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{step_err, JailError};
@@ -309,15 +310,22 @@ impl Cgroup {
             } else {
                 cgroup_dir(h, &own)
             };
+            remove_stale(&parent);
             let dir = parent.join(name);
-            match fs::create_dir(&dir) {
+            // mkdir decides: an existing cgroup is another VM's (or one it left), never reused.
+            // Mode 0755 whatever the umask the caller passed on (0 would let anyone make cgroups
+            // in it, which would also keep it from being removed).
+            match fs::DirBuilder::new().mode(0o755).create(&dir) {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(JailError::CgroupExists { dir });
+                }
                 Err(e) => {
                     return Err(step_err(format!("create cgroup {}", dir.display()), e));
                 }
             }
             cgroup.dirs.push(dir.clone());
+            record_supervisor(&dir);
             for controller in controllers {
                 match (controller, h.v2) {
                     ("memory", false) => write_file(
@@ -359,6 +367,111 @@ impl Cgroup {
     pub(crate) fn remove(mut self) {
         for dir in std::mem::take(&mut self.dirs) {
             remove_cgroup_dir(&dir);
+        }
+    }
+}
+
+/// The extended attribute of a VM's cgroup that names its supervisor: its pid namespace, pid and
+/// start time (clock ticks after boot, field 22 of /proc/PID/stat), so that a later VMM can tell
+/// whether the supervisor still runs, even if its pid was reused.
+const SUPERVISOR_XATTR: &std::ffi::CStr = c"trusted.vmm.supervisor";
+
+/// This process as [`SUPERVISOR_XATTR`] records it.
+fn supervisor_record() -> Option<String> {
+    let ns = fs::read_link("/proc/self/ns/pid").ok()?;
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    Some(format!("{} {pid} {}", ns.display(), start_time(pid)?))
+}
+
+/// The start time of `pid`, field 22 of /proc/PID/stat.
+fn start_time(pid: libc::pid_t) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether a cgroup's record names a supervisor that is gone: one of this pid namespace whose pid
+/// is not running, or runs a process started at another time. A record of another namespace,
+/// or none, says nothing.
+fn supervisor_gone(record: &str, own: &str) -> bool {
+    let mut fields = record.split(' ');
+    let (Some(ns), Some(pid), Some(start)) = (fields.next(), fields.next(), fields.next()) else {
+        return false;
+    };
+    let own_ns = own.split(' ').next();
+    match (pid.parse(), start.parse::<u64>()) {
+        (Ok(pid), Ok(start)) if Some(ns) == own_ns => start_time(pid) != Some(start),
+        _ => false,
+    }
+}
+
+fn record_supervisor(dir: &Path) {
+    let Some(record) = supervisor_record() else {
+        return;
+    };
+    let Ok(path) = crate::error::cstring(dir) else {
+        return;
+    };
+    // SAFETY: valid C strings and a buffer of the given length.
+    let ret = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            SUPERVISOR_XATTR.as_ptr(),
+            record.as_ptr().cast(),
+            record.len(),
+            0,
+        )
+    };
+    if ret == -1 {
+        log::debug!(
+            "cannot record the supervisor on cgroup {}: {}; a VMM killed with SIGKILL leaves it \
+             for removal by hand",
+            dir.display(),
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// Removes the `vmm-*` cgroups in `parent` whose supervisor is gone (killed with SIGKILL, which
+/// leaves no chance to clean up; its jailed VMM died with it). A cgroup that still has processes
+/// cannot be removed (EBUSY) and is left.
+fn remove_stale(parent: &Path) {
+    let (Some(own), Ok(entries)) = (supervisor_record(), fs::read_dir(parent)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with("vmm-") {
+            continue;
+        }
+        let dir = entry.path();
+        let Ok(path) = crate::error::cstring(&dir) else {
+            continue;
+        };
+        let mut buf = [0u8; 128];
+        // SAFETY: valid C strings and a buffer of the given length.
+        let len = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                SUPERVISOR_XATTR.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        let Some(record) = usize::try_from(len)
+            .ok()
+            .and_then(|len| std::str::from_utf8(&buf[..len]).ok())
+        else {
+            continue;
+        };
+        if supervisor_gone(record, &own) {
+            match fs::remove_dir(&dir) {
+                Ok(()) => log::info!(
+                    "removed cgroup {}, left by a VMM that is gone",
+                    dir.display()
+                ),
+                Err(e) => log::debug!("cgroup {} is left: {e}", dir.display()),
+            }
         }
     }
 }

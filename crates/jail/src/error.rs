@@ -35,16 +35,62 @@ pub enum JailError {
          directory"
     )]
     HostRoot,
-    /// The jailed VMM would run as root.
+    /// The jail directory could be swapped or seen by others: it must be empty, owned by root and
+    /// writable by no one else, on a path without symbolic links.
     #[error(
-        "uid {uid}, gid {gid}: the jailed VMM runs as an unprivileged user and needs non-zero ids"
+        "'{}' cannot be the jail's root: {problem}; the jail needs an empty directory owned by \
+         root that only root can write (as root: mkdir -m 0755 DIR)",
+        dir.display()
     )]
-    RootIds {
+    DirNotSafe {
+        /// The directory asked for.
+        dir: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The jailed VMM would run as root, or keep its ids: 0 is root, and 4294967295 is -1, which
+    /// set*id() read as "leave unchanged".
+    #[error(
+        "{kind} {id}: the jailed VMM runs as an unprivileged user and needs ids from 1 to \
+         4294967294 (0 is root; 4294967295 is -1, which leaves the id unchanged)"
+    )]
+    BadId {
+        /// Which id: `uid`, `gid`, or `jail id` (the default of both).
+        kind: &'static str,
+        /// The id asked for.
+        id: u32,
+    },
+    /// After the switch the process's real, effective and saved ids are not all the ones asked
+    /// for; the jail stops rather than run the guest with them.
+    #[error(
+        "the ids did not change as asked: uid {uid} wanted, real/effective/saved {uids:?}; gid \
+         {gid} wanted, {gids:?}; {groups} supplementary groups left"
+    )]
+    IdsNotApplied {
         /// The user id asked for.
         uid: u32,
         /// The group id asked for.
         gid: u32,
+        /// getresuid after the switch.
+        uids: [u32; 3],
+        /// getresgid after the switch.
+        gids: [u32; 3],
+        /// getgroups after the switch.
+        groups: usize,
     },
+    /// The VM's cgroup already exists: another VM may be in it.
+    #[error(
+        "cgroup {} already exists: another VM may be using this id; give another id, or remove \
+         the cgroup if no VM runs in it (rmdir it)",
+        dir.display()
+    )]
+    CgroupExists {
+        /// The cgroup directory.
+        dir: PathBuf,
+    },
+    /// The supervisor died before the jail closed (the child would outlive it).
+    #[error("the jail's supervisor is gone: stopping the jailed VMM")]
+    SupervisorGone,
     /// The cgroup memory limit is below the guest's RAM.
     #[error(
         "a memory limit of {limit_mib} MiB is less than the guest's {ram_mib} MiB of RAM plus the \

@@ -9,17 +9,23 @@
 //! # Order, and why
 //! ```text
 //! vmm (root, host namespaces)
-//!   Jail::new     check DIR and ids; create and configure the cgroup(s) vmm-<pid> (v1 and/or v2)
-//!   Jail::fork    block SIGINT/TERM/HUP/QUIT/CHLD; unshare(CLONE_NEWPID); fork
-//!   ├─ parent = Supervisor: waits; turns SIGINT/TERM/HUP/QUIT into SIGKILL of the child; restores
-//!   │   the terminal; removes the cgroup(s) and socket files; exits with the child's status
-//!   └─ child (pid 1 of the new pid namespace): join the cgroup(s); unshare mount, ipc, uts and
-//!       (unless a tap is used) net namespaces; make every mount private          -> Jailed
+//!   Jail::new     check the ids; open DIR once (no symbolic links) and check it; draw an id;
+//!                 remove cgroups of dead supervisors; create and configure vmm-<id> (v1 and/or v2)
+//!   Jail::fork    block SIGINT/TERM/HUP/QUIT/CHLD; unshare(CLONE_NEWPID); lifeline pipe; fork
+//!   ├─ parent = Supervisor: waits; turns SIGINT/TERM/HUP/QUIT into SIGKILL of the child and
+//!   │   passes SIGWINCH on; restores the terminal; removes the cgroup(s) and socket files; exits
+//!   │   with the child's status
+//!   └─ child (pid 1 of the new pid namespace): parent-death signal, lifeline checked; close every
+//!       inherited descriptor but 0-2; empty the environment and signal mask; setsid; umask 077;
+//!       normal scheduling; join the cgroup(s); unshare mount, ipc, uts and (unless a tap is used)
+//!       net namespaces; make every mount private; reopen DIR in the new namespace (same inode)
+//!                                                                                -> Jailed
 //!        vm::Vm::new      opens /dev/kvm, kernel, initrd, disks, taps, ptys, sockets; creates the
 //!                         VM (its fd belongs to this process's mm) and loads the guest
-//!        Jailed::lock_down  bind DIR read-only, pivot_root into it, drop the old root; hostname;
-//!                         rlimits; bounding set, setgroups, setresgid, setresuid, capabilities,
-//!                         no_new_privs, parent-death signal
+//!        Jailed::lock_down  bind DIR read-only through its descriptor, pivot_root into it, drop
+//!                         the old root; hostname; rlimits; bounding set, setgroups, setresgid,
+//!                         setresuid (checked with getresuid/getresgid), capabilities,
+//!                         no_new_privs, parent-death signal, lifeline checked
 //!        (seccomp goes on here, in Vm::run, before the first KVM_RUN)
 //!        Vm::run
 //! ```
@@ -37,28 +43,37 @@
 
 mod cgroup;
 mod error;
+mod hygiene;
 mod lockdown;
+mod root;
 mod seccomp;
 mod supervisor;
 
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
 
 use cgroup::{Cgroup, CgroupHost, Limits};
 pub use error::JailError;
 use error::{check, step_err};
-use lockdown::set_parent_death_signal;
 pub use lockdown::Jailed;
+use lockdown::{set_parent_death_signal, supervisor_gone};
+use root::JailRoot;
 pub use supervisor::Supervisor;
 use supervisor::{saved_termios, supervised_signals};
 
-/// Without a given uid and gid the jailed VMM runs as uid = gid = this plus the supervisor's pid:
-/// an id no account uses (above the usual /etc/subuid ranges, below 2^31) and unique among
-/// running VMs, since live pids are. A shared id such as `nobody` would let RLIMIT_NPROC, which
-/// counts every task of a uid on the host, add up the threads of all jailed VMs (the tenth VM
-/// could not start its vCPUs), and would give two compromised VMMs the same identity.
+/// Without a given id, the jail draws one at random from `ID_BASE` to 2^31 - 2 (getrandom): an id
+/// no account uses (above the usual /etc/subuid ranges, below 2^31). It names the cgroup
+/// `vmm-<id>` and is the default uid and gid. Creating that cgroup (mkdir, which fails if it
+/// exists) decides that no live VM has it; on a collision the jail draws again. Pids are no such
+/// id: two VMMs in different pid namespaces can have the same pid. A shared id such as `nobody`
+/// would let RLIMIT_NPROC, which counts every task of a uid on the host, add up the threads of
+/// all jailed VMs (the tenth VM could not start its vCPUs), and would give two compromised VMMs
+/// the same identity.
 pub const ID_BASE: u32 = 2_000_000_000;
+/// How many random ids are drawn before the jail gives up (each taken one is a live VM's).
+const ID_DRAWS: usize = 16;
 /// The default cgroup memory limit is the guest's RAM plus this: the VMM's own memory, page
 /// tables, KVM's per-VM and per-vCPU kernel memory and the page cache of disk I/O, which
 /// cgroups charge to the VM too. Generous on purpose: hitting it kills the VM.
@@ -75,11 +90,15 @@ const CPU_PERIOD_US: u64 = 100_000;
 /// What the user asked for: the jail directory, and the ids and limits if not the defaults.
 #[derive(Debug, Clone)]
 pub struct JailConfig {
-    /// The directory that becomes the VMM's root. It must exist; it is bound read-only.
+    /// The directory that becomes the VMM's root, bound read-only: an existing empty directory
+    /// owned by root that no one else can write, on a path without symbolic links.
     pub dir: PathBuf,
-    /// The user id to run as (not 0); default [`ID_BASE`] + the supervisor's pid.
+    /// The jail's id: its cgroup is `vmm-<id>`, which must not exist yet; the default uid and
+    /// gid. Default: drawn at random (see [`ID_BASE`]).
+    pub id: Option<u32>,
+    /// The user id to run as (1 to 4294967294); default the jail's id.
     pub uid: Option<u32>,
-    /// The group id to run as (not 0); default [`ID_BASE`] + the supervisor's pid.
+    /// The group id to run as (1 to 4294967294); default the jail's id.
     pub gid: Option<u32>,
     /// The cgroup memory limit in bytes; default guest RAM + [`MEMORY_OVERHEAD`].
     pub memory_limit: Option<u64>,
@@ -92,6 +111,7 @@ impl JailConfig {
     pub fn new(dir: impl Into<PathBuf>) -> JailConfig {
         JailConfig {
             dir: dir.into(),
+            id: None,
             uid: None,
             gid: None,
             memory_limit: None,
@@ -139,7 +159,8 @@ pub struct SocketSpec {
 /// A jail, checked and with its cgroup made, ready to fork.
 #[derive(Debug)]
 pub struct Jail {
-    dir: PathBuf,
+    root: JailRoot,
+    id: u32,
     uid: u32,
     gid: u32,
     new_netns: bool,
@@ -154,35 +175,18 @@ pub struct Jail {
 }
 
 impl Jail {
-    /// Checks the jail directory and ids, then creates the cgroup `vmm-<pid>` with its limits,
-    /// derived from `vm` unless `config` overrides them. Needs root.
+    /// Checks the ids, limits and jail directory (opened here, once, and used through that
+    /// descriptor from then on), then creates the cgroup `vmm-<id>` with its limits, derived from
+    /// `vm` unless `config` overrides them. Needs root.
     pub fn new(config: &JailConfig, vm: &VmSpec) -> Result<Jail, JailError> {
-        let unusable = |source| JailError::DirUnusable {
-            dir: config.dir.clone(),
-            source,
-        };
-        let dir = match fs::metadata(&config.dir) {
-            Ok(m) if m.is_dir() => fs::canonicalize(&config.dir).map_err(unusable)?,
-            Ok(_) => {
-                return Err(JailError::NotADirectory {
-                    path: config.dir.clone(),
-                })
-            }
-            Err(e) => return Err(unusable(e)),
-        };
-        if dir == Path::new("/") {
-            return Err(JailError::HostRoot);
+        for (kind, id) in [("uid", config.uid), ("gid", config.gid)] {
+            check_id(kind, id)?;
         }
-        // SAFETY: getpid has no preconditions.
-        let pid = unsafe { libc::getpid() };
-        let default_id = ID_BASE.saturating_add(pid.unsigned_abs());
-        let (uid, gid) = (
-            config.uid.unwrap_or(default_id),
-            config.gid.unwrap_or(default_id),
-        );
-        if uid == 0 || gid == 0 {
-            return Err(JailError::RootIds { uid, gid });
+        if config.uid.is_none() || config.gid.is_none() {
+            check_id("jail id", config.id)?;
         }
+        let limits = Limits::new(config, vm)?;
+        let root = JailRoot::open(&config.dir)?;
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(JailError::NeedRoot {
@@ -190,7 +194,6 @@ impl Jail {
                 source: io::Error::from_raw_os_error(libc::EPERM),
             });
         }
-        let limits = Limits::new(config, vm)?;
         let mut fsize = Some(1);
         for &len in &vm.disk_sizes {
             fsize = fsize.map(|f: u64| f.max(len));
@@ -198,11 +201,30 @@ impl Jail {
         if let Some(max) = vm.output_file_max {
             fsize = fsize.map(|f| f.max(max));
         }
-        let cgroup = Cgroup::create(&CgroupHost::current(), &format!("vmm-{pid}"), &limits)?;
+        let host = CgroupHost::current();
+        let (id, cgroup) = match config.id {
+            Some(id) => (id, Cgroup::create(&host, &format!("vmm-{id}"), &limits)?),
+            None => {
+                let mut draws = 0;
+                loop {
+                    let id = random_id()?;
+                    draws += 1;
+                    match Cgroup::create(&host, &format!("vmm-{id}"), &limits) {
+                        Ok(cgroup) => break (id, cgroup),
+                        Err(JailError::CgroupExists { dir }) if draws < ID_DRAWS => {
+                            log::debug!("jail: {} exists, drawing another id", dir.display());
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        };
+        log::info!("jail: id {id}, cgroup vmm-{id}");
         Ok(Jail {
-            dir,
-            uid,
-            gid,
+            root,
+            id,
+            uid: config.uid.unwrap_or(id),
+            gid: config.gid.unwrap_or(id),
             new_netns: !vm.host_network,
             cgroup,
             fsize,
@@ -210,6 +232,11 @@ impl Jail {
             sockets: vm.sockets.clone(),
             seccomp: vm.seccomp,
         })
+    }
+
+    /// The jail's id: the cgroup's name is `vmm-<id>`.
+    pub fn id(&self) -> u32 {
+        self.id
     }
 
     /// The cgroup directories made for this VM (one per hierarchy: several on cgroup v1).
@@ -221,6 +248,12 @@ impl Jail {
     /// child, pid 1 of the new namespace, has joined the cgroup and entered its own mount, ipc, uts
     /// and (without taps) net namespaces, and gets [`Jailed`]: build the VM, then
     /// [`Jailed::lock_down`], then run it. Call while the process is single-threaded.
+    ///
+    /// The child starts clean: it dies with the supervisor (parent-death signal, and a pipe only
+    /// the supervisor holds open, checked after setting it), it closes every descriptor but 0, 1
+    /// and 2 (opened on /dev/null if they were closed), empties its environment and its signal
+    /// mask, leaves the caller's session, sets the umask to 077 and the normal scheduling policy. So the caller must hold no descriptor it means to use in
+    /// the child: open files after the fork (as `vm::Vm::new` does).
     pub fn fork(self) -> Result<Forked, JailError> {
         let threads = thread_count();
         if threads > 1 {
@@ -237,6 +270,14 @@ impl Jail {
             unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, &mut old_mask) },
             || "block signals".into(),
         )?;
+        // An ignored SIGCHLD, which a caller passes on through exec, makes the kernel reap the
+        // child itself and send no SIGCHLD: the supervisor would wait for ever. The supervised
+        // signals, blocked now and taken with sigwaitinfo, get their default action back (SIGHUP
+        // excepted: `nohup` ignores it on purpose).
+        for sig in [libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGQUIT] {
+            // SAFETY: SIG_DFL is a valid disposition for these signals, so this cannot fail.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+        }
         let restore_mask = |old: &libc::sigset_t| {
             // SAFETY: `old` is the mask saved above.
             unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
@@ -249,6 +290,13 @@ impl Jail {
             return Err(e);
         }
         let termios = saved_termios();
+        let (alive_read, alive_write) = match lifeline() {
+            Ok(pipe) => pipe,
+            Err(e) => {
+                restore_mask(&old_mask);
+                return Err(e);
+            }
+        };
         // SAFETY: the process is single-threaded (checked above), so the child may run any code.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
@@ -256,6 +304,7 @@ impl Jail {
             return Err(step_err("fork the jailed VMM", io::Error::last_os_error()));
         }
         if pid > 0 {
+            drop(alive_read);
             return Ok(Forked::Supervisor(Supervisor {
                 child: pid,
                 signals,
@@ -263,11 +312,26 @@ impl Jail {
                 cgroup: self.cgroup,
                 sockets: self.sockets,
                 seccomp: self.seccomp,
+                _alive: alive_write,
             }));
         }
-        // The child.
-        restore_mask(&old_mask);
+        // The child. First tie its life to the supervisor's: the parent-death signal, then the
+        // check that the supervisor did not die before it was set (the child is pid 1 of its
+        // namespace, so getppid() says 0 whoever the parent is; the pipe's write end, which only
+        // the supervisor now holds, tells).
+        drop(alive_write);
         set_parent_death_signal()?;
+        if supervisor_gone(&alive_read) {
+            return Err(JailError::SupervisorGone);
+        }
+        // Then drop what the caller handed down. No Rust object of this crate refers to a
+        // descriptor closed here but the write end, dropped above.
+        hygiene::close_inherited_fds(&[alive_read.as_raw_fd(), self.root.raw_fd()])?;
+        hygiene::unblock_all_signals()?;
+        hygiene::leave_the_session()?;
+        hygiene::clear_environment()?;
+        hygiene::restrict_umask();
+        hygiene::normal_scheduling()?;
         self.cgroup.join()?;
         let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
         if self.new_netns {
@@ -294,8 +358,10 @@ impl Jail {
             },
             || "make the mounts private".into(),
         )?;
+        let root = self.root.reopen_in_this_namespace()?;
         Ok(Forked::Jailed(Jailed {
-            dir: self.dir,
+            root,
+            alive: alive_read,
             uid: self.uid,
             gid: self.gid,
             fsize: self.fsize,
@@ -312,6 +378,40 @@ pub enum Forked {
     Supervisor(Supervisor),
     /// The jailed VMM: build the VM, [`Jailed::lock_down`], run it.
     Jailed(Jailed),
+}
+
+/// 1 to 4294967294: 0 is root, and 4294967295 ((uid_t)-1) tells set*id() to leave an id as it
+/// is, so the VMM would stay root.
+fn check_id(kind: &'static str, id: Option<u32>) -> Result<(), JailError> {
+    match id {
+        Some(id @ (0 | u32::MAX)) => Err(JailError::BadId { kind, id }),
+        _ => Ok(()),
+    }
+}
+
+/// A random id from [`ID_BASE`] to 2^31 - 2.
+fn random_id() -> Result<u32, JailError> {
+    let mut bytes = [0u8; 4];
+    // SAFETY: the buffer is valid for 4 bytes.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != 4 {
+        return Err(step_err(
+            "draw a random jail id (getrandom)",
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(ID_BASE + u32::from_ne_bytes(bytes) % (i32::MAX as u32 - ID_BASE))
+}
+
+/// A pipe whose write end only the supervisor keeps: the child sees POLLHUP on the read end once
+/// the supervisor is gone.
+fn lifeline() -> Result<(OwnedFd, OwnedFd), JailError> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    check(ret, || "create the supervisor's lifeline pipe".into())?;
+    // SAFETY: pipe2 returned two new descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 fn thread_count() -> usize {
@@ -364,13 +464,77 @@ mod tests {
         let e = Jail::new(&JailConfig::new("/"), &vm).unwrap_err();
         assert!(matches!(e, JailError::HostRoot), "{e:?}");
         assert!(e.to_string().contains("host's files"), "{e}");
-        let mut c = JailConfig::new("/tmp");
-        c.uid = Some(0);
-        c.gid = Some(7);
+        for (uid, gid, kind, id) in [
+            (Some(0), Some(7), "uid", 0),
+            (Some(7), Some(u32::MAX), "gid", u32::MAX),
+            (Some(u32::MAX), None, "uid", u32::MAX),
+        ] {
+            let mut c = JailConfig::new("/nonexistent/jail");
+            c.uid = uid;
+            c.gid = gid;
+            let e = Jail::new(&c, &vm).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "{kind} {id}: the jailed VMM runs as an unprivileged user and needs ids from \
+                     1 to 4294967294 (0 is root; 4294967295 is -1, which leaves the id unchanged)"
+                )
+            );
+        }
+        // A given jail id is the default uid and gid: the same range.
+        let mut c = JailConfig::new("/nonexistent/jail");
+        c.id = Some(u32::MAX);
+        c.uid = Some(7);
         let e = Jail::new(&c, &vm).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "uid 0, gid 7: the jailed VMM runs as an unprivileged user and needs non-zero ids"
-        );
+        assert!(e.to_string().starts_with("jail id 4294967295:"), "{e}");
+    }
+
+    #[test]
+    fn directories_others_could_swap_or_see_are_refused() {
+        let vm = VmSpec {
+            memory_bytes: 128 << 20,
+            vcpus: 1,
+            ..VmSpec::default()
+        };
+        let base = std::env::temp_dir().join(format!("jail-unit-dirs-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(&base).unwrap();
+        let refused = |dir: &std::path::Path, want: &str| {
+            let e = Jail::new(&JailConfig::new(dir), &vm).unwrap_err();
+            assert!(matches!(e, JailError::DirNotSafe { .. }), "{e:?}");
+            assert!(e.to_string().contains(want), "{e}");
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("'{}' cannot be the jail's root", dir.display())),
+                "{e}"
+            );
+        };
+        // Not empty: the host's /etc and /proc.
+        refused(std::path::Path::new("/etc"), "it is not empty");
+        refused(std::path::Path::new("/proc"), "it is not empty");
+        // A symbolic link, to /etc or to a good directory alike.
+        let good = base.join("good");
+        fs::create_dir(&good).unwrap();
+        std::os::unix::fs::symlink("/etc", base.join("to-etc")).unwrap();
+        std::os::unix::fs::symlink(&good, base.join("to-good")).unwrap();
+        refused(&base.join("to-etc"), "symbolic link");
+        refused(&base.join("to-good"), "symbolic link");
+        // A symbolic link on the way.
+        std::os::unix::fs::symlink(&base, base.join("up")).unwrap();
+        refused(&base.join("up/good"), "symbolic link");
+        // Writable by others, or someone else's.
+        use std::os::unix::fs::PermissionsExt;
+        let open = base.join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+        refused(&open, "mode 1777");
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let theirs = base.join("theirs");
+            fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(1000), None).unwrap();
+            refused(&theirs, "belongs to uid 1000");
+        }
+        fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -3,16 +3,20 @@
 
 use std::fs;
 use std::io;
-use std::path::PathBuf;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::cgroup::Cgroup;
-use crate::error::{check, cstring, step_err, JailError};
+use crate::error::{check, step_err, JailError};
+use crate::root::JailRoot;
 use crate::EXTRA_FDS;
 
 /// The jailed VMM between the fork and the lock-down.
 #[derive(Debug)]
 pub struct Jailed {
-    pub(crate) dir: PathBuf,
+    /// The jail directory, open since `Jail::new`: mounted and entered through this descriptor.
+    pub(crate) root: JailRoot,
+    /// The read end of the pipe whose write end only the supervisor holds.
+    pub(crate) alive: OwnedFd,
     pub(crate) uid: u32,
     pub(crate) gid: u32,
     pub(crate) fsize: Option<u64>,
@@ -36,7 +40,8 @@ impl Jailed {
         }
         // Counted while /proc is still visible.
         let open_fds = highest_fd().saturating_add(1);
-        self.pivot()?;
+        let shown = self.root.path.display().to_string();
+        self.root.pivot()?;
         // SAFETY: the name is a valid buffer of the given length.
         check(unsafe { libc::sethostname(c"vmm".as_ptr(), 3) }, || {
             "set the host name".into()
@@ -59,73 +64,18 @@ impl Jailed {
         }
         set_rlimit(libc::RLIMIT_CORE, 0, "RLIMIT_CORE")?;
         drop_privileges(self.uid, self.gid)?;
-        // Changing credentials cleared the parent-death signal.
+        // Changing credentials cleared the parent-death signal: set it again, then check that the
+        // supervisor did not die in between.
         set_parent_death_signal()?;
+        if supervisor_gone(&self.alive) {
+            return Err(JailError::SupervisorGone);
+        }
+        drop(self.alive);
         log::info!(
-            "jail closed: root {}, uid {} gid {}, no capabilities",
-            self.dir.display(),
+            "jail closed: root {shown}, uid {} gid {}, no capabilities",
             self.uid,
             self.gid
         );
-        Ok(())
-    }
-
-    /// Binds the jail directory read-only (no devices, set-uid or exec) and makes it `/`; the old
-    /// root is detached.
-    fn pivot(&self) -> Result<(), JailError> {
-        let dir = cstring(&self.dir)?;
-        let shown = self.dir.display();
-        check(
-            // SAFETY: `dir` is a valid C string; null fs type and data are allowed for a bind.
-            unsafe {
-                libc::mount(
-                    dir.as_ptr(),
-                    dir.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                )
-            },
-            || format!("bind-mount {shown} onto itself"),
-        )?;
-        let ro = libc::MS_REMOUNT
-            | libc::MS_BIND
-            | libc::MS_RDONLY
-            | libc::MS_NOSUID
-            | libc::MS_NODEV
-            | libc::MS_NOEXEC;
-        check(
-            // SAFETY: as above.
-            unsafe {
-                libc::mount(
-                    std::ptr::null(),
-                    dir.as_ptr(),
-                    std::ptr::null(),
-                    ro,
-                    std::ptr::null(),
-                )
-            },
-            || format!("remount {shown} read-only"),
-        )?;
-        // SAFETY: `dir` is a valid C string.
-        check(unsafe { libc::chdir(dir.as_ptr()) }, || {
-            format!("enter {shown}")
-        })?;
-        // pivot_root(".", "."): the old root ends up stacked on the new one, and is detached next.
-        check(
-            // SAFETY: both paths are valid C strings.
-            unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as i32 },
-            || format!("pivot_root into {shown}"),
-        )?;
-        check(
-            // SAFETY: the path is a valid C string.
-            unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) },
-            || "detach the old root".into(),
-        )?;
-        // SAFETY: the path is a valid C string.
-        check(unsafe { libc::chdir(c"/".as_ptr()) }, || {
-            "enter the new root".into()
-        })?;
         Ok(())
     }
 }
@@ -189,6 +139,7 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
     check(unsafe { libc::setresuid(uid, uid, uid) }, || {
         format!("switch to uid {uid}")
     })?;
+    check_ids(uid, gid)?;
     // Leaving uid 0 already emptied the effective and permitted sets; the inheritable set is
     // emptied here, and all three are then checked.
     let header = CapHeader {
@@ -224,6 +175,31 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
     Ok(())
 }
 
+/// Fails unless the real, effective and saved ids are all `uid` and `gid` and no supplementary
+/// group is left: set*id() can succeed and change nothing (an id of -1).
+fn check_ids(uid: u32, gid: u32) -> Result<(), JailError> {
+    let (mut uids, mut gids) = ([u32::MAX; 3], [u32::MAX; 3]);
+    // SAFETY: three valid out pointers each.
+    let ret = unsafe {
+        libc::getresuid(&mut uids[0], &mut uids[1], &mut uids[2])
+            | libc::getresgid(&mut gids[0], &mut gids[1], &mut gids[2])
+    };
+    check(ret, || "read back the ids".into())?;
+    // SAFETY: a size of 0 only counts the groups; the pointer is not written.
+    let groups = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    check(groups, || "read back the supplementary groups".into())?;
+    if uids != [uid; 3] || gids != [gid; 3] || groups != 0 || uid == 0 || gid == 0 {
+        return Err(JailError::IdsNotApplied {
+            uid,
+            gid,
+            uids,
+            gids,
+            groups: groups as usize,
+        });
+    }
+    Ok(())
+}
+
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 #[repr(C)]
@@ -248,6 +224,19 @@ pub(crate) fn set_parent_death_signal() -> Result<(), JailError> {
         || "set the parent-death signal".into(),
     )?;
     Ok(())
+}
+
+/// Whether the write end of `alive` (held by the supervisor alone) is closed: it died.
+pub(crate) fn supervisor_gone(alive: &OwnedFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd: alive.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; no wait.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    // Nothing is ever written: any event (POLLHUP, POLLERR) or a failure means it is gone.
+    ready != 0
 }
 
 fn is_regular_file(fd: libc::c_int) -> bool {

@@ -10,7 +10,7 @@
 //!
 //! Argument filters where they matter: `ioctl` only to restore the terminal's mode, `mmap` and
 //! `mprotect` never with PROT_EXEC (no new code), `fcntl` by command, `sendto` only without a
-//! destination, `kill` only SIGKILL to the jailed VMM, `tgkill` only SIGABRT to this process
+//! destination, `kill` only SIGKILL or SIGWINCH to the jailed VMM, `tgkill` only SIGABRT to this process
 //! (abort on panic).
 
 use seccomp_rules::{
@@ -55,13 +55,16 @@ fn rules(child: libc::pid_t) -> Result<Rules, BackendError> {
     map.insert(libc::SYS_sendto, send_connected()?);
     map.insert(libc::SYS_mmap, no_exec()?);
     map.insert(libc::SYS_mprotect, no_exec()?);
-    // kill(the jailed VMM, SIGKILL) only.
+    // kill(the jailed VMM, SIGKILL or SIGWINCH) only: SIGWINCH passes a terminal resize on.
+    let kill_child = |sig: libc::c_int| {
+        rule(vec![
+            cond(0, SeccompCmpOp::Eq, child as u64)?,
+            cond(1, SeccompCmpOp::Eq, sig as u64)?,
+        ])
+    };
     map.insert(
         libc::SYS_kill,
-        vec![rule(vec![
-            cond(0, SeccompCmpOp::Eq, child as u64)?,
-            cond(1, SeccompCmpOp::Eq, libc::SIGKILL as u64)?,
-        ])?],
+        vec![kill_child(libc::SIGKILL)?, kill_child(libc::SIGWINCH)?],
     );
     // tgkill(this process, any thread, SIGABRT).
     map.insert(libc::SYS_tgkill, tgkill_self(&[libc::SIGABRT as u64])?);
@@ -127,8 +130,8 @@ mod tests {
         for &nr in seccomp_rules::NEVER_ALLOWED.iter().chain(&event_loop_only) {
             assert!(!rules.contains_key(&nr), "{nr}");
         }
-        // One ioctl (TCSETS), one kill (the child, SIGKILL).
+        // One ioctl (TCSETS), two kills (the child, SIGKILL or SIGWINCH).
         assert_eq!(rules[&libc::SYS_ioctl].len(), 1);
-        assert_eq!(rules[&libc::SYS_kill].len(), 1);
+        assert_eq!(rules[&libc::SYS_kill].len(), 2);
     }
 }

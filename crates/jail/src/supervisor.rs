@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 
 use crate::cgroup::Cgroup;
 use crate::{JailError, SocketSpec};
@@ -16,6 +17,8 @@ pub struct Supervisor {
     pub(crate) cgroup: Cgroup,
     pub(crate) sockets: Vec<SocketSpec>,
     pub(crate) seccomp: bool,
+    /// The write end of the jailed VMM's lifeline: closed when the supervisor dies, however.
+    pub(crate) _alive: OwnedFd,
 }
 
 impl Supervisor {
@@ -24,7 +27,8 @@ impl Supervisor {
         self.child as u32
     }
 
-    /// Waits for the jailed VMM, turning SIGINT, SIGTERM, SIGHUP and SIGQUIT into SIGKILL of it,
+    /// Waits for the jailed VMM, turning SIGINT, SIGTERM, SIGHUP and SIGQUIT into SIGKILL of it
+    /// and passing SIGWINCH on (the jailed VMM has no controlling terminal),
     /// then restores the terminal, removes the cgroup and the socket files, and returns the exit
     /// status to use: the child's, or 128 + the signal that ended it (or that was forwarded).
     ///
@@ -59,7 +63,11 @@ impl Supervisor {
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
             // SAFETY: the set and the out buffer are valid; these signals are blocked in this thread.
             let sig = unsafe { libc::sigwaitinfo(&self.signals, &mut info) };
-            if sig > 0 && sig != libc::SIGCHLD {
+            if sig == libc::SIGWINCH {
+                // The jailed VMM has no controlling terminal: pass the terminal's resize on.
+                // SAFETY: kill has no memory-safety preconditions; the child is ours and unreaped.
+                unsafe { libc::kill(self.child, libc::SIGWINCH) };
+            } else if sig > 0 && sig != libc::SIGCHLD {
                 forwarded.get_or_insert(sig);
                 // SAFETY: kill has no memory-safety preconditions; the child is ours and unreaped.
                 unsafe { libc::kill(self.child, libc::SIGKILL) };
@@ -121,6 +129,7 @@ pub(crate) fn supervised_signals() -> libc::sigset_t {
             libc::SIGHUP,
             libc::SIGQUIT,
             libc::SIGCHLD,
+            libc::SIGWINCH,
         ] {
             libc::sigaddset(&mut set, sig);
         }

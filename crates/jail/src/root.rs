@@ -1,0 +1,254 @@
+//! The jail's root directory: opened once, by a path with no symbolic links, checked through that
+//! descriptor, and later mounted and entered through it, never by its path again.
+//!
+//! Whoever can write a directory on the path could otherwise swap the jail directory (or a
+//! symbolic link on the way) between the check and the pivot, which comes after the VM is built,
+//! and make /etc the VMM's root. So: `openat2` with RESOLVE_NO_SYMLINKS (a symbolic link anywhere
+//! on the path is refused), then the checks on the descriptor (a directory, not the host's root,
+//! owned by root, writable by no one else, empty), then `open_tree` / `move_mount` on the
+//! descriptor to bind it read-only, and `fchdir` into that mount to pivot.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{check, cstring, JailError};
+
+/// The jail directory, open.
+#[derive(Debug)]
+pub(crate) struct JailRoot {
+    /// The path as given, for messages only.
+    pub(crate) path: PathBuf,
+    fd: OwnedFd,
+}
+
+impl JailRoot {
+    /// Opens `dir` without following symbolic links and checks it can be the jail's root.
+    pub(crate) fn open(dir: &Path) -> Result<JailRoot, JailError> {
+        let root = JailRoot {
+            path: dir.to_path_buf(),
+            fd: open_no_symlinks(dir)?,
+        };
+        root.check()?;
+        Ok(root)
+    }
+
+    /// In a new mount namespace: the descriptor still names a mount of the namespace it was
+    /// opened in, which mount calls refuse. Opens the path again here, the same way, and requires
+    /// the very directory checked before (same device and inode: held open, it cannot have been
+    /// freed and reused), checked again.
+    pub(crate) fn reopen_in_this_namespace(self) -> Result<JailRoot, JailError> {
+        let again = JailRoot {
+            fd: open_no_symlinks(&self.path)?,
+            path: self.path.clone(),
+        };
+        let id = |root: &JailRoot| {
+            fs::metadata(root.proc_path())
+                .map(|m| (m.dev(), m.ino()))
+                .map_err(|source| JailError::DirUnusable {
+                    dir: root.path.clone(),
+                    source,
+                })
+        };
+        if id(&again)? != id(&self)? {
+            return Err(JailError::DirNotSafe {
+                dir: self.path.clone(),
+                problem: "it was replaced by another directory while the jail was set up".into(),
+            });
+        }
+        again.check()?;
+        Ok(again)
+    }
+}
+
+/// `openat2` with RESOLVE_NO_SYMLINKS, as a directory.
+fn open_no_symlinks(dir: &Path) -> Result<OwnedFd, JailError> {
+    let c_dir = cstring(dir)?;
+    let how = OpenHow {
+        flags: (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // RESOLVE_NO_SYMLINKS refuses a symbolic link anywhere, the last component included
+    // (O_NOFOLLOW with O_DIRECTORY would report it as ENOTDIR).
+    // SAFETY: a valid C string and open_how of the size given.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c_dir.as_ptr(),
+            &how,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        let source = io::Error::last_os_error();
+        let unsafe_dir = |problem: &str| JailError::DirNotSafe {
+            dir: dir.to_path_buf(),
+            problem: problem.into(),
+        };
+        return Err(match source.raw_os_error() {
+            Some(libc::ENOTDIR) => JailError::NotADirectory {
+                path: dir.to_path_buf(),
+            },
+            Some(libc::ELOOP) | Some(libc::EXDEV) => unsafe_dir(
+                "its path goes through a symbolic link, which whoever owns the link's \
+                     directory could point elsewhere; give the directory's real path",
+            ),
+            _ => JailError::DirUnusable {
+                dir: dir.to_path_buf(),
+                source,
+            },
+        });
+    }
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+impl JailRoot {
+    fn check(&self) -> Result<(), JailError> {
+        let unusable = |source| JailError::DirUnusable {
+            dir: self.path.clone(),
+            source,
+        };
+        let not_safe = |problem: String| JailError::DirNotSafe {
+            dir: self.path.clone(),
+            problem,
+        };
+        let meta = fs::metadata(self.proc_path()).map_err(unusable)?;
+        let host_root = fs::metadata("/").map_err(unusable)?;
+        if (meta.dev(), meta.ino()) == (host_root.dev(), host_root.ino()) {
+            return Err(JailError::HostRoot);
+        }
+        if meta.uid() != 0 {
+            return Err(not_safe(format!("it belongs to uid {}", meta.uid())));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(not_safe(format!(
+                "its group or other users can write it (mode {:o})",
+                meta.mode() & 0o7777
+            )));
+        }
+        if let Some(entry) = fs::read_dir(self.proc_path()).map_err(unusable)?.next() {
+            let name = entry.map_err(unusable)?.file_name();
+            return Err(not_safe(format!(
+                "it is not empty (it holds '{}')",
+                name.to_string_lossy()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The directory through this process's descriptor (the magic link names the very directory
+    /// opened, whatever happened to its path since).
+    fn proc_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Binds the directory read-only (no devices, set-uid or exec) onto itself, makes that mount
+    /// `/` and detaches the old root. Every step goes through descriptors; both are closed at the
+    /// end, as one of them still reaches the host's tree.
+    pub(crate) fn pivot(self) -> Result<(), JailError> {
+        let shown = self.path.display().to_string();
+        // SAFETY: a descriptor we own and an empty C string with AT_EMPTY_PATH.
+        let tree = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                self.fd.as_raw_fd(),
+                c"".as_ptr(),
+                OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | libc::AT_EMPTY_PATH as u32,
+            )
+        };
+        check(tree as i32, || {
+            format!("clone a mount of {shown} (open_tree)")
+        })?;
+        // SAFETY: open_tree returned a new descriptor that nothing else owns.
+        let tree = unsafe { OwnedFd::from_raw_fd(tree as RawFd) };
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+            ..MountAttr::default()
+        };
+        check(
+            // SAFETY: the descriptor is ours; `attr` is a mount_attr of the size given.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_mount_setattr,
+                    tree.as_raw_fd(),
+                    c"".as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                    &attr,
+                    std::mem::size_of::<MountAttr>(),
+                ) as i32
+            },
+            || format!("make the mount of {shown} read-only, nosuid, nodev, noexec"),
+        )?;
+        check(
+            // SAFETY: both descriptors are ours; empty C strings with the EMPTY_PATH flags.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    tree.as_raw_fd(),
+                    c"".as_ptr(),
+                    self.fd.as_raw_fd(),
+                    c"".as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+                ) as i32
+            },
+            || format!("mount {shown} read-only onto itself (move_mount)"),
+        )?;
+        // SAFETY: a descriptor we own.
+        check(unsafe { libc::fchdir(tree.as_raw_fd()) }, || {
+            format!("enter {shown}")
+        })?;
+        // pivot_root(".", "."): the old root ends up stacked on the new one, and is detached next.
+        check(
+            // SAFETY: both paths are valid C strings.
+            unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as i32 },
+            || format!("pivot_root into {shown}"),
+        )?;
+        check(
+            // SAFETY: the path is a valid C string.
+            unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) },
+            || "detach the old root".into(),
+        )?;
+        // SAFETY: the path is a valid C string.
+        check(unsafe { libc::chdir(c"/".as_ptr()) }, || {
+            "enter the new root".into()
+        })?;
+        drop(tree);
+        drop(self.fd);
+        Ok(())
+    }
+}
+
+const OPEN_TREE_CLONE: u32 = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+/// struct open_how (linux/openat2.h).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// struct mount_attr (linux/mount.h), version 0.
+#[repr(C)]
+#[derive(Default)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
