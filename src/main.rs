@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
 use clap::{CommandFactory, Parser};
 use vm::{CharBackend, DiskConfig, ExitReason, NetConfig, SeccompMode, Vm, VmConfig};
@@ -214,6 +214,7 @@ fn main() -> ExitCode {
     // First thing: the reference of the boot timer and of the `-v` start-up timings.
     vm::mark_process_start();
     vm::seccomp::set_forbidden_call_hint("Run with --seccomp off to debug.");
+    handle_sigterm();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,
@@ -281,6 +282,11 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut jailed = None;
+    // Debug builds only, for tests/jail.rs: a FIFO the jailed VMM reads to its end after building
+    // the VM and before entering the jail (read now: the jailed VMM starts with no environment).
+    let pause_before_jail = cfg!(debug_assertions)
+        .then(|| std::env::var_os("VMM_TEST_JAIL_PAUSE"))
+        .flatten();
     if let Some(dir) = cli.jail {
         // Sockets are bound before the fork, so the supervisor knows which inode is the VMM's.
         if let Err(e) = bind_sockets(&mut config) {
@@ -302,7 +308,10 @@ fn main() -> ExitCode {
                 drop(config);
                 return ExitCode::from(supervisor.wait(jail_hint));
             }
-            Ok(jail::Forked::Jailed(child)) => jailed = Some(child),
+            Ok(jail::Forked::Jailed(child)) => {
+                handle_sigterm();
+                jailed = Some(child);
+            }
             Err(e) => {
                 remove_bound_sockets(&config);
                 eprintln!("error: {}{}", error_chain(&e), jail_hint(&e));
@@ -316,6 +325,9 @@ fn main() -> ExitCode {
             eprintln!("{device}: pty {}", path.display());
         }
         if let Some(jail) = jailed {
+            if let Some(fifo) = &pause_before_jail {
+                let _ = std::fs::read(fifo);
+            }
             jail.lock_down()?;
         }
         // Raw mode only while a guest console owns the terminal; restored on every way out of this
@@ -371,29 +383,29 @@ const EXIT_PANIC: u8 = 4;
 /// SIGTERM stopped a guest that did not power off in time: the status of a process SIGTERM ended.
 const EXIT_STOPPED: u8 = 128 + libc::SIGTERM as u8;
 
-/// The shutdown request's eventfd, for the SIGTERM handler; -1 when there is none.
+/// The shutdown request's eventfd, for the SIGTERM handler; -1 while there is none.
 static SHUTDOWN_FD: AtomicI32 = AtomicI32::new(-1);
+/// SIGTERMs that came before the VM could take them (while it was being built).
+static EARLY_SIGTERMS: AtomicU32 = AtomicU32::new(0);
 
 extern "C" fn on_sigterm(_: libc::c_int) {
     let fd = SHUTDOWN_FD.load(Ordering::Acquire);
-    if fd >= 0 {
-        let one = 1u64;
-        // SAFETY: write(2) is async-signal-safe; the buffer is 8 valid bytes; the fd stays open
-        // while the handle in `SigtermShutdown` lives, and is unset before that handle drops.
-        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    if fd < 0 {
+        EARLY_SIGTERMS.fetch_add(1, Ordering::AcqRel);
+        return;
     }
+    let one = 1u64;
+    // SAFETY: write(2) is async-signal-safe; the buffer is 8 valid bytes; the fd stays open while
+    // the handle in `SigtermShutdown` lives, and is unset before that handle drops.
+    unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
 }
 
-/// While this lives, SIGTERM asks the guest to shut down (the power button, then a hard stop
-/// after --shutdown-timeout).
-struct SigtermShutdown {
-    _request: vm::ShutdownRequest,
-}
-
-fn shutdown_on_sigterm(request: vm::ShutdownRequest) -> Option<SigtermShutdown> {
-    use std::os::fd::AsRawFd;
-    SHUTDOWN_FD.store(request.as_raw_fd(), Ordering::Release);
-    // SAFETY: a zeroed sigaction is valid; the handler only loads an atomic and calls write(2).
+/// Makes SIGTERM a shutdown request: counted until the VM exists, then its power button (see
+/// [`shutdown_on_sigterm`]). Called first thing, and again in the jailed VMM, which the jail
+/// starts with default signal actions (and which, as its pid namespace's init, would otherwise
+/// ignore SIGTERM).
+fn handle_sigterm() {
+    // SAFETY: a zeroed sigaction is valid; the handler only touches atomics and calls write(2).
     let installed = unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = on_sigterm as extern "C" fn(libc::c_int) as usize;
@@ -406,10 +418,28 @@ fn shutdown_on_sigterm(request: vm::ShutdownRequest) -> Option<SigtermShutdown> 
             "cannot handle SIGTERM: {}; it will kill vmm",
             std::io::Error::last_os_error()
         );
-        SHUTDOWN_FD.store(-1, Ordering::Release);
-        return None;
     }
-    Some(SigtermShutdown { _request: request })
+}
+
+/// While this lives, SIGTERM asks the guest to shut down (the power button, then a hard stop
+/// after --shutdown-timeout).
+struct SigtermShutdown {
+    _request: vm::ShutdownRequest,
+}
+
+/// Points the SIGTERM handler at `request`. A SIGTERM that came while the VM was being built
+/// stops it before it runs (two requests: no guest is there yet to press a button for).
+fn shutdown_on_sigterm(request: vm::ShutdownRequest) -> SigtermShutdown {
+    use std::os::fd::AsRawFd;
+    SHUTDOWN_FD.store(request.as_raw_fd(), Ordering::Release);
+    if EARLY_SIGTERMS.swap(0, Ordering::AcqRel) > 0 {
+        for _ in 0..2 {
+            if let Err(e) = request.request() {
+                log::warn!("cannot pass on an early SIGTERM: {e}");
+            }
+        }
+    }
+    SigtermShutdown { _request: request }
 }
 
 impl Drop for SigtermShutdown {
@@ -519,6 +549,7 @@ fn jail_spec(config: &VmConfig) -> jail::VmSpec {
             .collect(),
         host_network: !config.nets.is_empty(),
         seccomp: config.seccomp != SeccompMode::Off,
+        shutdown_timeout: config.shutdown_timeout,
         ..jail::VmSpec::default()
     };
     for backend in [&config.serial, &config.console] {

@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -125,6 +124,9 @@ fn boot_jail_confines_the_vmm() {
     let mut vmm = Running::start(&[
         "--kernel",
         test_guests::PARK,
+        // SIGTERM then stops the parked guest (it has no power-button driver) at once.
+        "--shutdown-timeout",
+        "100ms",
         "--jail",
         s(&root),
         "--jail-id",
@@ -321,6 +323,9 @@ fn boot_jail_with_a_tap_keeps_the_net_namespace() {
     let mut vmm = Running::start(&[
         "--kernel",
         test_guests::PARK,
+        // SIGTERM then stops the parked guest (it has no power-button driver) at once.
+        "--shutdown-timeout",
+        "100ms",
         "--net",
         &net,
         "--jail",
@@ -505,7 +510,14 @@ fn boot_jail_drops_inherited_fds_and_environment() {
     let root = jail_root(&scratch);
     let secret = scratch.file("secret", b"secret");
     let secret_c = std::ffi::CString::new(secret.clone()).unwrap();
-    let mut cmd = vmm_command(&["--kernel", test_guests::PARK, "--jail", s(&root)]);
+    let mut cmd = vmm_command(&[
+        "--kernel",
+        test_guests::PARK,
+        "--shutdown-timeout",
+        "100ms",
+        "--jail",
+        s(&root),
+    ]);
     cmd.env("VMM_TEST_SECRET", "hunter2").env("HOME", "/root");
     // SAFETY: only async-signal-safe calls (open, dup2, close, sigprocmask, umask) between fork
     // and exec; the strings were made before the fork.
@@ -585,27 +597,29 @@ fn boot_jail_drops_inherited_fds_and_environment() {
     );
 }
 
-/// The jail directory is opened once: swapping it for a symbolic link to /etc while the VM is
-/// being built (here: while the VMM waits to open its serial output, a FIFO) changes nothing.
+/// The jail directory is opened once: swapping it for a symbolic link to /etc after it was checked
+/// and before the jailed VMM enters it (here: while the VMM, built, waits on a FIFO that debug
+/// builds read when VMM_TEST_JAIL_PAUSE names it) changes nothing.
 #[test]
 fn boot_jail_directory_swapped_while_the_vm_is_built_is_not_followed() {
     require_root!();
     let scratch = Scratch::new("jail-swap");
     let root = jail_root(&scratch);
-    let fifo = scratch.path("serial.fifo");
+    let fifo = scratch.path("pause.fifo");
     let fifo_c = std::ffi::CString::new(s(&fifo)).unwrap();
     // SAFETY: a valid C string.
     assert_eq!(unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) }, 0);
-    let serial = format!("file={}", s(&fifo));
-    let mut vmm = Running::start(&[
+    let mut cmd = vmm_command(&[
         "--kernel",
         test_guests::PARK,
-        "--serial",
-        &serial,
+        "--shutdown-timeout",
+        "100ms",
         "--jail",
         s(&root),
     ]);
-    // The jailed VMM is building the VM once it waits, in Vm::new, for a reader of the FIFO.
+    cmd.env("VMM_TEST_JAIL_PAUSE", &fifo);
+    let mut vmm = Running::spawn(cmd);
+    // The jailed VMM has built the VM once it waits for a writer of the FIFO.
     let building = wait_until(TIMEOUT, || {
         std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", vmm.child.id()))
             .ok()
@@ -613,22 +627,12 @@ fn boot_jail_directory_swapped_while_the_vm_is_built_is_not_followed() {
             .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/wchan")).ok())
             .is_some_and(|wchan| wchan == "wait_for_partner")
     });
-    assert!(building, "the VMM never opened its FIFO: {}", vmm.stop());
+    assert!(building, "the VMM never opened the FIFO: {}", vmm.stop());
     std::fs::rename(&root, scratch.path("moved")).unwrap();
     std::os::unix::fs::symlink("/etc", &root).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        let reader = BufReader::new(std::fs::File::open(&fifo).unwrap());
-        for line in reader.lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let parked = rx.recv_timeout(TIMEOUT);
-    assert!(
-        parked.as_deref().is_ok_and(|l| l.trim_end() == "parked"),
-        "{parked:?}; stderr:\n{}",
-        vmm.stop()
-    );
+    // Let it go on: open the FIFO for writing and close it.
+    drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+    vmm.wait_for_line("parked", TIMEOUT);
     let pid = vmm.jailed_pid();
     let seen: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
         .unwrap()
@@ -789,6 +793,9 @@ fn boot_jail_leaves_the_callers_terminal_session() {
     let mut cmd = vmm_command(&[
         "--kernel",
         test_guests::PARK,
+        // SIGTERM then stops the parked guest (it has no power-button driver) at once.
+        "--shutdown-timeout",
+        "100ms",
         "--seccomp",
         "off",
         "--jail",
@@ -831,4 +838,23 @@ fn boot_jail_leaves_the_callers_terminal_session() {
     vmm.stop();
     // SAFETY: our descriptor.
     unsafe { libc::close(primary) };
+}
+
+/// SIGTERM to the supervisor reaches the jailed VMM as SIGTERM: it presses the guest's power
+/// button, the guest powers off, and the supervisor exits with the VMM's 0.
+#[test]
+fn boot_jail_sigterm_presses_the_guests_power_button() {
+    require_root!();
+    let scratch = Scratch::new("jail-sigterm");
+    let root = jail_root(&scratch);
+    let mut vmm = Running::start(&[
+        "--kernel",
+        test_guests::ACPI,
+        "--cmdline",
+        "action=button",
+        "--jail",
+        s(&root),
+    ]);
+    vmm.wait_for_line("waiting_for_button", TIMEOUT);
+    assert_eq!(vmm.signal_and_wait(libc::SIGTERM, TIMEOUT), Some(0));
 }

@@ -143,6 +143,10 @@ pub struct VmSpec {
     pub host_network: bool,
     /// Whether seccomp filters are on: the supervisor then confines itself with its own too.
     pub seccomp: bool,
+    /// How long the VMM gives its guest to power off after SIGTERM. The supervisor passes SIGTERM
+    /// on, and stops the jailed VMM itself if it has not ended this long (plus a margin) after
+    /// the first one.
+    pub shutdown_timeout: std::time::Duration,
 }
 
 /// A socket file the VMM created: its path and the identity of its inode when it was bound.
@@ -172,6 +176,8 @@ pub struct Jail {
     sockets: Vec<SocketSpec>,
     /// Whether the supervisor filters itself ([`VmSpec::seccomp`]).
     seccomp: bool,
+    /// [`VmSpec::shutdown_timeout`].
+    shutdown_timeout: std::time::Duration,
 }
 
 impl Jail {
@@ -231,6 +237,7 @@ impl Jail {
             nproc: limits.pids,
             sockets: vm.sockets.clone(),
             seccomp: vm.seccomp,
+            shutdown_timeout: vm.shutdown_timeout,
         })
     }
 
@@ -312,6 +319,7 @@ impl Jail {
                 cgroup: self.cgroup,
                 sockets: self.sockets,
                 seccomp: self.seccomp,
+                shutdown_timeout: self.shutdown_timeout,
                 _alive: alive_write,
             }));
         }
@@ -436,12 +444,19 @@ mod tests {
             output_file_max: Some(1 << 30),
             ..VmSpec::default()
         };
-        let jail = Jail::new(&JailConfig::new("/tmp"), &vm).unwrap();
+        // A directory the jail accepts: empty, root's, mode 0755.
+        let dir = std::env::temp_dir().join(format!("vmm-jail-fsize-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let jail = Jail::new(&JailConfig::new(&dir), &vm).unwrap();
         assert_eq!(jail.fsize, Some(1 << 30));
         drop(jail);
         vm.output_file_max = Some(1 << 20);
-        let jail = Jail::new(&JailConfig::new("/tmp"), &vm).unwrap();
+        let jail = Jail::new(&JailConfig::new(&dir), &vm).unwrap();
         assert_eq!(jail.fsize, Some(4 << 20));
+        drop(jail);
+        std::fs::remove_dir(&dir).unwrap();
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //!
 //! Argument filters where they matter: `ioctl` only to restore the terminal's mode, `mmap` and
 //! `mprotect` never with PROT_EXEC (no new code), `fcntl` by command, `sendto` only without a
-//! destination, `kill` only SIGKILL or SIGWINCH to the jailed VMM, `tgkill` only SIGABRT to this process
+//! destination, `kill` only SIGKILL, SIGTERM or SIGWINCH to the jailed VMM, `tgkill` only SIGABRT to this process
 //! (abort on panic).
 
 use seccomp_rules::{
@@ -55,7 +55,8 @@ fn rules(child: libc::pid_t) -> Result<Rules, BackendError> {
     map.insert(libc::SYS_sendto, send_connected()?);
     map.insert(libc::SYS_mmap, no_exec()?);
     map.insert(libc::SYS_mprotect, no_exec()?);
-    // kill(the jailed VMM, SIGKILL or SIGWINCH) only: SIGWINCH passes a terminal resize on.
+    // kill(the jailed VMM, SIGKILL, SIGTERM or SIGWINCH) only: SIGTERM asks the VMM to shut its
+    // guest down, SIGWINCH passes a terminal resize on.
     let kill_child = |sig: libc::c_int| {
         rule(vec![
             cond(0, SeccompCmpOp::Eq, child as u64)?,
@@ -64,7 +65,11 @@ fn rules(child: libc::pid_t) -> Result<Rules, BackendError> {
     };
     map.insert(
         libc::SYS_kill,
-        vec![kill_child(libc::SIGKILL)?, kill_child(libc::SIGWINCH)?],
+        vec![
+            kill_child(libc::SIGKILL)?,
+            kill_child(libc::SIGTERM)?,
+            kill_child(libc::SIGWINCH)?,
+        ],
     );
     // tgkill(this process, any thread, SIGABRT).
     map.insert(libc::SYS_tgkill, tgkill_self(&[libc::SIGABRT as u64])?);
@@ -130,8 +135,8 @@ mod tests {
         for &nr in seccomp_rules::NEVER_ALLOWED.iter().chain(&event_loop_only) {
             assert!(!rules.contains_key(&nr), "{nr}");
         }
-        // One ioctl (TCSETS), two kills (the child, SIGKILL or SIGWINCH).
+        // One ioctl (TCSETS), three kills (the child, SIGKILL, SIGTERM or SIGWINCH).
         assert_eq!(rules[&libc::SYS_ioctl].len(), 1);
-        assert_eq!(rules[&libc::SYS_kill].len(), 2);
+        assert_eq!(rules[&libc::SYS_kill].len(), 3);
     }
 }

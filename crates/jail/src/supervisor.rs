@@ -17,6 +17,8 @@ pub struct Supervisor {
     pub(crate) cgroup: Cgroup,
     pub(crate) sockets: Vec<SocketSpec>,
     pub(crate) seccomp: bool,
+    /// How long after a SIGTERM the jailed VMM may take (its guest's shutdown) before SIGKILL.
+    pub(crate) shutdown_timeout: std::time::Duration,
     /// The write end of the jailed VMM's lifeline: closed when the supervisor dies, however.
     pub(crate) _alive: OwnedFd,
 }
@@ -27,10 +29,12 @@ impl Supervisor {
         self.child as u32
     }
 
-    /// Waits for the jailed VMM, turning SIGINT, SIGTERM, SIGHUP and SIGQUIT into SIGKILL of it
-    /// and passing SIGWINCH on (the jailed VMM has no controlling terminal),
-    /// then restores the terminal, removes the cgroup and the socket files, and returns the exit
-    /// status to use: the child's, or 128 + the signal that ended it (or that was forwarded).
+    /// Waits for the jailed VMM, passing SIGTERM on (the VMM asks its guest to power off, a second
+    /// SIGTERM stops it; if the VMM has not ended [`SHUTDOWN_MARGIN`] after its own shutdown
+    /// timeout, the supervisor kills it), turning SIGINT, SIGHUP and SIGQUIT into SIGKILL of it and
+    /// passing SIGWINCH on (the jailed VMM has no controlling terminal), then restores the
+    /// terminal, removes the cgroup and the socket files, and returns the exit status to use: the
+    /// child's, or 128 + the signal that ended it (or that was turned into SIGKILL).
     ///
     /// With seccomp on, the supervisor first confines itself to what this needs (waiting, signals,
     /// the terminal, removing files and directories): it stays root outside the jail. A forbidden
@@ -49,6 +53,7 @@ impl Supervisor {
             }
         }
         let mut forwarded = None;
+        let mut term_deadline: Option<std::time::Instant> = None;
         let status = loop {
             let mut status = 0;
             // SAFETY: `status` is a valid out pointer.
@@ -61,9 +66,36 @@ impl Supervisor {
             }
             // SAFETY: a zeroed siginfo_t is a valid out buffer.
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: the set and the out buffer are valid; these signals are blocked in this thread.
-            let sig = unsafe { libc::sigwaitinfo(&self.signals, &mut info) };
-            if sig == libc::SIGWINCH {
+            let sig = match term_deadline {
+                // SAFETY: the set and the out buffer are valid; these signals are blocked here.
+                None => unsafe { libc::sigwaitinfo(&self.signals, &mut info) },
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    let timeout = libc::timespec {
+                        tv_sec: left.as_secs() as libc::time_t,
+                        tv_nsec: left.subsec_nanos() as libc::c_long,
+                    };
+                    // SAFETY: the set, the out buffer and the timeout are valid; these signals
+                    // are blocked in this thread.
+                    let sig = unsafe { libc::sigtimedwait(&self.signals, &mut info, &timeout) };
+                    if sig < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {
+                        log::warn!("the jailed VMM did not stop after SIGTERM; killing it");
+                        forwarded = Some(libc::SIGTERM);
+                        // SAFETY: kill has no memory-safety preconditions; the child is ours.
+                        unsafe { libc::kill(self.child, libc::SIGKILL) };
+                        term_deadline = None;
+                    }
+                    sig
+                }
+            };
+            if sig == libc::SIGTERM {
+                // The jailed VMM presses its guest's power button (a second one stops it).
+                // SAFETY: kill has no memory-safety preconditions; the child is ours and unreaped.
+                unsafe { libc::kill(self.child, libc::SIGTERM) };
+                term_deadline.get_or_insert_with(|| {
+                    std::time::Instant::now() + self.shutdown_timeout + SHUTDOWN_MARGIN
+                });
+            } else if sig == libc::SIGWINCH {
                 // The jailed VMM has no controlling terminal: pass the terminal's resize on.
                 // SAFETY: kill has no memory-safety preconditions; the child is ours and unreaped.
                 unsafe { libc::kill(self.child, libc::SIGWINCH) };
@@ -89,6 +121,10 @@ impl Supervisor {
         }
     }
 }
+
+/// How much longer than the VMM's own shutdown timeout the supervisor waits after a SIGTERM
+/// before it kills the jailed VMM (which may not have installed its SIGTERM handler yet).
+pub const SHUTDOWN_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Removes a socket file the VMM made, only if the path still names that socket (the same
 /// device and inode): a file that was there before, or was put there since, is left alone.
