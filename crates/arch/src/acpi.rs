@@ -6,6 +6,8 @@
 //! the RSDP, the XSDT, the FADT, the MADT and the DSDT, all below [`ACPI_TABLES_END`]. There is
 //! no FACS: a hardware-reduced machine has no firmware waking vector or global lock.
 //!
+//! The XSDT lists the FADT and the MADT; the DSDT is reached through the FADT's X_DSDT.
+//!
 //! - **FADT**: the HW_REDUCED_ACPI flag (no PM1 blocks, no SCI, no PM timer), the sleep control and
 //!   status registers and the reset register on the ports of [`ACPI_PM_PORT_BASE`], no VGA, no
 //!   CMOS RTC, no MSI.
@@ -260,8 +262,9 @@ pub fn build(machine: &Machine) -> Result<Tables> {
     }
     let rsdp_len = Rsdp::len() as u64;
     let xsdt_addr = align(ACPI_RSDP_START + rsdp_len);
-    // The XSDT's size is known up front: a header and three 8-byte entries.
-    let xsdt_len = 36 + 3 * 8;
+    // The XSDT's size is known up front: a header and two 8-byte entries (the FADT and the MADT;
+    // the DSDT is found through the FADT only).
+    let xsdt_len = 36 + 2 * 8;
     let fadt_addr = align(xsdt_addr + xsdt_len);
     let madt_bytes = madt(machine);
     let dsdt_bytes = dsdt(machine);
@@ -270,7 +273,7 @@ pub fn build(machine: &Machine) -> Result<Tables> {
     let fadt_bytes = fadt(dsdt_addr);
 
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    for addr in [fadt_addr, madt_addr, dsdt_addr] {
+    for addr in [fadt_addr, madt_addr] {
         xsdt.add_entry(addr);
     }
     let xsdt_bytes = to_bytes(&xsdt);
@@ -357,13 +360,18 @@ mod tests {
                 .map(|at| u64_at(xsdt, at))
                 .collect();
             let signatures: Vec<&[u8]> = entries.iter().map(|&a| &table_at(&t, a)[..4]).collect();
-            assert_eq!(signatures, [b"FACP", b"APIC", b"DSDT"]);
-            for &addr in &entries {
+            assert_eq!(
+                signatures,
+                [b"FACP", b"APIC"],
+                "the DSDT only through the FADT"
+            );
+            // The FADT's X_DSDT (offset 140) leads to the DSDT.
+            let dsdt = u64_at(table_at(&t, entries[0]), 140);
+            assert_eq!(&table_at(&t, dsdt)[..4], b"DSDT");
+            for addr in entries.into_iter().chain([dsdt]) {
                 assert_eq!(sum(table_at(&t, addr)), 0);
                 assert_eq!(addr % TABLE_ALIGN, 0);
             }
-            // The FADT's X_DSDT (offset 140) is the XSDT's DSDT.
-            assert_eq!(u64_at(table_at(&t, entries[0]), 140), entries[2]);
             assert!(ACPI_RSDP_START + t.bytes.len() as u64 <= ACPI_TABLES_END);
         }
     }
