@@ -405,12 +405,18 @@ extern "C" fn on_sigterm(_: libc::c_int) {
 /// starts with default signal actions (and which, as its pid namespace's init, would otherwise
 /// ignore SIGTERM).
 fn handle_sigterm() {
-    // SAFETY: a zeroed sigaction is valid; the handler only touches atomics and calls write(2).
+    // SAFETY: a zeroed sigaction and sigset are valid once initialised by sigemptyset; the
+    // handler only touches atomics and calls write(2). SIGTERM is also unblocked: a mask the
+    // caller left blocked survives exec, and every thread vmm starts inherits this one's.
     let installed = unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = on_sigterm as extern "C" fn(libc::c_int) as usize;
         action.sa_flags = libc::SA_RESTART;
         libc::sigemptyset(&mut action.sa_mask);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
         libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut()) == 0
     };
     if !installed {
@@ -422,9 +428,9 @@ fn handle_sigterm() {
 }
 
 /// While this lives, SIGTERM asks the guest to shut down (the power button, then a hard stop
-/// after --shutdown-timeout).
+/// after --shutdown-timeout); when it drops, SIGTERM kills vmm again.
 struct SigtermShutdown {
-    _request: vm::ShutdownRequest,
+    request: Option<vm::ShutdownRequest>,
 }
 
 /// Points the SIGTERM handler at `request`. A SIGTERM that came while the VM was being built
@@ -439,12 +445,20 @@ fn shutdown_on_sigterm(request: vm::ShutdownRequest) -> SigtermShutdown {
             }
         }
     }
-    SigtermShutdown { _request: request }
+    SigtermShutdown {
+        request: Some(request),
+    }
 }
 
 impl Drop for SigtermShutdown {
     fn drop(&mut self) {
+        // SAFETY: restoring the default action has no preconditions.
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_DFL) };
         SHUTDOWN_FD.store(-1, Ordering::Release);
+        // The eventfd stays open for the rest of the process: a handler that loaded its number
+        // on another thread just before this may still write to it, and must not reach a file
+        // that reused the number.
+        std::mem::forget(self.request.take());
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{run_vmm, Run, Running, Scratch};
+use common::{run_vmm, vmm_command, Run, Running, Scratch};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -277,6 +277,18 @@ fn boot_second_sigterm_or_no_acpi_stops_at_once() {
     assert_eq!(vmm.signal_and_wait(libc::SIGTERM, TIMEOUT), Some(143));
     assert!(vmm.stop().contains("no power button"));
 
+    // The guest's own acpi=off: nobody hears the button, so the first SIGTERM stops the VM too.
+    let mut vmm = Running::start(&["--kernel", kernel, "--cmdline", "action=hang acpi=off"]);
+    vmm.wait_for_line("hanging", TIMEOUT);
+    assert_eq!(vmm.signal_and_wait(libc::SIGTERM, TIMEOUT), Some(143));
+    assert!(vmm.stop().contains("no power button"));
+
+    // --shutdown-timeout 0: no time to power off, stopped at once.
+    let args = ["--kernel", kernel, "--cmdline", "action=hang", "--shutdown-timeout", "0"];
+    let mut vmm = Running::start(&args);
+    vmm.wait_for_line("hanging", TIMEOUT);
+    assert_eq!(vmm.signal_and_wait(libc::SIGTERM, TIMEOUT), Some(143));
+
     // With ACPI, the second SIGTERM does not wait for the (long) timeout.
     let mut vmm = Running::start(&["--kernel", kernel, "--cmdline", "action=hang"]);
     vmm.wait_for_line("hanging", TIMEOUT);
@@ -286,4 +298,38 @@ fn boot_second_sigterm_or_no_acpi_stops_at_once() {
     let code = vmm.signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
     assert_eq!(code, Some(143));
     assert!(vmm.stop().contains("shutdown requested again"));
+}
+
+/// A caller that leaves SIGTERM and the vCPU kick signal blocked (a mask survives exec) cannot make
+/// vmm unstoppable: SIGTERM still presses the button, and a 2-vCPU guest's power-off still ends
+/// the VM (the other vCPU is kicked out of KVM_RUN).
+#[test]
+fn boot_signals_blocked_by_the_caller_still_work() {
+    require_kvm!();
+    let mut cmd = vmm_command(&[
+        "--kernel",
+        test_guests::ACPI,
+        "--cpus",
+        "2",
+        "--cmdline",
+        "action=button",
+    ]);
+    // SAFETY: sigprocmask is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            // Every real-time signal, the vCPU kick among them.
+            for sig in libc::SIGRTMIN()..=libc::SIGRTMAX() {
+                libc::sigaddset(&mut set, sig);
+            }
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let mut vmm = Running::spawn(cmd);
+    vmm.wait_for_line("waiting_for_button", TIMEOUT);
+    assert_eq!(vmm.signal_and_wait(libc::SIGTERM, TIMEOUT), Some(0));
 }

@@ -12,7 +12,8 @@
 //!   status registers and the reset register on the ports of [`ACPI_PM_PORT_BASE`], no VGA, no
 //!   CMOS RTC, no MSI.
 //! - **MADT**: one enabled local APIC per vCPU (APIC ID = index), the I/O APIC with ID `vcpus` and
-//!   GSI base 0 (as the MP table says), PCAT_COMPAT when KVM emulates the 8259 PICs.
+//!   GSI base 0, LINT1 as NMI on every processor (as the MP table says), PCAT_COMPAT when KVM
+//!   emulates the 8259 PICs.
 //! - **DSDT**: in `\_SB`, COM1 (`PNP0501`), one `LNRO0005` device per virtio-mmio slot in use (the
 //!   binding Linux's virtio-mmio driver has), pvpanic (`QEMU0001`, port [`PVPANIC_PORT`]), the power
 //!   button (`PNP0C0C`) and a Generic Event Device (`ACPI0013`) whose interrupt
@@ -63,6 +64,9 @@ const OEM_REVISION: u32 = 1;
 const IAPC_BOOT_ARCH: u16 = (1 << 2) | (1 << 3) | (1 << 5);
 /// MADT flags: PCAT_COMPAT, the machine has 8259 PICs (to be masked by the guest).
 const MADT_PCAT_COMPAT: u32 = 1;
+/// MADT local APIC NMI structure: type 4, length 6, processor UID 0xff (all), flags 0
+/// (conforming polarity and trigger), LINT1.
+const LAPIC_NMI_ALL_LINT1: [u8; 6] = [4, 6, 0xff, 0, 0, 1];
 /// Offset of the MADT's flags and of every table's checksum byte.
 const MADT_FLAGS_OFFSET: usize = 40;
 const CHECKSUM_OFFSET: usize = 9;
@@ -141,11 +145,16 @@ fn madt(machine: &Machine) -> Vec<u8> {
     }
     madt.add_structure(IoApic::new(machine.vcpus, IOAPIC_ADDR as u32, 0));
     let mut bytes = to_bytes(&madt);
+    // The local APIC NMI structure (the crate has none): every processor's LINT1 is the NMI
+    // input, as the MP table says and the vCPUs' LAPICs are set up.
+    bytes.extend_from_slice(&LAPIC_NMI_ALL_LINT1);
+    let len = bytes.len() as u32;
+    bytes[4..8].copy_from_slice(&len.to_le_bytes());
     if machine.legacy_pics {
         bytes[MADT_FLAGS_OFFSET..MADT_FLAGS_OFFSET + 4]
             .copy_from_slice(&MADT_PCAT_COMPAT.to_le_bytes());
-        fix_checksum(&mut bytes);
     }
+    fix_checksum(&mut bytes);
     bytes
 }
 
@@ -387,9 +396,11 @@ mod tests {
             let mut at = 44;
             let mut apic_ids = Vec::new();
             let mut ioapics = Vec::new();
+            let mut nmis = Vec::new();
             while at < madt.len() {
                 let (kind, len) = (madt[at], madt[at + 1] as usize);
                 match kind {
+                    4 => nmis.push(madt[at..at + len].to_vec()),
                     0 => {
                         assert_eq!(u32_at(madt, at + 4), 1, "enabled");
                         apic_ids.push(madt[at + 3]);
@@ -401,6 +412,8 @@ mod tests {
             }
             assert_eq!(apic_ids, (0..vcpus).collect::<Vec<_>>());
             assert_eq!(ioapics, [(vcpus, IOAPIC_ADDR as u32, 0)]);
+            assert_eq!(nmis, [LAPIC_NMI_ALL_LINT1.to_vec()], "LINT1 is NMI on every CPU");
+            assert_eq!(at, madt.len(), "the entries fill the table");
         }
         let mut with_pics = machine(2, 0);
         with_pics.legacy_pics = true;

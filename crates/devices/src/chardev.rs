@@ -1155,6 +1155,16 @@ fn open_output_file(path: &Path, truncate: bool) -> Result<File, Error> {
             meta.nlink()
         )));
     }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid {
+        // Someone else made it (in a shared directory, before vmm ran): they could read the
+        // guest's output in it, or size it past the cap.
+        return Err(refused(format!(
+            "belongs to uid {}, not to vmm's uid {euid}",
+            meta.uid()
+        )));
+    }
     if truncate {
         file.set_len(0)
             .map_err(chardev_err(format!("cannot empty '{}'", path.display())))?;
@@ -1259,6 +1269,23 @@ mod tests {
         dev.write_lossy(b"new");
         drop(dev);
         assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// A file another user made (say in a shared /tmp, before vmm ran) is refused: its owner could
+    /// read the guest's output or size it past the cap.
+    #[test]
+    fn file_backend_refuses_a_file_another_user_owns() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // only root can give a file away
+        }
+        let path = temp("theirs.log");
+        std::fs::write(&path, b"").unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        let e = Chardev::file("t", &path, FileOptions::default()).unwrap_err();
+        assert!(matches!(e, Error::OutputFileRefused { .. }), "{e}");
+        assert!(e.to_string().contains("belongs to uid 65534"), "{e}");
         let _ = std::fs::remove_file(&path);
     }
 

@@ -522,7 +522,8 @@ pub struct VmConfig {
     /// command-line devices only, for kernels without ACPI.
     pub acpi: bool,
     /// How long [`crate::ShutdownRequest::request`] waits, after pressing the power button, for the
-    /// guest to power off before the VM is stopped ([`crate::ExitReason::Stopped`]).
+    /// guest to power off before the VM is stopped ([`crate::ExitReason::Stopped`]); zero stops
+    /// it at once.
     pub shutdown_timeout: std::time::Duration,
 }
 

@@ -219,7 +219,8 @@ pub(crate) fn open_regular(
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK)
+        // O_NOCTTY: a terminal named by mistake must not become vmm's controlling terminal.
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)?;
     let meta = file.metadata()?;
     let kind = meta.file_type();
@@ -387,9 +388,14 @@ pub(crate) fn build_cmdline(base: &str, additions: &[String], capacity: usize) -
 }
 
 /// Whether the guest uses ACPI: the VM offers it (`acpi`) and the command line does not turn it
-/// off (`acpi=off`, which makes Linux ignore the tables and read the MP table).
+/// off (`acpi=off`, or `acpi=ht`, which leaves the interpreter off too: Linux then ignores the
+/// DSDT and reads the MP table). Words after `--` are init's, not the kernel's. A kernel with
+/// `acpi=off` built into its own command line cannot be seen from here: give it `--acpi off`.
 pub(crate) fn guest_uses_acpi(acpi: bool, cmdline: &str) -> bool {
-    acpi && !cmdline.split_whitespace().any(|w| w == "acpi=off")
+    acpi && !cmdline
+        .split_whitespace()
+        .take_while(|w| *w != "--")
+        .any(|w| w == "acpi=off" || w == "acpi=ht")
 }
 
 /// Whether the command line already sets `key` (as `key` or `key=…`).
@@ -466,6 +472,8 @@ mod tests {
         assert!(guest_uses_acpi(true, "console=ttyS0 panic=1"));
         assert!(guest_uses_acpi(true, "xacpi=off acpi=on"));
         assert!(!guest_uses_acpi(true, "console=ttyS0 acpi=off"));
+        assert!(!guest_uses_acpi(true, "acpi=ht console=ttyS0"));
+        assert!(guest_uses_acpi(true, "console=ttyS0 -- acpi=off"));
         assert!(!guest_uses_acpi(false, "console=ttyS0"));
     }
 

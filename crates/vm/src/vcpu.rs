@@ -48,6 +48,17 @@ extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc:
     });
 }
 
+/// Unblocks `signal` in the calling thread.
+fn unblock_signal(signal: libc::c_int) {
+    // SAFETY: the set is initialised by sigemptyset before use; pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// Installs the kick handler once per process.
 pub(crate) fn install_kick_handler() -> Result<()> {
     static ONCE: Once = Once::new();
@@ -192,6 +203,10 @@ pub(crate) struct Vcpu {
 impl Vcpu {
     /// The thread body: runs until the guest stops, an error, or the stop flag.
     pub(crate) fn run(mut self) {
+        // The kick must reach this thread even if whoever spawned it had the signal blocked (a
+        // mask is inherited across exec and thread creation): a blocked kick would leave a vCPU
+        // in KVM_RUN after the VM stopped, and Vm::run waiting for it.
+        unblock_signal(kick_signal());
         if let Some(program) = self.seccomp.take() {
             let name = format!("vcpu{}", self.index);
             if let Err(e) = crate::seccomp::apply(ThreadKind::Vcpu, &program, &name) {

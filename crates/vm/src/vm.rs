@@ -84,10 +84,16 @@ impl Vm {
         if irqchip == IrqChip::Split {
             devices.add_split_irqchip()?;
         }
-        let power_button = match config.acpi {
+        // The guest's own `acpi=off` leaves the registers unused and the power button unheard: a
+        // shutdown request then stops the VM at once instead of waiting for it.
+        let console_on = config.console.is_on();
+        let base = kernel::base_cmdline(config.cmdline.as_deref(), console_on);
+        let guest_acpi = kernel::guest_uses_acpi(config.acpi, base);
+        let acpi_platform = match config.acpi {
             true => Some(devices.add_acpi_platform(&exit)?),
             false => None,
         };
+        let power_button = acpi_platform.filter(|_| guest_acpi);
         devices.add_pvpanic(&exit)?;
         devices.add_exit_device(&exit)?;
         let shutdown = ShutdownRequest(Arc::new(
@@ -108,7 +114,6 @@ impl Vm {
         for nic in &config.nets {
             devices.add_net_device(nic)?;
         }
-        let console_on = config.console.is_on();
         if console_on {
             devices.add_virtio_console(config.console)?;
         }
@@ -118,7 +123,6 @@ impl Vm {
         let vcpus = vcpu::create_vcpus(&vm_fd, &mem, &cpuid, &kernel.entry, config.vcpus)?;
 
         // 7. The command line: the caller's or ours, then host quirks, the root disk, the devices.
-        let base = kernel::base_cmdline(config.cmdline.as_deref(), console_on);
         let tsc_khz = || vcpus.first().and_then(|v| v.get_tsc_khz().ok());
         let quirks = quirks::cmdline_params(base, &cpuid, tsc_khz, config.vcpus);
         let root_disk = match (config.disks.first(), &initrd) {
@@ -126,7 +130,7 @@ impl Vm {
             _ => None,
         };
         // With ACPI the guest finds the virtio devices in the DSDT; without, on the command line.
-        let device_entries = match kernel::guest_uses_acpi(config.acpi, base) {
+        let device_entries = match guest_acpi {
             true => &[][..],
             false => devices.cmdline_entries(),
         };
@@ -337,6 +341,9 @@ impl ShutdownWatcher {
         };
         if self.pressed || count > 1 {
             return self.stop("shutdown requested again");
+        }
+        if self.timeout.is_zero() {
+            return self.stop("shutdown requested with no time to power off");
         }
         self.pressed = true;
         let pressed = button

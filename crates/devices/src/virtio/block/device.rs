@@ -56,7 +56,8 @@ impl Block {
         let mut file = OpenOptions::new()
             .read(true)
             .write(!config.read_only)
-            .custom_flags(libc::O_NONBLOCK)
+            // O_NOCTTY: a terminal named by mistake must not become vmm's controlling terminal.
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
             .open(path)
             .map_err(open_err)?;
         let size_err = |error| Error::DiskSize {

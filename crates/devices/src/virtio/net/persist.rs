@@ -113,7 +113,12 @@ impl Net {
                 return Err(mismatch("held RX chains in a device not activated".into()));
             };
             let (max_chains, max_bufs) = max_held(rx.size());
-            if held.len() >= max_chains || held.bufs() + chain.bufs.len() > max_bufs {
+            // The live device's own rule (`deliver`): it takes another chain only while it holds
+            // fewer than the limits, whatever that chain's size.
+            if held.len() >= max_chains
+                || held.bufs() >= max_bufs
+                || chain.bufs.len() > usize::from(rx.size())
+            {
                 return Err(mismatch(format!(
                     "more than {max_chains} held RX chains or {max_bufs} buffers in them"
                 )));
@@ -284,8 +289,10 @@ mod tests {
         assert!(matches!(err, Err(PersistError::Mismatch { .. })), "{err:?}");
     }
 
-    /// The device never holds more buffers than [`max_held`] allows for one frame; a state with
-    /// more (a crafted buffer list of any length) is refused.
+    /// The device never holds more buffers than [`max_held`] allows for one frame, nor a chain
+    /// longer than the queue; a state with more (a crafted buffer list of any length) is refused,
+    /// and a state the live device reaches (chains taken while it held fewer than the limits)
+    /// is not.
     #[test]
     fn more_held_buffers_than_the_device_holds_are_refused() {
         let (_p, a) = net();
@@ -300,8 +307,26 @@ mod tests {
         });
         state.rx_frame = Some(vec![0; 60]);
         state.core.queues[RX_QUEUE].next_avail += 1;
-        let err = a.lock().unwrap().restore(state);
+        let err = a.lock().unwrap().restore(state.clone());
         assert!(format!("{err:?}").contains("buffers"), "{err:?}");
         assert!(matches!(err, Err(PersistError::Mismatch { .. })), "{err:?}");
+
+        // What the live device can reach: chains of one buffer up to one below the limit, then
+        // one long chain (as long as the queue) on top.
+        state.held.clear();
+        for head in 0..(max_bufs as u16 - 1).min(size / 2) {
+            state.held.push(HeldChain {
+                head,
+                bufs: vec![(DATA + u64::from(head), 1)],
+            });
+        }
+        let n = state.held.len() as u16;
+        state.held.push(HeldChain {
+            head: n,
+            bufs: (0..u64::from(size)).map(|i| (DATA + 0x1000 + i, 1)).collect(),
+        });
+        state.core.queues[RX_QUEUE].next_avail = state.core.queues[RX_QUEUE].next_used + n + 1;
+        let restored = a.lock().unwrap().restore(state);
+        assert!(restored.is_ok(), "{restored:?}");
     }
 }
