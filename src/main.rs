@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 
 use clap::{CommandFactory, Parser};
 use vm::{CharBackend, DiskConfig, ExitReason, NetConfig, SeccompMode, Vm, VmConfig};
@@ -387,10 +387,17 @@ const EXIT_STOPPED: u8 = 128 + libc::SIGTERM as u8;
 static SHUTDOWN_FD: AtomicI32 = AtomicI32::new(-1);
 /// SIGTERMs that came before the VM could take them (while it was being built).
 static EARLY_SIGTERMS: AtomicU32 = AtomicU32::new(0);
+/// The VM has stopped: SIGTERM ends vmm, as its default action would (which seccomp no longer
+/// lets this process restore).
+static VM_GONE: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_sigterm(_: libc::c_int) {
     let fd = SHUTDOWN_FD.load(Ordering::Acquire);
     if fd < 0 {
+        if VM_GONE.load(Ordering::Acquire) {
+            // SAFETY: _exit is async-signal-safe and ends the process.
+            unsafe { libc::_exit(i32::from(EXIT_STOPPED)) };
+        }
         EARLY_SIGTERMS.fetch_add(1, Ordering::AcqRel);
         return;
     }
@@ -428,7 +435,7 @@ fn handle_sigterm() {
 }
 
 /// While this lives, SIGTERM asks the guest to shut down (the power button, then a hard stop
-/// after --shutdown-timeout); when it drops, SIGTERM kills vmm again.
+/// after --shutdown-timeout); when it drops, SIGTERM ends vmm (status 143) again.
 struct SigtermShutdown {
     request: Option<vm::ShutdownRequest>,
 }
@@ -452,8 +459,7 @@ fn shutdown_on_sigterm(request: vm::ShutdownRequest) -> SigtermShutdown {
 
 impl Drop for SigtermShutdown {
     fn drop(&mut self) {
-        // SAFETY: restoring the default action has no preconditions.
-        unsafe { libc::signal(libc::SIGTERM, libc::SIG_DFL) };
+        VM_GONE.store(true, Ordering::Release);
         SHUTDOWN_FD.store(-1, Ordering::Release);
         // The eventfd stays open for the rest of the process: a handler that loaded its number
         // on another thread just before this may still write to it, and must not reach a file

@@ -284,7 +284,14 @@ fn boot_second_sigterm_or_no_acpi_stops_at_once() {
     assert!(vmm.stop().contains("no power button"));
 
     // --shutdown-timeout 0: no time to power off, stopped at once.
-    let args = ["--kernel", kernel, "--cmdline", "action=hang", "--shutdown-timeout", "0"];
+    let args = [
+        "--kernel",
+        kernel,
+        "--cmdline",
+        "action=hang",
+        "--shutdown-timeout",
+        "0",
+    ];
     let mut vmm = Running::start(&args);
     vmm.wait_for_line("hanging", TIMEOUT);
     assert_eq!(vmm.signal_and_wait(libc::SIGTERM, TIMEOUT), Some(143));

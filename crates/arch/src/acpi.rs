@@ -412,7 +412,11 @@ mod tests {
             }
             assert_eq!(apic_ids, (0..vcpus).collect::<Vec<_>>());
             assert_eq!(ioapics, [(vcpus, IOAPIC_ADDR as u32, 0)]);
-            assert_eq!(nmis, [LAPIC_NMI_ALL_LINT1.to_vec()], "LINT1 is NMI on every CPU");
+            assert_eq!(
+                nmis,
+                [LAPIC_NMI_ALL_LINT1.to_vec()],
+                "LINT1 is NMI on every CPU"
+            );
             assert_eq!(at, madt.len(), "the entries fill the table");
         }
         let mut with_pics = machine(2, 0);

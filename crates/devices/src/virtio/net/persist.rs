@@ -323,7 +323,9 @@ mod tests {
         let n = state.held.len() as u16;
         state.held.push(HeldChain {
             head: n,
-            bufs: (0..u64::from(size)).map(|i| (DATA + 0x1000 + i, 1)).collect(),
+            bufs: (0..u64::from(size))
+                .map(|i| (DATA + 0x1000 + i, 1))
+                .collect(),
         });
         state.core.queues[RX_QUEUE].next_avail = state.core.queues[RX_QUEUE].next_used + n + 1;
         let restored = a.lock().unwrap().restore(state);
