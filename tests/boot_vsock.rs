@@ -92,7 +92,9 @@ fn finish(mut vmm: Running, sock: &Path, accepted: u32) {
     while vmm.is_running() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(10));
     }
+    let code = vmm.child.try_wait().expect("wait").and_then(|st| st.code());
     let stderr = vmm.stop();
+    assert_eq!(code, Some(0), "vmm's exit status; stderr:\n{stderr}");
     assert!(
         !stderr.contains("seccomp"),
         "the device made a call its filter does not allow:\n{stderr}"
