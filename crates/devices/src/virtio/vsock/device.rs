@@ -9,7 +9,7 @@ use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::muxer::{Muxer, Outgoing, Took};
 use super::packet::{self, Header, Invalid, HDR_LEN};
-use super::{MAX_PKT_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_ID_VSOCK};
+use super::{EVENT_QUEUE, MAX_PKT_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_ID_VSOCK};
 use crate::chardev::SocketFile;
 use crate::virtio::{Chain, Step, VirtioCore, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::{Error, GuestMemoryMmap};
@@ -259,9 +259,11 @@ impl Vsock {
 impl VirtioDevice for Vsock {
     crate::virtio::core_accessors!(core);
 
-    /// Connections do not survive a reset: their host sockets are closed.
+    /// Connections do not survive a reset: their host sockets are closed (those the event loop
+    /// watches once it has stopped watching them: the event queue's kick brings it round).
     fn on_reset(&mut self) {
         self.muxer.reset();
+        self.core.kick(EVENT_QUEUE);
     }
 }
 

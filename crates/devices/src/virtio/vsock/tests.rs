@@ -636,12 +636,42 @@ fn callers_beyond_the_bound_are_refused() {
 }
 
 #[test]
+fn guest_requests_beyond_the_bound_are_reset() {
+    let mut h = Harness::new("gflood");
+    let _listener = UnixListener::bind(unix::port_path(&h.path, 52)).unwrap();
+    let (mut ok, mut rst) = (0, 0);
+    let mut port = 0u32;
+    while port < (MAX_CONNS + 8) as u32 {
+        h.post_rx(QSIZE, 4096);
+        for _ in 0..8 {
+            h.post_tx(g(VSOCK_OP_REQUEST, 10_000 + port, 52), &[]);
+            port += 1;
+        }
+        h.dev.process_tx();
+        h.dev.run();
+        for (p, _) in h.recv() {
+            match p.op {
+                VSOCK_OP_RESPONSE => ok += 1,
+                VSOCK_OP_RST => rst += 1,
+                op => panic!("op {op}"),
+            }
+        }
+    }
+    assert_eq!((ok, rst), (MAX_CONNS, 8));
+    assert_eq!(h.dev.connections(), MAX_CONNS);
+}
+
+#[test]
 fn a_reset_device_closes_every_connection() {
     let mut h = Harness::new("reset");
     let (mut host, req) = h.host_connect(85);
     h.guest_accepts(&mut host, &req);
+    let evt = &h.dev.core.queue_events()[EVENT_QUEUE];
+    let _ = evt.read();
     h.dev.reset();
     assert_eq!(h.dev.connections(), 0);
+    // The event loop is brought round to stop watching the closed sockets.
+    assert_eq!(h.dev.core.queue_events()[EVENT_QUEUE].read().unwrap(), 1);
     let mut b = [0u8; 1];
     assert_eq!(host.read(&mut b).unwrap(), 0);
 }
