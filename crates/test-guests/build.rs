@@ -98,6 +98,11 @@ const GUESTS: &[Guest] = &[
         sources: &["virtio_console.c"],
     },
     Guest {
+        name: "vsock",
+        entry: Entry::Pvh,
+        sources: &["vsock.c"],
+    },
+    Guest {
         name: "echo_cmdline",
         entry: Entry::Linux64,
         sources: &["echo_cmdline.c"],

@@ -254,6 +254,11 @@ impl SocketFile {
         &self.path
     }
 
+    /// The listening socket (non-blocking).
+    pub fn listener(&self) -> &UnixListener {
+        &self.listener
+    }
+
     /// The socket inode's identity.
     pub fn id(&self) -> FileId {
         self.id

@@ -214,6 +214,13 @@ pub enum Error {
         /// What is there.
         kind: String,
     },
+    /// A vsock guest CID outside 3 to 2^32 - 2 (0 to 2 name the hypervisor, the loopback and
+    /// the host; 2^32 - 1 is "any").
+    #[error("vsock guest CID {cid}: a guest's CID is 3 to 4294967294")]
+    VsockCid {
+        /// The CID asked for.
+        cid: u64,
+    },
     /// A file backend's path is not a file guest output may go to.
     #[error("'{path}' {why}: guest output goes to a new or existing regular file, or /dev/null")]
     OutputFileRefused {

@@ -34,6 +34,9 @@ pub enum SyscallRule {
     Fcntl(i32),
     /// `send(2)` on a connected socket: `sendto` without a destination address.
     SendConnected,
+    /// `socket(AF_UNIX, SOCK_STREAM [| SOCK_NONBLOCK | SOCK_CLOEXEC], 0)`: a Unix stream socket,
+    /// no other family or type.
+    UnixStreamSocket,
 }
 
 /// The system calls of one device or backend, per thread.
@@ -74,6 +77,7 @@ pub const ALL: &[&Syscalls] = &[
     &crate::virtio::net::seccomp::NET,
     &crate::virtio::net::seccomp::TAP,
     &crate::virtio::console::seccomp::CONSOLE,
+    &crate::virtio::vsock::seccomp::VSOCK,
     &crate::chardev::STDIO_SYSCALLS,
     &crate::chardev::FILE_SYSCALLS,
     &crate::chardev::PTY_SYSCALLS,
@@ -111,6 +115,7 @@ mod tests {
                             libc::SYS_mprotect,
                             libc::SYS_tgkill,
                             libc::SYS_kill,
+                            libc::SYS_socket,
                         ];
                         assert!(
                             !checked.contains(nr),

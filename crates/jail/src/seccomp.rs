@@ -132,7 +132,11 @@ mod tests {
             assert!(rules.contains_key(&nr), "{nr}");
         }
         let event_loop_only = [libc::SYS_epoll_wait, libc::SYS_pwrite64, libc::SYS_accept4];
-        for &nr in seccomp_rules::NEVER_ALLOWED.iter().chain(&event_loop_only) {
+        for &nr in seccomp_rules::NEVER_ALLOWED
+            .iter()
+            .chain(seccomp_rules::SOCKET_CALLS)
+            .chain(&event_loop_only)
+        {
             assert!(!rules.contains_key(&nr), "{nr}");
         }
         // One ioctl (TCSETS), three kills (the child, SIGKILL, SIGTERM or SIGWINCH).

@@ -48,18 +48,21 @@ pub const COMMON: &[i64] = &[
     libc::SYS_exit_group,
 ];
 
-/// Calls no filter of vmm's allows, whatever the thread: opening files, making sockets, starting
-/// processes or threads, tracing. Each filter's tests check it against this list.
+/// Calls no filter of vmm's allows, whatever the thread: opening files, starting processes or
+/// threads, tracing. Each filter's tests check it against this list.
 pub const NEVER_ALLOWED: &[i64] = &[
     libc::SYS_openat,
     libc::SYS_open,
     libc::SYS_execve,
     libc::SYS_clone,
     libc::SYS_clone3,
-    libc::SYS_socket,
-    libc::SYS_connect,
     libc::SYS_ptrace,
 ];
+
+/// Making and connecting sockets: never on a vCPU thread or in the jail's supervisor; on the
+/// VMM's event loop only for virtio-vsock's guest connections, and `socket` only for Unix stream
+/// sockets ([`unix_stream_socket`]).
+pub const SOCKET_CALLS: &[i64] = &[libc::SYS_socket, libc::SYS_connect];
 
 /// `fcntl` commands every filtered thread may use: flags (O_NONBLOCK), close-on-exec, and the
 /// debug-build check that a closed fd was open (F_GETFD).
@@ -98,6 +101,16 @@ pub fn send_connected() -> Result<Vec<SeccompRule>, BackendError> {
         SeccompCmpOp::Eq,
         0,
     )?])?])
+}
+
+/// The rules of `socket` that allow Unix stream sockets only: `domain == AF_UNIX` and
+/// `type & 0xf == SOCK_STREAM` (SOCK_NONBLOCK and SOCK_CLOEXEC may be added), protocol 0.
+pub fn unix_stream_socket() -> Result<Vec<SeccompRule>, BackendError> {
+    Ok(vec![rule(vec![
+        cond(0, SeccompCmpOp::Eq, libc::AF_UNIX as u64)?,
+        cond(1, SeccompCmpOp::MaskedEq(0xf), libc::SOCK_STREAM as u64)?,
+        cond(2, SeccompCmpOp::Eq, 0)?,
+    ])?])
 }
 
 /// The rules of `mmap` and `mprotect` that forbid new code: `prot & PROT_EXEC == 0`.
@@ -152,7 +165,7 @@ mod tests {
 
     #[test]
     fn the_common_calls_include_none_that_is_never_allowed() {
-        for nr in NEVER_ALLOWED {
+        for nr in NEVER_ALLOWED.iter().chain(SOCKET_CALLS) {
             assert!(!COMMON.contains(nr), "{nr}");
         }
     }
@@ -165,6 +178,7 @@ mod tests {
         rules.insert(libc::SYS_sendto, send_connected().unwrap());
         rules.insert(libc::SYS_mmap, no_exec().unwrap());
         rules.insert(libc::SYS_mprotect, no_exec().unwrap());
+        rules.insert(libc::SYS_socket, unix_stream_socket().unwrap());
         let tgkill = tgkill_self(&[libc::SIGABRT as u64, libc::SIGUSR1 as u64]).unwrap();
         assert_eq!(tgkill.len(), 2);
         rules.insert(libc::SYS_tgkill, tgkill);

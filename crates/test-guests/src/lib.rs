@@ -200,6 +200,17 @@ pub const BOOT_TIMER_PORT: u16 = 0x440;
 /// complete within a bounded spin prints `timeout=<what>`.
 pub const VIRTIO_CONSOLE: &str = concat!(env!("OUT_DIR"), "/virtio_console.elf");
 
+/// Drives the first virtio-vsock device by polling. Prints on COM1 `device_id=0x13`, `cid=`,
+/// `status=` (0xf after DRIVER_OK) and `listening` once it serves. With `vsock_connect=P` it
+/// connects to host port P from guest port 4000 (`connect=ok` or `connect=rst`) and sends
+/// `guest-hello\n`; with `vsock_refused=P` it connects to P from port 4001 and expects a reset
+/// (`refused=rst`); with `vsock_listen=P` it accepts connections on P (up to 128 at once) and
+/// echoes every byte, holding at most 16 KiB per connection (its credit), and ends a connection
+/// once the host ended its side and every byte went back. Every connection is echoed, the
+/// outgoing one included. A request to port P+1 ends the guest: `accepted=`, `echoed=` (bytes),
+/// `reset_status=`, `done`. Bounded: about a minute in all (`timeout=loop`).
+pub const VSOCK: &str = concat!(env!("OUT_DIR"), "/vsock.elf");
+
 /// Bytes of one [`VIRTIO_CONSOLE`] flood block.
 pub const CONSOLE_FLOOD_BLOCK: usize = 8 + 65536;
 
@@ -344,6 +355,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("echo_cmdline", ECHO_CMDLINE),
     ("pvh_hang_internal_error", PVH_HANG_INTERNAL_ERROR),
     ("virtio_console", VIRTIO_CONSOLE),
+    ("vsock", VSOCK),
     ("null", NULL),
     ("exit_cost_pio", EXIT_COST_PIO),
     ("exit_cost_mmio", EXIT_COST_MMIO),

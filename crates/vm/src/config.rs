@@ -414,6 +414,64 @@ impl FromStr for NetConfig {
     }
 }
 
+/// The virtio-vsock device: the guest's CID and the Unix socket host programs connect to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's CID (3 to 2^32 - 2).
+    pub cid: u64,
+    /// Host programs connect here (`CONNECT <port>\n`, answered `OK <host port>\n`); a guest
+    /// connection to host port P goes to the socket `PATH_P`.
+    pub socket: PathBuf,
+}
+
+const VSOCK_USAGE: &str = "the form is cid=N,socket=PATH";
+
+impl FromStr for VsockConfig {
+    type Err = ParseError;
+
+    /// Parses `cid=N,socket=PATH` (in either order).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (mut cid, mut socket) = (None, None);
+        for part in s.split(',') {
+            let (key, value) = part.split_once('=').ok_or_else(|| {
+                ParseError(format!(
+                    "vsock option '{part}' is not key=value; {VSOCK_USAGE}"
+                ))
+            })?;
+            match key {
+                "cid" => {
+                    let n: u64 = value
+                        .parse()
+                        .map_err(|_| ParseError(format!("vsock cid '{value}' is not a number")))?;
+                    if !(3..u64::from(u32::MAX)).contains(&n) {
+                        return Err(ParseError(format!(
+                            "vsock cid {n}: a guest's CID is 3 to 4294967294 (0 to 2 are reserved)"
+                        )));
+                    }
+                    cid = Some(n);
+                }
+                "socket" if !value.is_empty() => socket = Some(PathBuf::from(value)),
+                "socket" => {
+                    return Err(ParseError(format!(
+                        "vsock socket path is empty; {VSOCK_USAGE}"
+                    )))
+                }
+                _ => {
+                    return Err(ParseError(format!(
+                        "unknown vsock option '{key}'; known options: cid=N, socket=PATH"
+                    )))
+                }
+            }
+        }
+        match (cid, socket) {
+            (Some(cid), Some(socket)) => Ok(VsockConfig { cid, socket }),
+            _ => Err(ParseError(format!(
+                "vsock '{s}' needs both cid and socket; {VSOCK_USAGE}"
+            ))),
+        }
+    }
+}
+
 /// Parses a unicast MAC address `aa:bb:cc:dd:ee:ff` (or with `-`).
 fn parse_mac(value: &str) -> Result<[u8; 6], ParseError> {
     let bad = || {
@@ -506,6 +564,8 @@ pub struct VmConfig {
     /// The virtio console (hvc0), added after the disks and NICs; [`CharBackend::Off`] for none.
     /// When it is on and no command line is given, [`DEFAULT_CONSOLE_CMDLINE`] is used.
     pub console: CharBackend,
+    /// A virtio-vsock device, added after the virtio console; none by default.
+    pub vsock: Option<VsockConfig>,
     /// Serve the boot timer (port 0x440, MMIO 0xc000_0000): the guest's first write of the magic
     /// byte is reported once as `boot-timer: <µs> µs since process start` (see
     /// [`devices::legacy::BootTimer`] and [`crate::process_start`]).
@@ -544,6 +604,7 @@ impl VmConfig {
             nets: Vec::new(),
             serial: CharBackend::Stdout,
             console: CharBackend::Off,
+            vsock: None,
             boot_timer: false,
             seccomp: crate::SeccompMode::default(),
             irqchip: IrqChip::default(),
@@ -560,6 +621,18 @@ impl VmConfig {
                 return Err(crate::Error::SameBackendPath {
                     path: a.to_path_buf(),
                 });
+            }
+        }
+        if let Some(v) = &self.vsock {
+            for p in [self.serial.path(), self.console.path()]
+                .into_iter()
+                .flatten()
+            {
+                if p.components().eq(v.socket.components()) {
+                    return Err(crate::Error::SameBackendPath {
+                        path: p.to_path_buf(),
+                    });
+                }
             }
         }
         Ok(())
@@ -666,6 +739,34 @@ mod tests {
         assert!(CharBackend::Stdio.owns_stdin());
         assert!(!CharBackend::Stdout.owns_stdin());
         assert!(!CharBackend::Off.is_on());
+    }
+
+    #[test]
+    fn vsock_options() {
+        let v: VsockConfig = "cid=3,socket=/tmp/v.sock".parse().unwrap();
+        assert_eq!((v.cid, v.socket), (3, PathBuf::from("/tmp/v.sock")));
+        let v: VsockConfig = "socket=s,cid=4294967294".parse().unwrap();
+        assert_eq!(v.cid, 4_294_967_294);
+        for (bad, says) in [
+            ("cid=2,socket=s", "3 to 4294967294"),
+            ("cid=4294967295,socket=s", "3 to 4294967294"),
+            ("cid=x,socket=s", "not a number"),
+            ("cid=3", "needs both"),
+            ("socket=s", "needs both"),
+            ("cid=3,socket=", "empty"),
+            ("cid=3,socket=s,port=1", "unknown vsock option 'port'"),
+            ("cid", "not key=value"),
+        ] {
+            let e = bad.parse::<VsockConfig>().unwrap_err();
+            assert!(e.0.contains(says), "{bad}: {}", e.0);
+        }
+        let mut c = VmConfig::new("vmlinux");
+        c.console = "socket=/tmp/x.sock".parse().unwrap();
+        c.vsock = Some("cid=3,socket=/tmp/./x.sock".parse().unwrap());
+        assert!(matches!(
+            c.check_backend_paths(),
+            Err(crate::Error::SameBackendPath { .. })
+        ));
     }
 
     #[test]

@@ -20,13 +20,14 @@ use devices::rate_limiter::{RateLimitConfig, RateLimiter};
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::console::Console;
 use devices::virtio::net::{Net, Tap};
+use devices::virtio::vsock::Vsock;
 use devices::virtio::{MmioTransport, VirtioDevice, NOTIFY_REG_OFFSET};
 use devices::GuestMemoryMmap;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::{CharBackend, DiskConfig, NetConfig};
+use crate::config::{CharBackend, DiskConfig, NetConfig, VsockConfig};
 use crate::error::{kvm_err, Error, Result};
 use crate::kvm::KvmRoutes;
 use crate::start::step_done;
@@ -384,6 +385,21 @@ impl DeviceManager {
         if let Some(path) = pty {
             self.devices.ptys.push(("console", path));
         }
+        Ok(())
+    }
+
+    /// The virtio-vsock device for guest `config.cid`, listening at `config.socket`, in the next
+    /// virtio-mmio slot.
+    pub fn add_vsock_device(&mut self, config: &VsockConfig) -> Result<()> {
+        let vsock = Vsock::new(config.cid, &config.socket).map_err(dev_err("vsock"))?;
+        let slot = self.add_virtio("virtio-vsock", vsock)?;
+        step_done(&format!(
+            "vsock CID {} on {} at {:#x}, IRQ {}",
+            config.cid,
+            config.socket.display(),
+            slot.base,
+            slot.irq
+        ));
         Ok(())
     }
 

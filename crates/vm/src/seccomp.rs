@@ -44,7 +44,9 @@
 use std::sync::Arc;
 
 use devices::seccomp::{SyscallRule, Syscalls, Thread};
-use seccomp_rules::{no_exec, one_of, send_connected, tgkill_self, Rules, COMMON, FCNTL_CMDS};
+use seccomp_rules::{
+    no_exec, one_of, send_connected, tgkill_self, unix_stream_socket, Rules, COMMON, FCNTL_CMDS,
+};
 use seccompiler::{BackendError, BpfProgram};
 
 pub use seccomp_rules::{set_forbidden_call_hint, syscall_name};
@@ -212,6 +214,11 @@ fn rules(kind: ThreadKind) -> std::result::Result<Rules, BackendError> {
     // send(2) on a connected socket (`SyscallRule::SendConnected`, the socket console backend).
     // Every kind has it.
     map.insert(libc::SYS_sendto, send_connected()?);
+    // socket(2) for Unix stream sockets only (`SyscallRule::UnixStreamSocket`, virtio-vsock's
+    // guest connections), on the threads that declare it.
+    if declared(kind).contains(&SyscallRule::UnixStreamSocket) {
+        map.insert(libc::SYS_socket, unix_stream_socket()?);
+    }
     map.insert(libc::SYS_mmap, no_exec()?);
     map.insert(libc::SYS_mprotect, no_exec()?);
     // tgkill(this process, any thread, SIGABRT or, for the event loop, the vCPU kick signal).
@@ -296,6 +303,10 @@ mod tests {
         for &nr in seccomp_rules::NEVER_ALLOWED {
             assert!(!vmm.contains_key(&nr) && !vcpu.contains_key(&nr), "{nr}");
         }
+        // Sockets: never on the vCPUs; on the event loop, for virtio-vsock.
+        for &nr in seccomp_rules::SOCKET_CALLS {
+            assert!(!vcpu.contains_key(&nr) && vmm.contains_key(&nr), "{nr}");
+        }
         assert!(ioctls(ThreadKind::Vcpu).contains(&KVM_RUN()));
         assert!(!ioctls(ThreadKind::Vmm).contains(&KVM_RUN()));
         // The PIT helper: one ioctl, none of the event loop's I/O.
@@ -355,6 +366,17 @@ mod tests {
             SyscallRule::Ioctl(request) => (libc::SYS_ioctl, [3, request, 0, 0, 0, 0]),
             SyscallRule::Fcntl(cmd) => (libc::SYS_fcntl, [3, cmd as u64, 0, 0, 0, 0]),
             SyscallRule::SendConnected => (libc::SYS_sendto, [3, 0x1000, 1, 0, 0, 0]),
+            SyscallRule::UnixStreamSocket => (
+                libc::SYS_socket,
+                [
+                    libc::AF_UNIX as u64,
+                    (libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64,
+                    0,
+                    0,
+                    0,
+                    0,
+                ],
+            ),
         }
     }
 
@@ -399,10 +421,22 @@ mod tests {
                 libc::SYS_openat,
                 libc::SYS_execve,
                 libc::SYS_clone3,
-                libc::SYS_socket,
                 libc::SYS_ptrace,
             ] {
                 assert_eq!(run_bpf(program, nr, [0; 6]), TRAP, "{}", name(nr));
+            }
+            // Sockets other than Unix stream sockets (virtio-vsock's, on the event loop only):
+            // IPv4 TCP, a Unix datagram socket, raw packets, netlink.
+            let stream = libc::SOCK_STREAM as u64;
+            for args in [
+                [libc::AF_INET as u64, stream, 0, 0, 0, 0],
+                [libc::AF_INET6 as u64, stream, 0, 0, 0, 0],
+                [libc::AF_UNIX as u64, libc::SOCK_DGRAM as u64, 0, 0, 0, 0],
+                [libc::AF_PACKET as u64, libc::SOCK_RAW as u64, 0, 0, 0, 0],
+                [libc::AF_NETLINK as u64, libc::SOCK_RAW as u64, 0, 0, 0, 0],
+                [libc::AF_UNIX as u64, stream, 1, 0, 0, 0],
+            ] {
+                assert_eq!(run_bpf(program, libc::SYS_socket, args), TRAP, "{args:?}");
             }
             // An ioctl nobody declares (the tap's set-up, done before the filters go on).
             let tunsetiff = [3, libc::TUNSETIFF, 0, 0, 0, 0];
@@ -420,6 +454,12 @@ mod tests {
         for nr in [libc::SYS_preadv, libc::SYS_accept4, libc::SYS_epoll_wait] {
             assert_eq!(run_bpf(&vcpu, nr, [0; 6]), TRAP, "{}", name(nr));
         }
+        // A Unix stream socket: the event loop (virtio-vsock) only.
+        let unix = [libc::AF_UNIX as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0];
+        assert_eq!(run_bpf(&vmm, libc::SYS_socket, unix), ALLOW);
+        assert_eq!(run_bpf(&vcpu, libc::SYS_socket, unix), TRAP);
+        assert_eq!(run_bpf(&helper, libc::SYS_socket, unix), TRAP);
+        assert_eq!(run_bpf(&vcpu, libc::SYS_connect, [0; 6]), TRAP);
         let run = [3, KVM_RUN(), 0, 0, 0, 0];
         assert_eq!(run_bpf(&vmm, libc::SYS_ioctl, run), TRAP);
         assert_eq!(run_bpf(&vcpu, libc::SYS_ioctl, run), ALLOW);

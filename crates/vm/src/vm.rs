@@ -117,6 +117,9 @@ impl Vm {
         if console_on {
             devices.add_virtio_console(config.console)?;
         }
+        if let Some(vsock) = &config.vsock {
+            devices.add_vsock_device(vsock)?;
+        }
 
         // 6. The vCPUs.
         let Prepared { cpuid, filters } = prepared.finish(&kvm)?;

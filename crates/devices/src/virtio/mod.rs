@@ -43,6 +43,7 @@ mod mmio;
 pub mod net;
 pub(crate) mod persist;
 pub mod seccomp;
+pub mod vsock;
 
 pub use self::core::{Active, Chain, Drained, Step, VirtioCore};
 pub use mmio::MmioTransport;

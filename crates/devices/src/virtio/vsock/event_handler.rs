@@ -1,0 +1,34 @@
+//! The event-loop side of virtio-vsock: queue notifications, the listening socket, host
+//! programs saying where to connect, and each connection's host socket.
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use log::debug;
+
+use super::{Vsock, EVENT_QUEUE, RX_QUEUE, TX_QUEUE};
+
+impl MutEventSubscriber for Vsock {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.core.watch(ops, None);
+        self.muxer.sync(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        match self.core.queue_event(fd) {
+            Some(RX_QUEUE) => {}
+            Some(TX_QUEUE) => self.process_tx(),
+            // The device sends no events: the guest's buffers stay posted.
+            Some(EVENT_QUEUE) | Some(_) => {}
+            None if self.muxer.owns(fd) => {
+                if self.core.is_running() {
+                    self.muxer.on_host_event(fd, events.event_set());
+                } else {
+                    self.muxer.on_host_event_stopped(fd);
+                }
+            }
+            None => debug!("virtio-vsock: unexpected event on fd {fd}"),
+        }
+        self.run();
+        self.muxer.sync(ops);
+    }
+}

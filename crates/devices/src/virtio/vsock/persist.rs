@@ -1,0 +1,44 @@
+//! The saved state of a virtio-vsock device: the core's queue positions and the guest's CID.
+//! Connections are not saved: their host ends do not survive the VMM. The restored device has
+//! none and sends the guest nothing; the guest's sockets find out when they next send.
+
+use serde::{Deserialize, Serialize};
+
+use super::Vsock;
+use crate::persist::{Persist, PersistError};
+use crate::virtio::CoreState;
+
+/// What a virtio-vsock device saves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockState {
+    /// Activation, accepted features, queue positions.
+    pub core: CoreState,
+    /// The guest's CID.
+    pub cid: u64,
+}
+
+impl Persist for Vsock {
+    const NAME: &'static str = "virtio-vsock";
+    const STATE_VERSION: u16 = 1;
+    type State = VsockState;
+
+    fn save(&self) -> VsockState {
+        VsockState {
+            core: self.core.save(),
+            cid: self.cid(),
+        }
+    }
+
+    fn restore(&mut self, state: VsockState) -> Result<(), PersistError> {
+        if state.cid != self.cid() {
+            return Err(PersistError::Mismatch {
+                device: Self::NAME,
+                why: format!("saved CID {}, this device has {}", state.cid, self.cid()),
+            });
+        }
+        // Every chain is served as it is taken: none is held.
+        state.core.check_held(Self::NAME, &[0, 0, 0])?;
+        self.muxer.reset();
+        self.core.restore(state.core)
+    }
+}
