@@ -549,8 +549,10 @@ mod tests {
             assert!(!loads.is_empty(), "{name}: no PT_LOAD");
             for (paddr, filesz, memsz) in &loads {
                 assert_eq!(*paddr, 0x10_0000, "{name}: loaded at {paddr:#x}");
+                // Code and data stay small; .bss (the vsock guest's buffers) may reach 4 MiB,
+                // well inside the smallest guest memory the tests give.
                 assert!(
-                    filesz <= memsz && *memsz < 0x10_0000,
+                    filesz <= memsz && *filesz < 0x10_0000 && *memsz < 0x40_0000,
                     "{name}: {filesz:#x}/{memsz:#x}"
                 );
             }
