@@ -112,19 +112,6 @@ fn is_socket(st: &libc::stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFSOCK
 }
 
-fn kind_of(mode: u32) -> &'static str {
-    match mode & libc::S_IFMT {
-        libc::S_IFREG => "a regular file",
-        libc::S_IFDIR => "a directory",
-        libc::S_IFLNK => "a symbolic link",
-        libc::S_IFIFO => "a FIFO",
-        libc::S_IFCHR => "a character device",
-        libc::S_IFBLK => "a block device",
-        libc::S_IFSOCK => "a socket",
-        _ => "a file of unknown type",
-    }
-}
-
 /// Removes `path` if it is still the socket `id`; a file someone put in its place stays.
 pub fn remove_socket_if_same(path: &Path, id: FileId) -> bool {
     match lstat(path) {
@@ -150,7 +137,7 @@ fn refuse_taken(path: &Path) -> Result<(), Error> {
     };
     let path = path.to_path_buf();
     if !is_socket(&st) {
-        let kind = kind_of(st.st_mode).to_string();
+        let kind = crate::file_kind(st.st_mode).to_string();
         return Err(Error::PathTaken { path, kind });
     }
     match UnixStream::connect(&path) {
@@ -1152,7 +1139,7 @@ fn open_output_file(path: &Path, truncate: bool) -> Result<File, Error> {
         return Ok(file);
     }
     if !meta.file_type().is_file() {
-        return Err(refused(format!("is {}", kind_of(meta.mode()))));
+        return Err(refused(format!("is {}", crate::file_kind(meta.mode()))));
     }
     if meta.nlink() > 1 {
         return Err(refused(format!(

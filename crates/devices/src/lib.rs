@@ -54,6 +54,21 @@ pub(crate) fn nonblocking_timer(
     Ok(timer)
 }
 
+/// What kind of file a `st_mode` names, for errors about a file that is not what was asked for
+/// ("is a FIFO", "is a directory").
+pub fn file_kind(mode: u32) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => "a regular file",
+        libc::S_IFDIR => "a directory",
+        libc::S_IFLNK => "a symbolic link",
+        libc::S_IFIFO => "a FIFO (named pipe)",
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        libc::S_IFSOCK => "a socket",
+        _ => "a file of unknown type",
+    }
+}
+
 /// Errors of the `devices` crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

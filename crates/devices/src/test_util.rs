@@ -1,8 +1,11 @@
-//! What the unit tests of several devices share: an output sink they can look at, and a driver
-//! that posts descriptor chains on one split virtqueue in guest memory.
+//! What the unit tests of several devices share: an output sink they can look at, a driver that
+//! posts descriptor chains on one split virtqueue in guest memory, and a guest thread that keeps
+//! re-posting the same chains while the device serves.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
@@ -96,4 +99,35 @@ impl RingDriver {
             mem.read_obj(GuestAddress(base + 4)).unwrap(),
         )
     }
+}
+
+/// A guest on another thread that keeps the avail ring of a `qsize`-entry queue full: it posts
+/// head `i % qsize` again as soon as the device has used it, until `posts` heads are posted or
+/// the test sets the returned flag. The descriptor table is the test's; `avail` and `used` are
+/// the rings' guest addresses.
+pub(crate) fn spawn_reposter(
+    mem: GuestMemoryMmap,
+    avail: u64,
+    used: u64,
+    qsize: u16,
+    posts: u16,
+) -> (Arc<AtomicBool>, JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let poster = std::thread::spawn(move || {
+        let mut idx = 0u16;
+        while idx < posts && !stopped.load(Ordering::Relaxed) {
+            let done: u16 = mem.load(GuestAddress(used + 2), Ordering::Acquire).unwrap();
+            if idx.wrapping_sub(done) >= qsize {
+                std::hint::spin_loop();
+                continue;
+            }
+            let slot = avail + 4 + 2 * u64::from(idx % qsize);
+            mem.write_obj(idx % qsize, GuestAddress(slot)).unwrap();
+            idx += 1;
+            mem.store(idx, GuestAddress(avail + 2), Ordering::Release)
+                .unwrap();
+        }
+    });
+    (stop, poster)
 }

@@ -216,7 +216,7 @@ fn check_fits(mem: &GuestMemoryMmap, path: &Path, start: u64, end: u64) -> Resul
 pub(crate) fn open_regular(
     path: &Path,
 ) -> std::io::Result<std::result::Result<(File, u64), &'static str>> {
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let file = std::fs::OpenOptions::new()
         .read(true)
         // O_NOCTTY: a terminal named by mistake must not become vmm's controlling terminal.
@@ -228,19 +228,7 @@ pub(crate) fn open_regular(
         // O_NONBLOCK does not change reads of a regular file.
         return Ok(Ok((file, meta.len())));
     }
-    Ok(Err(if kind.is_dir() {
-        "a directory"
-    } else if kind.is_fifo() {
-        "a FIFO (named pipe)"
-    } else if kind.is_block_device() {
-        "a block device"
-    } else if kind.is_char_device() {
-        "a character device"
-    } else if kind.is_socket() {
-        "a socket"
-    } else {
-        "not a file"
-    }))
+    Ok(Err(devices::file_kind(meta.mode())))
 }
 
 /// Loads the initrd at the top of low memory and says where it went.

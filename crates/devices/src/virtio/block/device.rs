@@ -69,7 +69,7 @@ impl Block {
         if !kind.is_file() && !kind.is_block_device() {
             return Err(Error::DiskNotAFile {
                 path: path.clone(),
-                kind: file_kind(&kind),
+                kind: crate::file_kind(meta.mode()),
             });
         }
         // Back to blocking I/O (no change for files and block devices, but say what we mean).
@@ -206,21 +206,6 @@ fn default_id(dev: u64, ino: u64) -> String {
     let mut id = format!("{dev:x}-{ino:x}");
     id.truncate(ID_BYTES);
     id
-}
-
-/// What a file that is not a disk image is, for the error.
-fn file_kind(kind: &std::fs::FileType) -> &'static str {
-    if kind.is_dir() {
-        "a directory"
-    } else if kind.is_fifo() {
-        "a FIFO (named pipe)"
-    } else if kind.is_char_device() {
-        "a character device"
-    } else if kind.is_socket() {
-        "a socket"
-    } else {
-        "not a file"
-    }
 }
 
 impl VirtioDevice for Block {

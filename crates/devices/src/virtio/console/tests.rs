@@ -219,7 +219,8 @@ fn one_transmit_event_copies_a_bounded_amount() {
 /// `process_rx` (and the event loop) going.
 #[test]
 fn a_guest_that_keeps_posting_empty_receive_buffers_does_not_hold_the_event_loop() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use crate::test_util::spawn_reposter;
+    use std::sync::atomic::Ordering;
 
     const POSTS: u16 = 50_000;
     let mut h = Harness::new(None, None, 1 << VIRTIO_F_VERSION_1);
@@ -231,24 +232,7 @@ fn a_guest_that_keeps_posting_empty_receive_buffers_does_not_hold_the_event_loop
             .unwrap();
     }
     h.console.rx_pending = b"x".to_vec();
-    let mem = h.mem.clone();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopped = stop.clone();
-    let poster = std::thread::spawn(move || {
-        let mut idx = 0u16;
-        while idx < POSTS && !stopped.load(Ordering::Relaxed) {
-            let done: u16 = mem.load(GuestAddress(used + 2), Ordering::Acquire).unwrap();
-            if idx.wrapping_sub(done) >= QSIZE {
-                std::hint::spin_loop();
-                continue;
-            }
-            let slot = avail + 4 + 2 * u64::from(idx % QSIZE);
-            mem.write_obj(idx % QSIZE, GuestAddress(slot)).unwrap();
-            idx += 1;
-            mem.store(idx, GuestAddress(avail + 2), Ordering::Release)
-                .unwrap();
-        }
-    });
+    let (stop, poster) = spawn_reposter(h.mem.clone(), avail, used, QSIZE, POSTS);
     while h.mem.read_obj::<u16>(GuestAddress(avail + 2)).unwrap() < QSIZE {
         std::hint::spin_loop();
     }
