@@ -614,6 +614,7 @@ fn jail_spec(config: &VmConfig) -> jail::VmSpec {
                 path: socket.path().to_path_buf(),
                 dev: socket.id().dev,
                 ino: socket.id().ino,
+                fd: std::os::fd::AsRawFd::as_raw_fd(socket.listener()),
             }),
             _ => {}
         }

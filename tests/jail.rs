@@ -858,3 +858,46 @@ fn boot_jail_sigterm_presses_the_guests_power_button() {
     vmm.wait_for_line("waiting_for_button", TIMEOUT);
     assert_eq!(vmm.signal_and_wait(libc::SIGTERM, TIMEOUT), Some(0));
 }
+
+/// A serial port on a socket under the jail: the listener, bound before the fork, survives the
+/// jailed VMM's closing of what it inherited, a client reads the guest's output through it, and
+/// the socket file is removed at the end.
+#[test]
+fn boot_jail_serial_on_a_socket_works() {
+    require_root!();
+    let scratch = Scratch::new("jail-socket");
+    let root = jail_root(&scratch);
+    let sock = scratch.path("ttyS0.sock");
+    let serial = format!("socket={}", s(&sock));
+    let mut vmm = Running::start(&[
+        "--kernel",
+        test_guests::PARK,
+        "--shutdown-timeout",
+        "100ms",
+        "--serial",
+        &serial,
+        "--jail",
+        s(&root),
+    ]);
+    assert!(
+        wait_until(TIMEOUT, || sock.exists()),
+        "no socket: {}",
+        vmm.stop()
+    );
+    let client = std::os::unix::net::UnixStream::connect(&sock).expect("connect to the serial");
+    client
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    let mut text = String::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(client)) {
+        let line = line.expect("read the serial");
+        text.push_str(&line);
+        text.push('\n');
+        if line.trim_end() == "parked" {
+            break;
+        }
+    }
+    assert!(text.contains("parked"), "{text}");
+    assert_eq!(vmm.signal_and_wait(libc::SIGTERM, TIMEOUT), Some(143));
+    assert!(!sock.exists(), "the socket file was left behind");
+}

@@ -169,6 +169,87 @@ pub(crate) fn normal_scheduling() -> Result<(), JailError> {
     Ok(())
 }
 
+/// Replaces a standard descriptor (0, 1, 2) that names a directory with /dev/null: the caller's
+/// `< /` would otherwise hand the jailed VMM a way to `openat` past the pivot.
+pub(crate) fn standard_fds_not_directories() -> Result<(), JailError> {
+    for fd in 0..=2 {
+        // SAFETY: a zeroed stat is a valid out buffer; fstat only reads the descriptor.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            continue;
+        }
+        // SAFETY: a valid C string.
+        let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        check(null, || "open /dev/null".into())?;
+        // SAFETY: both descriptors are open; `null` is ours to close; no Rust object owns `fd`.
+        let ret = unsafe { libc::dup2(null, fd) };
+        // SAFETY: as above.
+        unsafe { libc::close(null) };
+        check(ret, || format!("replace the directory on descriptor {fd}"))?;
+    }
+    Ok(())
+}
+
+/// Joins a new, empty session keyring: the caller's (with whatever keys it holds: Kerberos,
+/// ecryptfs, cifs) stays out of the jail.
+pub(crate) fn leave_the_callers_keyrings() -> Result<(), JailError> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: a NULL name asks for a new anonymous session keyring; no memory is passed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if ret < 0 {
+        // A kernel without keys has no keyring to leak.
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(step_err("join a new session keyring", e));
+        }
+    }
+    Ok(())
+}
+
+/// The normal CPU and I/O priorities (nice 0, best-effort I/O), and no way back to higher ones
+/// (RLIMIT_NICE and RLIMIT_RTPRIO 0): a guest's work must not run ahead of the host's because
+/// whoever started vmm was itself favoured (`nice -n -15`, `ionice -c1`).
+pub(crate) fn normal_priorities() -> Result<(), JailError> {
+    // SAFETY: setpriority on this process with a plain value.
+    let ret = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 0) };
+    check(ret, || "set nice 0".into())?;
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_BE: libc::c_long = 2;
+    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+    // SAFETY: ioprio_set on this process with the default best-effort level (4).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            0,
+            (IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT) | 4,
+        )
+    };
+    check(ret as libc::c_int, || {
+        "set the best-effort I/O class".into()
+    })?;
+    for (resource, name) in [
+        (libc::RLIMIT_NICE, "RLIMIT_NICE"),
+        (libc::RLIMIT_RTPRIO, "RLIMIT_RTPRIO"),
+    ] {
+        let zero = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: a valid rlimit for this process.
+        let ret = unsafe { libc::setrlimit(resource, &zero) };
+        check(ret, || format!("set {name} to 0"))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

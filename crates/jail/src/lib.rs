@@ -12,8 +12,8 @@
 //!   Jail::new     check the ids; open DIR once (no symbolic links) and check it; draw an id;
 //!                 remove cgroups of dead supervisors; create and configure vmm-<id> (v1 and/or v2)
 //!   Jail::fork    block SIGINT/TERM/HUP/QUIT/CHLD; unshare(CLONE_NEWPID); lifeline pipe; fork
-//!   ├─ parent = Supervisor: waits; turns SIGINT/TERM/HUP/QUIT into SIGKILL of the child and
-//!   │   passes SIGWINCH on; restores the terminal; removes the cgroup(s) and socket files; exits
+//!   ├─ parent = Supervisor: waits; passes SIGTERM on (SIGKILL if the child has not ended its
+//!   │   shutdown timeout later), turns SIGINT/HUP/QUIT into SIGKILL of it and passes SIGWINCH on; restores the terminal; removes the cgroup(s) and socket files; exits
 //!   │   with the child's status
 //!   └─ child (pid 1 of the new pid namespace): parent-death signal, lifeline checked; close every
 //!       inherited descriptor but 0-2; empty the environment and signal mask; setsid; umask 077;
@@ -36,9 +36,11 @@
 //! - `unshare(CLONE_NEWNS)` and capability drops are per thread: the child is single-threaded from
 //!   the fork until `Vm::run` spawns the vCPUs (lock_down checks /proc/self/task before pivoting).
 //! - The cgroup is joined before any guest memory is touched, so the memory is charged to it.
-//! - A pid-namespace init ignores signals it has no handler for, even SIGTERM from outside; the
-//!   supervisor therefore turns a termination request into SIGKILL of the child (the VMM keeps no
-//!   state a clean exit would save: disk writes are pwrite()s to the image), and restores the
+//! - A pid-namespace init ignores signals it has no handler for, even SIGTERM from outside: the
+//!   VMM handles SIGTERM (its guest's power button), so the supervisor passes SIGTERM on, and
+//!   kills the child itself if it has not ended [`supervisor::SHUTDOWN_MARGIN`] after its own
+//!   shutdown timeout; other termination signals become SIGKILL of the child (the VMM keeps no
+//!   state a clean exit would save: disk writes are pwrite()s to the image). It restores the
 //!   terminal mode it saved before the fork.
 
 mod cgroup;
@@ -158,6 +160,9 @@ pub struct SocketSpec {
     pub dev: u64,
     /// Its inode number (st_ino).
     pub ino: u64,
+    /// The listening descriptor, bound before the fork: the jailed VMM keeps it open (it is the
+    /// one descriptor from before the fork that is the VMM's own).
+    pub fd: std::os::fd::RawFd,
 }
 
 /// A jail, checked and with its cgroup made, ready to fork.
@@ -334,12 +339,17 @@ impl Jail {
         }
         // Then drop what the caller handed down. No Rust object of this crate refers to a
         // descriptor closed here but the write end, dropped above.
-        hygiene::close_inherited_fds(&[alive_read.as_raw_fd(), self.root.raw_fd()])?;
+        let mut keep = vec![alive_read.as_raw_fd(), self.root.raw_fd()];
+        keep.extend(self.sockets.iter().map(|s| s.fd));
+        hygiene::close_inherited_fds(&keep)?;
+        hygiene::standard_fds_not_directories()?;
+        hygiene::leave_the_callers_keyrings()?;
         hygiene::unblock_all_signals()?;
         hygiene::leave_the_session()?;
         hygiene::clear_environment()?;
         hygiene::restrict_umask();
         hygiene::normal_scheduling()?;
+        hygiene::normal_priorities()?;
         self.cgroup.join()?;
         let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
         if self.new_netns {

@@ -85,7 +85,7 @@ fn compile(child: libc::pid_t) -> Result<BpfProgram, JailError> {
 }
 
 /// Confines the calling process's only thread to the supervisor's allow-list, which may kill
-/// `child` (with SIGKILL) and no other process. A forbidden call is reported by the SIGSYS handler
+/// `child` (with SIGKILL, SIGTERM or SIGWINCH) and no other process. A forbidden call is reported by the SIGSYS handler
 /// of [`seccomp_rules`], installed here first.
 pub(crate) fn confine(child: libc::pid_t) -> Result<(), JailError> {
     seccomp_rules::report_forbidden_calls("supervisor")
