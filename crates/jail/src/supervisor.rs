@@ -193,12 +193,13 @@ mod tests {
     fn only_the_vmms_own_socket_is_removed() {
         let path = std::env::temp_dir().join(format!("vmm-jail-sock-{}", std::process::id()));
         let _ = fs::remove_file(&path);
-        let _listener = UnixListener::bind(&path).unwrap();
+        let listener = UnixListener::bind(&path).unwrap();
         let meta = fs::symlink_metadata(&path).unwrap();
         let spec = SocketSpec {
             path: path.clone(),
             dev: meta.dev(),
             ino: meta.ino(),
+            fd: std::os::fd::AsRawFd::as_raw_fd(&listener),
         };
         fs::remove_file(&path).unwrap();
         fs::write(&path, b"precious").unwrap();
