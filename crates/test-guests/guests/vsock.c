@@ -84,20 +84,6 @@ static void copy(void *d, const void *src, u32 n)
 static u32 rd(u32 off) { return dev_rd(&vs, off); }
 static void wr(u32 off, u32 v) { dev_wr(&vs, off, v); }
 
-static int find_vsock(const char *cmdline)
-{
-    const char *p = cmdline;
-    u64 size, addr, irq;
-    while (virtio_mmio_next(&p, &size, &addr, &irq)) {
-        if (mmio_read32(addr + VM_MAGIC) != 0x74726976 || mmio_read32(addr + VM_DEVICE_ID) != ID_VSOCK)
-            continue;
-        vs.base = addr;
-        vs.type = ID_VSOCK;
-        return 1;
-    }
-    return 0;
-}
-
 static void post(u32 qi, u16 d, u64 addr, u32 len, u16 flags)
 {
     struct vq *q = &vs.q[qi];
@@ -354,7 +340,7 @@ static u32 num_arg(const char *cmdline, const char *key)
 
 static void run(const char *cmdline)
 {
-    if (!cmdline || !find_vsock(cmdline)) {
+    if (!cmdline || !dev_find(cmdline, ID_VSOCK, 0, &vs)) {
         line("virtio=none");
         return;
     }
