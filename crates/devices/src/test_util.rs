@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::DescriptorTable;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::GuestMemoryMmap;
@@ -130,4 +131,23 @@ pub(crate) fn spawn_reposter(
         }
     });
     (stop, poster)
+}
+
+/// A ready split queue of `size` entries whose descriptor table, avail and used rings are at
+/// `rings` in `mem` (checked valid there), as a driver leaves it at DRIVER_OK.
+pub(crate) fn ready_queue(
+    mem: &GuestMemoryMmap,
+    size: u16,
+    rings: (u64, u64, u64),
+    event_idx: bool,
+) -> Queue {
+    let (desc, avail, used) = rings;
+    let mut q = Queue::new(size).unwrap();
+    q.set_desc_table_address(Some(desc as u32), Some(0));
+    q.set_avail_ring_address(Some(avail as u32), Some(0));
+    q.set_used_ring_address(Some(used as u32), Some(0));
+    q.set_event_idx(event_idx);
+    q.set_ready(true);
+    assert!(q.is_valid(mem));
+    q
 }

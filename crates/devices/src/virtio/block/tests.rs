@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::DescriptorTable;
-use virtio_queue::{Queue, QueueT};
+
+use crate::test_util::ready_queue;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::tempfile::TempFile;
 
@@ -79,13 +80,7 @@ impl Harness {
             next_desc: 0,
             avail_idx: 0,
         };
-        let mut q = Queue::new(QSIZE).unwrap();
-        q.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
-        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-        q.set_used_ring_address(Some(USED as u32), Some(0));
-        q.set_event_idx(event_idx);
-        q.set_ready(true);
-        assert!(q.is_valid(&h.mem));
+        let q = ready_queue(&h.mem, QSIZE, (DESC_TABLE, AVAIL, USED), event_idx);
         let mut features = 1 << VIRTIO_F_VERSION_1;
         if event_idx {
             features |= 1 << crate::virtio::VIRTIO_RING_F_EVENT_IDX;
@@ -512,11 +507,7 @@ fn repeated_failures_are_counted_across_resets() {
         assert_eq!(h.block.core().failures.count(), round);
         h.block.reset();
         h.interrupt.clear();
-        let mut q = Queue::new(QSIZE).unwrap();
-        q.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
-        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-        q.set_used_ring_address(Some(USED as u32), Some(0));
-        q.set_ready(true);
+        let q = ready_queue(&h.mem, QSIZE, (DESC_TABLE, AVAIL, USED), false);
         h.mem.write_obj(0u16, GuestAddress(AVAIL + 2)).unwrap();
         h.block
             .activate(

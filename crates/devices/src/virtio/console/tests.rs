@@ -6,7 +6,6 @@ use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
@@ -50,15 +49,7 @@ impl Harness {
         let interrupt = Arc::new(Interrupt::new().unwrap());
         let queues = RINGS
             .iter()
-            .map(|&(d, a, u)| {
-                let mut q = Queue::new(QSIZE).unwrap();
-                q.set_desc_table_address(Some(d as u32), Some(0));
-                q.set_avail_ring_address(Some(a as u32), Some(0));
-                q.set_used_ring_address(Some(u as u32), Some(0));
-                q.set_ready(true);
-                assert!(q.is_valid(&mem));
-                q
-            })
+            .map(|&rings| crate::test_util::ready_queue(&mem, QSIZE, rings, false))
             .collect();
         console
             .activate(mem.clone(), interrupt.clone(), queues, features)

@@ -4,7 +4,6 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::device::RxState;
@@ -103,14 +102,7 @@ impl Harness {
                 } else {
                     (rings(i), QSIZE)
                 };
-                let mut q = Queue::new(size).unwrap();
-                q.set_desc_table_address(Some(d as u32), Some(0));
-                q.set_avail_ring_address(Some(a as u32), Some(0));
-                q.set_used_ring_address(Some(u as u32), Some(0));
-                q.set_event_idx(event_idx);
-                q.set_ready(true);
-                assert!(q.is_valid(&h.mem));
-                q
+                crate::test_util::ready_queue(&h.mem, size, (d, a, u), event_idx)
             })
             .collect();
         h.net

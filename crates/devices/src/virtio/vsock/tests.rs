@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use event_manager::EventSet;
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::muxer::CONTROL_MAX;
@@ -75,14 +74,7 @@ impl Harness {
         let interrupt = Arc::new(Interrupt::new().unwrap());
         let queues = RINGS
             .iter()
-            .map(|&(d, a, u)| {
-                let mut q = Queue::new(QSIZE).unwrap();
-                q.set_desc_table_address(Some(d as u32), Some(0));
-                q.set_avail_ring_address(Some(a as u32), Some(0));
-                q.set_used_ring_address(Some(u as u32), Some(0));
-                q.set_ready(true);
-                q
-            })
+            .map(|&rings| crate::test_util::ready_queue(&mem, QSIZE, rings, false))
             .collect();
         dev.activate(mem.clone(), interrupt, queues, 1 << VIRTIO_F_VERSION_1)
             .unwrap();
