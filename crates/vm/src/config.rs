@@ -541,13 +541,47 @@ pub fn parse_memory_size(s: &str) -> Result<u64, ParseError> {
         .ok_or_else(|| ParseError(format!("memory size '{s}' is too large")))
 }
 
+/// An initial ramdisk: a file, or bytes the embedder made (e.g. an initramfs built in memory).
+#[derive(Clone)]
+pub enum Initrd {
+    /// A regular file, read when the VM is built.
+    File(PathBuf),
+    /// The ramdisk itself.
+    Bytes(std::sync::Arc<[u8]>),
+}
+
+impl Initrd {
+    /// How errors name it: the file's path, or `(in-memory initrd)`.
+    pub fn name(&self) -> PathBuf {
+        match self {
+            Initrd::File(p) => p.clone(),
+            Initrd::Bytes(_) => PathBuf::from("(in-memory initrd)"),
+        }
+    }
+}
+
+impl fmt::Debug for Initrd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Initrd::File(p) => write!(f, "File({})", p.display()),
+            Initrd::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+        }
+    }
+}
+
+impl<P: Into<PathBuf>> From<P> for Initrd {
+    fn from(path: P) -> Self {
+        Initrd::File(path.into())
+    }
+}
+
 /// Everything needed to build and boot one VM.
 #[derive(Debug)]
 pub struct VmConfig {
     /// ELF vmlinux (PVH entry if it has the note, 64-bit boot protocol otherwise) or bzImage.
     pub kernel: PathBuf,
     /// Optional initial ramdisk, loaded at the top of low memory.
-    pub initrd: Option<PathBuf>,
+    pub initrd: Option<Initrd>,
     /// Replaces [`DEFAULT_CMDLINE`]; the VMM still appends what it must (root device, virtio-mmio devices, host quirks).
     pub cmdline: Option<String>,
     /// Number of vCPUs (1 to the KVM limit).

@@ -42,7 +42,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelSummary> 
 
 /// Loads the initrd at `path` into `mem` above `kernel_end`; returns its address and size.
 pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, kernel_end: u64) -> Result<(u64, u64)> {
-    let i = crate::kernel::load_initrd(mem, path, kernel_end)?;
+    let i = crate::kernel::load_initrd(mem, &crate::Initrd::File(path.to_path_buf()), kernel_end)?;
     Ok((i.addr.0, i.size))
 }
 

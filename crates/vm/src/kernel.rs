@@ -234,31 +234,41 @@ pub(crate) fn open_regular(
 /// Loads the initrd at the top of low memory and says where it went.
 pub(crate) fn load_initrd(
     mem: &GuestMemoryMmap,
-    path: &Path,
+    initrd: &crate::Initrd,
     kernel_end: u64,
 ) -> Result<arch::boot::Initrd> {
+    let path = initrd.name();
     let open_err = |source| Error::InitrdOpen {
-        path: path.to_path_buf(),
+        path: path.clone(),
         source,
     };
-    let (mut file, size) =
-        open_regular(path)
-            .map_err(open_err)?
-            .map_err(|kind| Error::InitrdNotAFile {
-                path: path.to_path_buf(),
-                kind,
+    let (file, size) = match initrd {
+        crate::Initrd::File(file_path) => {
+            let (file, size) = open_regular(file_path).map_err(open_err)?.map_err(|kind| {
+                Error::InitrdNotAFile {
+                    path: path.clone(),
+                    kind,
+                }
             })?;
+            (Some(file), size)
+        }
+        crate::Initrd::Bytes(bytes) => (None, bytes.len() as u64),
+    };
     if size == 0 {
         return Err(open_err(std::io::Error::other("the file is empty")));
     }
     let too_large = || Error::InitrdTooLarge {
-        path: path.to_path_buf(),
+        path: path.clone(),
         size,
     };
     let addr = arch::initrd_load_addr_above(mem, size, kernel_end).map_err(|_| too_large())?;
     let len = usize::try_from(size).map_err(|_| too_large())?;
-    mem.read_exact_volatile_from(addr, &mut file, len)
-        .map_err(|e| open_err(std::io::Error::other(e.to_string())))?;
+    match (file, initrd) {
+        (Some(mut file), _) => mem.read_exact_volatile_from(addr, &mut file, len),
+        (None, crate::Initrd::Bytes(bytes)) => mem.write_slice(bytes, addr),
+        (None, crate::Initrd::File(_)) => Ok(()), // not reached: a file was opened above.
+    }
+    .map_err(|e| open_err(std::io::Error::other(e.to_string())))?;
     step_done(&format!(
         "loaded initrd {} ({size} bytes at {:#x})",
         path.display(),

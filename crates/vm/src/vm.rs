@@ -70,8 +70,8 @@ impl Vm {
 
         // 4. The kernel and the initrd.
         let kernel = kernel::load_kernel(&mem, &config.kernel)?;
-        let initrd = (config.initrd.as_deref())
-            .map(|path| kernel::load_initrd(&mem, path, kernel.end))
+        let initrd = (config.initrd.as_ref())
+            .map(|initrd| kernel::load_initrd(&mem, initrd, kernel.end))
             .transpose()?;
 
         // 5. The devices, placed by the device manager.
