@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 
-use clap::{CommandFactory, Parser};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use vm::{CharBackend, DiskConfig, ExitReason, NetConfig, SeccompMode, Vm, VmConfig, VsockConfig};
 
+mod run;
 mod terminal;
 
 /// A minimal virtual machine monitor: boots a Linux kernel on KVM with a serial console and virtio disks.
@@ -18,8 +19,67 @@ mod terminal;
 /// writes the byte N to the exit device: I/O port 0x501 (`outb` of N, no shifted encoding) or the
 /// byte at MMIO 0xc000_1000 (`devmem 0xc0001000 8 N` from a Linux init).
 #[derive(Parser, Debug)]
-#[command(name = "vmm", version, about, long_about = None)]
+#[command(
+    name = "vmm",
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
+    #[command(flatten)]
+    vm: Option<VmArgs>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run COMMAND in a fresh guest and exit with its status: vmm boots the kernel with an
+    /// initramfs of its own holding the guest agent, which mounts the first --disk as / and runs
+    /// COMMAND there; COMMAND's stdout and stderr are vmm's, vmm's stdin is COMMAND's. The guest
+    /// kernel needs virtio-mmio and virtio-vsock built in; nothing is installed in the image.
+    ///
+    /// Exit status: COMMAND's (128+N when signal N killed it), or, as timeout(1) and env(1) do:
+    /// 124 when --timeout ran out, 125 when vmm or the guest failed (the guest stopped first, or
+    /// its agent never answered: one `error:` line says which), 126 when COMMAND cannot be
+    /// executed, 127 when it is not found.
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    vm: VmArgs,
+
+    /// Stop COMMAND (and the VM) after this long (30s, 500ms, 2m or seconds), counted from when
+    /// it starts: exit 124.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<std::time::Duration>,
+
+    /// How long the guest may take to boot and its agent to answer (30s, 500ms, 2m or seconds).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    ready_timeout: std::time::Duration,
+
+    /// Set the variable K to V in COMMAND's environment (which starts as PATH and HOME only).
+    /// Repeatable.
+    #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+
+    /// COMMAND's working directory in the guest (default /).
+    #[arg(long, value_name = "DIR")]
+    workdir: Option<String>,
+
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+/// The options that describe the VM, for `vmm` and `vmm run` alike.
+#[derive(Args, Debug)]
+struct VmArgs {
     /// Kernel image: ELF vmlinux (PVH entry if present) or bzImage.
     #[arg(long, value_name = "PATH")]
     kernel: PathBuf,
@@ -195,6 +255,14 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     }
 }
 
+/// `K=V` for --env: K non-empty, without `=` or NUL.
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !s.contains('\0') => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("'{s}' is not K=V: give a name, '=', and the value")),
+    }
+}
+
 fn parse_memory(s: &str) -> Result<u64, String> {
     vm::parse_memory_size(s).map_err(|e| e.0)
 }
@@ -228,8 +296,38 @@ fn main() -> ExitCode {
     vm::mark_process_start();
     vm::seccomp::set_forbidden_call_hint("Run with --seccomp off to debug.");
     handle_sigterm();
-    let cli = Cli::parse();
-    let level = match cli.verbose {
+    // `vmm run`'s own failures must not look like COMMAND's statuses: a usage error is 125 there.
+    let run_mode = std::env::args_os().nth(1).is_some_and(|a| a == "run");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if run_mode && e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(run::EXIT_FAILED);
+        }
+        Err(e) => e.exit(),
+    };
+    match cli.command {
+        Some(Command::Run(args)) => {
+            init_logging(args.vm.verbose);
+            run::run(args)
+        }
+        None => match cli.vm {
+            Some(args) => {
+                init_logging(args.verbose);
+                boot(args)
+            }
+            None => Cli::command()
+                .error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "give the guest's kernel with --kernel PATH (or a subcommand: vmm run)",
+                )
+                .exit(),
+        },
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
         0 => log::LevelFilter::Warn,
         1 => log::LevelFilter::Info,
         2 => log::LevelFilter::Debug,
@@ -237,7 +335,7 @@ fn main() -> ExitCode {
     };
     // virtio-queue logs an error for every malformed ring or chain a guest hands it, so a hostile
     // guest could fill the log; our devices report those themselves, once. Its own lines only at -vv.
-    let queue_level = if cli.verbose >= 2 {
+    let queue_level = if verbose >= 2 {
         level
     } else {
         log::LevelFilter::Off
@@ -247,7 +345,38 @@ fn main() -> ExitCode {
         .filter_module("virtio_queue", queue_level)
         .format_timestamp_micros()
         .init();
+}
 
+/// The VM the options describe, with these console backends.
+fn vm_config(cli: &VmArgs, serial: CharBackend, console: CharBackend) -> VmConfig {
+    VmConfig {
+        kernel: cli.kernel.clone(),
+        initrd: cli.initrd.clone().map(vm::Initrd::File),
+        cmdline: cli.cmdline.clone(),
+        vcpus: cli.cpus,
+        memory_bytes: cli.memory,
+        disks: cli.disk.clone(),
+        nets: cli.net.clone(),
+        serial,
+        console,
+        vsock: cli.vsock.clone(),
+        boot_timer: cli.boot_timer,
+        seccomp: if cli.seccomp == "off" {
+            log::warn!(
+                "--seccomp off: the VMM runs unconfined, with no seccomp filter on any thread"
+            );
+            SeccompMode::Off
+        } else {
+            SeccompMode::AllThreads
+        },
+        irqchip: cli.irqchip,
+        acpi: cli.acpi == "on",
+        shutdown_timeout: cli.shutdown_timeout,
+    }
+}
+
+/// `vmm [OPTIONS]`: boot the guest and run it to its end.
+fn boot(cli: VmArgs) -> ExitCode {
     let console = cli.console.as_deref().map_or(CharBackend::Off, backend);
     let serial = match cli.serial.as_deref() {
         Some(s) => backend(s),
@@ -263,31 +392,7 @@ fn main() -> ExitCode {
             .exit();
     }
     let stdin_owned = console.owns_stdin() || serial.owns_stdin();
-
-    let mut config = VmConfig {
-        kernel: cli.kernel,
-        initrd: cli.initrd,
-        cmdline: cli.cmdline,
-        vcpus: cli.cpus,
-        memory_bytes: cli.memory,
-        disks: cli.disk,
-        nets: cli.net,
-        serial,
-        console,
-        vsock: cli.vsock,
-        boot_timer: cli.boot_timer,
-        seccomp: if cli.seccomp == "off" {
-            log::warn!(
-                "--seccomp off: the VMM runs unconfined, with no seccomp filter on any thread"
-            );
-            SeccompMode::Off
-        } else {
-            SeccompMode::AllThreads
-        },
-        irqchip: cli.irqchip,
-        acpi: cli.acpi == "on",
-        shutdown_timeout: cli.shutdown_timeout,
-    };
+    let mut config = vm_config(&cli, serial, console);
 
     // The jail: the parent supervises and exits with the jailed child's status; the child builds
     // the VM with the host's files in view, then closes the jail before the guest runs.
@@ -410,11 +515,14 @@ const EXIT_STOPPED: u8 = 128 + libc::SIGTERM as u8;
 static SHUTDOWN_FD: AtomicI32 = AtomicI32::new(-1);
 /// SIGTERMs that came before the VM could take them (while it was being built).
 static EARLY_SIGTERMS: AtomicU32 = AtomicU32::new(0);
+/// A SIGTERM came (for `vmm run`, which then ends with [`EXIT_STOPPED`]).
+static SIGTERM_SEEN: AtomicBool = AtomicBool::new(false);
 /// The VM has stopped: SIGTERM ends vmm, as its default action would (which seccomp no longer
 /// lets this process restore).
 static VM_GONE: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_sigterm(_: libc::c_int) {
+    SIGTERM_SEEN.store(true, Ordering::Release);
     let fd = SHUTDOWN_FD.load(Ordering::Acquire);
     if fd < 0 {
         if VM_GONE.load(Ordering::Acquire) {
