@@ -141,6 +141,17 @@ pub struct VmSpec {
     /// Socket files the VMM created (console backends, bound before the fork); the supervisor
     /// removes each at the end (the jailed VMM cannot reach them) if it is still that socket.
     pub sockets: Vec<SocketSpec>,
+    /// A socket (also in `sockets`) beside which the jailed VMM connects to other sockets by
+    /// name (virtio-vsock's `PATH_<port>`). Its directory, and nothing above it, stays
+    /// reachable: in the new mount namespace the jail clones that directory as a mount of its
+    /// own, detached from every tree (so `..` at its top goes nowhere), read-only, nosuid,
+    /// nodev, noexec, checks that it holds this very socket, and makes it the VMM's working
+    /// directory at lock-down. What the VMM may connect to there is then up to the sockets'
+    /// modes: it runs as the jail's uid and gid.
+    pub connect_beside: Option<SocketSpec>,
+    /// Descriptors the VMM may open at run time beyond [`EXTRA_FDS`] (virtio-vsock's host
+    /// sockets): RLIMIT_NOFILE grows by as many.
+    pub extra_fds: u64,
     /// Whether the VM uses host tap devices: the VMM then keeps the host's net namespace.
     pub host_network: bool,
     /// Whether seccomp filters are on: the supervisor then confines itself with its own too.
@@ -179,6 +190,10 @@ pub struct Jail {
     nproc: u64,
     /// Socket files the VMM created; the supervisor removes them (the jailed VMM cannot reach them).
     sockets: Vec<SocketSpec>,
+    /// [`VmSpec::connect_beside`].
+    connect_beside: Option<SocketSpec>,
+    /// [`VmSpec::extra_fds`].
+    extra_fds: u64,
     /// Whether the supervisor filters itself ([`VmSpec::seccomp`]).
     seccomp: bool,
     /// [`VmSpec::shutdown_timeout`].
@@ -241,6 +256,8 @@ impl Jail {
             fsize,
             nproc: limits.pids,
             sockets: vm.sockets.clone(),
+            connect_beside: vm.connect_beside.clone(),
+            extra_fds: vm.extra_fds,
             seccomp: vm.seccomp,
             shutdown_timeout: vm.shutdown_timeout,
         })
@@ -377,8 +394,16 @@ impl Jail {
             || "make the mounts private".into(),
         )?;
         let root = self.root.reopen_in_this_namespace()?;
+        // A mount's clone can only be made of a mount of this namespace: made here, after the
+        // unshare, and checked to be the directory of the socket bound before the fork.
+        let connect_dir = match &self.connect_beside {
+            Some(socket) => Some(root::socket_dir_mount(socket)?),
+            None => None,
+        };
         Ok(Forked::Jailed(Jailed {
             root,
+            connect_dir,
+            extra_fds: self.extra_fds,
             alive: alive_read,
             uid: self.uid,
             gid: self.gid,

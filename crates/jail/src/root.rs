@@ -15,6 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{check, cstring, JailError};
+use crate::SocketSpec;
 
 /// The jail directory, open.
 #[derive(Debug)]
@@ -225,6 +226,77 @@ impl JailRoot {
         drop(self.fd);
         Ok(())
     }
+}
+
+/// The directory of `socket` as a mount of its own (a clone of that directory alone, without the
+/// mounts below it), detached: in no mount namespace's tree, so `..` at its top stays there, and
+/// a relative symbolic link in it reaches no further. Read-only, nosuid, nodev, noexec (connecting
+/// to a socket needs no write access to its file system). Refused unless the directory holds
+/// `socket` itself (same device and inode), so that what the VMM reaches is the directory it
+/// bound its socket in, whatever happened to the path since. Call in the jail's mount namespace.
+pub(crate) fn socket_dir_mount(socket: &SocketSpec) -> Result<OwnedFd, JailError> {
+    let dir = match socket.path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = socket.path.file_name().unwrap_or_default();
+    let changed = || JailError::SocketDirChanged {
+        dir: dir.to_path_buf(),
+        name: name.to_string_lossy().into_owned(),
+    };
+    let c_dir = cstring(dir)?;
+    let c_name = cstring(Path::new(name))?;
+    let shown = dir.display().to_string();
+    // SAFETY: a valid C string; open_tree returns a new descriptor or -1.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c_dir.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as u32,
+        )
+    };
+    check(tree as i32, || {
+        format!("clone a mount of {shown} (open_tree)")
+    })?;
+    // SAFETY: open_tree returned a new descriptor that nothing else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as RawFd) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+        ..MountAttr::default()
+    };
+    check(
+        // SAFETY: the descriptor is ours; `attr` is a mount_attr of the size given.
+        unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH,
+                &attr,
+                std::mem::size_of::<MountAttr>(),
+            ) as i32
+        },
+        || format!("make the mount of {shown} read-only, nosuid, nodev, noexec"),
+    )?;
+    // SAFETY: a zeroed stat is a valid out buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: our descriptor, a valid C string and a writable stat that outlives the call.
+    let ret = unsafe {
+        libc::fstatat(
+            tree.as_raw_fd(),
+            c_name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if ret != 0
+        || st.st_mode & libc::S_IFMT != libc::S_IFSOCK
+        || (st.st_dev, st.st_ino) != (socket.dev, socket.ino)
+    {
+        return Err(changed());
+    }
+    Ok(tree)
 }
 
 const OPEN_TREE_CLONE: u32 = 1;
