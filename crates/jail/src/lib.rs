@@ -18,12 +18,13 @@
 //!   └─ child (pid 1 of the new pid namespace): parent-death signal, lifeline checked; close every
 //!       inherited descriptor but 0-2; empty the environment and signal mask; setsid; umask 077;
 //!       normal scheduling; join the cgroup(s); unshare mount, ipc, uts and (unless a tap is used)
-//!       net namespaces; make every mount private; reopen DIR in the new namespace (same inode)
-//!                                                                                -> Jailed
+//!       net namespaces; make every mount private; reopen DIR in the new namespace (same inode);
+//!       clone the directory of VmSpec::connect_beside's socket as a detached read-only mount
+//!       (checked to hold that socket)                                            -> Jailed
 //!        vm::Vm::new      opens /dev/kvm, kernel, initrd, disks, taps, ptys, sockets; creates the
 //!                         VM (its fd belongs to this process's mm) and loads the guest
 //!        Jailed::lock_down  bind DIR read-only through its descriptor, pivot_root into it, drop
-//!                         the old root; hostname; rlimits; bounding set, setgroups, setresgid,
+//!                         the old root; fchdir into the socket directory's mount; hostname; rlimits; bounding set, setgroups, setresgid,
 //!                         setresuid (checked with getresuid/getresgid), capabilities,
 //!                         no_new_privs, parent-death signal, lifeline checked
 //!        (seccomp goes on here, in Vm::run, before the first KVM_RUN)

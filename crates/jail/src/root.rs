@@ -385,8 +385,11 @@ mod tests {
         let _vmm = UnixListener::bind(&sock).unwrap();
         let _peer = UnixListener::bind(base.join("vsock/v.sock_1")).unwrap();
         let _out = UnixListener::bind(base.join("outside/x.sock")).unwrap();
-        fs::set_permissions(base.join("outside/x.sock"), fs::Permissions::from_mode(0o777))
-            .unwrap();
+        fs::set_permissions(
+            base.join("outside/x.sock"),
+            fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
         std::os::unix::fs::symlink("../outside/x.sock", base.join("vsock/v.sock_2")).unwrap();
         let meta = fs::symlink_metadata(&sock).unwrap();
         let spec = SocketSpec {
