@@ -148,8 +148,10 @@ struct VmArgs {
     /// vmm creates mode 0600, refused if anything is at PATH, removed at exit if still vmm's). A
     /// host program connects to PATH, writes `CONNECT <port>\n` and, once the guest's listener
     /// on that port accepts, reads `OK <host port>\n`; the socket is then a byte stream to the
-    /// guest. A guest connection to CID 2, port P, connects to the Unix socket PATH_P. Not with
-    /// --jail yet.
+    /// guest. A guest connection to CID 2, port P, connects to the Unix socket PATH_P. With
+    /// --jail the VMM reaches PATH's directory only (a symbolic link there that leads out of it
+    /// goes nowhere) and runs as --uid/--gid: PATH_P must be connectable by them (e.g. group
+    /// --gid with mode 0660) in a directory they may search; give PATH a directory of its own.
     #[arg(long, value_name = "cid=N,socket=PATH", value_parser = parse_vsock)]
     vsock: Option<VsockConfig>,
 
@@ -360,6 +362,7 @@ fn vm_config(cli: &VmArgs, serial: CharBackend, console: CharBackend) -> VmConfi
         serial,
         console,
         vsock: cli.vsock.clone(),
+        vsock_socket: None,
         boot_timer: cli.boot_timer,
         seccomp: if cli.seccomp == "off" {
             log::warn!(
@@ -400,15 +403,6 @@ fn boot(cli: VmArgs) -> ExitCode {
         eprintln!("error: {e}{}", flag_hint(&e));
         return ExitCode::FAILURE;
     }
-    if cli.jail.is_some() && config.vsock.is_some() {
-        // The jailed VMM could not reach PATH_<port> by its host path.
-        Cli::command()
-            .error(
-                clap::error::ErrorKind::ArgumentConflict,
-                "--vsock does not work with --jail yet; drop one of them",
-            )
-            .exit();
-    }
     let mut jailed = None;
     // Debug builds only, for tests/jail.rs: a FIFO the jailed VMM reads to its end after building
     // the VM and before entering the jail (read now: the jailed VMM starts with no environment).
@@ -419,7 +413,7 @@ fn boot(cli: VmArgs) -> ExitCode {
         // Sockets are bound before the fork, so the supervisor knows which inode is the VMM's.
         if let Err(e) = bind_sockets(&mut config) {
             remove_bound_sockets(&config);
-            eprintln!("error: {}", error_chain(&e));
+            eprintln!("error: {}{}", error_chain(&e), flag_hint(&e));
             return ExitCode::FAILURE;
         }
         let jail = jail::JailConfig {
@@ -709,6 +703,12 @@ fn jail_spec(config: &VmConfig) -> jail::VmSpec {
             .collect(),
         host_network: !config.nets.is_empty(),
         seccomp: config.seccomp != SeccompMode::Off,
+        // Room for virtio-vsock's host sockets.
+        extra_fds: if config.vsock.is_some() {
+            vm::VSOCK_MAX_CONNS as u64
+        } else {
+            0
+        },
         shutdown_timeout: config.shutdown_timeout,
         ..jail::VmSpec::default()
     };
@@ -727,15 +727,40 @@ fn jail_spec(config: &VmConfig) -> jail::VmSpec {
             _ => {}
         }
     }
+    if let Some(socket) = &config.vsock_socket {
+        // The guest's connections go to PATH_<port>, by name in PATH's directory.
+        let socket = jail::SocketSpec {
+            path: socket.path().to_path_buf(),
+            dev: socket.id().dev,
+            ino: socket.id().ino,
+            fd: std::os::fd::AsRawFd::as_raw_fd(socket.listener()),
+        };
+        spec.sockets.push(socket.clone());
+        spec.connect_beside = Some(socket);
+    }
     spec
 }
 
-/// Binds the socket backends now (see [`CharBackend::BoundSocket`]).
-fn bind_sockets(config: &mut VmConfig) -> Result<(), vm::DeviceError> {
-    for backend in [&mut config.serial, &mut config.console] {
+/// Binds the socket backends and the vsock's socket now (see [`CharBackend::BoundSocket`]).
+fn bind_sockets(config: &mut VmConfig) -> Result<(), vm::Error> {
+    for (what, backend) in [
+        ("serial", &mut config.serial),
+        ("console", &mut config.console),
+    ] {
         if let CharBackend::Socket(path) = backend {
-            *backend = CharBackend::BoundSocket(vm::SocketFile::bind(path)?);
+            let socket =
+                vm::SocketFile::bind(path).map_err(|source| vm::Error::Device { what, source })?;
+            *backend = CharBackend::BoundSocket(socket);
         }
+    }
+    if let Some(vsock) = &mut config.vsock {
+        let socket = vm::SocketFile::bind(&vsock.socket).map_err(|source| vm::Error::Device {
+            what: "vsock",
+            source,
+        })?;
+        config.vsock_socket = Some(socket);
+        // Inside the jail PATH is out of reach; its directory is the working directory.
+        vsock.connect_by_name = true;
     }
     Ok(())
 }
@@ -746,6 +771,9 @@ fn remove_bound_sockets(config: &VmConfig) {
         if let CharBackend::BoundSocket(socket) = backend {
             socket.remove();
         }
+    }
+    if let Some(socket) = &config.vsock_socket {
+        socket.remove();
     }
 }
 

@@ -901,3 +901,135 @@ fn boot_jail_serial_on_a_socket_works() {
     assert_eq!(vmm.signal_and_wait(libc::SIGTERM, TIMEOUT), Some(143));
     assert!(!sock.exists(), "the socket file was left behind");
 }
+
+/// Connects to the vsock device's socket and asks for guest port `port`: the `OK <host port>`
+/// line, or `None` when the device closed the connection (the guest refused).
+fn vsock_connect(sock: &Path, port: u32) -> (std::os::unix::net::UnixStream, Option<String>) {
+    use std::io::{Read, Write};
+    let mut c = std::os::unix::net::UnixStream::connect(sock).expect("connect to the vsock");
+    c.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    c.write_all(format!("CONNECT {port}\n").as_bytes())
+        .expect("write CONNECT");
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match c.read(&mut b) {
+            Ok(0) => return (c, None),
+            Ok(_) if b[0] == b'\n' => break,
+            Ok(_) => line.push(b[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (c, None),
+            Err(e) => panic!("reading the answer to CONNECT {port}: {e}"),
+        }
+    }
+    (c, Some(String::from_utf8_lossy(&line).into_owned()))
+}
+
+/// virtio-vsock under the jail. The device's socket is bound before the fork and removed by the
+/// supervisor at the end; host programs reach the guest (a hundred connections at once, more
+/// than the jail's spare descriptors were); the guest reaches `PATH_5000`, which the host made
+/// connectable by the jail's group, in a directory only that group may search; and `PATH_5001`,
+/// a symbolic link out of the directory (`../outside/x.sock`) to a socket anyone may connect to,
+/// leads nowhere: the jailed VMM reaches that directory and nothing above it.
+#[test]
+fn boot_jail_vsock_both_ways_and_only_its_directory() {
+    use std::io::{BufRead, Read, Write};
+    use std::os::unix::net::UnixListener;
+    require_root!();
+    let scratch = Scratch::new("jail-vsock");
+    let root = jail_root(&scratch);
+    let id = test_id(7);
+    let dir = scratch.path("vsock");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(0), Some(id)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o710)).unwrap();
+    let sock = dir.join("v.sock");
+    let host = UnixListener::bind(dir.join("v.sock_5000")).unwrap();
+    std::os::unix::fs::chown(dir.join("v.sock_5000"), Some(0), Some(id)).unwrap();
+    std::fs::set_permissions(
+        dir.join("v.sock_5000"),
+        std::fs::Permissions::from_mode(0o660),
+    )
+    .unwrap();
+    let outside_dir = scratch.path("outside");
+    std::fs::create_dir(&outside_dir).unwrap();
+    let outside = UnixListener::bind(outside_dir.join("x.sock")).unwrap();
+    std::fs::set_permissions(
+        outside_dir.join("x.sock"),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    outside.set_nonblocking(true).unwrap();
+    std::os::unix::fs::symlink("../outside/x.sock", dir.join("v.sock_5001")).unwrap();
+
+    let mut vmm = Running::start(&[
+        "--kernel",
+        test_guests::VSOCK,
+        "--cmdline",
+        "vsock_listen=1234 vsock_connect=5000 vsock_refused=5001",
+        "--vsock",
+        &format!("cid=3,socket={}", s(&sock)),
+        "--jail",
+        s(&root),
+        "--jail-id",
+        &id.to_string(),
+    ]);
+    for line in ["status=0xf", "listening", "connect=ok", "refused=rst"] {
+        vmm.wait_for_line(line, TIMEOUT);
+    }
+    assert_eq!(
+        outside.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "the guest reached a socket outside the vsock directory"
+    );
+
+    // Guest to host.
+    let (mut g2h, _) = host.accept().expect("the guest's connection");
+    g2h.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut greeting = String::new();
+    std::io::BufReader::new(g2h.try_clone().unwrap())
+        .read_line(&mut greeting)
+        .expect("greeting");
+    assert_eq!(greeting, "guest-hello\n");
+    g2h.write_all(b"back to the guest\n").unwrap();
+    let mut echo = [0u8; 18];
+    g2h.read_exact(&mut echo).expect("echo");
+    assert_eq!(&echo, b"back to the guest\n");
+
+    // Host to guest, a hundred at once.
+    let mut many: Vec<_> = (0..100)
+        .map(|i| {
+            let (c, answer) = vsock_connect(&sock, 1234);
+            assert!(
+                answer.as_deref().is_some_and(|a| a.starts_with("OK ")),
+                "connection {i}: {answer:?}"
+            );
+            c
+        })
+        .collect();
+    for (i, c) in many.iter_mut().enumerate() {
+        c.write_all(format!("hello {i:03}\n").as_bytes()).unwrap();
+    }
+    for (i, c) in many.iter_mut().enumerate() {
+        let mut got = [0u8; 10];
+        c.read_exact(&mut got).expect("echo");
+        assert_eq!(got, *format!("hello {i:03}\n").as_bytes());
+    }
+    drop(many);
+    drop(g2h);
+
+    // The quit port ends the guest.
+    let (_quit, answer) = vsock_connect(&sock, 1235);
+    assert_eq!(answer, None);
+    vmm.wait_for_line("accepted=0x64", TIMEOUT);
+    vmm.wait_for_line("done", TIMEOUT);
+    assert!(
+        wait_until(TIMEOUT, || !vmm.is_running()),
+        "vmm did not exit"
+    );
+    let code = vmm.child.try_wait().unwrap().and_then(|st| st.code());
+    let stderr = vmm.stop();
+    assert_eq!(code, Some(0), "stderr:\n{stderr}");
+    assert!(!stderr.contains("seccomp"), "{stderr}");
+    assert!(!sock.exists(), "the supervisor removes the socket");
+    assert!(dir.join("v.sock_5000").exists(), "the host's sockets stay");
+}

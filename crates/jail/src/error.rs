@@ -114,6 +114,19 @@ pub enum JailError {
         /// The number of threads.
         threads: usize,
     },
+    /// The directory of a socket the VMM bound, cloned for the jailed VMM to connect to sockets
+    /// in, does not hold that socket: the directory was swapped or the socket moved since.
+    #[error(
+        "'{}' does not hold the socket '{name}' the VMM bound there: the directory or the \
+         socket was replaced while the jail was set up",
+        dir.display()
+    )]
+    SocketDirChanged {
+        /// The socket's directory, as named.
+        dir: PathBuf,
+        /// The socket's file name.
+        name: String,
+    },
     /// A path holds a NUL byte, which no system call takes.
     #[error("'{}' contains a NUL byte", path.display())]
     NulInPath {

@@ -18,12 +18,13 @@
 //!   └─ child (pid 1 of the new pid namespace): parent-death signal, lifeline checked; close every
 //!       inherited descriptor but 0-2; empty the environment and signal mask; setsid; umask 077;
 //!       normal scheduling; join the cgroup(s); unshare mount, ipc, uts and (unless a tap is used)
-//!       net namespaces; make every mount private; reopen DIR in the new namespace (same inode)
-//!                                                                                -> Jailed
+//!       net namespaces; make every mount private; reopen DIR in the new namespace (same inode);
+//!       clone the directory of VmSpec::connect_beside's socket as a detached read-only mount
+//!       (checked to hold that socket)                                            -> Jailed
 //!        vm::Vm::new      opens /dev/kvm, kernel, initrd, disks, taps, ptys, sockets; creates the
 //!                         VM (its fd belongs to this process's mm) and loads the guest
 //!        Jailed::lock_down  bind DIR read-only through its descriptor, pivot_root into it, drop
-//!                         the old root; hostname; rlimits; bounding set, setgroups, setresgid,
+//!                         the old root; fchdir into the socket directory's mount; hostname; rlimits; bounding set, setgroups, setresgid,
 //!                         setresuid (checked with getresuid/getresgid), capabilities,
 //!                         no_new_privs, parent-death signal, lifeline checked
 //!        (seccomp goes on here, in Vm::run, before the first KVM_RUN)
@@ -141,6 +142,17 @@ pub struct VmSpec {
     /// Socket files the VMM created (console backends, bound before the fork); the supervisor
     /// removes each at the end (the jailed VMM cannot reach them) if it is still that socket.
     pub sockets: Vec<SocketSpec>,
+    /// A socket (also in `sockets`) beside which the jailed VMM connects to other sockets by
+    /// name (virtio-vsock's `PATH_<port>`). Its directory, and nothing above it, stays
+    /// reachable: in the new mount namespace the jail clones that directory as a mount of its
+    /// own, detached from every tree (so `..` at its top goes nowhere), read-only, nosuid,
+    /// nodev, noexec, checks that it holds this very socket, and makes it the VMM's working
+    /// directory at lock-down. What the VMM may connect to there is then up to the sockets'
+    /// modes: it runs as the jail's uid and gid.
+    pub connect_beside: Option<SocketSpec>,
+    /// Descriptors the VMM may open at run time beyond [`EXTRA_FDS`] (virtio-vsock's host
+    /// sockets): RLIMIT_NOFILE grows by as many.
+    pub extra_fds: u64,
     /// Whether the VM uses host tap devices: the VMM then keeps the host's net namespace.
     pub host_network: bool,
     /// Whether seccomp filters are on: the supervisor then confines itself with its own too.
@@ -179,6 +191,10 @@ pub struct Jail {
     nproc: u64,
     /// Socket files the VMM created; the supervisor removes them (the jailed VMM cannot reach them).
     sockets: Vec<SocketSpec>,
+    /// [`VmSpec::connect_beside`].
+    connect_beside: Option<SocketSpec>,
+    /// [`VmSpec::extra_fds`].
+    extra_fds: u64,
     /// Whether the supervisor filters itself ([`VmSpec::seccomp`]).
     seccomp: bool,
     /// [`VmSpec::shutdown_timeout`].
@@ -241,6 +257,8 @@ impl Jail {
             fsize,
             nproc: limits.pids,
             sockets: vm.sockets.clone(),
+            connect_beside: vm.connect_beside.clone(),
+            extra_fds: vm.extra_fds,
             seccomp: vm.seccomp,
             shutdown_timeout: vm.shutdown_timeout,
         })
@@ -377,8 +395,16 @@ impl Jail {
             || "make the mounts private".into(),
         )?;
         let root = self.root.reopen_in_this_namespace()?;
+        // A mount's clone can only be made of a mount of this namespace: made here, after the
+        // unshare, and checked to be the directory of the socket bound before the fork.
+        let connect_dir = match &self.connect_beside {
+            Some(socket) => Some(root::socket_dir_mount(socket)?),
+            None => None,
+        };
         Ok(Forked::Jailed(Jailed {
             root,
+            connect_dir,
+            extra_fds: self.extra_fds,
             alive: alive_read,
             uid: self.uid,
             gid: self.gid,

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 
 use crate::cgroup::Cgroup;
 use crate::error::{check, step_err, JailError};
@@ -15,6 +15,11 @@ use crate::EXTRA_FDS;
 pub struct Jailed {
     /// The jail directory, open since `Jail::new`: mounted and entered through this descriptor.
     pub(crate) root: JailRoot,
+    /// The directory the VMM connects to sockets in by name ([`crate::VmSpec::connect_beside`]):
+    /// a detached mount, made the working directory after the pivot.
+    pub(crate) connect_dir: Option<OwnedFd>,
+    /// [`crate::VmSpec::extra_fds`].
+    pub(crate) extra_fds: u64,
     /// The read end of the pipe whose write end only the supervisor holds.
     pub(crate) alive: OwnedFd,
     pub(crate) uid: u32,
@@ -42,11 +47,22 @@ impl Jailed {
         let open_fds = highest_fd().saturating_add(1);
         let shown = self.root.path.display().to_string();
         self.root.pivot()?;
+        if let Some(dir) = self.connect_dir {
+            // The only relative paths the jailed VMM uses from here on are names in this
+            // directory. Its descriptor stays open for the process's life: the detached mount
+            // then stays as it is (closing the last descriptor of a detached mount unmounts it).
+            // SAFETY: a descriptor we own.
+            check(unsafe { libc::fchdir(dir.as_raw_fd()) }, || {
+                "enter the directory of the sockets the VMM connects to".into()
+            })?;
+            let _kept = dir.into_raw_fd();
+        }
         // SAFETY: the name is a valid buffer of the given length.
         check(unsafe { libc::sethostname(c"vmm".as_ptr(), 3) }, || {
             "set the host name".into()
         })?;
-        set_rlimit(libc::RLIMIT_NOFILE, open_fds + EXTRA_FDS, "RLIMIT_NOFILE")?;
+        let nofile = open_fds + EXTRA_FDS + self.extra_fds;
+        set_rlimit(libc::RLIMIT_NOFILE, nofile, "RLIMIT_NOFILE")?;
         set_rlimit(libc::RLIMIT_NPROC, self.nproc, "RLIMIT_NPROC")?;
         // RLIMIT_FSIZE caps every write to a regular file, stdout and stderr redirected to a file
         // included, where guest output legitimately grows without bound; then it is left alone.

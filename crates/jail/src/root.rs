@@ -15,6 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{check, cstring, JailError};
+use crate::SocketSpec;
 
 /// The jail directory, open.
 #[derive(Debug)]
@@ -227,6 +228,77 @@ impl JailRoot {
     }
 }
 
+/// The directory of `socket` as a mount of its own (a clone of that directory alone, without the
+/// mounts below it), detached: in no mount namespace's tree, so `..` at its top stays there, and
+/// a relative symbolic link in it reaches no further. Read-only, nosuid, nodev, noexec (connecting
+/// to a socket needs no write access to its file system). Refused unless the directory holds
+/// `socket` itself (same device and inode), so that what the VMM reaches is the directory it
+/// bound its socket in, whatever happened to the path since. Call in the jail's mount namespace.
+pub(crate) fn socket_dir_mount(socket: &SocketSpec) -> Result<OwnedFd, JailError> {
+    let dir = match socket.path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = socket.path.file_name().unwrap_or_default();
+    let changed = || JailError::SocketDirChanged {
+        dir: dir.to_path_buf(),
+        name: name.to_string_lossy().into_owned(),
+    };
+    let c_dir = cstring(dir)?;
+    let c_name = cstring(Path::new(name))?;
+    let shown = dir.display().to_string();
+    // SAFETY: a valid C string; open_tree returns a new descriptor or -1.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c_dir.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as u32,
+        )
+    };
+    check(tree as i32, || {
+        format!("clone a mount of {shown} (open_tree)")
+    })?;
+    // SAFETY: open_tree returned a new descriptor that nothing else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as RawFd) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+        ..MountAttr::default()
+    };
+    check(
+        // SAFETY: the descriptor is ours; `attr` is a mount_attr of the size given.
+        unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH,
+                &attr,
+                std::mem::size_of::<MountAttr>(),
+            ) as i32
+        },
+        || format!("make the mount of {shown} read-only, nosuid, nodev, noexec"),
+    )?;
+    // SAFETY: a zeroed stat is a valid out buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: our descriptor, a valid C string and a writable stat that outlives the call.
+    let ret = unsafe {
+        libc::fstatat(
+            tree.as_raw_fd(),
+            c_name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if ret != 0
+        || st.st_mode & libc::S_IFMT != libc::S_IFSOCK
+        || (st.st_dev, st.st_ino) != (socket.dev, socket.ino)
+    {
+        return Err(changed());
+    }
+    Ok(tree)
+}
+
 const OPEN_TREE_CLONE: u32 = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
 const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
@@ -251,4 +323,97 @@ struct MountAttr {
     attr_clr: u64,
     propagation: u64,
     userns_fd: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixListener;
+
+    /// Connects to the Unix socket `name` relative to `dir` in a child process whose working
+    /// directory is `dir` (the test process's own must not move): the child's errno, 0 if it
+    /// connected.
+    fn connect_from(dir: &OwnedFd, name: &std::ffi::CStr) -> i32 {
+        // SAFETY: a zeroed sockaddr_un is valid.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, &s) in addr.sun_path.iter_mut().zip(name.to_bytes()) {
+            *d = s as libc::c_char;
+        }
+        // SAFETY: the child makes only async-signal-safe system calls, then _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            // SAFETY: raw system calls on valid arguments; the child ends with _exit.
+            unsafe {
+                if libc::fchdir(dir.as_raw_fd()) != 0 {
+                    libc::_exit(100);
+                }
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+                let ret = libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len);
+                let errno = if ret == 0 {
+                    0
+                } else {
+                    *libc::__errno_location()
+                };
+                libc::_exit(errno);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: our child; a valid out pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status));
+        libc::WEXITSTATUS(status)
+    }
+
+    /// The directory of the VMM's socket, as the jailed VMM gets it: the socket's own directory
+    /// (another socket's identity is refused), where names resolve and `..`, or a relative
+    /// symbolic link through it, goes no further up.
+    #[test]
+    fn a_socket_directory_mount_reaches_nothing_above_it() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let base = std::env::temp_dir().join(format!("jail-unit-sockdir-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(base.join("vsock")).unwrap();
+        fs::create_dir_all(base.join("outside")).unwrap();
+        let sock = base.join("vsock/v.sock");
+        let _vmm = UnixListener::bind(&sock).unwrap();
+        let _peer = UnixListener::bind(base.join("vsock/v.sock_1")).unwrap();
+        let _out = UnixListener::bind(base.join("outside/x.sock")).unwrap();
+        fs::set_permissions(
+            base.join("outside/x.sock"),
+            fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("../outside/x.sock", base.join("vsock/v.sock_2")).unwrap();
+        let meta = fs::symlink_metadata(&sock).unwrap();
+        let spec = SocketSpec {
+            path: sock.clone(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            fd: -1,
+        };
+        let dir = socket_dir_mount(&spec).unwrap();
+        assert_eq!(connect_from(&dir, c"v.sock_1"), 0);
+        // The plain directory would reach the outside socket both ways.
+        assert_eq!(connect_from(&dir, c"../outside/x.sock"), libc::ENOENT);
+        assert_eq!(connect_from(&dir, c"v.sock_2"), libc::ENOENT);
+        let plain = fs::File::open(base.join("vsock")).unwrap();
+        assert_eq!(connect_from(&plain.into(), c"v.sock_2"), 0);
+        // Another socket's identity: refused.
+        let other = SocketSpec {
+            ino: meta.ino() + 1,
+            ..spec
+        };
+        let e = socket_dir_mount(&other).unwrap_err();
+        assert!(matches!(e, JailError::SocketDirChanged { .. }), "{e:?}");
+        assert!(e.to_string().contains("'v.sock'"), "{e}");
+        drop(dir);
+        fs::remove_dir_all(&base).unwrap();
+    }
 }

@@ -86,6 +86,7 @@ impl Sandbox {
             config.vsock = Some(VsockConfig {
                 cid: DEFAULT_CID,
                 socket: d.join("vsock.sock"),
+                connect_by_name: false,
             });
         }
         let socket = config

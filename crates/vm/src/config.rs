@@ -422,7 +422,15 @@ pub struct VsockConfig {
     /// Host programs connect here (`CONNECT <port>\n`, answered `OK <host port>\n`); a guest
     /// connection to host port P goes to the socket `PATH_P`.
     pub socket: PathBuf,
+    /// Guest connections go to `<file name of PATH>_P` in the working directory instead (the
+    /// CLI's jail makes the working directory PATH's directory, and PATH is unreachable by its
+    /// name from inside). Off when parsed.
+    pub connect_by_name: bool,
 }
+
+/// The most host sockets a virtio-vsock device holds at once (connections and host programs
+/// that have not yet said where to); the jail's descriptor limit makes room for them.
+pub const VSOCK_MAX_CONNS: usize = devices::virtio::vsock::MAX_CONNS;
 
 const VSOCK_USAGE: &str = "the form is cid=N,socket=PATH";
 
@@ -464,7 +472,11 @@ impl FromStr for VsockConfig {
             }
         }
         match (cid, socket) {
-            (Some(cid), Some(socket)) => Ok(VsockConfig { cid, socket }),
+            (Some(cid), Some(socket)) => Ok(VsockConfig {
+                cid,
+                socket,
+                connect_by_name: false,
+            }),
             _ => Err(ParseError(format!(
                 "vsock '{s}' needs both cid and socket; {VSOCK_USAGE}"
             ))),
@@ -600,6 +612,10 @@ pub struct VmConfig {
     pub console: CharBackend,
     /// A virtio-vsock device, added after the virtio console; none by default.
     pub vsock: Option<VsockConfig>,
+    /// The vsock device's listening socket, bound beforehand at `vsock.socket` (the CLI binds it
+    /// before entering a jail, as [`CharBackend::BoundSocket`], so that the jail's supervisor
+    /// knows which socket to remove); `None`: bound when the device is made.
+    pub vsock_socket: Option<SocketFile>,
     /// Serve the boot timer (port 0x440, MMIO 0xc000_0000): the guest's first write of the magic
     /// byte is reported once as `boot-timer: <µs> µs since process start` (see
     /// [`devices::legacy::BootTimer`] and [`crate::process_start`]).
@@ -639,6 +655,7 @@ impl VmConfig {
             serial: CharBackend::Stdout,
             console: CharBackend::Off,
             vsock: None,
+            vsock_socket: None,
             boot_timer: false,
             seccomp: crate::SeccompMode::default(),
             irqchip: IrqChip::default(),

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use arch::layout;
 use devices::bus::Bus;
-use devices::chardev::Chardev;
+use devices::chardev::{Chardev, SocketFile};
 use devices::legacy::{
     AcpiPm, BootTimer, ChardevWriter, ExitDevice, Ioapic, IoapicTimer, Pit, PitTimer, PowerRequest,
     Pvpanic, Serial, SerialInput, ACPI_PM_PORT_LEN, BOOT_TIMER_MMIO_LEN, BOOT_TIMER_PORT_LEN,
@@ -388,10 +388,21 @@ impl DeviceManager {
         Ok(())
     }
 
-    /// The virtio-vsock device for guest `config.cid`, listening at `config.socket`, in the next
-    /// virtio-mmio slot.
-    pub fn add_vsock_device(&mut self, config: &VsockConfig) -> Result<()> {
-        let vsock = Vsock::new(config.cid, &config.socket).map_err(dev_err("vsock"))?;
+    /// The virtio-vsock device for guest `config.cid`, listening at `config.socket` (on `bound`,
+    /// if it was bound beforehand), in the next virtio-mmio slot.
+    pub fn add_vsock_device(
+        &mut self,
+        config: &VsockConfig,
+        bound: Option<SocketFile>,
+    ) -> Result<()> {
+        let mut vsock = match bound {
+            Some(socket) => Vsock::with_socket(config.cid, socket),
+            None => Vsock::new(config.cid, &config.socket),
+        }
+        .map_err(dev_err("vsock"))?;
+        if config.connect_by_name {
+            vsock.connect_by_name();
+        }
         let slot = self.add_virtio("virtio-vsock", vsock)?;
         step_done(&format!(
             "vsock CID {} on {} at {:#x}, IRQ {}",

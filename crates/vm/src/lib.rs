@@ -36,7 +36,7 @@ pub use config::{
     parse_memory_size, BucketConfig, CharBackend, DiskConfig, FileOptions, Initrd, IrqChip,
     NetConfig, ParseError, RateLimitConfig, SerialOutput, SocketFile, VmConfig, VsockConfig,
     DEFAULT_CMDLINE, DEFAULT_CONSOLE_CMDLINE, DEFAULT_FILE_MAX, DEFAULT_MEMORY_BYTES,
-    DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT, VSOCK_MAX_CONNS,
 };
 pub use devices::Error as DeviceError;
 pub use error::{Error, Result};

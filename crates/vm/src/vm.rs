@@ -118,7 +118,7 @@ impl Vm {
             devices.add_virtio_console(config.console)?;
         }
         if let Some(vsock) = &config.vsock {
-            devices.add_vsock_device(vsock)?;
+            devices.add_vsock_device(vsock, config.vsock_socket)?;
         }
 
         // 6. The vCPUs.

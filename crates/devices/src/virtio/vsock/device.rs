@@ -119,6 +119,14 @@ impl Vsock {
         })
     }
 
+    /// Guest connections to host port P go to the socket named `<file name of PATH>_P` in the
+    /// working directory instead of to `PATH_P`: for a VMM that cannot reach PATH by its name
+    /// but whose working directory is PATH's directory (the CLI's jail, which makes it so and
+    /// lets `..` go no further up).
+    pub fn connect_by_name(&mut self) {
+        self.muxer.connect_by_name();
+    }
+
     /// The guest's CID.
     pub fn cid(&self) -> u64 {
         self.muxer.guest_cid

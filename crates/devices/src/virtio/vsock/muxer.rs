@@ -62,7 +62,8 @@ pub(super) enum Outgoing {
 pub(super) struct Muxer {
     pub(super) guest_cid: u64,
     socket: SocketFile,
-    /// Where guest connections go: `base_<port>`.
+    /// Where guest connections go: `base_<port>` (PATH, or its file name alone when the
+    /// working directory is its directory).
     base: PathBuf,
     conns: HashMap<Key, Connection>,
     callers: HashMap<RawFd, Caller>,
@@ -96,6 +97,14 @@ impl Muxer {
             listener_registered: false,
             tx_stalled: false,
             bad_packets: 0,
+        }
+    }
+
+    /// Guest connections go to `<file name>_<port>` in the working directory.
+    pub(super) fn connect_by_name(&mut self) {
+        // SocketFile::bind refuses a path without a file name.
+        if let Some(name) = self.socket.path().file_name() {
+            self.base = PathBuf::from(name);
         }
     }
 
