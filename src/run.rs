@@ -72,6 +72,11 @@ pub fn run(args: RunArgs) -> ExitCode {
         },
     );
     drop((stdout, stderr));
+    log::info!(
+        "{} ended: {result:?}, {:.1?} after process start",
+        args.command[0],
+        vm::process_start().elapsed()
+    );
     let name = &args.command[0];
     match result {
         Ok(status) => {

@@ -163,6 +163,11 @@ impl Sandbox {
             ready_path,
         };
         sandbox.hello = sandbox.wait_ready(&ready, ready_timeout)?;
+        log::info!(
+            "guest agent ready ({}) {:.1?} after process start",
+            sandbox.hello.name,
+            vm::process_start().elapsed()
+        );
         Ok(sandbox)
     }
 

@@ -94,13 +94,18 @@ fn mount_root(device: &str, spec: &RootSpec) -> Result<(), String> {
     let flags = if spec.read_only { libc::MS_RDONLY } else { 0 };
     let types: Vec<String> = match &spec.fstype {
         Some(t) => vec![t.clone()],
-        // Every block-device file system the kernel has, in its order.
-        None => std::fs::read_to_string("/proc/filesystems")
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.starts_with("nodev"))
-            .map(|l| l.trim().to_string())
-            .filter(|t| !t.is_empty())
+        // ext4 first (the common case, and its driver also registers ext3 and ext2, which are
+        // listed first and fail slowly on an ext4 image), then every other block-device file
+        // system the kernel has.
+        None => std::iter::once("ext4".to_string())
+            .chain(
+                std::fs::read_to_string("/proc/filesystems")
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| !l.starts_with("nodev"))
+                    .map(|l| l.trim().to_string())
+                    .filter(|t| !t.is_empty() && t != "ext4"),
+            )
             .collect(),
     };
     let mut last = None;
