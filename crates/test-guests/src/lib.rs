@@ -291,7 +291,8 @@ pub const HOSTILE_ATTACKS: &[&str] = &[
 /// into receive buffers smaller than the packets, a flood of more connection requests than the
 /// device holds, and no receive buffers while a host program writes. Then the guest listens on
 /// port 1234 (`final_listening`), echoes one host connection and prints `final_echoed=`.
-pub const HOSTILE_VSOCK_ATTACKS: &[&str] = &["vs_headers", "vs_credit_lies", "vs_flood", "vs_no_rx"];
+pub const HOSTILE_VSOCK_ATTACKS: &[&str] =
+    &["vs_headers", "vs_credit_lies", "vs_flood", "vs_no_rx"];
 
 /// virtio-blk writer (PVH) for data-safety tests: record `n` ([`writer_record`], 4 KiB) goes to
 /// sector `8n` of the first blk disk, then a FLUSH; `flushed=<n>` is printed once the flush
