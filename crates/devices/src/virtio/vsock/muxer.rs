@@ -5,8 +5,9 @@
 //! at most [`CONTROL_MAX`]; the device stops taking packets from the guest while it is nearly
 //! full, so a guest that never posts receive buffers cannot make it grow. Connections with
 //! host input to read, and credit for it, wait in `ready`, served in turn. A host program has
-//! [`CONNECT_TIMEOUT`] to send its `CONNECT` line: one timerfd on the event loop, armed for the
-//! oldest caller's deadline, closes those that did not.
+//! [`CONNECT_TIMEOUT`] to send its `CONNECT` line, and the guest as long again to answer the
+//! REQUEST that follows: one timerfd on the event loop, armed for the oldest deadline, closes
+//! those that did not come (and resets the guest's end of an unanswered request).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::ErrorKind;
@@ -80,8 +81,9 @@ pub(super) struct Muxer {
     /// Sockets of closed connections still registered with the event loop.
     closed: Vec<UnixStream>,
     listener_registered: bool,
-    /// Callers' deadlines in the order they came (so in time order), with their sockets; entries
-    /// of callers gone since are skipped (and pruned when there are many).
+    /// Deadlines of callers (for their line) and of connections they started (for the guest's
+    /// answer), in the order they were set (so in time order), with their sockets; entries of
+    /// those gone since are skipped (and pruned when there are many).
     deadlines: VecDeque<(Instant, RawFd)>,
     /// Fires at the first deadline; on the event loop while the muxer lives.
     timer: TimerFd,
@@ -241,6 +243,7 @@ impl Muxer {
         match (c.state, h.op) {
             (State::Connecting, VSOCK_OP_RESPONSE) => {
                 c.state = State::Established;
+                c.answer_by = None;
                 let ok = format!("OK {}\n", key.0);
                 // A fresh socket takes a few bytes; if it does not, the caller is gone.
                 match unix::send(&c.stream, ok.as_bytes()) {
@@ -496,6 +499,11 @@ impl Muxer {
                 break;
             }
             self.deadlines.pop_front();
+            if let Some(key) = self.unanswered(deadline, fd) {
+                debug!("virtio-vsock: the guest did not answer a request in time; closed");
+                self.close(key, true);
+                continue;
+            }
             // The same descriptor may be a newer caller's by now: only its own deadline counts.
             if self
                 .callers
@@ -513,13 +521,23 @@ impl Muxer {
         self.arm_timer();
     }
 
-    /// Keeps the deadline list to the callers still waiting once it is long, and the timer armed
-    /// for the first of them.
+    /// The connection on `fd` whose request the guest has not answered, if `deadline` is its.
+    fn unanswered(&self, deadline: Instant, fd: RawFd) -> Option<Key> {
+        let key = *self.by_fd.get(&fd)?;
+        let c = self.conns.get(&key)?;
+        (c.state == State::Connecting && c.answer_by == Some(deadline)).then_some(key)
+    }
+
+    /// Keeps the deadline list to the callers and requests still waiting once it is long, and the
+    /// timer armed for the first of them.
     fn arm_timer(&mut self) {
         if self.deadlines.len() > 2 * MAX_CONNS {
-            let callers = &self.callers;
-            self.deadlines
-                .retain(|(d, fd)| callers.get(fd).is_some_and(|c| c.deadline == *d));
+            let mut live = std::mem::take(&mut self.deadlines);
+            live.retain(|&(d, fd)| {
+                self.callers.get(&fd).is_some_and(|c| c.deadline == d)
+                    || self.unanswered(d, fd).is_some()
+            });
+            self.deadlines = live;
         }
         let Some(&(first, _)) = self.deadlines.front() else {
             return;
@@ -571,9 +589,13 @@ impl Muxer {
         let key = (local, port);
         let mut c = Connection::new(caller.stream, State::Connecting);
         c.registered = caller.registered.then_some(EventSet::IN);
+        let deadline = Instant::now() + self.connect_timeout;
+        c.answer_by = Some(deadline);
+        self.deadlines.push_back((deadline, fd));
         self.by_fd.insert(fd, key);
         self.conns.insert(key, c);
         self.owe(key, VSOCK_OP_REQUEST, 0);
+        self.arm_timer();
     }
 
     /// A host port for a connection to guest port `peer`, not in use.

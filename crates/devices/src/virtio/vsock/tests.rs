@@ -769,7 +769,8 @@ fn a_caller_that_never_ends_its_connect_line_is_closed_in_time() {
     let got = h.pump();
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!((got[0].0.op, got[0].0.dst_port), (VSOCK_OP_REQUEST, 9));
-    // A connection is no caller: the timer no longer concerns it.
+    h.guest_accepts(&mut later, &got[0].0);
+    // An accepted connection is no caller: the timer no longer concerns it.
     std::thread::sleep(Duration::from_millis(400));
     h.dev.muxer.on_host_event(fd, EventSet::IN);
     assert_eq!(h.dev.connections(), 1);
@@ -814,4 +815,33 @@ fn bytes_after_the_connect_line_in_the_same_write_reach_the_guest() {
     assert_eq!((req.op, req.dst_port), (VSOCK_OP_REQUEST, 83));
     h.guest_accepts(&mut host, &req);
     assert_eq!(payload(&h.pump()), b"early bytes");
+}
+
+#[test]
+fn a_request_the_guest_never_answers_is_closed_in_time() {
+    use std::time::Duration;
+    let mut h = Harness::new("noanswer");
+    h.dev.muxer.connect_timeout = Duration::from_millis(300);
+    let (mut host, req) = h.host_connect(84);
+    // An answered one stays.
+    let (mut answered, req2) = h.host_connect(84);
+    h.guest_accepts(&mut answered, &req2);
+    assert_eq!(h.dev.connections(), 2);
+    expire_until(&mut h, 1, Duration::from_secs(10));
+    assert_eq!(h.dev.connections(), 1);
+    assert!(closed_by_device(&mut host));
+    // The guest hears the request is over.
+    let got = h.pump();
+    assert!(
+        got.iter()
+            .any(|(p, _)| p.op == VSOCK_OP_RST && p.src_port == req.src_port && p.dst_port == 84),
+        "{got:?}"
+    );
+    // The accepted connection outlives the limit.
+    std::thread::sleep(Duration::from_millis(400));
+    h.dev
+        .muxer
+        .on_host_event(h.dev.muxer.timer_fd(), EventSet::IN);
+    answered.write_all(b"still here").unwrap();
+    assert_eq!(payload(&h.pump()), b"still here");
 }
