@@ -147,11 +147,12 @@ struct VmArgs {
     /// A virtio-vsock device: cid=N (the guest's CID, 3 or more), socket=PATH (a Unix socket
     /// vmm creates mode 0600, refused if anything is at PATH, removed at exit if still vmm's). A
     /// host program connects to PATH, writes `CONNECT <port>\n` and, once the guest's listener
-    /// on that port accepts, reads `OK <host port>\n`; the socket is then a byte stream to the
-    /// guest. A guest connection to CID 2, port P, connects to the Unix socket PATH_P. With
-    /// --jail the VMM reaches PATH's directory only (a symbolic link there that leads out of it
-    /// goes nowhere) and runs as --uid/--gid: PATH_P must be connectable by them (e.g. group
-    /// --gid with mode 0660) in a directory they may search; give PATH a directory of its own.
+    /// on that port accepts, reads `OK <host port>\n` (it is closed if its line or the guest's
+    /// answer takes over 5 s); the socket is then a byte stream to the guest. A guest connection
+    /// to CID 2, port P, connects to the Unix socket PATH_P. With --jail the VMM reaches PATH's
+    /// directory only (a symbolic link there that leads out of it goes nowhere) and runs as
+    /// --uid/--gid: PATH_P must be connectable by them (e.g. group --gid with mode 0660) in a
+    /// directory they may search; give PATH a directory of its own.
     #[arg(long, value_name = "cid=N,socket=PATH", value_parser = parse_vsock)]
     vsock: Option<VsockConfig>,
 

@@ -1,5 +1,5 @@
-/* hostile: a guest that attacks one virtio-mmio device (the target: `hostile=blk|console|net` on the
- * command line, the first slot of that type) while a second device (the witness: the first blk slot
+/* hostile: a guest that attacks one virtio-mmio device (the target: `hostile=blk|console|net|vsock` on
+ * the command line, the first slot of that type) while a second device (the witness: the first blk slot
  * that is not the target) must keep working.
  *
  * Each attack prints `<attack>_<fact>=` lines, then the harness around it prints
@@ -12,7 +12,7 @@
  * `hostile_rounds=N` runs the whole list N times. */
 #include "vq.h"
 
-static struct rings rings_t0, rings_t1, rings_w0, rings_w1;
+static struct rings rings_t0, rings_t1, rings_t2, rings_w0, rings_w1;
 static struct dev target, witness;
 static const char *cur;
 static int attacks;
@@ -123,6 +123,8 @@ static void a_queue_sel(void)
     u64 numax = 0;
     dev_negotiate(&target);
     for (unsigned i = 0; i < sizeof(sels) / sizeof(sels[0]); i++) {
+        if (target.type == ID_VSOCK && sels[i] == 2)
+            continue; /* vsock's event queue */
         dev_wr(&target, VM_QUEUE_SEL, sels[i]);
         numax |= dev_rd(&target, VM_QUEUE_NUM_MAX);
         dev_wr(&target, VM_QUEUE_NUM, 16);
@@ -137,6 +139,8 @@ static void a_queue_sel(void)
     vq_setup(&target, 0, 0, QS, &rings_t0);
     if (target.type != ID_BLK)
         vq_setup(&target, 1, 1, QS, &rings_t1);
+    if (target.type == ID_VSOCK)
+        vq_setup(&target, 2, 2, QS, &rings_t2);
     dev_driver_ok(&target);
     fact("works", dev_valid(&target, 0, 2, 0x51));
 }
@@ -388,6 +392,8 @@ struct attack {
     void (*fn)(void);
 };
 
+#include "hostile_vsock.h"
+
 static const struct attack ATTACKS[] = {
     {"regs_garbage", a_regs_garbage},
     {"config_past_end", a_config_past_end},
@@ -430,11 +436,15 @@ static int word_is(const char *p, const char *w)
 static void run(const char *cmdline)
 {
     const char *t = cmdline_find(cmdline, "hostile=");
-    u32 type = word_is(t, "net") ? ID_NET : word_is(t, "console") ? ID_CONSOLE : ID_BLK;
+    u32 type = word_is(t, "net")       ? ID_NET
+               : word_is(t, "console") ? ID_CONSOLE
+               : word_is(t, "vsock")   ? ID_VSOCK
+                                       : ID_BLK;
     if (!dev_find(cmdline, type, 0, &target)) {
         line("error=no_target");
         return;
     }
+    target.r2 = &rings_t2;
     if (!dev_find(cmdline, ID_BLK, type == ID_BLK ? 1 : 0, &witness)) {
         line("error=no_witness");
         return;
@@ -455,13 +465,16 @@ static void run(const char *cmdline)
     const char *rp = cmdline_find(cmdline, "hostile_rounds=");
     if (rp)
         parse_num(&rp, &rounds);
+    unsigned n_generic = sizeof(ATTACKS) / sizeof(ATTACKS[0]);
+    unsigned n_all = n_generic + (type == ID_VSOCK ? sizeof(VSOCK_ATTACKS) / sizeof(VSOCK_ATTACKS[0]) : 0);
     for (u64 round = 0; round < rounds; round++)
-    for (unsigned i = 0; i < sizeof(ATTACKS) / sizeof(ATTACKS[0]); i++) {
-        if (only && !word_is(only, ATTACKS[i].name))
+    for (unsigned i = 0; i < n_all; i++) {
+        const struct attack *a = i < n_generic ? &ATTACKS[i] : &VSOCK_ATTACKS[i - n_generic];
+        if (only && !word_is(only, a->name))
             continue;
-        cur = ATTACKS[i].name;
+        cur = a->name;
         line(cur);
-        ATTACKS[i].fn();
+        a->fn();
         fact("dstatus", dev_rd(&target, VM_STATUS));
         u32 s = tstart();
         fact("recover", s == 0xf && dev_valid(&target, 0, 2, tag++));
@@ -469,6 +482,10 @@ static void run(const char *cmdline)
         attacks++;
     }
     kv_hex("attacks", attacks);
+    if (type == ID_VSOCK) {
+        cur = "final";
+        vs_final();
+    }
     /* Leave both devices reset. */
     dev_wr(&target, VM_STATUS, 0);
     dev_wr(&witness, VM_STATUS, 0);

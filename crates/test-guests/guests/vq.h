@@ -1,5 +1,5 @@
 /* vq.h: a tiny polling virtio-mmio (version 2) driver core shared by the test guests (virtio_blk,
- * virtio_net, virtio_console, hostile, blk_writer, rate_probe): device discovery, start-up, split
+ * virtio_net, virtio_console, vsock, hostile, blk_writer, rate_probe): device discovery, start-up, split
  * virtqueues with rings in .bss, bounded waits and one valid request per device type.  Everything is static inline so a guest links only what it uses. */
 #ifndef VQ_H
 #define VQ_H
@@ -15,6 +15,7 @@
 #define ID_NET 1
 #define ID_BLK 2
 #define ID_CONSOLE 3
+#define ID_VSOCK 19
 #define T_IN 0
 #define T_OUT 1
 #define T_FLUSH 4
@@ -65,7 +66,9 @@ struct dev {
     u32 type;
     u64 drv_features;
     int nq;         /* queues set up by dev_start */
-    struct vq q[2]; /* blk: q[0] = requestq; console/net: q[0] = receive, q[1] = transmit */
+    struct vq q[3]; /* blk: q[0] = requestq; console/net/vsock: q[0] = receive, q[1] = transmit;
+                       vsock: q[2] = event */
+    struct rings *r2; /* vsock: the event queue's rings (dev_start sets that queue up when given) */
 };
 
 static inline u32 dev_rd(struct dev *d, u32 off) { return mmio_read32(d->base + off); }
@@ -158,6 +161,10 @@ static inline u32 dev_start(struct dev *d, u16 size, struct rings *r0, struct ri
     if (d->type != ID_BLK) {
         vq_setup(d, 1, 1, size, r1);
         d->nq = 2;
+    }
+    if (d->type == ID_VSOCK && d->r2) {
+        vq_setup(d, 2, 2, size, d->r2);
+        d->nq = 3;
     }
     dev_driver_ok(d);
     return dev_rd(d, VM_STATUS);
@@ -298,8 +305,10 @@ static inline int blk_request(struct dev *d, int slot, u32 type, u64 sector, voi
     return vq_status[slot][0];
 }
 
-/* One valid transmit chain (console: text; net: virtio_net_hdr + a 60-byte frame) on descriptor 0 of
- * the transmit queue.  Returns 1 when the device used it. */
+/* One valid transmit chain (console: text; net: virtio_net_hdr + a 60-byte frame; vsock: a 44-byte
+ * header from the guest's CID, an RW of no bytes to a host port nobody connected, which the device
+ * takes and answers with a reset) on descriptor 0 of the transmit queue.  Returns 1 when the device
+ * used it. */
 static inline int tx_one(struct dev *d, int slot)
 {
     struct vq *q = &d->q[1];
@@ -315,6 +324,17 @@ static inline int tx_one(struct dev *d, int slot)
         b[12 + 13] = 0xb5;
         memcpy(b + 12 + 14, "HOSTILE-TX", 10);
         len = 12 + 60;
+    } else if (d->type == ID_VSOCK) {
+        u64 cid = (u64)dev_rd(d, VM_CONFIG) | ((u64)dev_rd(d, VM_CONFIG + 4) << 32);
+        memcpy(b, &cid, 8);   /* src_cid */
+        b[8] = 2;             /* dst_cid: the host */
+        b[16] = 0x77;         /* src_port 0x7777 */
+        b[17] = 0x77;
+        b[20] = 0x77;         /* dst_port 0x7777 */
+        b[21] = 0x77;
+        b[28] = 1;            /* type: stream */
+        b[30] = 5;            /* op: RW */
+        len = 44;
     } else {
         memcpy(b, "hostile-tx\n", 11);
         len = 11;

@@ -13,7 +13,6 @@
  */
 #include "vq.h"
 
-#define ID_VSOCK 19
 #define QN 16
 #define HDR 44
 #define PAYLOAD 4096

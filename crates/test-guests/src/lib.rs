@@ -234,7 +234,7 @@ pub fn console_flood(blocks: usize) -> Vec<u8> {
 pub const CONSOLE_HELLO: &str = "hello from the virtio console\n";
 
 /// Hostile virtio driver (PVH): attacks the first virtio-mmio slot of the type named by
-/// `hostile=blk|console|net` on its command line (default blk), the *target*, while the *witness*
+/// `hostile=blk|console|net|vsock` on its command line (default blk), the *target*, while the *witness*
 /// (the first blk slot that is not the target) must keep working. Needs `--memory 128M` (one
 /// attack puts rings at the end of RAM).
 ///
@@ -247,7 +247,9 @@ pub const CONSOLE_HELLO: &str = "hello from the virtio console\n";
 /// `<name>_witness=` (0x1: the witness served a valid request). Chain attacks print `<name>_res=`
 /// (0x1 the device used the chain, 0x2 it set DEVICE_NEEDS_RESET, 0x0 neither within a bounded
 /// wait) and for blk `<name>_st=` (the status byte; 0xee unwritten). Ends with `attacks=`, `done`
-/// and an i8042 reset. A valid request on blk writes and reads back sectors 2..6 of the disk.
+/// and an i8042 reset. A valid request on blk writes and reads back sectors 2..6 of the disk; on
+/// vsock it is an empty RW to a port nobody connected (taken, answered with a reset). A vsock
+/// target also gets [`HOSTILE_VSOCK_ATTACKS`].
 pub const HOSTILE: &str = concat!(env!("OUT_DIR"), "/hostile.elf");
 
 /// The attacks of [`HOSTILE`], in order.
@@ -283,6 +285,14 @@ pub const HOSTILE_ATTACKS: &[&str] = &[
     "notify_flood",
     "same_head_many",
 ];
+
+/// The attacks [`HOSTILE`] runs after [`HOSTILE_ATTACKS`] when its target is virtio-vsock
+/// (`hostile=vsock`; see guests/hostile_vsock.h for their facts): malformed headers, credit lies
+/// into receive buffers smaller than the packets, a flood of more connection requests than the
+/// device holds, and no receive buffers while a host program writes. Then the guest listens on
+/// port 1234 (`final_listening`), echoes one host connection and prints `final_echoed=`.
+pub const HOSTILE_VSOCK_ATTACKS: &[&str] =
+    &["vs_headers", "vs_credit_lies", "vs_flood", "vs_no_rx"];
 
 /// virtio-blk writer (PVH) for data-safety tests: record `n` ([`writer_record`], 4 KiB) goes to
 /// sector `8n` of the first blk disk, then a FLUSH; `flushed=<n>` is printed once the flush

@@ -59,6 +59,8 @@ pub(super) struct Connection {
     pub(super) credit_owed: bool,
     /// What the event loop watches on the host socket now (none: not registered).
     pub(super) registered: Option<EventSet>,
+    /// Started by a host program: when it is closed if the guest has not answered by then.
+    pub(super) answer_by: Option<std::time::Instant>,
 }
 
 impl Connection {
@@ -79,6 +81,7 @@ impl Connection {
             in_ready: false,
             credit_owed: false,
             registered: None,
+            answer_by: None,
         }
     }
 

@@ -114,7 +114,7 @@ impl Vsock {
                 &[QUEUE_SIZE; 3],
                 cid.to_le_bytes().to_vec(),
             )?,
-            muxer: Muxer::new(cid, socket),
+            muxer: Muxer::new(cid, socket)?,
             stage: vec![0; HDR_LEN + MAX_PKT_LEN],
         })
     }

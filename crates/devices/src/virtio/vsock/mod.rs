@@ -58,6 +58,9 @@ pub const MAX_CONNS: usize = 1024;
 pub const FIRST_HOST_PORT: u32 = 1 << 30;
 /// The longest `CONNECT <port>\n` line.
 pub const CONNECT_LINE_MAX: usize = 32;
+/// How long a host program has to send its whole `CONNECT <port>\n` line; then it is closed and
+/// its slot among the [`MAX_CONNS`] freed.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `VIRTIO_VSOCK_TYPE_STREAM`.
 pub const VSOCK_TYPE_STREAM: u16 = 1;

@@ -4,26 +4,32 @@
 //! (answers, resets, shutdowns, credit updates, requests from host programs) wait in `control`,
 //! at most [`CONTROL_MAX`]; the device stops taking packets from the guest while it is nearly
 //! full, so a guest that never posts receive buffers cannot make it grow. Connections with
-//! host input to read, and credit for it, wait in `ready`, served in turn.
+//! host input to read, and credit for it, wait in `ready`, served in turn. A host program has
+//! [`CONNECT_TIMEOUT`] to send its `CONNECT` line, and the guest as long again to answer the
+//! REQUEST that follows: one timerfd on the event loop, armed for the oldest deadline, closes
+//! those that did not come (and resets the guest's end of an unanswered request).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events};
 use log::{debug, warn};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{Connection, Key, State};
 use super::packet::Header;
 use super::unix;
 use super::{
-    CONNECT_LINE_MAX, CONN_BUF, FIRST_HOST_PORT, MAX_CONNS, VSOCK_FLAGS_SHUTDOWN_SEND,
-    VSOCK_OP_CREDIT_REQUEST, VSOCK_OP_CREDIT_UPDATE, VSOCK_OP_REQUEST, VSOCK_OP_RESPONSE,
-    VSOCK_OP_RST, VSOCK_OP_RW, VSOCK_OP_SHUTDOWN,
+    CONNECT_LINE_MAX, CONNECT_TIMEOUT, CONN_BUF, FIRST_HOST_PORT, MAX_CONNS,
+    VSOCK_FLAGS_SHUTDOWN_SEND, VSOCK_OP_CREDIT_REQUEST, VSOCK_OP_CREDIT_UPDATE, VSOCK_OP_REQUEST,
+    VSOCK_OP_RESPONSE, VSOCK_OP_RST, VSOCK_OP_RW, VSOCK_OP_SHUTDOWN,
 };
 use crate::chardev::SocketFile;
+use crate::Error;
 
 /// Packets owed to the guest, at most.
 pub(super) const CONTROL_MAX: usize = 2 * MAX_CONNS;
@@ -48,6 +54,8 @@ struct Caller {
     stream: UnixStream,
     line: Vec<u8>,
     registered: bool,
+    /// When it is closed if its line has not come.
+    deadline: Instant,
 }
 
 /// The next packet for the guest, as the receive path fills it in.
@@ -74,6 +82,17 @@ pub(super) struct Muxer {
     /// Sockets of closed connections still registered with the event loop.
     closed: Vec<UnixStream>,
     listener_registered: bool,
+    /// Deadlines of callers (for their line) and of connections they started (for the guest's
+    /// answer), in the order they were set (so in time order), with their sockets; entries of
+    /// those gone since are skipped (and pruned when there are many).
+    deadlines: VecDeque<(Instant, RawFd)>,
+    /// Fires at the first deadline; on the event loop while the muxer lives.
+    timer: TimerFd,
+    timer_registered: bool,
+    /// The deadline the timer is armed for.
+    armed_for: Option<Instant>,
+    /// How long a caller has for its `CONNECT` line ([`CONNECT_TIMEOUT`]; shorter in tests).
+    pub(super) connect_timeout: Duration,
     /// The transmit queue was stopped (control nearly full, or a connection full).
     pub(super) tx_stalled: bool,
     /// Guest packets that broke the rules; the first is logged.
@@ -81,9 +100,9 @@ pub(super) struct Muxer {
 }
 
 impl Muxer {
-    pub(super) fn new(guest_cid: u64, socket: SocketFile) -> Muxer {
+    pub(super) fn new(guest_cid: u64, socket: SocketFile) -> Result<Muxer, Error> {
         let base = socket.path().to_path_buf();
-        Muxer {
+        Ok(Muxer {
             guest_cid,
             socket,
             base,
@@ -95,9 +114,14 @@ impl Muxer {
             next_port: FIRST_HOST_PORT,
             closed: Vec::new(),
             listener_registered: false,
+            deadlines: VecDeque::new(),
+            timer: crate::nonblocking_timer("virtio-vsock CONNECT time limit")?,
+            timer_registered: false,
+            armed_for: None,
+            connect_timeout: CONNECT_TIMEOUT,
             tx_stalled: false,
             bad_packets: 0,
-        }
+        })
     }
 
     /// Guest connections go to `<file name>_<port>` in the working directory.
@@ -140,6 +164,8 @@ impl Muxer {
                 self.closed.push(c.stream);
             }
         }
+        // The timer may still fire: it finds nobody.
+        self.deadlines.clear();
         self.by_fd.clear();
         self.control.clear();
         self.ready.clear();
@@ -226,6 +252,7 @@ impl Muxer {
         match (c.state, h.op) {
             (State::Connecting, VSOCK_OP_RESPONSE) => {
                 c.state = State::Established;
+                c.answer_by = None;
                 let ok = format!("OK {}\n", key.0);
                 // A fresh socket takes a few bytes; if it does not, the caller is gone.
                 match unix::send(&c.stream, ok.as_bytes()) {
@@ -372,9 +399,10 @@ impl Muxer {
         None
     }
 
-    /// Whether `fd` is the listener, a caller or a connection of this muxer.
+    /// Whether `fd` is the listener, the timer, a caller or a connection of this muxer.
     pub(super) fn owns(&self, fd: RawFd) -> bool {
         fd == self.socket.listener().as_raw_fd()
+            || fd == self.timer.as_raw_fd()
             || self.callers.contains_key(&fd)
             || self.by_fd.contains_key(&fd)
     }
@@ -383,6 +411,8 @@ impl Muxer {
     pub(super) fn on_host_event(&mut self, fd: RawFd, events: EventSet) {
         if fd == self.socket.listener().as_raw_fd() {
             self.accept_callers();
+        } else if fd == self.timer.as_raw_fd() {
+            self.expire_callers();
         } else if self.callers.contains_key(&fd) {
             self.read_connect_line(fd);
         } else if let Some(&key) = self.by_fd.get(&fd) {
@@ -400,6 +430,8 @@ impl Muxer {
                     _ => return,
                 }
             }
+        } else if fd == self.timer.as_raw_fd() {
+            self.expire_callers();
         } else if let Some(caller) = self.callers.remove(&fd) {
             if caller.registered {
                 self.closed.push(caller.stream);
@@ -428,7 +460,13 @@ impl Muxer {
         self.mark_ready(key);
     }
 
+    /// Accepts waiting host programs (at most [`ACCEPT_BUDGET`]) and starts their clocks.
     fn accept_callers(&mut self) {
+        self.accept_some();
+        self.arm_timer();
+    }
+
+    fn accept_some(&mut self) {
         for _ in 0..ACCEPT_BUDGET {
             match unix::accept(self.socket.listener()) {
                 Ok(Some(stream)) => {
@@ -437,14 +475,17 @@ impl Muxer {
                         continue;
                     }
                     let fd = stream.as_raw_fd();
+                    let deadline = Instant::now() + self.connect_timeout;
                     self.callers.insert(
                         fd,
                         Caller {
                             stream,
                             line: Vec::new(),
                             registered: false,
+                            deadline,
                         },
                     );
+                    self.deadlines.push_back((deadline, fd));
                 }
                 Ok(None) => return,
                 Err(e) => {
@@ -452,6 +493,74 @@ impl Muxer {
                     return;
                 }
             }
+        }
+    }
+
+    /// The timer fired (or may have): closes the callers whose time is up, then arms the timer for
+    /// the next deadline.
+    fn expire_callers(&mut self) {
+        // Non-blocking: re-arming in between may have cleared the expiry.
+        let _ = self.timer.wait();
+        self.armed_for = None;
+        let now = Instant::now();
+        while let Some(&(deadline, fd)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if let Some(key) = self.unanswered(deadline, fd) {
+                debug!("virtio-vsock: the guest did not answer a request in time; closed");
+                self.close(key, true);
+                continue;
+            }
+            // The same descriptor may be a newer caller's by now: only its own deadline counts.
+            if self
+                .callers
+                .get(&fd)
+                .is_some_and(|c| c.deadline == deadline)
+            {
+                if let Some(caller) = self.callers.remove(&fd) {
+                    debug!("virtio-vsock: a caller did not send its CONNECT line in time; closed");
+                    if caller.registered {
+                        self.closed.push(caller.stream);
+                    }
+                }
+            }
+        }
+        self.arm_timer();
+    }
+
+    /// The connection on `fd` whose request the guest has not answered, if `deadline` is its.
+    fn unanswered(&self, deadline: Instant, fd: RawFd) -> Option<Key> {
+        let key = *self.by_fd.get(&fd)?;
+        let c = self.conns.get(&key)?;
+        (c.state == State::Connecting && c.answer_by == Some(deadline)).then_some(key)
+    }
+
+    /// Keeps the deadline list to the callers and requests still waiting once it is long, and the
+    /// timer armed for the first of them.
+    fn arm_timer(&mut self) {
+        if self.deadlines.len() > 2 * MAX_CONNS {
+            let mut live = std::mem::take(&mut self.deadlines);
+            live.retain(|&(d, fd)| {
+                self.callers.get(&fd).is_some_and(|c| c.deadline == d)
+                    || self.unanswered(d, fd).is_some()
+            });
+            self.deadlines = live;
+        }
+        let Some(&(first, _)) = self.deadlines.front() else {
+            return;
+        };
+        if self.armed_for.is_some_and(|at| at <= first) {
+            return;
+        }
+        // A zero duration would disarm the timer.
+        let wait = first
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_nanos(1));
+        match self.timer.reset(wait, None) {
+            Ok(()) => self.armed_for = Some(first),
+            Err(e) => warn!("virtio-vsock: cannot arm the CONNECT time limit: {e}"),
         }
     }
 
@@ -489,9 +598,13 @@ impl Muxer {
         let key = (local, port);
         let mut c = Connection::new(caller.stream, State::Connecting);
         c.registered = caller.registered.then_some(EventSet::IN);
+        let deadline = Instant::now() + self.connect_timeout;
+        c.answer_by = Some(deadline);
+        self.deadlines.push_back((deadline, fd));
         self.by_fd.insert(fd, key);
         self.conns.insert(key, c);
         self.owe(key, VSOCK_OP_REQUEST, 0);
+        self.arm_timer();
     }
 
     /// A host port for a connection to guest port `peer`, not in use.
@@ -517,6 +630,12 @@ impl Muxer {
             match ops.add(Events::new_raw(fd, EventSet::IN)) {
                 Ok(()) => self.listener_registered = true,
                 Err(e) => warn!("virtio-vsock: cannot watch the listening socket: {e}"),
+            }
+        }
+        if !self.timer_registered {
+            match ops.add(Events::new_raw(self.timer.as_raw_fd(), EventSet::IN)) {
+                Ok(()) => self.timer_registered = true,
+                Err(e) => warn!("virtio-vsock: cannot watch the CONNECT timer: {e}"),
             }
         }
         for (&fd, caller) in self.callers.iter_mut() {
@@ -558,6 +677,12 @@ impl Muxer {
         v.extend(self.by_fd.keys().copied());
         v.push(self.socket.listener().as_raw_fd());
         v
+    }
+
+    /// The CONNECT line timer's descriptor.
+    #[cfg(test)]
+    pub(super) fn timer_fd(&self) -> RawFd {
+        self.timer.as_raw_fd()
     }
 }
 

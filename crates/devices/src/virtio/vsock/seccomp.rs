@@ -5,8 +5,9 @@ use crate::seccomp::{SyscallRule, Syscalls};
 /// On the event loop: queue eventfds and the interrupt (read, write); host programs accepted
 /// (accept4) and their sockets read and written (recvfrom, send on the connected socket),
 /// half-closed (shutdown) and closed; guest connections to `PATH_<port>` (socket, for AF_UNIX
-/// stream sockets only, and connect); the listening socket's file removed at the end if it is
-/// still ours (newfstatat, unlink). epoll_ctl is the event loop's own. Activation, on a vCPU
+/// stream sockets only, and connect); the time limit on a program's `CONNECT` line (its timerfd
+/// read, and re-armed with timerfd_settime); the listening socket's file removed at the end if it
+/// is still ours (newfstatat, unlink). epoll_ctl is the event loop's own. Activation, on a vCPU
 /// thread, kicks the queues (write).
 pub const VSOCK: Syscalls = Syscalls {
     name: "virtio-vsock",
@@ -23,5 +24,6 @@ pub const VSOCK: Syscalls = Syscalls {
         SyscallRule::Any(libc::SYS_connect),
         SyscallRule::Any(libc::SYS_newfstatat),
         SyscallRule::Any(libc::SYS_unlink),
+        SyscallRule::Any(libc::SYS_timerfd_settime),
     ],
 };

@@ -700,3 +700,148 @@ fn the_socket_file_is_private_and_removed_at_the_end() {
     };
     assert!(!path.exists());
 }
+
+/// Whether `fd` becomes readable within `limit`.
+fn readable_within(fd: std::os::fd::RawFd, limit: std::time::Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid pollfd that lives across the call.
+    let n = unsafe { libc::poll(&mut p, 1, limit.as_millis() as libc::c_int) };
+    n == 1 && p.revents & libc::POLLIN != 0
+}
+
+/// The device closed its end of `s`: the end of input, or a reset when it left bytes unread.
+fn closed_by_device(s: &mut UnixStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 8];
+    let r = s.read(&mut b);
+    s.set_nonblocking(false).unwrap();
+    match r {
+        Ok(0) => true,
+        Err(e) => e.kind() == ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
+}
+
+/// Fires the CONNECT timer as the event loop would once it is readable, until `want`
+/// connections remain or `limit` passes.
+fn expire_until(h: &mut Harness, want: usize, limit: std::time::Duration) {
+    let start = std::time::Instant::now();
+    while h.dev.connections() > want && start.elapsed() < limit {
+        let fd = h.dev.muxer.timer_fd();
+        assert!(
+            readable_within(fd, limit),
+            "the CONNECT timer never fired ({} connections)",
+            h.dev.connections()
+        );
+        h.dev.muxer.on_host_event(fd, EventSet::IN);
+    }
+}
+
+#[test]
+fn a_caller_that_never_ends_its_connect_line_is_closed_in_time() {
+    use std::time::Duration;
+    let mut h = Harness::new("slowline");
+    h.dev.muxer.connect_timeout = Duration::from_millis(300);
+    let mut silent = UnixStream::connect(&h.path).unwrap();
+    let mut partial = UnixStream::connect(&h.path).unwrap();
+    partial.write_all(b"CONNECT 8").unwrap();
+    assert!(h.pump().is_empty());
+    assert_eq!(h.dev.connections(), 2);
+    // A later caller has its own clock.
+    std::thread::sleep(Duration::from_millis(150));
+    let mut later = UnixStream::connect(&h.path).unwrap();
+    h.pump();
+    assert_eq!(h.dev.connections(), 3);
+    // The timer says when (nothing polls): readable at the first deadline, not before.
+    let fd = h.dev.muxer.timer_fd();
+    assert!(!readable_within(fd, Duration::from_millis(50)));
+    assert!(readable_within(fd, Duration::from_secs(5)));
+    h.dev.muxer.on_host_event(fd, EventSet::IN);
+    assert_eq!(h.dev.connections(), 1);
+    assert!(closed_by_device(&mut silent));
+    assert!(closed_by_device(&mut partial));
+    // The later one still has time: its line goes through.
+    later.write_all(b"CONNECT 9\n").unwrap();
+    let got = h.pump();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].0.op, got[0].0.dst_port), (VSOCK_OP_REQUEST, 9));
+    h.guest_accepts(&mut later, &got[0].0);
+    // An accepted connection is no caller: the timer no longer concerns it.
+    std::thread::sleep(Duration::from_millis(400));
+    h.dev.muxer.on_host_event(fd, EventSet::IN);
+    assert_eq!(h.dev.connections(), 1);
+    assert!(!closed_by_device(&mut later));
+}
+
+#[test]
+fn silent_callers_holding_every_slot_time_out_and_the_next_caller_gets_one() {
+    use std::time::Duration;
+    let mut h = Harness::new("slotheld");
+    h.dev.muxer.connect_timeout = Duration::from_millis(300);
+    let mut callers = Vec::new();
+    for _ in 0..MAX_CONNS {
+        callers.push(UnixStream::connect(&h.path).unwrap());
+        if callers.len() % 64 == 0 {
+            h.pump();
+        }
+    }
+    h.pump();
+    assert_eq!(h.dev.connections(), MAX_CONNS);
+    // The 1025th is refused while they wait.
+    let mut refused = UnixStream::connect(&h.path).unwrap();
+    h.pump();
+    assert!(closed_by_device(&mut refused));
+    assert_eq!(h.dev.connections(), MAX_CONNS);
+    // Their time runs out: every one is closed, and a caller that says where to gets through.
+    expire_until(&mut h, 0, Duration::from_secs(10));
+    assert_eq!(h.dev.connections(), 0);
+    assert!(callers.iter_mut().all(closed_by_device));
+    let (mut host, req) = h.host_connect(90);
+    h.guest_accepts(&mut host, &req);
+}
+
+#[test]
+fn bytes_after_the_connect_line_in_the_same_write_reach_the_guest() {
+    let mut h = Harness::new("early");
+    let mut host = UnixStream::connect(&h.path).unwrap();
+    host.write_all(b"CONNECT 83\nearly bytes").unwrap();
+    let got = h.pump();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let req = got[0].0;
+    assert_eq!((req.op, req.dst_port), (VSOCK_OP_REQUEST, 83));
+    h.guest_accepts(&mut host, &req);
+    assert_eq!(payload(&h.pump()), b"early bytes");
+}
+
+#[test]
+fn a_request_the_guest_never_answers_is_closed_in_time() {
+    use std::time::Duration;
+    let mut h = Harness::new("noanswer");
+    h.dev.muxer.connect_timeout = Duration::from_millis(300);
+    let (mut host, req) = h.host_connect(84);
+    // An answered one stays.
+    let (mut answered, req2) = h.host_connect(84);
+    h.guest_accepts(&mut answered, &req2);
+    assert_eq!(h.dev.connections(), 2);
+    expire_until(&mut h, 1, Duration::from_secs(10));
+    assert_eq!(h.dev.connections(), 1);
+    assert!(closed_by_device(&mut host));
+    // The guest hears the request is over.
+    let got = h.pump();
+    assert!(
+        got.iter()
+            .any(|(p, _)| p.op == VSOCK_OP_RST && p.src_port == req.src_port && p.dst_port == 84),
+        "{got:?}"
+    );
+    // The accepted connection outlives the limit.
+    std::thread::sleep(Duration::from_millis(400));
+    h.dev
+        .muxer
+        .on_host_event(h.dev.muxer.timer_fd(), EventSet::IN);
+    answered.write_all(b"still here").unwrap();
+    assert_eq!(payload(&h.pump()), b"still here");
+}
