@@ -38,6 +38,10 @@ pub(super) const CONTROL_MAX: usize = 2 * MAX_CONNS;
 const CONTROL_RESERVE: usize = 4;
 /// Host programs accepted per event on the listening socket.
 const ACCEPT_BUDGET: usize = 64;
+/// How long the listener rests after accept(2) failed.
+const ACCEPT_RETRY: Duration = Duration::from_secs(1);
+/// The deadline list's entry for the end of an accept pause (no socket has this number).
+const PAUSE_FD: RawFd = -1;
 
 /// What the muxer made of a guest packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +97,13 @@ pub(super) struct Muxer {
     armed_for: Option<Instant>,
     /// How long a caller has for its `CONNECT` line ([`CONNECT_TIMEOUT`]; shorter in tests).
     pub(super) connect_timeout: Duration,
+    /// accept(2) failed (out of descriptors, EMFILE or ENFILE, or another error): the listener is
+    /// off the event loop until then, so a listener that stays readable cannot spin it.
+    accept_paused: Option<Instant>,
+    accept_failed_before: bool,
+    /// Tests: this many accept(2) calls fail with EMFILE.
+    #[cfg(test)]
+    pub(super) fail_accepts: u32,
     /// The transmit queue was stopped (control nearly full, or a connection full).
     pub(super) tx_stalled: bool,
     /// Guest packets that broke the rules; the first is logged.
@@ -119,6 +130,10 @@ impl Muxer {
             timer_registered: false,
             armed_for: None,
             connect_timeout: CONNECT_TIMEOUT,
+            accept_paused: None,
+            accept_failed_before: false,
+            #[cfg(test)]
+            fail_accepts: 0,
             tx_stalled: false,
             bad_packets: 0,
         })
@@ -425,9 +440,10 @@ impl Muxer {
     pub(super) fn on_host_event_stopped(&mut self, fd: RawFd) {
         if fd == self.socket.listener().as_raw_fd() {
             for _ in 0..ACCEPT_BUDGET {
-                match unix::accept(self.socket.listener()) {
+                match self.accept_one() {
                     Ok(Some(_)) => debug!("virtio-vsock: no driver; refusing a caller"),
-                    _ => return,
+                    Ok(None) => return,
+                    Err(e) => return self.pause_accepting(&e),
                 }
             }
         } else if fd == self.timer.as_raw_fd() {
@@ -468,7 +484,7 @@ impl Muxer {
 
     fn accept_some(&mut self) {
         for _ in 0..ACCEPT_BUDGET {
-            match unix::accept(self.socket.listener()) {
+            match self.accept_one() {
                 Ok(Some(stream)) => {
                     if self.len() >= MAX_CONNS {
                         debug!("virtio-vsock: {MAX_CONNS} connections open; refusing a caller");
@@ -488,12 +504,42 @@ impl Muxer {
                     self.deadlines.push_back((deadline, fd));
                 }
                 Ok(None) => return,
-                Err(e) => {
-                    debug!("virtio-vsock: accept failed: {e}");
-                    return;
-                }
+                Err(e) => return self.pause_accepting(&e),
             }
         }
+    }
+
+    fn accept_one(&mut self) -> std::io::Result<Option<UnixStream>> {
+        #[cfg(test)]
+        if self.fail_accepts > 0 {
+            self.fail_accepts -= 1;
+            return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+        }
+        unix::accept(self.socket.listener())
+    }
+
+    /// Takes the listener off the event loop for [`ACCEPT_RETRY`] (the timer brings it back).
+    fn pause_accepting(&mut self, e: &std::io::Error) {
+        if self.accept_paused.is_some() {
+            return;
+        }
+        // Logged once per device: a local user who can make it happen cannot fill the log.
+        if !self.accept_failed_before {
+            self.accept_failed_before = true;
+            warn!("virtio-vsock: cannot accept host programs ({e}); trying again every {ACCEPT_RETRY:?}");
+        } else {
+            debug!("virtio-vsock: cannot accept host programs ({e})");
+        }
+        let until = Instant::now() + ACCEPT_RETRY;
+        self.accept_paused = Some(until);
+        let at = self.deadlines.partition_point(|&(d, _)| d <= until);
+        self.deadlines.insert(at, (until, PAUSE_FD));
+        self.arm_timer();
+    }
+
+    /// Whether the listener is watched for host programs (not paused after a failed accept).
+    pub(super) fn accepting(&self) -> bool {
+        self.accept_paused.is_none()
     }
 
     /// The timer fired (or may have): closes the callers whose time is up, then arms the timer for
@@ -508,6 +554,12 @@ impl Muxer {
                 break;
             }
             self.deadlines.pop_front();
+            if fd == PAUSE_FD {
+                if self.accept_paused == Some(deadline) {
+                    self.accept_paused = None;
+                }
+                continue;
+            }
             if let Some(key) = self.unanswered(deadline, fd) {
                 debug!("virtio-vsock: the guest did not answer a request in time; closed");
                 self.close(key, true);
@@ -543,7 +595,8 @@ impl Muxer {
         if self.deadlines.len() > 2 * MAX_CONNS {
             let mut live = std::mem::take(&mut self.deadlines);
             live.retain(|&(d, fd)| {
-                self.callers.get(&fd).is_some_and(|c| c.deadline == d)
+                (fd == PAUSE_FD && self.accept_paused == Some(d))
+                    || self.callers.get(&fd).is_some_and(|c| c.deadline == d)
                     || self.unanswered(d, fd).is_some()
             });
             self.deadlines = live;
@@ -625,12 +678,17 @@ impl Muxer {
         for stream in self.closed.drain(..) {
             let _ = ops.remove(Events::new_raw(stream.as_raw_fd(), EventSet::empty()));
         }
-        if !self.listener_registered {
-            let fd = self.socket.listener().as_raw_fd();
-            match ops.add(Events::new_raw(fd, EventSet::IN)) {
+        let fd = self.socket.listener().as_raw_fd();
+        match (self.listener_registered, self.accept_paused.is_some()) {
+            (false, false) => match ops.add(Events::new_raw(fd, EventSet::IN)) {
                 Ok(()) => self.listener_registered = true,
                 Err(e) => warn!("virtio-vsock: cannot watch the listening socket: {e}"),
+            },
+            (true, true) => {
+                let _ = ops.remove(Events::new_raw(fd, EventSet::empty()));
+                self.listener_registered = false;
             }
+            _ => {}
         }
         if !self.timer_registered {
             match ops.add(Events::new_raw(self.timer.as_raw_fd(), EventSet::IN)) {

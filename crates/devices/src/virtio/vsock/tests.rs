@@ -845,3 +845,26 @@ fn a_request_the_guest_never_answers_is_closed_in_time() {
     answered.write_all(b"still here").unwrap();
     assert_eq!(payload(&h.pump()), b"still here");
 }
+
+#[test]
+fn a_failing_accept_rests_the_listener_instead_of_spinning() {
+    use std::time::Duration;
+    let mut h = Harness::new("emfile");
+    h.dev.muxer.fail_accepts = u32::MAX;
+    let mut caller = UnixStream::connect(&h.path).unwrap();
+    h.pump();
+    // Out of descriptors: the listener leaves the event loop (it stays readable, and a loop that
+    // kept it would spin), and the caller waits in the backlog.
+    assert!(!h.dev.muxer.accepting());
+    assert_eq!(h.dev.connections(), 0);
+    // The timer brings it back after the pause; then the caller is served.
+    h.dev.muxer.fail_accepts = 0;
+    let fd = h.dev.muxer.timer_fd();
+    assert!(readable_within(fd, Duration::from_secs(3)));
+    h.dev.muxer.on_host_event(fd, EventSet::IN);
+    assert!(h.dev.muxer.accepting());
+    caller.write_all(b"CONNECT 7\n").unwrap();
+    let got = h.pump();
+    assert_eq!(h.dev.connections(), 1);
+    assert_eq!((got[0].0.op, got[0].0.dst_port), (VSOCK_OP_REQUEST, 7));
+}
