@@ -538,6 +538,7 @@ impl Muxer {
     }
 
     /// Whether the listener is watched for host programs (not paused after a failed accept).
+    #[cfg(test)]
     pub(super) fn accepting(&self) -> bool {
         self.accept_paused.is_none()
     }
