@@ -20,26 +20,8 @@ fn port_path(sock: &Path, port: u32) -> PathBuf {
     PathBuf::from(format!("{}_{port}", s(sock)))
 }
 
-/// Connects to the device's socket and asks for guest port `port`: the `OK <host port>` line,
-/// or `None` when the device closed the connection instead (the guest refused).
 fn connect(sock: &Path, port: u32) -> (UnixStream, Option<String>) {
-    let mut c = UnixStream::connect(sock).expect("connect to the vsock socket");
-    c.set_read_timeout(Some(STEP)).expect("timeout");
-    c.write_all(format!("CONNECT {port}\n").as_bytes())
-        .expect("write CONNECT");
-    // Byte by byte: nothing after the line may be taken here.
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    loop {
-        match c.read(&mut b) {
-            Ok(0) => return (c, None),
-            Ok(_) if b[0] == b'\n' => break,
-            Ok(_) => line.push(b[0]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return (c, None),
-            Err(e) => panic!("reading the answer to CONNECT {port}: {e}"),
-        }
-    }
-    (c, Some(String::from_utf8_lossy(&line).into_owned()))
+    common::vsock_connect(sock, port, STEP)
 }
 
 fn ok_port(answer: &Option<String>) -> u32 {

@@ -902,26 +902,8 @@ fn boot_jail_serial_on_a_socket_works() {
     assert!(!sock.exists(), "the socket file was left behind");
 }
 
-/// Connects to the vsock device's socket and asks for guest port `port`: the `OK <host port>`
-/// line, or `None` when the device closed the connection (the guest refused).
 fn vsock_connect(sock: &Path, port: u32) -> (std::os::unix::net::UnixStream, Option<String>) {
-    use std::io::{Read, Write};
-    let mut c = std::os::unix::net::UnixStream::connect(sock).expect("connect to the vsock");
-    c.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-    c.write_all(format!("CONNECT {port}\n").as_bytes())
-        .expect("write CONNECT");
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    loop {
-        match c.read(&mut b) {
-            Ok(0) => return (c, None),
-            Ok(_) if b[0] == b'\n' => break,
-            Ok(_) => line.push(b[0]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (c, None),
-            Err(e) => panic!("reading the answer to CONNECT {port}: {e}"),
-        }
-    }
-    (c, Some(String::from_utf8_lossy(&line).into_owned()))
+    common::vsock_connect(sock, port, TIMEOUT)
 }
 
 /// virtio-vsock under the jail. The device's socket is bound before the fork and removed by the

@@ -145,6 +145,33 @@ impl std::fmt::Display for Run {
 
 pub mod netns;
 
+/// Connects to a vsock device's socket and asks for guest port `port` (`CONNECT <port>`): the
+/// `OK <host port>` line, or `None` when the device closed the connection instead (the guest
+/// refused). Reads wait at most `timeout`.
+pub fn vsock_connect(
+    sock: &Path,
+    port: u32,
+    timeout: Duration,
+) -> (std::os::unix::net::UnixStream, Option<String>) {
+    let mut c = std::os::unix::net::UnixStream::connect(sock).expect("connect to the vsock socket");
+    c.set_read_timeout(Some(timeout)).expect("timeout");
+    c.write_all(format!("CONNECT {port}\n").as_bytes())
+        .expect("write CONNECT");
+    // Byte by byte: nothing after the line may be taken here.
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match c.read(&mut b) {
+            Ok(0) => return (c, None),
+            Ok(_) if b[0] == b'\n' => break,
+            Ok(_) => line.push(b[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (c, None),
+            Err(e) => panic!("reading the answer to CONNECT {port}: {e}"),
+        }
+    }
+    (c, Some(String::from_utf8_lossy(&line).into_owned()))
+}
+
 /// Runs `vmm ARGS` with stdin from /dev/null, kills it after `timeout`.
 pub fn run_vmm(args: &[&str], timeout: Duration) -> Run {
     run_command(vmm_command(args), timeout)

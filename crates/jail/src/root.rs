@@ -157,37 +157,11 @@ impl JailRoot {
     /// end, as one of them still reaches the host's tree.
     pub(crate) fn pivot(self) -> Result<(), JailError> {
         let shown = self.path.display().to_string();
-        // SAFETY: a descriptor we own and an empty C string with AT_EMPTY_PATH.
-        let tree = unsafe {
-            libc::syscall(
-                libc::SYS_open_tree,
-                self.fd.as_raw_fd(),
-                c"".as_ptr(),
-                OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | libc::AT_EMPTY_PATH as u32,
-            )
-        };
-        check(tree as i32, || {
-            format!("clone a mount of {shown} (open_tree)")
-        })?;
-        // SAFETY: open_tree returned a new descriptor that nothing else owns.
-        let tree = unsafe { OwnedFd::from_raw_fd(tree as RawFd) };
-        let attr = MountAttr {
-            attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
-            ..MountAttr::default()
-        };
-        check(
-            // SAFETY: the descriptor is ours; `attr` is a mount_attr of the size given.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_mount_setattr,
-                    tree.as_raw_fd(),
-                    c"".as_ptr(),
-                    libc::AT_EMPTY_PATH,
-                    &attr,
-                    std::mem::size_of::<MountAttr>(),
-                ) as i32
-            },
-            || format!("make the mount of {shown} read-only, nosuid, nodev, noexec"),
+        let tree = readonly_tree(
+            self.fd.as_raw_fd(),
+            c"",
+            libc::AT_EMPTY_PATH as u32,
+            &shown,
         )?;
         check(
             // SAFETY: both descriptors are ours; empty C strings with the EMPTY_PATH flags.
@@ -228,32 +202,22 @@ impl JailRoot {
     }
 }
 
-/// The directory of `socket` as a mount of its own (a clone of that directory alone, without the
-/// mounts below it), detached: in no mount namespace's tree, so `..` at its top stays there, and
-/// a relative symbolic link in it reaches no further. Read-only, nosuid, nodev, noexec (connecting
-/// to a socket needs no write access to its file system). Refused unless the directory holds
-/// `socket` itself (same device and inode), so that what the VMM reaches is the directory it
-/// bound its socket in, whatever happened to the path since. Call in the jail's mount namespace.
-pub(crate) fn socket_dir_mount(socket: &SocketSpec) -> Result<OwnedFd, JailError> {
-    let dir = match socket.path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = socket.path.file_name().unwrap_or_default();
-    let changed = || JailError::SocketDirChanged {
-        dir: dir.to_path_buf(),
-        name: name.to_string_lossy().into_owned(),
-    };
-    let c_dir = cstring(dir)?;
-    let c_name = cstring(Path::new(name))?;
-    let shown = dir.display().to_string();
-    // SAFETY: a valid C string; open_tree returns a new descriptor or -1.
+/// A detached clone of the mount at `dirfd`/`path` (`open_tree` with OPEN_TREE_CLONE and
+/// `flags`), made read-only, nosuid, nodev and noexec.
+fn readonly_tree(
+    dirfd: RawFd,
+    path: &std::ffi::CStr,
+    flags: u32,
+    shown: &str,
+) -> Result<OwnedFd, JailError> {
+    // SAFETY: a descriptor (or AT_FDCWD) and a valid C string; open_tree returns a new
+    // descriptor or -1.
     let tree = unsafe {
         libc::syscall(
             libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            c_dir.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as u32,
+            dirfd,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | flags,
         )
     };
     check(tree as i32, || {
@@ -279,6 +243,29 @@ pub(crate) fn socket_dir_mount(socket: &SocketSpec) -> Result<OwnedFd, JailError
         },
         || format!("make the mount of {shown} read-only, nosuid, nodev, noexec"),
     )?;
+    Ok(tree)
+}
+
+/// The directory of `socket` as a mount of its own (a clone of that directory alone, without the
+/// mounts below it), detached: in no mount namespace's tree, so `..` at its top stays there, and
+/// a relative symbolic link in it reaches no further. Read-only, nosuid, nodev, noexec (connecting
+/// to a socket needs no write access to its file system). Refused unless the directory holds
+/// `socket` itself (same device and inode), so that what the VMM reaches is the directory it
+/// bound its socket in, whatever happened to the path since. Call in the jail's mount namespace.
+pub(crate) fn socket_dir_mount(socket: &SocketSpec) -> Result<OwnedFd, JailError> {
+    let dir = match socket.path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = socket.path.file_name().unwrap_or_default();
+    let changed = || JailError::SocketDirChanged {
+        dir: dir.to_path_buf(),
+        name: name.to_string_lossy().into_owned(),
+    };
+    let c_dir = cstring(dir)?;
+    let c_name = cstring(Path::new(name))?;
+    let shown = dir.display().to_string();
+    let tree = readonly_tree(libc::AT_FDCWD, &c_dir, 0, &shown)?;
     // SAFETY: a zeroed stat is a valid out buffer.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: our descriptor, a valid C string and a writable stat that outlives the call.
