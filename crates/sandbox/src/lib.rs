@@ -9,6 +9,7 @@
 //! [`AGENT_BINARY`] is the agent itself, built static by this crate's build script.
 
 mod client;
+mod text;
 pub mod initramfs;
 mod sandbox;
 pub mod vsock;
@@ -16,6 +17,7 @@ pub mod vsock;
 pub use agent::{Exec, Hello};
 pub use client::{Agent, ClientError, CommandStatus, ExecIo, Output};
 pub use sandbox::{describe, port_path, Sandbox, SandboxError};
+pub use text::{printable, MAX_GUEST_TEXT};
 
 /// The guest agent (`vmm-agent`), a static x86_64 Linux executable.
 pub const AGENT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vmm-agent"));
