@@ -407,6 +407,9 @@ fn read(
     match Frame::read_from(&mut ByDeadline::new(s, deadline)) {
         Ok(Some(f)) => Ok(f),
         Ok(None) => Err(ClientError::Closed { during }),
+        Err(agent::Error::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
+            Err(ClientError::Closed { during })
+        }
         Err(agent::Error::Io(e)) if is_timeout(&e) => Err(ClientError::Closed { during }),
         Err(e) => Err(e.into()),
     }
@@ -422,6 +425,9 @@ fn read_by(
     match Frame::read_from(&mut ByDeadline::new(s, deadline.map(|d| d.0))) {
         Ok(Some(f)) => Ok(f),
         Ok(None) => Err(ClientError::Closed { during }),
+        Err(agent::Error::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
+            Err(ClientError::Closed { during })
+        }
         Err(agent::Error::Io(e)) if is_timeout(&e) => match deadline {
             Some((_, total)) => Err(ClientError::Timeout(total)),
             None => Err(ClientError::Closed { during }),
