@@ -201,7 +201,6 @@ impl Agent {
         result
     }
 
-
     /// Runs a command with `stdin` as its input and collects its output, at most `max_output`
     /// bytes of each stream.
     pub fn output(
@@ -695,7 +694,11 @@ mod tests {
         let start = Instant::now();
         let e = agent.output(&sh(), Vec::new(), 1 << 20, Some(Duration::from_secs(1)));
         assert!(matches!(e, Err(ClientError::Timeout(_))), "{e:?}");
-        assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
         server.join().unwrap();
     }
 

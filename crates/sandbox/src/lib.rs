@@ -9,9 +9,9 @@
 //! [`AGENT_BINARY`] is the agent itself, built static by this crate's build script.
 
 mod client;
-mod text;
 pub mod initramfs;
 mod sandbox;
+mod text;
 pub mod vsock;
 
 pub use agent::{Exec, Hello};

@@ -508,7 +508,11 @@ mod tests {
         let timeout = Duration::from_secs(1);
         let r = read_hello(&conn, start + timeout, timeout);
         assert!(matches!(r, Err(SandboxError::NotReady(_))), "{r:?}");
-        assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
         drop(conn);
         writer.join().unwrap();
     }
@@ -553,7 +557,11 @@ mod tests {
         let path = d.join("v.sock_52");
         let listener = UnixListener::bind(&path).unwrap();
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--ignored", "--exact", "sandbox::tests::connect_from_another_process"])
+            .args([
+                "--ignored",
+                "--exact",
+                "sandbox::tests::connect_from_another_process",
+            ])
             .env("SANDBOX_TEST_CONNECT", &path)
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -593,7 +601,10 @@ mod tests {
         own.remove();
         assert!(d.join("v.sock_52").exists());
         remove_private_dir(&Some(d.clone()));
-        assert!(d.exists(), "a directory with someone else's file was removed");
+        assert!(
+            d.exists(),
+            "a directory with someone else's file was removed"
+        );
         std::fs::remove_file(d.join("v.sock_52")).unwrap();
         let (mut own, _listener) = OwnSocket::bind(d.join("v.sock_52")).unwrap();
         own.remove();

@@ -54,10 +54,7 @@ mod tests {
     #[test]
     fn escapes_and_nuls_are_written_out() {
         let s = printable("a\u{1b}[2Jb\0c\nerror: forged\u{202e}d\u{9b}e", 100);
-        assert_eq!(
-            s,
-            "a\\u{1b}[2Jb\\u{0}c\\nerror: forged\\u{202e}d\\u{9b}e"
-        );
+        assert_eq!(s, "a\\u{1b}[2Jb\\u{0}c\\nerror: forged\\u{202e}d\\u{9b}e");
         assert!(!s.chars().any(|c| c.is_control()));
     }
 
