@@ -582,8 +582,8 @@ mod tests {
         check_temp_dir(&d).unwrap();
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
         check_temp_dir(&d).unwrap();
-        // SAFETY: chown with a NUL-terminated path; only the test's own directory.
         let path = std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: chown with a NUL-terminated path; only the test's own directory.
         if unsafe { libc::chown(path.as_ptr(), 12345, 12345) } == 0 {
             assert!(check_temp_dir(&d).is_err());
         }
