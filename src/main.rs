@@ -54,13 +54,14 @@ struct RunArgs {
     #[command(flatten)]
     vm: VmArgs,
 
-    /// Stop COMMAND (and the VM) after this long (30s, 500ms, 2m or seconds), counted from when
-    /// it starts: exit 124.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Stop COMMAND (and the VM) after this long (30s, 500ms, 2m or seconds; not 0), counted
+    /// from when it starts: exit 124.
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
     timeout: Option<std::time::Duration>,
 
-    /// How long the guest may take to boot and its agent to answer (30s, 500ms, 2m or seconds).
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    /// How long the guest may take to boot and its agent to answer (30s, 500ms, 2m or seconds;
+    /// not 0).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_positive_duration)]
     ready_timeout: std::time::Duration,
 
     /// Set the variable K to V in COMMAND's environment (which starts as PATH and HOME only).
@@ -68,13 +69,13 @@ struct RunArgs {
     #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
     env: Vec<(String, String)>,
 
-    /// COMMAND's working directory in the guest (default /).
-    #[arg(long, value_name = "DIR")]
+    /// COMMAND's working directory in the guest, an absolute path (default /).
+    #[arg(long, value_name = "DIR", value_parser = parse_workdir)]
     workdir: Option<String>,
 
-    /// The command and its arguments, after `--`.
-    #[arg(last = true, required = true, value_name = "COMMAND")]
-    command: Vec<String>,
+    /// The command and its arguments, after `--` (UTF-8: the agent's protocol carries text).
+    #[arg(last = true, required = true, value_name = "COMMAND", value_parser = clap::value_parser!(std::ffi::OsString))]
+    command: Vec<std::ffi::OsString>,
 }
 
 /// The options that describe the VM, for `vmm` and `vmm run` alike.
@@ -254,6 +255,26 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         Some(ms) if ms <= 24 * 3600 * 1000 => Ok(std::time::Duration::from_millis(ms)),
         _ => Err(format!(
             "'{s}' is not a duration: give a whole number with ms, s or m (e.g. 30s), at most a day"
+        )),
+    }
+}
+
+/// A duration above zero (for a time limit, where 0 would end everything at once).
+fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!(
+            "'{s}' is no time at all: give a duration above 0 (or leave the option out)"
+        )),
+        d => Ok(d),
+    }
+}
+
+/// An absolute path in the guest, for --workdir.
+fn parse_workdir(s: &str) -> Result<String, String> {
+    match s.starts_with('/') {
+        true => Ok(s.to_string()),
+        false => Err(format!(
+            "'{s}' is not an absolute path: give the directory in the guest from / (e.g. /tmp)"
         )),
     }
 }

@@ -19,12 +19,35 @@ pub const EXIT_CANNOT_EXECUTE: u8 = 126;
 /// COMMAND was not found.
 pub const EXIT_NOT_FOUND: u8 = 127;
 
+/// The status of a command that a closed pipe (SIGPIPE) ended, as a shell reports it.
+const EXIT_SIGPIPE: u8 = 128 + libc::SIGPIPE as u8;
+
+/// The longest error line vmm run prints, in characters.
+const MAX_LINE: usize = 4096;
+
+/// One `error:` line and 125. The line may quote the guest (the agent's parse errors), so it is
+/// made printable and cut.
 fn fail(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {message}");
+    eprintln!(
+        "error: {}",
+        sandbox::printable(&message.to_string(), MAX_LINE)
+    );
     ExitCode::from(EXIT_FAILED)
 }
 
 pub fn run(args: RunArgs) -> ExitCode {
+    let mut argv = Vec::with_capacity(args.command.len());
+    for (i, a) in args.command.iter().enumerate() {
+        match a.to_str() {
+            Some(a) => argv.push(a.to_string()),
+            None => {
+                return fail(format_args!(
+                    "COMMAND's argument {i} ({}) is not UTF-8: the guest agent takes text only",
+                    a.to_string_lossy()
+                ))
+            }
+        }
+    }
     let cli = &args.vm;
     if cli.jail.is_some() {
         return fail("vmm run does not take --jail yet; run the VM with `vmm --jail` instead");
@@ -57,7 +80,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     let _sigterm = crate::shutdown_on_sigterm(sandbox.shutdown_request());
 
     let exec = Exec {
-        argv: args.command.clone(),
+        argv,
         env: args.env.clone(),
         workdir: args.workdir.clone(),
     };
@@ -72,12 +95,11 @@ pub fn run(args: RunArgs) -> ExitCode {
         },
     );
     drop((stdout, stderr));
+    let name = sandbox::printable(&exec.argv[0], 256);
     log::info!(
-        "{} ended: {result:?}, {:.1?} after process start",
-        args.command[0],
+        "{name} ended: {result:?}, {:.1?} after process start",
         vm::process_start().elapsed()
     );
-    let name = &args.command[0];
     match result {
         Ok(status) => {
             match sandbox.stop(shutdown_timeout) {
@@ -90,6 +112,18 @@ pub fn run(args: RunArgs) -> ExitCode {
             eprintln!("error: {name} timed out after {t:?}; the VM was stopped");
             let _ = sandbox.kill();
             ExitCode::from(EXIT_TIMEOUT)
+        }
+        Err(ClientError::Output { source, .. })
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            // Nobody reads COMMAND's output any more: stop it, and end as a command that
+            // SIGPIPE ended (quietly, with the shell's status for it).
+            let _ = sandbox.kill();
+            ExitCode::from(EXIT_SIGPIPE)
+        }
+        Err(e @ ClientError::Output { .. }) => {
+            let _ = sandbox.kill();
+            fail(e)
         }
         Err(ClientError::Agent { kind, message }) => {
             let status = match kind {

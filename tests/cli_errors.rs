@@ -650,3 +650,97 @@ fn vsock_usage_errors() {
         assert!(Path::new(&taken).exists(), "what was at the path stays");
     }
 }
+
+/// `vmm run`'s usage errors are 125 (its own failures must not look like COMMAND's statuses),
+/// with clap's `error:` line naming the option.
+fn expect_run_usage_error(run: &Run, needles: &[&str]) {
+    run.expect(run.code == Some(125), "expected exit status 125");
+    run.expect(run.stderr.starts_with("error: "), "no 'error: ' line");
+    for n in needles {
+        run.expect(
+            run.stderr.lines().next().unwrap_or("").contains(n),
+            &format!("the first line does not mention '{n}'"),
+        );
+    }
+}
+
+#[test]
+fn run_refuses_time_limits_of_zero() {
+    let run = run_vmm(
+        &[
+            "run",
+            "--kernel",
+            "/x",
+            "--disk",
+            "/y",
+            "--timeout",
+            "0",
+            "--",
+            "true",
+        ],
+        TIMEOUT,
+    );
+    expect_run_usage_error(&run, &["--timeout", "above 0"]);
+    let run = run_vmm(
+        &[
+            "run",
+            "--kernel",
+            "/x",
+            "--disk",
+            "/y",
+            "--ready-timeout",
+            "0ms",
+            "--",
+            "true",
+        ],
+        TIMEOUT,
+    );
+    expect_run_usage_error(&run, &["--ready-timeout", "above 0"]);
+}
+
+#[test]
+fn run_refuses_a_relative_workdir() {
+    let run = run_vmm(
+        &[
+            "run",
+            "--kernel",
+            "/x",
+            "--disk",
+            "/y",
+            "--workdir",
+            "tmp",
+            "--",
+            "true",
+        ],
+        TIMEOUT,
+    );
+    expect_run_usage_error(&run, &["--workdir", "absolute"]);
+}
+
+#[test]
+fn run_refuses_a_command_that_is_not_utf8_on_one_line() {
+    use std::os::unix::ffi::OsStrExt;
+    let mut cmd = common::vmm_command(&["run", "--kernel", "/x", "--disk", "/y", "--", "echo"]);
+    cmd.arg(std::ffi::OsStr::from_bytes(b"a\xffb"));
+    let run = common::run_command(cmd, TIMEOUT);
+    run.expect(run.code == Some(125), "expected exit status 125");
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    run.expect(lines.len() == 1, "expected exactly one line on stderr");
+    run.expect(
+        lines[0].starts_with("error: ")
+            && lines[0].contains("argument 1")
+            && lines[0].contains("UTF-8"),
+        "the line does not name the argument and UTF-8",
+    );
+}
+
+#[test]
+fn run_help_and_vmm_version_still_exit_0() {
+    let run = run_vmm(&["run", "--help"], TIMEOUT);
+    run.expect(
+        run.code == Some(0),
+        "vmm run --help: expected exit status 0",
+    );
+    let run = run_vmm(&["--version"], TIMEOUT);
+    run.expect(run.code == Some(0), "vmm --version: expected exit status 0");
+}

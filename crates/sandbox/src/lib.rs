@@ -11,11 +11,13 @@
 mod client;
 pub mod initramfs;
 mod sandbox;
+mod text;
 pub mod vsock;
 
 pub use agent::{Exec, Hello};
 pub use client::{Agent, ClientError, CommandStatus, ExecIo, Output};
 pub use sandbox::{describe, port_path, Sandbox, SandboxError};
+pub use text::{printable, MAX_GUEST_TEXT};
 
 /// The guest agent (`vmm-agent`), a static x86_64 Linux executable.
 pub const AGENT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vmm-agent"));

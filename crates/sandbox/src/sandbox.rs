@@ -9,7 +9,8 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::net::UnixListener;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -17,6 +18,8 @@ use std::time::{Duration, Instant};
 use agent::{Frame, Hello, READY_PORT, VERSION};
 use vm::{ExitReason, Initrd, ShutdownRequest, Vm, VmConfig, VsockConfig};
 
+use crate::client::ByDeadline;
+use crate::text::{printable, MAX_GUEST_TEXT};
 use crate::{initramfs, Agent, AGENT_BINARY};
 
 /// The guest's CID when the caller gives no vsock device.
@@ -65,7 +68,44 @@ pub struct Sandbox {
     ended: OwnedFd,
     /// The private directory the sandbox made for its sockets, if it made one.
     dir: Option<PathBuf>,
-    ready_path: PathBuf,
+    ready: OwnSocket,
+}
+
+/// A socket file this process bound, removed only if the path still names it (a file put in
+/// its place is left alone).
+struct OwnSocket {
+    path: PathBuf,
+    id: Option<(u64, u64)>,
+}
+
+impl OwnSocket {
+    fn bind(path: PathBuf) -> io::Result<(OwnSocket, UnixListener)> {
+        let listener = UnixListener::bind(&path)?;
+        let id = std::fs::symlink_metadata(&path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        Ok((OwnSocket { path, id }, listener))
+    }
+
+    fn remove(&mut self) {
+        let now = std::fs::symlink_metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if self.id.is_some() && now == self.id {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        self.id = None;
+    }
+}
+
+/// Removes the private directory if nothing but what the sandbox made was left in it: rmdir(2),
+/// never a recursive removal (the directory may have been swapped for another).
+fn remove_private_dir(dir: &Option<PathBuf>) {
+    if let Some(d) = dir {
+        if let Err(e) = std::fs::remove_dir(d) {
+            log::warn!("cannot remove the sandbox's directory {}: {e}", d.display());
+        }
+    }
 }
 
 impl Sandbox {
@@ -95,15 +135,10 @@ impl Sandbox {
             .map(|v| v.socket.clone())
             .unwrap_or_default();
         let ready_path = port_path(&socket, READY_PORT);
-        let cleanup = |dir: &Option<PathBuf>| {
-            if let Some(d) = dir {
-                let _ = std::fs::remove_dir_all(d);
-            }
-        };
-        let ready = match UnixListener::bind(&ready_path) {
+        let (mut own_ready, ready) = match OwnSocket::bind(ready_path.clone()) {
             Ok(l) => l,
             Err(source) => {
-                cleanup(&dir);
+                remove_private_dir(&dir);
                 return Err(SandboxError::Host {
                     what: "listen for the guest agent on",
                     path: ready_path,
@@ -130,8 +165,8 @@ impl Sandbox {
         let vm = match Vm::new(config) {
             Ok(vm) => vm,
             Err(e) => {
-                let _ = std::fs::remove_file(&ready_path);
-                cleanup(&dir);
+                own_ready.remove();
+                remove_private_dir(&dir);
                 return Err(e.into());
             }
         };
@@ -160,7 +195,7 @@ impl Sandbox {
             vm: Some(thread),
             ended,
             dir,
-            ready_path,
+            ready: own_ready,
         };
         sandbox.hello = sandbox.wait_ready(&ready, ready_timeout)?;
         log::info!(
@@ -210,22 +245,10 @@ impl Sandbox {
             if fds[0].revents == 0 {
                 continue;
             }
-            let Ok((mut conn, _)) = ready.accept() else {
+            let Some(conn) = accept_from_this_process(ready, &self.ready.path) else {
                 continue;
             };
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-            return match Frame::read_from(&mut conn) {
-                Ok(Some(Frame::Hello(h))) if h.version != VERSION => Err(SandboxError::BadHello(
-                    format!("protocol version {} (this vmm speaks {VERSION})", h.version),
-                )),
-                Ok(Some(Frame::Hello(h))) => match &h.problem {
-                    Some(p) => Err(SandboxError::AgentProblem(p.clone())),
-                    None => Ok(h),
-                },
-                Ok(Some(_)) => Err(SandboxError::BadHello("not a HELLO frame".into())),
-                Ok(None) => Err(SandboxError::BadHello("the connection ended".into())),
-                Err(e) => Err(SandboxError::BadHello(e.to_string())),
-            };
+            return read_hello(&conn, deadline, timeout);
         }
     }
 
@@ -305,10 +328,78 @@ impl Drop for Sandbox {
             self.kill_now();
             let _ = self.join();
         }
-        let _ = std::fs::remove_file(&self.ready_path);
-        if let Some(d) = &self.dir {
-            let _ = std::fs::remove_dir_all(d);
+        self.ready.remove();
+        remove_private_dir(&self.dir);
+    }
+}
+
+/// The agent's hello on `conn`, by `deadline` however it is split; the guest wrote every string
+/// in it, so they are made printable. `timeout` is the whole time allowed, for the message.
+fn read_hello(
+    conn: &UnixStream,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<Hello, SandboxError> {
+    let guest = |s: &str| printable(s, MAX_GUEST_TEXT);
+    match Frame::read_from(&mut ByDeadline::new(conn, Some(deadline))) {
+        Ok(Some(Frame::Hello(h))) if h.version != VERSION => Err(SandboxError::BadHello(format!(
+            "protocol version {} (this vmm speaks {VERSION})",
+            h.version
+        ))),
+        Ok(Some(Frame::Hello(h))) => match &h.problem {
+            Some(p) => Err(SandboxError::AgentProblem(guest(p))),
+            None => Ok(Hello {
+                name: guest(&h.name),
+                ..h
+            }),
+        },
+        Ok(Some(_)) => Err(SandboxError::BadHello("not a HELLO frame".into())),
+        Ok(None) => Err(SandboxError::BadHello("the connection ended".into())),
+        Err(agent::Error::Io(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(SandboxError::NotReady(timeout))
         }
+        Err(e) => Err(SandboxError::BadHello(guest(&e.to_string()))),
+    }
+}
+
+/// A connection to `ready`, if it comes from this process. Only the vsock device, a thread of
+/// this process, connects there for the guest: anyone else who can reach the socket (a --vsock
+/// path in a shared directory) is turned away before a byte is read.
+fn accept_from_this_process(ready: &UnixListener, path: &Path) -> Option<UnixStream> {
+    let (conn, _) = ready.accept().ok()?;
+    if peer_pid(&conn) != Some(std::process::id()) {
+        log::warn!(
+            "ignored a connection to {} from another process",
+            path.display()
+        );
+        return None;
+    }
+    Some(conn)
+}
+
+/// The process id at the other end of a Unix socket connection (SO_PEERCRED).
+fn peer_pid(conn: &UnixStream) -> Option<u32> {
+    // SAFETY: ucred is plain data; all zeroes is a valid value.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt on a socket we own, with a ucred-sized buffer and its length.
+    let ret = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    match ret == 0 && len as usize == std::mem::size_of::<libc::ucred>() {
+        true => u32::try_from(cred.pid).ok(),
+        false => None,
     }
 }
 
@@ -333,7 +424,13 @@ pub fn port_path(socket: &Path, port: u32) -> PathBuf {
 
 /// A new directory only this user can enter, under the temporary directory.
 fn private_dir() -> Result<PathBuf, SandboxError> {
-    let template = std::env::temp_dir().join("vmm-sandbox-XXXXXX");
+    let tmp = std::env::temp_dir();
+    check_temp_dir(&tmp).map_err(|source| SandboxError::Host {
+        what: "use the temporary directory",
+        path: tmp.clone(),
+        source,
+    })?;
+    let template = tmp.join("vmm-sandbox-XXXXXX");
     let mut bytes = template.clone().into_os_string().into_vec();
     bytes.push(0);
     // SAFETY: `bytes` is a writable NUL-terminated template ending in XXXXXX; mkdtemp fills it in.
@@ -349,6 +446,28 @@ fn private_dir() -> Result<PathBuf, SandboxError> {
     Ok(PathBuf::from(OsString::from_vec(bytes)))
 }
 
+/// Refuses a temporary directory in which another user could rename the sandbox's directory
+/// and put their own (or a symbolic link) in its place, and so be the "guest agent" the sandbox
+/// talks to: it must be owned by this user or root, and a directory others may write must be
+/// sticky (as /tmp is).
+fn check_temp_dir(dir: &Path) -> io::Result<()> {
+    let m = std::fs::metadata(dir)?;
+    // SAFETY: geteuid(2) takes no arguments and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if m.uid() != me && m.uid() != 0 {
+        return Err(io::Error::other(format!(
+            "it belongs to user {}; set TMPDIR to a directory of yours",
+            m.uid()
+        )));
+    }
+    if m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0 {
+        return Err(io::Error::other(
+            "others may write it and it is not sticky (mode 1777 as /tmp, or set TMPDIR)",
+        ));
+    }
+    Ok(())
+}
+
 /// A close-on-exec pipe: (read end, write end).
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
@@ -358,4 +477,138 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: pipe2 returned two new descriptors that nothing else owns.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent::Hello;
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sandbox-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_hello_split_into_bytes_cannot_stretch_the_ready_timeout() {
+        let (conn, mut agent) = UnixStream::pair().unwrap();
+        let writer = std::thread::spawn(move || {
+            for b in Frame::Hello(Hello::new("slow")).encode() {
+                std::thread::sleep(Duration::from_millis(100));
+                if agent.write_all(&[b]).is_err() {
+                    return;
+                }
+            }
+        });
+        let start = Instant::now();
+        let timeout = Duration::from_secs(1);
+        let r = read_hello(&conn, start + timeout, timeout);
+        assert!(matches!(r, Err(SandboxError::NotReady(_))), "{r:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        drop(conn);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn the_hellos_strings_are_made_printable() {
+        let (conn, mut agent) = UnixStream::pair().unwrap();
+        let hello = Hello {
+            problem: Some(format!("\u{1b}[2J\nerror: forged{}", "y".repeat(100_000))),
+            ..Hello::new("agent")
+        };
+        agent.write_all(&Frame::Hello(hello).encode()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        match read_hello(&conn, deadline, Duration::from_secs(5)) {
+            Err(SandboxError::AgentProblem(p)) => {
+                assert!(p.starts_with("\\u{1b}[2J\\nerror: forged"), "{p}");
+                assert!(p.chars().count() <= MAX_GUEST_TEXT + 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        let (conn, mut agent) = UnixStream::pair().unwrap();
+        let hello = Hello::new("agent\u{7}\u{202e}");
+        agent.write_all(&Frame::Hello(hello).encode()).unwrap();
+        let h = read_hello(&conn, deadline, Duration::from_secs(5)).unwrap();
+        assert_eq!(h.name, "agent\\u{7}\\u{202e}");
+    }
+
+    /// Run as a child by the next test: connects to the socket it is given.
+    #[test]
+    #[ignore = "a helper the next test runs in a process of its own"]
+    fn connect_from_another_process() {
+        if let Some(path) = std::env::var_os("SANDBOX_TEST_CONNECT") {
+            let mut s = UnixStream::connect(path).unwrap();
+            let _ = s.write_all(&Frame::Hello(Hello::new("impostor")).encode());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    #[test]
+    fn another_process_cannot_answer_for_the_agent() {
+        let d = scratch("impostor");
+        let path = d.join("v.sock_52");
+        let listener = UnixListener::bind(&path).unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "sandbox::tests::connect_from_another_process",
+            ])
+            .env("SANDBOX_TEST_CONNECT", &path)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(accept_from_this_process(&listener, &path).is_none());
+        let _mine = UnixStream::connect(&path).unwrap();
+        assert!(accept_from_this_process(&listener, &path).is_some());
+        child.wait().unwrap();
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_temporary_directory_others_could_swap_things_in_is_refused() {
+        let d = scratch("tmpdir");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(check_temp_dir(&d).is_err());
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        check_temp_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        check_temp_dir(&d).unwrap();
+        let path = std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: chown with a NUL-terminated path; only the test's own directory.
+        if unsafe { libc::chown(path.as_ptr(), 12345, 12345) } == 0 {
+            assert!(check_temp_dir(&d).is_err());
+        }
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn only_what_the_sandbox_made_is_removed() {
+        let d = scratch("own");
+        let (mut own, listener) = OwnSocket::bind(d.join("v.sock_52")).unwrap();
+        drop(listener);
+        // Someone replaced the socket with a file of theirs: it stays.
+        std::fs::write(d.join("theirs"), b"theirs").unwrap();
+        std::fs::rename(d.join("theirs"), d.join("v.sock_52")).unwrap();
+        own.remove();
+        assert!(d.join("v.sock_52").exists());
+        remove_private_dir(&Some(d.clone()));
+        assert!(
+            d.exists(),
+            "a directory with someone else's file was removed"
+        );
+        std::fs::remove_file(d.join("v.sock_52")).unwrap();
+        let (mut own, _listener) = OwnSocket::bind(d.join("v.sock_52")).unwrap();
+        own.remove();
+        remove_private_dir(&Some(d.clone()));
+        assert!(!d.exists());
+    }
 }
