@@ -157,12 +157,7 @@ impl JailRoot {
     /// end, as one of them still reaches the host's tree.
     pub(crate) fn pivot(self) -> Result<(), JailError> {
         let shown = self.path.display().to_string();
-        let tree = readonly_tree(
-            self.fd.as_raw_fd(),
-            c"",
-            libc::AT_EMPTY_PATH as u32,
-            &shown,
-        )?;
+        let tree = readonly_tree(self.fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH as u32, &shown)?;
         check(
             // SAFETY: both descriptors are ours; empty C strings with the EMPTY_PATH flags.
             unsafe {
