@@ -282,7 +282,10 @@ fn boot_jail_virtio_blk_guest_does_io_and_exits_zero() {
     run.expect(r.num("final_status") == Some(0xf), "device marked failed");
     // DISCARD and WRITE_ZEROES under the jail's limits and filters.
     run.expect(r.num("discard_status") == Some(0), "discard failed");
-    run.expect(r.num("discarded_zero") == Some(1), "discarded sector not zero");
+    run.expect(
+        r.num("discarded_zero") == Some(1),
+        "discarded sector not zero",
+    );
     run.expect(r.num("zeroes_status") == Some(0), "write zeroes failed");
     let image = std::fs::read(&disk).unwrap();
     assert_eq!(&image[512..528], b"WRITTEN-BY-GUEST", "{run}");

@@ -1055,8 +1055,11 @@ fn discard_harness(dir: Option<&std::path::Path>) -> Harness {
     )
 }
 
-/// Writes segments (sector, num_sectors, flags) at DATA; returns the table's length.
-fn segments(h: &Harness, segs: &[(u64, u32, u32)]) -> u32 {
+/// One DISCARD / WRITE_ZEROES segment: (sector, num_sectors, flags).
+type Segment = (u64, u32, u32);
+
+/// Writes segments at DATA; returns the table's length.
+fn segments(h: &Harness, segs: &[Segment]) -> u32 {
     let mut raw = Vec::new();
     for &(sector, num, flags) in segs {
         raw.extend_from_slice(&sector.to_le_bytes());
@@ -1068,7 +1071,7 @@ fn segments(h: &Harness, segs: &[(u64, u32, u32)]) -> u32 {
 }
 
 /// One DISCARD or WRITE_ZEROES request with these segments; returns (used len, status).
-fn trim(h: &mut Harness, req_type: u32, segs: &[(u64, u32, u32)]) -> (u32, u8) {
+fn trim(h: &mut Harness, req_type: u32, segs: &[Segment]) -> (u32, u8) {
     let len = segments(h, segs);
     h.header(req_type, 0);
     h.run(&[hdr(), (DATA, len, 0), status()])
@@ -1198,7 +1201,7 @@ fn malformed_discard_and_write_zeroes_change_nothing() {
     let too_many: Vec<_> = (0..=u64::from(MAX_DISCARD_SEG))
         .map(|s| (s % 16, 1, 0))
         .collect();
-    let cases: Vec<(&str, u32, Vec<(u64, u32, u32)>, u8)> = vec![
+    let cases: Vec<(&str, u32, Vec<Segment>, u8)> = vec![
         ("discard: unmap flag", D, vec![(0, 1, UNMAP)], UNSUPP),
         ("discard: reserved flag", D, vec![(0, 1, 2)], UNSUPP),
         (
