@@ -293,7 +293,7 @@ fn get_id_given_and_default() {
 #[test]
 fn unsupported_type() {
     let mut h = Harness::new(false, None, false);
-    h.header(11, 0); // DISCARD: not offered
+    h.header(11, 0); // DISCARD: not negotiated
     let (len, st) = h.run(&[hdr(), (DATA, 512, 0), status()]);
     assert_eq!((len, st), (1, VIRTIO_BLK_S_UNSUPP));
 }
