@@ -288,11 +288,20 @@ fn disk_image(scratch: &Scratch, name: &str) -> String {
     scratch.file(name, &data)
 }
 
+/// 512-byte blocks allocated to a file (after its data is on disk).
+fn allocated_blocks(path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let f = std::fs::File::open(path).unwrap();
+    f.sync_all().unwrap();
+    f.metadata().unwrap().blocks()
+}
+
 /// Runs the tiny virtio-blk driver against a fresh image (with `extra` disk options) and checks
 /// every request; returns the run. Callers check `require_kvm!()` first.
 fn virtio_blk(kernel: &str, extra: &str) -> Run {
     let scratch = Scratch::new("virtio-blk");
     let disk = disk_image(&scratch, "disk.img");
+    let allocated_before = allocated_blocks(&disk);
     let run = run_vmm(
         &[
             "--kernel",
@@ -345,7 +354,58 @@ fn virtio_blk(kernel: &str, extra: &str) -> Run {
         "device stopped after a bad request",
     );
     run.expect(num(&run, &r, "final_status") == 0xf, "device marked failed");
+    // DISCARD and WRITE_ZEROES, negotiated and served under the real seccomp filter.
+    run.expect(features & (1 << 13) != 0, "no VIRTIO_BLK_F_DISCARD");
+    run.expect(features & (1 << 14) != 0, "no VIRTIO_BLK_F_WRITE_ZEROES");
+    run.expect(
+        num(&run, &r, "max_discard_sectors") > 0,
+        "max_discard_sectors",
+    );
+    run.expect(num(&run, &r, "max_discard_seg") > 0, "max_discard_seg");
+    run.expect(
+        num(&run, &r, "max_write_zeroes_seg") > 0,
+        "max_write_zeroes_seg",
+    );
+    run.expect(
+        num(&run, &r, "write_zeroes_may_unmap") == 1,
+        "write_zeroes_may_unmap",
+    );
+    run.expect(
+        num(&run, &r, "write1024_status") == 0,
+        "write before discard failed",
+    );
+    run.expect(num(&run, &r, "discard_status") == 0, "discard failed");
+    run.expect(
+        num(&run, &r, "discarded_zero") == 1,
+        "discarded sector not zero",
+    );
+    run.expect(num(&run, &r, "zeroes_status") == 0, "write zeroes failed");
+    run.expect(num(&run, &r, "zeroed_zero") == 1, "zeroed sector not zero");
+    run.expect(
+        num(&run, &r, "discard_unmap_status") == 2,
+        "DISCARD with the unmap flag not UNSUPP",
+    );
+    run.expect(
+        num(&run, &r, "discard_past_end_status") == 1,
+        "DISCARD past the end not IOERR",
+    );
+    run.expect(
+        num(&run, &r, "discard_short_status") == 1,
+        "DISCARD with an 8-byte table not IOERR",
+    );
+    // The second half of the image (512 KiB) is a hole now.
+    let allocated_after = allocated_blocks(&disk);
+    run.expect(
+        allocated_after + 1024 <= allocated_before,
+        &format!("no hole: {allocated_before} → {allocated_after} blocks"),
+    );
     let image = std::fs::read(scratch.path("disk.img")).unwrap();
+    assert_eq!(image.len() as u64, MIB, "image size changed\n{run}");
+    assert!(image[MIB as usize / 2..].iter().all(|b| *b == 0), "{run}");
+    assert!(
+        image[1024..1536].iter().all(|b| *b == 0),
+        "sector 2 not zeroed\n{run}"
+    );
     assert_eq!(
         &image[512..528],
         b"WRITTEN-BY-GUEST",
@@ -371,15 +431,16 @@ fn boot_virtio_blk_requests_pvh_entry() {
 fn boot_virtio_blk_rate_limited_requests_wait_and_all_succeed() {
     require_kvm!();
     // 10 requests/s with a bucket of one: after the first, each of the driver's requests (read,
-    // write, flush, read back, GET_ID, unsupported, out-of-RAM, read again) waits ~100 ms in the
-    // ring, and every one still gets its normal answer (checked by virtio_blk).
+    // write, flush, read back, GET_ID, unsupported, out-of-RAM, the DISCARD and WRITE_ZEROES
+    // ones, read again) waits ~100 ms in the ring, and every one still gets its normal answer
+    // (checked by virtio_blk). A DISCARD counts as one request.
     let run = virtio_blk(
         test_guests::VIRTIO_BLK,
         ",iops=10,iops_burst=1,bw=1M,bw_burst=4K",
     );
-    // The throttle really held them: 7 waits of 100 ms at least.
+    // The throttle really held them: 16 waits of 100 ms at least.
     run.expect(
-        run.elapsed >= Duration::from_millis(700),
+        run.elapsed >= Duration::from_millis(1600),
         "requests were not throttled to 10/s",
     );
 }
@@ -406,6 +467,14 @@ fn boot_virtio_blk_read_only_refuses_writes() {
     run.expect(
         num(&run, &r, "write_status") == 1,
         "write to a read-only disk not refused",
+    );
+    run.expect(
+        num(&run, &r, "features") & (3 << 13) == 0,
+        "DISCARD or WRITE_ZEROES offered on a read-only disk",
+    );
+    run.expect(
+        num(&run, &r, "discard_unnegotiated_status") == 2,
+        "DISCARD on a read-only disk not UNSUPP",
     );
     assert_eq!(
         std::fs::read(&disk).unwrap(),

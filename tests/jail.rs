@@ -249,8 +249,8 @@ fn disk_image(scratch: &Scratch, name: &str) -> String {
     scratch.file(name, &data)
 }
 
-/// Behind the jail the tiny virtio-blk driver's requests still land in the image (opened before
-/// the pivot), serial output arrives, and the guest's reset exits 0 through the supervisor.
+/// Behind the jail the tiny virtio-blk driver's requests (DISCARD and WRITE_ZEROES too) still land
+/// in the image (opened before the pivot), serial output arrives, and the guest's reset exits 0 through the supervisor.
 #[test]
 fn boot_jail_virtio_blk_guest_does_io_and_exits_zero() {
     require_root!();
@@ -280,8 +280,16 @@ fn boot_jail_virtio_blk_guest_does_io_and_exits_zero() {
         "write not read back",
     );
     run.expect(r.num("final_status") == Some(0xf), "device marked failed");
+    // DISCARD and WRITE_ZEROES under the jail's limits and filters.
+    run.expect(r.num("discard_status") == Some(0), "discard failed");
+    run.expect(
+        r.num("discarded_zero") == Some(1),
+        "discarded sector not zero",
+    );
+    run.expect(r.num("zeroes_status") == Some(0), "write zeroes failed");
     let image = std::fs::read(&disk).unwrap();
     assert_eq!(&image[512..528], b"WRITTEN-BY-GUEST", "{run}");
+    assert_eq!(image.len(), 1 << 20, "{run}");
     assert!(
         !Path::new(&format!("/sys/fs/cgroup/pids/vmm-{id}")).exists(),
         "{run}"

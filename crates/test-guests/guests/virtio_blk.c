@@ -3,7 +3,12 @@
 #include "vq.h"
 
 #define F_BLK_RO (1ULL << 5)
+#define F_BLK_DISCARD (1ULL << 13)
+#define F_BLK_WRITE_ZEROES (1ULL << 14)
 #define T_GET_ID 8
+#define T_DISCARD 11
+#define T_WRITE_ZEROES 13
+#define SEG_UNMAP 1
 
 #define QSIZE_WANT 16
 #define OOB_ADDR 0xF00000000000ULL
@@ -13,6 +18,14 @@ static struct dev blk;
 static struct blk_hdr hdr __attribute__((aligned(16)));
 static u8 data[512] __attribute__((aligned(512)));
 static volatile u8 status_byte __attribute__((aligned(16)));
+
+/* One DISCARD / WRITE_ZEROES segment. */
+struct seg {
+    u64 sector;
+    u32 num_sectors;
+    u32 flags;
+};
+static struct seg segs[2] __attribute__((aligned(16)));
 
 static u32 rd(u32 off) { return dev_rd(&blk, off); }
 static void wr(u32 off, u32 v) { dev_wr(&blk, off, v); }
@@ -69,6 +82,63 @@ static int find_device(const char *cmdline)
     return 0;
 }
 
+/* 1 when all 512 bytes of data are zero. */
+static int data_zero(void)
+{
+    for (u32 i = 0; i < sizeof(data); i++)
+        if (data[i])
+            return 0;
+    return 1;
+}
+
+static int segment(const char *name, u32 type, u64 sector, u32 num, u32 flags, u32 len)
+{
+    segs[0].sector = sector;
+    segs[0].num_sectors = num;
+    segs[0].flags = flags;
+    return request(name, type, 0, (u64)segs, len, 0);
+}
+
+/* DISCARD and WRITE_ZEROES (or, not negotiated, one DISCARD that must come back UNSUPP): writes
+ * sector 1024, discards the second half of the disk (1024 sectors from 1024), reads zeroes
+ * back; writes sector 2, zeroes it, reads zeroes back; then malformed ones.  Returns 0 on a
+ * timeout. */
+static int discard_tests(u64 capacity, u64 drv)
+{
+    if (!(drv & F_BLK_DISCARD))
+        return segment("discard_unnegotiated", T_DISCARD, 0, 1, 0, 16) >= 0;
+    memset(data, 0, sizeof(data));
+    memcpy(data, "DISCARD-ME", 10);
+    if (request("write1024", T_OUT, 1024, (u64)data, 512, 0) < 0)
+        return 0;
+    if (segment("discard", T_DISCARD, 1024, 1024, 0, 16) < 0)
+        return 0;
+    memset(data, 0xaa, sizeof(data));
+    if (request("read1024", T_IN, 1024, (u64)data, 512, 1) < 0)
+        return 0;
+    kv_hex("discarded_zero", data_zero());
+
+    memset(data, 0, sizeof(data));
+    memcpy(data, "ZERO-ME", 7);
+    if (request("write2", T_OUT, 2, (u64)data, 512, 0) < 0)
+        return 0;
+    if (segment("zeroes", T_WRITE_ZEROES, 2, 1, 0, 16) < 0)
+        return 0;
+    memset(data, 0xaa, sizeof(data));
+    if (request("read2z", T_IN, 2, (u64)data, 512, 1) < 0)
+        return 0;
+    kv_hex("zeroed_zero", data_zero());
+
+    /* Refused: unmap on a DISCARD (UNSUPP), a range past the end and a table of 8 bytes (IOERR). */
+    if (segment("discard_unmap", T_DISCARD, 0, 1, SEG_UNMAP, 16) < 0)
+        return 0;
+    if (segment("discard_past_end", T_DISCARD, capacity - 1, 2, 0, 16) < 0)
+        return 0;
+    if (segment("discard_short", T_DISCARD, 0, 1, 0, 8) < 0)
+        return 0;
+    return 1;
+}
+
 static void run(const char *cmdline)
 {
     if (!find_device(cmdline)) {
@@ -97,7 +167,7 @@ static void run(const char *cmdline)
     kv_hex("features", feat);
     kv_hex("ro", (feat & F_BLK_RO) ? 1 : 0);
 
-    u64 drv = feat & (F_VERSION_1 | F_BLK_FLUSH);
+    u64 drv = feat & (F_VERSION_1 | F_BLK_FLUSH | F_BLK_DISCARD | F_BLK_WRITE_ZEROES);
     kv_hex("driver_features", drv);
     wr(VM_DRV_FEATURES_SEL, 0);
     wr(VM_DRV_FEATURES, (u32)drv);
@@ -129,7 +199,16 @@ static void run(const char *cmdline)
         lo = rd(VM_CONFIG);
         hi = rd(VM_CONFIG + 4);
     } while (gen != rd(VM_CONFIG_GEN));
-    kv_hex("capacity", ((u64)hi << 32) | lo);
+    u64 capacity = ((u64)hi << 32) | lo;
+    kv_hex("capacity", capacity);
+    if (drv & F_BLK_DISCARD) {
+        kv_hex("max_discard_sectors", rd(VM_CONFIG + 36));
+        kv_hex("max_discard_seg", rd(VM_CONFIG + 40));
+        kv_hex("discard_sector_alignment", rd(VM_CONFIG + 44));
+        kv_hex("max_write_zeroes_sectors", rd(VM_CONFIG + 48));
+        kv_hex("max_write_zeroes_seg", rd(VM_CONFIG + 52));
+        kv_hex("write_zeroes_may_unmap", rd(VM_CONFIG + 56) & 0xff);
+    }
 
     /* read sector 0 */
     memset(data, 0, sizeof(data));
@@ -164,6 +243,9 @@ static void run(const char *cmdline)
         return;
 
     if (request("oob", T_IN, 0, OOB_ADDR, 512, 1) < 0)
+        return;
+
+    if (!discard_tests(capacity, drv))
         return;
 
     memset(data, 0, sizeof(data));

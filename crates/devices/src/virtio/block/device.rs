@@ -7,10 +7,11 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
 use log::warn;
 
-use super::request::{self, Disk};
+use super::request::{self, Disk, Negotiated};
 use super::{
-    BlockConfig, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
-    VIRTIO_BLK_F_SEG_MAX, VIRTIO_ID_BLOCK,
+    BlockConfig, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SECTORS,
+    MAX_WRITE_ZEROES_SEG, QUEUE_SIZE, SECTOR_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_ID_BLOCK,
 };
 use crate::rate_limiter::RateLimiter;
 use crate::virtio::{Step, VirtioCore, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
@@ -18,8 +19,8 @@ use crate::Error;
 
 /// A virtio-blk device backed by a raw image file.
 ///
-/// One queue of [`QUEUE_SIZE`]; features VERSION_1, EVENT_IDX, FLUSH, SEG_MAX (and RO for a
-/// read-only disk). Requests are served on the event loop when the queue's `EventFd` fires
+/// One queue of [`QUEUE_SIZE`]; features VERSION_1, EVENT_IDX, FLUSH, SEG_MAX, and RO for a
+/// read-only disk or DISCARD and WRITE_ZEROES for a writable one. Requests are served on the event loop when the queue's `EventFd` fires
 /// (see the `MutEventSubscriber` impl).
 pub struct Block {
     core: VirtioCore,
@@ -115,13 +116,34 @@ impl Block {
             | (1 << VIRTIO_BLK_F_SEG_MAX);
         if config.read_only {
             avail_features |= 1 << VIRTIO_BLK_F_RO;
+        } else {
+            avail_features |= (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES);
         }
 
-        // struct virtio_blk_config: capacity (le64), size_max (le32), seg_max (le32).
-        let mut config_space = Vec::with_capacity(16);
+        // struct virtio_blk_config: capacity (le64), size_max (le32), seg_max (le32), then
+        // fields of features not offered (geometry, blk_size, topology, writeback, num_queues:
+        // zero) up to the DISCARD and WRITE_ZEROES fields at 36..57.
+        let mut config_space = Vec::with_capacity(CONFIG_LEN);
         config_space.extend_from_slice(&sectors.to_le_bytes());
         config_space.extend_from_slice(&0u32.to_le_bytes());
         config_space.extend_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
+        config_space.resize(DISCARD_FIELDS, 0);
+        // Discards aligned to the file system's (or device's) block punch whole blocks.
+        let alignment = u32::try_from(meta.blksize() / SECTOR_SIZE)
+            .unwrap_or(1)
+            .max(1);
+        for field in [
+            MAX_DISCARD_SECTORS,
+            MAX_DISCARD_SEG,
+            alignment,
+            MAX_WRITE_ZEROES_SECTORS,
+            MAX_WRITE_ZEROES_SEG,
+        ] {
+            config_space.extend_from_slice(&field.to_le_bytes());
+        }
+        // write_zeroes_may_unmap: with the unmap flag, a range becomes a hole.
+        config_space.push(1);
+        config_space.resize(CONFIG_LEN, 0);
 
         let name = format!("virtio-blk '{}'", path.display());
         Ok(Block {
@@ -136,6 +158,7 @@ impl Block {
                 file,
                 size: sectors * SECTOR_SIZE,
                 read_only: config.read_only,
+                block_device: kind.is_block_device(),
                 id: id_bytes,
             },
             config,
@@ -145,7 +168,10 @@ impl Block {
     }
 
     /// Throttles the disk: each request waits (at the head of the queue, not popped) until the
-    /// limiter has tokens for its data bytes and one operation. Set it before the device is
+    /// limiter has tokens for its data bytes and one operation. A DISCARD or WRITE_ZEROES is one
+    /// operation whose data bytes are its segment table (16 per segment), not the sectors it
+    /// names: holes and zeroed ranges are file system metadata work, and the zero-writing
+    /// fallback is bounded by `MAX_WRITE_ZEROES_SECTORS` per request. Set it before the device is
     /// added to the event loop, which then watches the limiter's timer.
     pub fn with_rate_limiter(mut self, limiter: Option<RateLimiter>) -> Self {
         self.rate_limiter = limiter;
@@ -189,6 +215,10 @@ impl Block {
             throttled,
             ..
         } = self;
+        let negotiated = Negotiated {
+            discard: core.acked(VIRTIO_BLK_F_DISCARD),
+            write_zeroes: core.acked(VIRTIO_BLK_F_WRITE_ZEROES),
+        };
         core.drain(0, usize::from(QUEUE_SIZE), |mem, chain| {
             if let Some(limiter) = rate_limiter.as_mut() {
                 if !limiter.try_consume(request::data_len(&chain), 1) {
@@ -196,10 +226,15 @@ impl Block {
                     return Step::Unpop;
                 }
             }
-            Step::Used(request::process(disk, mem, chain))
+            Step::Used(request::process(disk, negotiated, mem, chain))
         });
     }
 }
+
+/// Offset of `max_discard_sectors` in struct virtio_blk_config.
+const DISCARD_FIELDS: usize = 36;
+/// Length of the config space: up to `unused1` after `write_zeroes_may_unmap`.
+const CONFIG_LEN: usize = 60;
 
 /// A serial derived from the image's device and inode numbers: stable across runs.
 fn default_id(dev: u64, ino: u64) -> String {

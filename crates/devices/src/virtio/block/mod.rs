@@ -4,6 +4,7 @@
 //!   the queue processing loop;
 //! * `lock.rs`: the image's locks (flock, and QEMU's byte-range locks);
 //! * `request.rs`: parsing and executing one request (descriptor chain) against the image;
+//! * `discard.rs`: DISCARD and WRITE_ZEROES (holes and zeroed ranges in the image);
 //! * `event_handler.rs`: the event-loop side (queue notifications, the rate limiter's timer);
 //! * `persist.rs`: the saved state.
 //!
@@ -12,6 +13,7 @@
 use std::path::PathBuf;
 
 mod device;
+mod discard;
 mod event_handler;
 mod lock;
 mod persist;
@@ -22,13 +24,26 @@ pub mod seccomp;
 pub use device::Block;
 pub use persist::BlockState;
 
-pub use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
+pub use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_F_WRITE_ZEROES,
+};
 pub use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 
 /// The size of the only queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// Sector size of the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
+/// Config space `max_discard_sectors`: the most sectors one DISCARD segment may name (1 GiB;
+/// a hole is metadata work, but it is done on the event loop).
+pub const MAX_DISCARD_SECTORS: u32 = 1 << 21;
+/// Config space `max_discard_seg`: the most segments of one DISCARD request.
+pub const MAX_DISCARD_SEG: u32 = 32;
+/// Config space `max_write_zeroes_sectors` (16 MiB: bounds the zero-writing fallback, when
+/// the file system cannot zero a range, to one such write per request).
+pub const MAX_WRITE_ZEROES_SECTORS: u32 = 1 << 15;
+/// Config space `max_write_zeroes_seg`.
+pub const MAX_WRITE_ZEROES_SEG: u32 = 1;
 /// Length of the GET_ID answer.
 pub const ID_BYTES: usize = 20;
 

@@ -3,6 +3,7 @@
 //! Layout (virtio 1.x, 5.2.6): a device-readable header descriptor (type u32, reserved u32,
 //! sector u64), zero or more data descriptors (device-writable for IN and GET_ID,
 //! device-readable for OUT), and a device-writable status descriptor (one byte).
+//! DISCARD and WRITE_ZEROES (a table of 16-byte segments as data) are in `discard.rs`.
 //! Anything else gets `VIRTIO_BLK_S_IOERR` if the status byte can be written; if it cannot,
 //! the chain goes back to the driver with a used length of 0.
 
@@ -20,12 +21,14 @@ use vm_memory::{
 
 use virtio_bindings::virtio_blk;
 
+use super::discard::{self, Kind, Outcome};
 use super::{ID_BYTES, SECTOR_SIZE};
 use crate::GuestMemoryMmap;
 
 /// Request types.
 pub(crate) use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 };
 
 // Status values: the status byte of a request.
@@ -42,6 +45,8 @@ pub(crate) struct Disk {
     /// Usable size in bytes (a multiple of the sector size).
     pub(crate) size: u64,
     pub(crate) read_only: bool,
+    /// A block device rather than a regular file (discards go through BLKDISCARD).
+    pub(crate) block_device: bool,
     /// GET_ID answer, NUL padded.
     pub(crate) id: [u8; ID_BYTES],
 }
@@ -222,9 +227,17 @@ fn transfer_vectored(
     Some((done, result))
 }
 
+/// The request types that need a feature, and whether the driver accepted it: one not
+/// negotiated is answered UNSUPP.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Negotiated {
+    pub(crate) discard: bool,
+    pub(crate) write_zeroes: bool,
+}
+
 /// Why a request failed (logged at debug level; the guest sees IOERR).
 #[derive(Debug, thiserror::Error)]
-enum ReqError {
+pub(crate) enum ReqError {
     #[error("no header or no status descriptor")]
     NoData,
     #[error("header descriptor is device-writable or shorter than {HEADER_LEN} bytes")]
@@ -241,6 +254,10 @@ enum ReqError {
     OutOfRange { sector: u64, len: u64 },
     #[error("write to a read-only disk")]
     ReadOnly,
+    #[error("segment table of {len} bytes: not a non-zero multiple of 16 of at most {limit}")]
+    SegmentTable { len: u64, limit: u64 },
+    #[error("segment of {num_sectors} sectors: more than the {max} the config space allows")]
+    TooManySectors { num_sectors: u32, max: u32 },
     #[error("I/O error: {0}")]
     Io(String),
 }
@@ -259,6 +276,7 @@ pub(crate) fn data_len(chain: &DescriptorChain<&GuestMemoryMmap>) -> u64 {
 /// Processes one descriptor chain; returns the used length (bytes written to guest memory).
 pub(crate) fn process(
     disk: &Disk,
+    negotiated: Negotiated,
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
 ) -> u32 {
@@ -278,7 +296,7 @@ pub(crate) fn process(
         debug!("virtio-blk: chain {head}: unusable status descriptor");
         return 0;
     }
-    let (code, data_len) = match execute(disk, mem, &descs) {
+    let (code, data_len) = match execute(disk, negotiated, mem, &descs) {
         Ok(r) => r,
         Err((e, written)) => {
             debug!("virtio-blk: chain {head}: {e}");
@@ -298,6 +316,7 @@ pub(crate) fn process(
 /// memory, or an error with the number of bytes written before it.
 fn execute(
     disk: &Disk,
+    negotiated: Negotiated,
     mem: &GuestMemoryMmap,
     descs: &[Descriptor],
 ) -> Result<(u8, u32), (ReqError, u32)> {
@@ -385,6 +404,28 @@ fn execute(
             }
             Ok((VIRTIO_BLK_S_OK, written as u32))
         }
+        VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+            let (kind, offered) = if req_type == VIRTIO_BLK_T_DISCARD {
+                (Kind::Discard, negotiated.discard)
+            } else {
+                (Kind::WriteZeroes, negotiated.write_zeroes)
+            };
+            if !offered {
+                debug!("virtio-blk: {kind:?} without the feature");
+                return Ok((VIRTIO_BLK_S_UNSUPP, 0));
+            }
+            if disk.read_only {
+                return Err((ReqError::ReadOnly, 0));
+            }
+            match discard::execute(disk, mem, data, kind) {
+                Ok(Outcome::Done) => Ok((VIRTIO_BLK_S_OK, 0)),
+                Ok(Outcome::Unsupported(flags)) => {
+                    debug!("virtio-blk: {kind:?} with unsupported flags {flags:#x}");
+                    Ok((VIRTIO_BLK_S_UNSUPP, 0))
+                }
+                Err(e) => Err((e, 0)),
+            }
+        }
         other => {
             debug!("virtio-blk: unsupported request type {other}");
             Ok((VIRTIO_BLK_S_UNSUPP, 0))
@@ -417,7 +458,7 @@ fn check_data(
 }
 
 /// Checks that `len` bytes from `sector` lie inside the disk; returns the byte offset.
-fn check_range(disk: &Disk, sector: u64, len: u64) -> Result<u64, (ReqError, u32)> {
+pub(crate) fn check_range(disk: &Disk, sector: u64, len: u64) -> Result<u64, (ReqError, u32)> {
     sector
         .checked_mul(SECTOR_SIZE)
         .filter(|start| start.checked_add(len).is_some_and(|end| end <= disk.size))

@@ -14,7 +14,9 @@ pub const BLOCK: Syscalls = Syscalls {
 };
 
 /// The backing file, served on the event loop: one preadv/pwritev per request (pread/pwrite for a
-/// single buffer), and fdatasync for a flush. (Its size is read while the device is built.)
+/// single buffer), and fdatasync for a flush. DISCARD and WRITE_ZEROES: fallocate (holes and
+/// zeroed ranges, in a file or a block device), BLKDISCARD (a discard on a block device), pwrite
+/// (zeroes where fallocate cannot). (Its size is read while the device is built.)
 pub const FILE_BACKEND: Syscalls = Syscalls {
     name: "virtio-blk file backend",
     vcpu: &[],
@@ -24,5 +26,7 @@ pub const FILE_BACKEND: Syscalls = Syscalls {
         SyscallRule::Any(libc::SYS_preadv),
         SyscallRule::Any(libc::SYS_pwritev),
         SyscallRule::Any(libc::SYS_fdatasync),
+        SyscallRule::Any(libc::SYS_fallocate),
+        SyscallRule::Ioctl(super::discard::BLKDISCARD),
     ],
 };
