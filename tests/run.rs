@@ -303,3 +303,37 @@ fn sandbox_runs_many_commands_and_moves_files() {
         "the agent powered the guest off"
     );
 }
+
+/// Allocated bytes of a host file.
+fn allocated(path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).expect("stat the image").blocks() * 512
+}
+
+#[test]
+fn run_fstrim_gives_the_space_back_to_the_host() {
+    require_kvm!();
+    let scratch = Scratch::new("run-fstrim");
+    let args = guest_args(&scratch);
+    let image = args[3].clone();
+    let before = allocated(&image);
+    let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+    // 32 MiB written and deleted: without DISCARD the image would keep them.
+    all.extend([
+        "--",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/big bs=1M count=32 2>/dev/null && sync && rm /big && sync && fstrim -v /",
+    ]);
+    let run = vmm_run(&all, Vec::new(), BOOT);
+    run.expect(run.code == Some(0), "fstrim succeeds on a virtio-blk root");
+    run.expect(
+        run.stdout.contains("trimmed"),
+        "fstrim reports what it trimmed",
+    );
+    let after = allocated(&image);
+    run.expect(
+        after <= before + (16 << 20),
+        &format!("the image's allocated bytes went from {before} to {after}: the 32 MiB were not given back"),
+    );
+}
