@@ -125,7 +125,14 @@ impl Sandbox {
             }
         }
         config.cmdline = Some(cmdline);
-        config.initrd = Some(Initrd::Bytes(initramfs::build(AGENT_BINARY).into()));
+        let built = Instant::now();
+        let archive: std::sync::Arc<[u8]> = initramfs::build(AGENT_BINARY).into();
+        log::info!(
+            "agent initramfs built in {} µs ({} KiB)",
+            built.elapsed().as_micros(),
+            archive.len() / 1024
+        );
+        config.initrd = Some(Initrd::Bytes(archive));
 
         let vm = match Vm::new(config) {
             Ok(vm) => vm,
@@ -162,11 +169,14 @@ impl Sandbox {
             dir,
             ready_path,
         };
-        sandbox.hello = sandbox.wait_ready(&ready, ready_timeout)?;
+        let (hello, connected) = sandbox.wait_ready(&ready, ready_timeout)?;
+        sandbox.hello = hello;
         log::info!(
-            "guest agent ready ({}) {:.1?} after process start",
+            "guest agent ready ({}) {:.1?} after process start; handshake {} µs from its \
+             connection to this line",
             sandbox.hello.name,
-            vm::process_start().elapsed()
+            vm::process_start().elapsed(),
+            connected.elapsed().as_micros()
         );
         Ok(sandbox)
     }
@@ -175,7 +185,7 @@ impl Sandbox {
         &mut self,
         ready: &UnixListener,
         timeout: Duration,
-    ) -> Result<Hello, SandboxError> {
+    ) -> Result<(Hello, Instant), SandboxError> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -210,6 +220,9 @@ impl Sandbox {
             if fds[0].revents == 0 {
                 continue;
             }
+            // The device has connected the agent's connection to the listener: the handshake's
+            // host side starts here.
+            let connected = Instant::now();
             let Ok((mut conn, _)) = ready.accept() else {
                 continue;
             };
@@ -220,7 +233,7 @@ impl Sandbox {
                 )),
                 Ok(Some(Frame::Hello(h))) => match &h.problem {
                     Some(p) => Err(SandboxError::AgentProblem(p.clone())),
-                    None => Ok(h),
+                    None => Ok((h, connected)),
                 },
                 Ok(Some(_)) => Err(SandboxError::BadHello("not a HELLO frame".into())),
                 Ok(None) => Err(SandboxError::BadHello("the connection ended".into())),
