@@ -40,8 +40,8 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
     /// Only these groups (comma-separated): null, exit, rss, rate, many, linux, linux4, blk, net,
-    /// vsock, run. vsock's sizes: VMM_BENCH_VSOCK_MIB (per transfer, default 32),
-    /// VMM_BENCH_VSOCK_REPS (transfers each way, default 2), VMM_BENCH_VSOCK_ROUND_TRIPS (200).
+    /// vsock, run. vsock's sizes: VMM_BENCH_VSOCK_MIB (per transfer, default 4),
+    /// VMM_BENCH_VSOCK_REPS (transfers each way, default 1), VMM_BENCH_VSOCK_ROUND_TRIPS (50).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Use this vmm binary instead of building target/release/vmm.

@@ -423,9 +423,9 @@ impl Bench {
 
     /// The `vsock` group (see the module's text).
     pub(crate) fn vsock_group(&mut self, kernel: &Path, rootfs: &Path) {
-        let mib = env_usize("VMM_BENCH_VSOCK_MIB", 32).max(1) as u64;
-        let reps = env_usize("VMM_BENCH_VSOCK_REPS", 2).max(1);
-        let trips = env_usize("VMM_BENCH_VSOCK_ROUND_TRIPS", 200).max(1);
+        let mib = env_usize("VMM_BENCH_VSOCK_MIB", 4).max(1) as u64;
+        let reps = env_usize("VMM_BENCH_VSOCK_REPS", 1).max(1);
+        let trips = env_usize("VMM_BENCH_VSOCK_ROUND_TRIPS", 50).max(1);
         let bytes = mib << 20;
         let ns = match NetNs::new() {
             Ok(ns) => ns,
@@ -678,8 +678,14 @@ impl Bench {
 
     fn record(&mut self, into: &mut Samples, what: &str, r: Result<f64, String>) {
         match r {
-            Ok(v) => into.push(v),
-            Err(e) => self.failures.push(format!("{what}: {e}")),
+            Ok(v) => {
+                eprintln!("vmm-bench:   {what}: {v:.2} MiB/s");
+                into.push(v)
+            }
+            Err(e) => {
+                eprintln!("vmm-bench:   {what}: failed: {e}");
+                self.failures.push(format!("{what}: {e}"))
+            }
         }
     }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use agent::{Frame, Hello, READY_PORT, VERSION};
 use vm::{ExitReason, Initrd, ShutdownRequest, Vm, VmConfig, VsockConfig};
 
-use crate::{initramfs, Agent, AGENT_BINARY};
+use crate::{agent_initramfs, Agent};
 
 /// The guest's CID when the caller gives no vsock device.
 const DEFAULT_CID: u64 = 3;
@@ -126,7 +126,7 @@ impl Sandbox {
         }
         config.cmdline = Some(cmdline);
         let built = Instant::now();
-        let archive: std::sync::Arc<[u8]> = initramfs::build(AGENT_BINARY).into();
+        let archive = agent_initramfs();
         log::info!(
             "agent initramfs built in {} µs ({} KiB)",
             built.elapsed().as_micros(),
