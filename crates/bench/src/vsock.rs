@@ -715,7 +715,12 @@ impl Bench {
         );
         let mut handshake = Figure::new(
             "run_handshake",
-            "vmm run: agent's connection → Sandbox::start returns",
+            "vmm run: agent's hello there → Sandbox::start returns",
+            "ms",
+        );
+        let mut hello = Figure::new(
+            "run_hello_wait",
+            "vmm run: agent's connection → its hello's bytes (the guest's)",
             "ms",
         );
         let mut added = Figure::new(
@@ -777,10 +782,17 @@ impl Bench {
             };
             let f = us("first KVM_RUN at ", "first KVM_RUN at ");
             let b = us("agent initramfs built in ", "agent initramfs built in ");
-            let h = number_after(&r_line, "handshake ").map(|us| us / 1e3);
+            let h = number_after(&r_line, "checked in ").map(|us| us / 1e3);
+            let came = number_after(&r_line, "hello came ").map(|us| us / 1e3);
             first.vmm.0.extend(f);
             build.vmm.0.extend(b);
             handshake.vmm.0.extend(h);
+            hello.vmm.0.extend(came);
+            if let Ok(lines) = live.lines.lock() {
+                for (at, l) in lines.iter() {
+                    eprintln!("vmm-bench:   {:>9.3} s  {l}", at.as_secs_f64());
+                }
+            }
             if let (Some(f), Some(h)) = (f, h) {
                 added.vmm.push(f + h);
             }
@@ -792,11 +804,15 @@ impl Bench {
         exit.note = "→ vmm reaped: the agent's sync and power-off, the VM's teardown".into();
         first.note = "vmm's own `-v` clock from main's first line".into();
         build.note = "vmm's `-v` line: initramfs::build(AGENT_BINARY) and its copy into an Arc".into();
-        handshake.note = "vmm's `-v` line: from poll(2) seeing the agent's connection on PATH_52 \
-                          (the device's connect) to the hello read and checked"
+        handshake.note = "vmm's `-v` line: from poll(2) seeing the hello's bytes on the agent's \
+                          connection to PATH_52 to the hello read and checked (the host's side)"
             .into();
-        added.note = "start → first KVM_RUN (argument parsing, the initramfs, the VM) + the \
-                      handshake; the rest of start → ready is the guest's"
+        hello.note = "vmm's `-v` line: from poll(2) seeing the connection (the device's connect to \
+                      PATH_52) to the hello's first bytes: the guest writing it"
+            .into();
+        added.note = "start → first KVM_RUN (argument parsing, the initramfs, the kernel's \
+                      load, the VM) + the handshake's host side; the rest of start → ready is \
+                      the guest's"
             .into();
         added.targets = vec![Target::AtMost(20.0)];
         rss.note = format!(
@@ -805,7 +821,7 @@ impl Bench {
         );
         rss.targets = vec![Target::AtMost(3.0)];
         self.figures
-            .extend([ready, done, exit, total, first, build, handshake, added, rss]);
+            .extend([ready, done, exit, total, first, build, hello, handshake, added, rss]);
     }
 }
 
@@ -816,8 +832,10 @@ mod tests {
     #[test]
     fn numbers_after_a_prefix() {
         let line = "[2026-12-03T16:00:00.000000Z INFO  sandbox::sandbox] guest agent ready \
-                    (vmm-agent) 45.2s after process start; handshake 812 µs from its connection";
-        assert_eq!(number_after(line, "handshake "), Some(812.0));
+                    (vmm-agent) 45.2s after process start; its hello came 30512 µs after its \
+                    connection, read and checked in 81 µs";
+        assert_eq!(number_after(line, "hello came "), Some(30512.0));
+        assert_eq!(number_after(line, "checked in "), Some(81.0));
         assert_eq!(
             number_after("vCPU 0: first KVM_RUN at 1520 µs since", "first KVM_RUN at "),
             Some(1520.0)
