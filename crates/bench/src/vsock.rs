@@ -450,7 +450,9 @@ impl Bench {
         cmd.args(["netns", "exec", &ns.name])
             .arg(inner.get_program())
             .args(inner.get_args());
-        eprintln!("vmm-bench: vsock and TCP in one Linux guest (vmm run -- cat; boots in about a minute)");
+        eprintln!(
+            "vmm-bench: vsock and TCP in one Linux guest (vmm run -- cat; boots in about a minute)"
+        );
         let mut live = match Live::spawn(cmd, true) {
             Ok(l) => l,
             Err(e) => {
@@ -502,7 +504,14 @@ impl Bench {
         trips: usize,
     ) -> Option<Vec<Figure>> {
         for step in [
-            argv(&["ip", "addr", "add", &format!("{GUEST_IP}/24"), "dev", "eth0"]),
+            argv(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{GUEST_IP}/24"),
+                "dev",
+                "eth0",
+            ]),
             argv(&["ip", "link", "set", "eth0", "mtu", "65520", "up"]),
         ] {
             if let Err(e) = guest_run(agent, &step) {
@@ -524,7 +533,12 @@ impl Bench {
             let sock = socket.to_path_buf();
             let r = measure(
                 agent,
-                &argv(&["tcpblast", "recv", &format!("vsock:{PORT_VSOCK_IN}"), "/dev/null"]),
+                &argv(&[
+                    "tcpblast",
+                    "recv",
+                    &format!("vsock:{PORT_VSOCK_IN}"),
+                    "/dev/null",
+                ]),
                 None,
                 move |ready| {
                     let _ = ready.send(());
@@ -631,8 +645,20 @@ impl Bench {
         );
         let mut figures = Vec::new();
         for (key, title, samples, tcp, tcp_key) in [
-            ("vsock_in", "vsock host → guest", v_in, t_in.median(), "tcp_in"),
-            ("vsock_out", "vsock guest → host", v_out, t_out.median(), "tcp_out"),
+            (
+                "vsock_in",
+                "vsock host → guest",
+                v_in,
+                t_in.median(),
+                "tcp_in",
+            ),
+            (
+                "vsock_out",
+                "vsock guest → host",
+                v_out,
+                t_out.median(),
+                "tcp_out",
+            ),
         ] {
             let mut f = Figure::new(
                 key,
@@ -691,7 +717,11 @@ impl Bench {
 
     /// The `run` group (see the module's text): `boots` boots of `vmm run -- true`.
     pub(crate) fn run_group(&mut self, kernel: &Path, rootfs: &Path, boots: usize) {
-        let mut ready = Figure::new("run_start_to_ready", "vmm run -- true: start → agent ready", "s");
+        let mut ready = Figure::new(
+            "run_start_to_ready",
+            "vmm run -- true: start → agent ready",
+            "s",
+        );
         let mut done = Figure::new(
             "run_ready_to_done",
             "vmm run -- true: agent ready → command done",
@@ -725,7 +755,12 @@ impl Bench {
         );
         let mut added = Figure::new(
             "run_vmm_added",
-            "vmm run: what vmm adds to the guest's boot to agent ready",
+            "vmm run: what it adds to a boot (initramfs build + its load + handshake)",
+            "ms",
+        );
+        let mut kernel_load = Figure::new(
+            "run_kernel_load",
+            "vmm run: the kernel's load (every boot's, beside)",
             "ms",
         );
         let mut rss = Figure::new(
@@ -793,36 +828,77 @@ impl Bench {
                     eprintln!("vmm-bench:   {:>9.3} s  {l}", at.as_secs_f64());
                 }
             }
-            if let (Some(f), Some(h)) = (f, h) {
-                added.vmm.push(f + h);
+            let k = step_ms(&live, "loaded kernel");
+            let i = step_ms(&live, "loaded initrd");
+            kernel_load.vmm.0.extend(
+                k.zip(step_before(&live, "loaded kernel"))
+                    .map(|(k, b)| k - b),
+            );
+            if let (Some(b), Some(i), Some(k), Some(h)) = (b, i, k, h) {
+                added.vmm.push(b + (i - k) + h);
             }
         }
         ready.note = "spawn → vmm's `-v` line \"guest agent ready\" (host clock, line arrival): \
                       the guest's boot, the agent's mounts, its hello"
             .into();
-        done.note = "→ the `-v` line \"true ended\": one Agent::exec (the guest's spawn of true)".into();
+        done.note =
+            "→ the `-v` line \"true ended\": one Agent::exec (the guest's spawn of true)".into();
         exit.note = "→ vmm reaped: the agent's sync and power-off, the VM's teardown".into();
         first.note = "vmm's own `-v` clock from main's first line".into();
-        build.note = "vmm's `-v` line: initramfs::build(AGENT_BINARY) and its copy into an Arc".into();
+        build.note =
+            "vmm's `-v` line: initramfs::build(AGENT_BINARY) and its copy into an Arc".into();
         handshake.note = "vmm's `-v` line: from poll(2) seeing the hello's bytes on the agent's \
                           connection to PATH_52 to the hello read and checked (the host's side)"
             .into();
-        hello.note = "vmm's `-v` line: from poll(2) seeing the connection (the device's connect to \
+        hello.note =
+            "vmm's `-v` line: from poll(2) seeing the connection (the device's connect to \
                       PATH_52) to the hello's first bytes: the guest writing it"
+                .into();
+        added.note = "the initramfs's build + its copy into guest RAM (the `-v` step \
+                      \"loaded initrd\") + the handshake's host side: what `vmm run` adds to a \
+                      plain boot of the same kernel and disk; the rest of start → first KVM_RUN \
+                      is every boot's, the rest of start → ready the guest's"
             .into();
-        added.note = "start → first KVM_RUN (argument parsing, the initramfs, the kernel's \
-                      load, the VM) + the handshake's host side; the rest of start → ready is \
-                      the guest's"
-            .into();
+        kernel_load.note = "the `-v` step \"loaded kernel\" (ELF vmlinux read and copied)".into();
         added.targets = vec![Target::AtMost(20.0)];
         rss.note = format!(
             "VmRSS − Rss of the guest RAM mapping, {} ms after the agent's hello",
             SETTLE.as_millis()
         );
         rss.targets = vec![Target::AtMost(3.0)];
-        self.figures
-            .extend([ready, done, exit, total, first, build, hello, handshake, added, rss]);
+        self.figures.extend([
+            ready,
+            done,
+            exit,
+            total,
+            first,
+            kernel_load,
+            build,
+            hello,
+            handshake,
+        ]);
+        self.figures.extend([added, rss]);
     }
+}
+
+/// The ms since process start of vmm's `-v` start-up step `what` ("… vm::start]  117.192 ms  what").
+fn step_ms(live: &Live, what: &str) -> Option<f64> {
+    let (_, line) = live.line(&format!("ms  {what}"))?;
+    step_of(&line)
+}
+
+/// The ms of the `-v` start-up step logged just before `what`.
+fn step_before(live: &Live, what: &str) -> Option<f64> {
+    let lines = live.lines.lock().ok()?;
+    let at = lines
+        .iter()
+        .position(|(_, l)| l.contains(&format!("ms  {what}")))?;
+    lines[..at].iter().rev().find_map(|(_, l)| step_of(l))
+}
+
+fn step_of(line: &str) -> Option<f64> {
+    let rest = &line[line.find("vm::start]")? + "vm::start]".len()..];
+    number_after(rest.trim_start(), "")
 }
 
 #[cfg(test)]
@@ -837,10 +913,16 @@ mod tests {
         assert_eq!(number_after(line, "hello came "), Some(30512.0));
         assert_eq!(number_after(line, "checked in "), Some(81.0));
         assert_eq!(
-            number_after("vCPU 0: first KVM_RUN at 1520 µs since", "first KVM_RUN at "),
+            number_after(
+                "vCPU 0: first KVM_RUN at 1520 µs since",
+                "first KVM_RUN at "
+            ),
             Some(1520.0)
         );
         assert_eq!(number_after("no number here", "handshake "), None);
+        let step = "[2026-12-03T16:43:13.265478Z INFO  vm::start]  117.192 ms  loaded initrd";
+        assert_eq!(step_of(step), Some(117.192));
+        assert_eq!(step_of("[… INFO  vm::vcpu] vCPU 0"), None);
     }
 
     #[test]

@@ -69,7 +69,7 @@ mod tests {
     /// How many of the whole pages of `data` this process has mapped (/proc/self/pagemap bit 63).
     fn present_pages(data: &[u8]) -> (usize, usize) {
         let page = 4096;
-        let first = (data.as_ptr() as usize).next_multiple_of(page) / page;
+        let first = (data.as_ptr() as usize).div_ceil(page);
         let last = (data.as_ptr() as usize + data.len()) / page;
         let mut map = std::fs::File::open("/proc/self/pagemap").unwrap();
         map.seek(SeekFrom::Start(first as u64 * 8)).unwrap();
@@ -95,7 +95,10 @@ mod tests {
 
         let archive = agent_initramfs();
         let (present, _) = present_pages(AGENT_BINARY);
-        assert_eq!(present, 0, "{present} of {pages} agent pages still resident");
+        assert_eq!(
+            present, 0,
+            "{present} of {pages} agent pages still resident"
+        );
 
         // The bytes are intact: they come back from the file, and the archive holds them.
         assert_eq!(AGENT_BINARY.iter().map(|b| u64::from(*b)).sum::<u64>(), sum);
