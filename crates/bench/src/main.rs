@@ -9,6 +9,7 @@
 
 mod report;
 mod run;
+mod vsock;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -38,7 +39,9 @@ struct Cli {
     /// Write the figures as JSON here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
-    /// Only these groups (comma-separated): null, exit, rss, rate, many, linux, linux4, blk, net.
+    /// Only these groups (comma-separated): null, exit, rss, rate, many, linux, linux4, blk, net,
+    /// vsock, run. vsock's sizes: VMM_BENCH_VSOCK_MIB (per transfer, default 4),
+    /// VMM_BENCH_VSOCK_REPS (transfers each way, default 1), VMM_BENCH_VSOCK_ROUND_TRIPS (50).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Use this vmm binary instead of building target/release/vmm.
@@ -438,7 +441,14 @@ impl Bench {
         })
     }
 
-    fn linux_group(&mut self, runs: usize, parallel: bool, io: &[&str], io_runs: usize) {
+    fn linux_group(
+        &mut self,
+        runs: usize,
+        parallel: bool,
+        io: &[&str],
+        io_runs: usize,
+        run_boots: usize,
+    ) {
         let (kernel, rootfs) = match linux_guest() {
             Ok(p) => p,
             Err(e) => {
@@ -454,6 +464,12 @@ impl Bench {
         }
         if io.contains(&"net") {
             self.net_group(&kernel, &rootfs, io_runs);
+        }
+        if io.contains(&"vsock") {
+            self.vsock_group(&kernel, &rootfs);
+        }
+        if io.contains(&"run") && run_boots > 0 {
+            self.run_group(&kernel, &rootfs, run_boots);
         }
         if parallel {
             self.linux_parallel(&kernel, &rootfs);
@@ -1063,18 +1079,21 @@ fn main() -> ExitCode {
     }
     let linux_runs = cli.linux_runs.unwrap_or(if cli.quick { 0 } else { 3 });
     let linux4 = !cli.only.is_empty() && wants("linux4") || cli.only.is_empty() && !cli.quick;
-    // blk and net boot Linux too: by default in a full run, or when named with --only.
-    let io: Vec<&str> = ["blk", "net"]
+    // blk, net, vsock and run boot Linux too: by default in a full run, or when named with --only.
+    let io: Vec<&str> = ["blk", "net", "vsock", "run"]
         .into_iter()
         .filter(|g| !cli.only.is_empty() && wants(g) || cli.only.is_empty() && !cli.quick)
         .collect();
     let io_runs = bench.runs.min(cli.linux_runs.unwrap_or(3)).max(1);
+    // `vmm run -- true` boots: one unless --linux-runs says otherwise.
+    let run_boots = cli.linux_runs.unwrap_or(1);
     if (wants("linux") && linux_runs > 0) || linux4 || !io.is_empty() {
         bench.linux_group(
             if wants("linux") { linux_runs } else { 0 },
             linux4,
             &io,
             io_runs,
+            run_boots,
         );
     }
     let _ = std::fs::remove_dir_all(&scratch);
