@@ -1704,3 +1704,45 @@ fn snapshot_with_readonly_is_a_read_only_disk() {
     assert!(!block.has_overlay());
     assert_ne!(block.avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
 }
+
+/// A `snapshot=on` block device (a loop device, when losetup works here): the overlay is not
+/// made beside the device node (/dev is memory) but in `$TMPDIR` or /var/tmp, discards go to
+/// it rather than to BLKDISCARD, and the device's data stays as it was.
+#[test]
+fn a_snapshot_block_device_overlays_in_the_temporary_directory() {
+    let file = image(DISK_SECTORS);
+    let out = std::process::Command::new("losetup")
+        .args(["--find", "--show"])
+        .arg(file.as_path())
+        .output();
+    let dev = match out {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        _ => {
+            eprintln!("no loop device: skipped");
+            return;
+        }
+    };
+    let _loop = Loop(dev.clone());
+    let block = Block::new(BlockConfig {
+        path: dev.into(),
+        read_only: false,
+        id: None,
+        snapshot: true,
+    })
+    .unwrap();
+    let mut h = Harness::around(file, block, false, DISCARD_FEATURES);
+    let overlay = &h.block.disk.overlay.as_ref().unwrap().file;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", overlay.as_raw_fd())).unwrap();
+    let tmp = std::env::var_os("TMPDIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| std::path::PathBuf::from("/var/tmp"), Into::into);
+    assert!(link.starts_with(&tmp), "{}", link.display());
+    let before = h.disk();
+    assert_eq!(trim(&mut h, VIRTIO_BLK_T_DISCARD, &[(8, 8, 0)]), (1, 0));
+    h.write_sectors(1, &[0x11; 512]);
+    let mut want = before.clone();
+    want[8 * 512..].fill(0);
+    want[512..1024].fill(0x11);
+    assert_eq!(h.read_sectors(0, 16), want);
+    assert_eq!(h.disk(), before, "the device's data changed");
+}
