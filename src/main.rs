@@ -101,14 +101,17 @@ struct VmArgs {
     #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = parse_memory)]
     memory: u64,
 
-    /// A virtio-blk disk: [path=]PATH[,readonly=on][,id=NAME][,bw=RATE][,iops=N]. Repeatable:
-    /// /dev/vda, /dev/vdb, … bw= limits bytes per second (K, M, G suffixes are binary: 50M =
+    /// A virtio-blk disk: [path=]PATH[,readonly=on][,snapshot=on][,id=NAME][,bw=RATE][,iops=N].
+    /// Repeatable: /dev/vda, /dev/vdb, … snapshot=on: the guest sees a writable disk whose
+    /// writes go to an unnamed temporary file (in the image's directory, else $TMPDIR, else
+    /// /var/tmp) and are gone when vmm exits, however it ends; the image is only read (and
+    /// locked as a reader, so it may be shared with other readers). bw= limits bytes per second (K, M, G suffixes are binary: 50M =
     /// 50 MiB/s), iops= requests per second; bw_burst=SIZE and iops_burst=N set the bucket sizes
     /// (default: 100 ms worth of the rate, so a long transfer measures within about 1% of the
     /// limit). A throttled request waits; it never fails.
     #[arg(
         long,
-        value_name = "PATH[,readonly=on][,id=NAME][,bw=RATE][,iops=N]",
+        value_name = "PATH[,readonly=on][,snapshot=on][,id=NAME][,bw=RATE][,iops=N]",
         value_parser = parse_disk
     )]
     disk: Vec<DiskConfig>,
@@ -642,11 +645,17 @@ fn flag_hint(e: &vm::Error) -> String {
         Error::Disk {
             source: DeviceError::DiskModeReadOnly { .. },
             ..
-        } => "; add readonly=on to its --disk".into(),
+        } => "; add readonly=on (or snapshot=on, for throw-away writes) to its --disk".into(),
         Error::Disk {
             source: DeviceError::DiskOpen { error, .. },
             ..
-        } if error.raw_os_error() == Some(libc::EROFS) => "; add readonly=on to its --disk".into(),
+        } if error.raw_os_error() == Some(libc::EROFS) => {
+            "; add readonly=on (or snapshot=on, for throw-away writes) to its --disk".into()
+        }
+        Error::Disk {
+            source: DeviceError::DiskOverlay { .. },
+            ..
+        } => "; set TMPDIR to a directory with room for the disk's writes".into(),
         Error::Disk {
             source: DeviceError::DiskNotAFile { .. },
             ..

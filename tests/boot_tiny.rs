@@ -483,6 +483,119 @@ fn boot_virtio_blk_read_only_refuses_writes() {
     );
 }
 
+/// The names in a directory, sorted.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// `vmm --disk IMAGE,snapshot=on` with TMPDIR set to an empty directory: the guest's
+/// write, DISCARD and WRITE_ZEROES read back as on any writable disk, and afterwards the image
+/// is byte for byte what it was, with its modification time, and neither its directory nor
+/// TMPDIR holds anything new. `mode`: the image's permission bits (0444 needs no readonly=on).
+fn virtio_blk_snapshot(mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new(&format!("virtio-blk-snapshot-{mode:o}"));
+    let disk = disk_image(&scratch, "disk.img");
+    std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(mode)).unwrap();
+    let tmp = scratch.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let before = std::fs::read(&disk).unwrap();
+    let mtime = std::fs::metadata(&disk).unwrap().modified().unwrap();
+    let files = listing(&scratch.0);
+    let mut cmd = common::vmm_command(&[
+        "--kernel",
+        test_guests::VIRTIO_BLK,
+        "--disk",
+        &format!("path={disk},snapshot=on"),
+    ]);
+    cmd.env("TMPDIR", &tmp);
+    let run = common::run_command(cmd, TIMEOUT);
+    expect_clean_reset(&run);
+    let r = report(&run);
+    run.expect(num(&run, &r, "ro") == 0, "snapshot disk offered RO");
+    run.expect(num(&run, &r, "write_status") == 0, "write failed");
+    run.expect(
+        r.get("sector1") == Some("WRITTEN-BY-GUEST"),
+        "write not read back",
+    );
+    run.expect(num(&run, &r, "discard_status") == 0, "discard failed");
+    run.expect(
+        num(&run, &r, "discarded_zero") == 1,
+        "discarded sector not zero",
+    );
+    run.expect(num(&run, &r, "zeroes_status") == 0, "write zeroes failed");
+    run.expect(num(&run, &r, "zeroed_zero") == 1, "zeroed sector not zero");
+    assert!(
+        std::fs::read(&disk).unwrap() == before,
+        "the image changed\n{run}"
+    );
+    assert_eq!(
+        std::fs::metadata(&disk).unwrap().modified().unwrap(),
+        mtime,
+        "the image's mtime changed\n{run}"
+    );
+    assert_eq!(listing(&scratch.0), files, "{run}");
+    assert!(listing(&tmp).is_empty(), "{run}");
+}
+
+#[test]
+fn boot_virtio_blk_snapshot_leaves_the_image_and_no_file() {
+    require_kvm!();
+    virtio_blk_snapshot(0o644);
+}
+
+#[test]
+fn boot_virtio_blk_snapshot_of_a_mode_0444_image_needs_no_readonly() {
+    require_kvm!();
+    virtio_blk_snapshot(0o444);
+}
+
+/// SIGKILL right after the guest's write: the image is unchanged and no overlay is left
+/// behind, in the image's directory or in TMPDIR (it never had a name).
+#[test]
+fn boot_virtio_blk_snapshot_killed_leaves_nothing() {
+    require_kvm!();
+    let scratch = Scratch::new("virtio-blk-snapshot-kill");
+    let disk = disk_image(&scratch, "disk.img");
+    let tmp = scratch.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let before = std::fs::read(&disk).unwrap();
+    let files = listing(&scratch.0);
+    // 10 requests/s: the guest is still at work when its write is answered.
+    let mut cmd = common::vmm_command(&[
+        "--kernel",
+        test_guests::VIRTIO_BLK,
+        "--disk",
+        &format!("{disk},snapshot=on,iops=10,iops_burst=1"),
+    ]);
+    cmd.env("TMPDIR", &tmp);
+    let mut vmm = common::Running::spawn(cmd);
+    vmm.wait_for_line("write_status=0x0", TIMEOUT);
+    assert!(vmm.is_running(), "vmm ended before the kill");
+    // While it runs, the overlay is open and nameless.
+    let pid = vmm.child.id();
+    let deleted: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .filter(|l| l.ends_with(" (deleted)") && l.starts_with(scratch.0.to_str().unwrap()))
+        .collect();
+    assert_eq!(
+        deleted.len(),
+        1,
+        "one unnamed overlay beside the image: {deleted:?}"
+    );
+    assert_eq!(vmm.signal_and_wait(libc::SIGKILL, TIMEOUT), None);
+    assert!(std::fs::read(&disk).unwrap() == before, "the image changed");
+    assert_eq!(listing(&scratch.0), files);
+    assert!(listing(&tmp).is_empty());
+}
+
 /// The exit device: the byte a guest writes to port 0x501 or to MMIO 0xc000_1000 is vmm's exit
 /// status, whatever it is, with nothing on stderr.
 #[test]

@@ -296,6 +296,56 @@ fn boot_jail_virtio_blk_guest_does_io_and_exits_zero() {
     );
 }
 
+/// `snapshot=on` behind the jail: the overlay, made before the pivot, outlives the closing of
+/// inherited descriptors and the pivot; the guest's writes and zeroes read back; the image and
+/// its directory are left exactly as they were.
+#[test]
+fn boot_jail_virtio_blk_snapshot_leaves_the_image() {
+    require_root!();
+    let scratch = Scratch::new("jail-blk-snapshot");
+    let root = jail_root(&scratch);
+    let disk = disk_image(&scratch, "disk.img");
+    let before = std::fs::read(&disk).unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(&scratch.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    files.sort();
+    let id = test_id(3).to_string();
+    let run = run_vmm(
+        &[
+            "--kernel",
+            test_guests::VIRTIO_BLK,
+            "--disk",
+            &format!("{disk},snapshot=on"),
+            "--jail",
+            s(&root),
+            "--jail-id",
+            &id,
+        ],
+        TIMEOUT,
+    );
+    run.expect_success();
+    let r = test_guests::Report::parse(&run.stdout);
+    run.expect(r.num("write_status") == Some(0), "write failed");
+    run.expect(
+        r.get("sector1") == Some("WRITTEN-BY-GUEST"),
+        "write not read back",
+    );
+    run.expect(r.num("zeroed_zero") == Some(1), "zeroed sector not zero");
+    run.expect(r.num("final_status") == Some(0xf), "device marked failed");
+    assert!(
+        std::fs::read(&disk).unwrap() == before,
+        "image changed\n{run}"
+    );
+    let mut after: Vec<_> = std::fs::read_dir(&scratch.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    after.sort();
+    assert_eq!(after, files, "{run}");
+}
+
 /// A VMM error inside the jail (a KVM internal error) comes out as exit 1 with its message.
 #[test]
 fn boot_jail_forwards_an_error_exit() {

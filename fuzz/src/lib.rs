@@ -430,6 +430,7 @@ pub fn block_device(path: PathBuf, read_only: bool, id: Option<String>) -> Arc<M
         path,
         read_only,
         id,
+        snapshot: false,
     }) else {
         panic!("cannot open the memfd disk");
     };

@@ -184,6 +184,16 @@ pub enum Error {
         /// The OS error.
         error: io::Error,
     },
+    /// The temporary overlay of a `snapshot=on` disk could not be created or sized.
+    #[error("cannot create the temporary overlay of disk image '{}' in {dir}: {error}", path.display())]
+    DiskOverlay {
+        /// The image path as given.
+        path: PathBuf,
+        /// The directory tried last (or "memory" when the write map could not be allocated).
+        dir: String,
+        /// The OS error.
+        error: io::Error,
+    },
     /// A disk serial (`id=`) longer than virtio-blk allows.
     #[error("disk id '{id}' is too long (at most 20 bytes)")]
     DiskIdTooLong {

@@ -213,6 +213,9 @@ pub struct DiskConfig {
     /// Bytes/s and requests/s limits (`bw=`, `iops=`); unlimited by default. A throttled
     /// request waits; it never fails.
     pub rate_limit: RateLimitConfig,
+    /// `snapshot=on`: the guest's writes go to an anonymous temporary overlay, gone when vmm
+    /// exits; the image is opened read-only and never written. No effect with `read_only`.
+    pub snapshot: bool,
 }
 
 pub use devices::rate_limiter::{BucketConfig, RateLimitConfig};
@@ -299,7 +302,7 @@ pub struct ParseError(pub String);
 impl FromStr for DiskConfig {
     type Err = ParseError;
 
-    /// Parses `PATH[,readonly=on|off][,id=NAME][,bw=RATE][,iops=N][,bw_burst=SIZE][,iops_burst=N]`,
+    /// Parses `PATH[,readonly=on|off][,snapshot=on|off][,id=NAME][,bw=RATE][,iops=N][,bw_burst=SIZE][,iops_burst=N]`,
     /// or the same with `path=PATH` as the first item.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut parts = s.split(',');
@@ -323,6 +326,7 @@ impl FromStr for DiskConfig {
             })?;
             match key {
                 "readonly" | "ro" => disk.read_only = parse_switch(key, value)?,
+                "snapshot" => disk.snapshot = parse_switch(key, value)?,
                 "id" => {
                     if value.is_empty() || value.len() > 20 || !value.is_ascii() {
                         return Err(ParseError(format!(
@@ -334,7 +338,7 @@ impl FromStr for DiskConfig {
                 _ if limits.take("iops", key, value)? => {}
                 _ => {
                     return Err(ParseError(format!(
-                        "unknown disk option '{key}'; known options: readonly=on|off, id=NAME, bw=RATE, iops=N, bw_burst=SIZE, iops_burst=N"
+                        "unknown disk option '{key}'; known options: readonly=on|off, snapshot=on|off, id=NAME, bw=RATE, iops=N, bw_burst=SIZE, iops_burst=N"
                     )))
                 }
             }
@@ -977,12 +981,22 @@ mod tests {
 
         let d: DiskConfig = "x.img,readonly=off".parse().unwrap();
         assert!(!d.read_only);
+        assert!(!d.snapshot);
+
+        let d: DiskConfig = "path=x.img,snapshot=on".parse().unwrap();
+        assert!(d.snapshot && !d.read_only);
+        let d: DiskConfig = "x.img,readonly=on,snapshot=on,snapshot=off"
+            .parse()
+            .unwrap();
+        assert!(!d.snapshot && d.read_only);
 
         for bad in [
             "",
             ",readonly=on",
             "x.img,readonly=maybe",
             "x.img,readonly",
+            "x.img,snapshot=yes please",
+            "x.img,snapshot",
             "x.img,cache=none",
             "x.img,id=",
             "x.img,id=abcdefghijklmnopqrstuvwxyz",

@@ -321,6 +321,7 @@ impl DeviceManager {
             path: disk.path.clone(),
             read_only: disk.read_only,
             id: disk.id.clone(),
+            snapshot: disk.snapshot,
         })
         .map_err(disk_err)?
         .with_rate_limiter(rate_limiter(&disk.rate_limit).map_err(disk_err)?);
@@ -331,6 +332,8 @@ impl DeviceManager {
             (b'a' + (self.disks % 26) as u8) as char,
             if disk.read_only {
                 "read-only"
+            } else if disk.snapshot {
+                "read-write, writes thrown away at exit"
             } else {
                 "read-write"
             },

@@ -7,6 +7,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
 use log::warn;
 
+use super::overlay::Overlay;
 use super::request::{self, Disk, Negotiated};
 use super::{
     BlockConfig, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SECTORS,
@@ -35,15 +36,20 @@ impl Block {
     /// Opens and locks the image: read-only → `O_RDONLY`, read-write → `O_RDWR`, then the
     /// locks of [`super::lock`] (flock and QEMU's byte-range locks). The image must be a regular
     /// file or a block device of at least one sector; a writable disk's file must have a write
-    /// bit in its mode (root would write it regardless).
+    /// bit in its mode (root would write it regardless). A `snapshot` disk (not read-only) opens
+    /// and locks its image as a read-only one does, whatever its mode, and writes to an overlay
+    /// ([`super::overlay`]).
     pub fn new(config: BlockConfig) -> Result<Self, Error> {
         let path = &config.path;
         let open_err = |error| Error::DiskOpen {
             path: path.clone(),
             error,
         };
+        // A read-only disk has nothing to throw away: snapshot=on changes nothing.
+        let snapshot = config.snapshot && !config.read_only;
+        let image_read_only = config.read_only || snapshot;
         // Before opening: root would open a file of mode 0444 for writing all the same.
-        if !config.read_only {
+        if !image_read_only {
             if let Ok(meta) = std::fs::metadata(path) {
                 if meta.is_file() && meta.mode() & 0o222 == 0 {
                     return Err(Error::DiskModeReadOnly {
@@ -56,7 +62,7 @@ impl Block {
         // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
         let mut file = OpenOptions::new()
             .read(true)
-            .write(!config.read_only)
+            .write(!image_read_only)
             // O_NOCTTY: a terminal named by mistake must not become vmm's controlling terminal.
             .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
             .open(path)
@@ -78,7 +84,7 @@ impl Block {
         if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, 0) } != 0 {
             return Err(open_err(std::io::Error::last_os_error()));
         }
-        super::lock::lock(&file, path, config.read_only)?;
+        super::lock::lock(&file, path, image_read_only)?;
 
         // Seeking works for block devices too, where the metadata length is 0.
         let bytes = file.seek(SeekFrom::End(0)).map_err(size_err)?;
@@ -97,6 +103,15 @@ impl Block {
             );
         }
         let sectors = bytes / SECTOR_SIZE;
+        let overlay = if snapshot {
+            Some(Overlay::create(
+                path,
+                kind.is_file(),
+                sectors * SECTOR_SIZE,
+            )?)
+        } else {
+            None
+        };
 
         let id = match &config.id {
             Some(id) => {
@@ -128,10 +143,13 @@ impl Block {
         config_space.extend_from_slice(&0u32.to_le_bytes());
         config_space.extend_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
         config_space.resize(DISCARD_FIELDS, 0);
-        // Discards aligned to the file system's (or device's) block punch whole blocks.
-        let alignment = u32::try_from(meta.blksize() / SECTOR_SIZE)
-            .unwrap_or(1)
-            .max(1);
+        // Discards aligned to the file system's (or device's) block punch whole blocks: the
+        // overlay's, on a snapshot disk.
+        let blksize = match &overlay {
+            Some(o) => o.file.metadata().map_err(size_err)?.blksize(),
+            None => meta.blksize(),
+        };
+        let alignment = u32::try_from(blksize / SECTOR_SIZE).unwrap_or(1).max(1);
         for field in [
             MAX_DISCARD_SECTORS,
             MAX_DISCARD_SEG,
@@ -160,6 +178,7 @@ impl Block {
                 read_only: config.read_only,
                 block_device: kind.is_block_device(),
                 id: id_bytes,
+                overlay,
             },
             config,
             rate_limiter: None,
@@ -196,6 +215,11 @@ impl Block {
     /// The GET_ID answer (NUL padded to 20 bytes).
     pub fn id(&self) -> &[u8; ID_BYTES] {
         &self.disk.id
+    }
+
+    /// Whether the guest's writes go to a throw-away overlay (`snapshot=on`, not read-only).
+    pub fn has_overlay(&self) -> bool {
+        self.disk.overlay.is_some()
     }
 
     /// Whether the driver has started the device.

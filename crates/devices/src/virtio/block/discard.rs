@@ -18,6 +18,9 @@
 //!   `fallocate(PUNCH_HOLE | KEEP_SIZE)` with the unmap flag; on a block device the kernel
 //!   turns these into a zero-out without and with unmapping. If the file system or device
 //!   refuses (EOPNOTSUPP), zeroes are written with pwrite. Afterwards the range reads as zeroes.
+//! * On a `snapshot=on` disk both act on the overlay (a regular file), after marking the ranges
+//!   as the overlay's: they read back as zeroes (or, after a DISCARD the overlay's file system
+//!   cannot punch, as the guest's own earlier data), never as the image's.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -79,7 +82,7 @@ struct Range {
 /// Checks the whole segment table of a DISCARD or WRITE_ZEROES request (see the module
 /// documentation), then does it.
 pub(crate) fn execute(
-    disk: &Disk,
+    disk: &mut Disk,
     mem: &GuestMemoryMmap,
     data: &[Descriptor],
     kind: Kind,
@@ -137,10 +140,18 @@ pub(crate) fn execute(
         });
     }
 
+    // An overlay disk: the ranges are the overlay's from now on, so they never read as the
+    // image's data again, and are punched or zeroed there (an overlay hole reads as zeroes).
+    if let Some(overlay) = &mut disk.overlay {
+        for r in &ranges {
+            overlay.mark(r.offset, r.len);
+        }
+    }
+    let (file, block_device) = disk.write_target();
     for r in ranges.iter().filter(|r| r.len > 0) {
         let result = match kind {
-            Kind::Discard => discard(disk, r),
-            Kind::WriteZeroes => write_zeroes(&disk.file, r),
+            Kind::Discard => discard(file, block_device, r),
+            Kind::WriteZeroes => write_zeroes(file, r),
         };
         result.map_err(|e| {
             ReqError::Io(format!("{kind:?} of {} bytes at {}: {e}", r.len, r.offset))
@@ -151,17 +162,17 @@ pub(crate) fn execute(
 
 /// Discards a range: a hole in a file, BLKDISCARD on a block device; "not supported" is not an
 /// error (the data stays, which a discard allows).
-fn discard(disk: &Disk, r: &Range) -> std::io::Result<()> {
-    let result = if disk.block_device {
+fn discard(file: &File, block_device: bool, r: &Range) -> std::io::Result<()> {
+    let result = if block_device {
         let range: [u64; 2] = [r.offset, r.len];
         retry(|| {
             // SAFETY: BLKDISCARD reads two u64s (start, length) from the pointer, which points to
-            // `range`, alive for the call; the descriptor is valid for the borrow of `disk`.
-            unsafe { libc::ioctl(disk.file.as_raw_fd(), BLKDISCARD as _, range.as_ptr()) }
+            // `range`, alive for the call; the descriptor is valid for the borrow of `file`.
+            unsafe { libc::ioctl(file.as_raw_fd(), BLKDISCARD as _, range.as_ptr()) }
         })
     } else {
         fallocate(
-            &disk.file,
+            file,
             libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
             r,
         )

@@ -5,6 +5,7 @@
 //! * `lock.rs`: the image's locks (flock, and QEMU's byte-range locks);
 //! * `request.rs`: parsing and executing one request (descriptor chain) against the image;
 //! * `discard.rs`: DISCARD and WRITE_ZEROES (holes and zeroed ranges in the image);
+//! * `overlay.rs`: `snapshot=on`, an anonymous temporary file that takes the guest's writes;
 //! * `event_handler.rs`: the event-loop side (queue notifications, the rate limiter's timer);
 //! * `persist.rs`: the saved state.
 //!
@@ -16,6 +17,7 @@ mod device;
 mod discard;
 mod event_handler;
 mod lock;
+mod overlay;
 mod persist;
 
 mod request;
@@ -57,6 +59,10 @@ pub struct BlockConfig {
     /// The serial the guest reads with GET_ID (at most 20 bytes); by default one derived from
     /// the image's device and inode numbers.
     pub id: Option<String>,
+    /// Throw-away writes: the image is opened read-only (and locked as a reader); the guest's
+    /// writes go to an anonymous temporary overlay that disappears with the process. Ignored
+    /// together with `read_only` (a read-only disk writes nothing).
+    pub snapshot: bool,
 }
 
 #[cfg(test)]

@@ -3,6 +3,11 @@
 //! The device keeps no request of its own between events: a request the rate limiter holds back
 //! stays in the available ring (un-popped), so the core's queue position is the whole state. The
 //! capacity is saved to refuse a restore onto another image size.
+//!
+//! A `snapshot=on` disk cannot be saved or restored: what the guest wrote lives only in the
+//! process's anonymous overlay, which no state carries, so a restored guest would find the
+//! image's old data where it believes its own writes are. Its state says so (`overlay`), and
+//! restore refuses both such a state and a device that has an overlay.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,21 +22,34 @@ pub struct BlockState {
     pub core: CoreState,
     /// Capacity in 512-byte sectors the guest saw.
     pub capacity: u64,
+    /// Saved from a `snapshot=on` disk: the guest's writes are not in the state (refused on
+    /// restore).
+    pub overlay: bool,
 }
 
 impl Persist for Block {
     const NAME: &'static str = "virtio-blk";
-    const STATE_VERSION: u16 = 1;
+    const STATE_VERSION: u16 = 2;
     type State = BlockState;
 
     fn save(&self) -> BlockState {
         BlockState {
             core: VirtioDevice::core(self).save(),
             capacity: self.capacity(),
+            overlay: self.has_overlay(),
         }
     }
 
     fn restore(&mut self, state: BlockState) -> Result<(), PersistError> {
+        if state.overlay || self.has_overlay() {
+            return Err(PersistError::Mismatch {
+                device: Self::NAME,
+                why: format!(
+                    "'{}': a snapshot=on disk's writes live only in its temporary overlay, which a saved state does not hold",
+                    self.config().path.display()
+                ),
+            });
+        }
         if state.capacity != self.capacity() {
             return Err(PersistError::Mismatch {
                 device: Self::NAME,
@@ -70,6 +88,7 @@ mod tests {
             path: file.as_path().to_path_buf(),
             read_only: true,
             id: Some("disk-one".into()),
+            snapshot: false,
         };
         (file, Arc::new(Mutex::new(Block::new(config).unwrap())))
     }
@@ -146,6 +165,33 @@ mod tests {
                 "{skew}: {err:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_snapshot_disk_is_refused_both_ways() {
+        let (f, plain) = block();
+        let snap = |path: &std::path::Path| {
+            Block::new(crate::virtio::block::BlockConfig {
+                path: path.to_path_buf(),
+                read_only: false,
+                id: None,
+                snapshot: true,
+            })
+            .unwrap()
+        };
+        let mut a = snap(f.as_path());
+        let state = a.save();
+        assert!(state.overlay);
+        // Onto a plain disk, and onto another overlay disk (a fresh, empty overlay).
+        let err = plain.lock().unwrap().restore(state.clone());
+        assert!(matches!(err, Err(PersistError::Mismatch { .. })), "{err:?}");
+        let err = a.restore(state);
+        assert!(matches!(err, Err(PersistError::Mismatch { .. })), "{err:?}");
+        // A plain disk's state onto an overlay disk.
+        let plain_state = plain.lock().unwrap().save();
+        assert!(!plain_state.overlay);
+        let err = a.restore(plain_state);
+        assert!(matches!(err, Err(PersistError::Mismatch { .. })), "{err:?}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use vm_memory::{
 use virtio_bindings::virtio_blk;
 
 use super::discard::{self, Kind, Outcome};
+use super::overlay::Overlay;
 use super::{ID_BYTES, SECTOR_SIZE};
 use crate::GuestMemoryMmap;
 
@@ -49,6 +50,19 @@ pub(crate) struct Disk {
     pub(crate) block_device: bool,
     /// GET_ID answer, NUL padded.
     pub(crate) id: [u8; ID_BYTES],
+    /// `snapshot=on`: the guest's writes go here, and `file` (opened read-only) is never
+    /// written.
+    pub(crate) overlay: Option<Overlay>,
+}
+
+impl Disk {
+    /// The file writes, discards and zeroes go to, and whether it is a block device.
+    pub(crate) fn write_target(&self) -> (&File, bool) {
+        match &self.overlay {
+            Some(overlay) => (&overlay.file, false),
+            None => (&self.file, self.block_device),
+        }
+    }
 }
 
 /// A file seen through positioned I/O (pread/pwrite) from a moving offset: no shared file
@@ -275,7 +289,7 @@ pub(crate) fn data_len(chain: &DescriptorChain<&GuestMemoryMmap>) -> u64 {
 
 /// Processes one descriptor chain; returns the used length (bytes written to guest memory).
 pub(crate) fn process(
-    disk: &Disk,
+    disk: &mut Disk,
     negotiated: Negotiated,
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
@@ -315,7 +329,7 @@ pub(crate) fn process(
 /// Runs the request; returns the status code and the number of data bytes written to guest
 /// memory, or an error with the number of bytes written before it.
 fn execute(
-    disk: &Disk,
+    disk: &mut Disk,
     negotiated: Negotiated,
     mem: &GuestMemoryMmap,
     descs: &[Descriptor],
@@ -341,21 +355,20 @@ fn execute(
         VIRTIO_BLK_T_IN => {
             let len = check_data(mem, data, true, Permissions::Write)?;
             let offset = check_range(disk, sector, len)?;
-            if let Some((done, result)) = transfer_vectored(&disk.file, offset, mem, data, true) {
-                let done = u32::try_from(done).unwrap_or(u32::MAX);
-                return result
-                    .map(|()| (VIRTIO_BLK_S_OK, done))
-                    .map_err(|e| (ReqError::Io(e.to_string()), done));
-            }
-            let mut file = FileAt {
-                file: &disk.file,
-                offset,
+            let Some(overlay) = &disk.overlay else {
+                return read(&disk.file, offset, mem, data).map(|n| (VIRTIO_BLK_S_OK, n));
             };
+            // Each run from where it is, into the part of the buffers it covers.
             let mut written = 0u32;
-            for d in data {
-                mem.read_exact_volatile_from(d.addr(), &mut file, d.len() as usize)
-                    .map_err(|e| (ReqError::Io(e.to_string()), written))?;
-                written += d.len();
+            for run in overlay.runs(offset, len) {
+                let file = if run.in_overlay {
+                    &overlay.file
+                } else {
+                    &disk.file
+                };
+                let part = sub_buffers(data, run.offset - offset, run.len);
+                written += read(file, run.offset, mem, &part)
+                    .map_err(|(e, n)| (e, written.saturating_add(n)))?;
             }
             Ok((VIRTIO_BLK_S_OK, written))
         }
@@ -365,13 +378,19 @@ fn execute(
             }
             let len = check_data(mem, data, false, Permissions::Read)?;
             let offset = check_range(disk, sector, len)?;
-            if let Some((_, result)) = transfer_vectored(&disk.file, offset, mem, data, false) {
+            // Marked before writing: after a failed write the sectors read back as whatever
+            // reached the overlay (or zeroes), as a failed write to any disk leaves them.
+            if let Some(overlay) = &mut disk.overlay {
+                overlay.mark(offset, len);
+            }
+            let (target, _) = disk.write_target();
+            if let Some((_, result)) = transfer_vectored(target, offset, mem, data, false) {
                 return result
                     .map(|()| (VIRTIO_BLK_S_OK, 0))
                     .map_err(|e| (ReqError::Io(e.to_string()), 0));
             }
             let mut file = FileAt {
-                file: &disk.file,
+                file: target,
                 offset,
             };
             for d in data {
@@ -381,7 +400,8 @@ fn execute(
             Ok((VIRTIO_BLK_S_OK, 0))
         }
         VIRTIO_BLK_T_FLUSH => {
-            if !disk.read_only {
+            // An overlay's data is thrown away at exit: making it durable would only cost time.
+            if !disk.read_only && disk.overlay.is_none() {
                 disk.file
                     .sync_data()
                     .map_err(|e| (ReqError::Io(e.to_string()), 0))?;
@@ -431,6 +451,54 @@ fn execute(
             Ok((VIRTIO_BLK_S_UNSUPP, 0))
         }
     }
+}
+
+/// Reads the file at `offset` into the request's buffers; returns the bytes written to guest
+/// memory, or the error with the bytes written before it.
+fn read(
+    file: &File,
+    offset: u64,
+    mem: &GuestMemoryMmap,
+    data: &[Descriptor],
+) -> Result<u32, (ReqError, u32)> {
+    if let Some((done, result)) = transfer_vectored(file, offset, mem, data, true) {
+        let done = u32::try_from(done).unwrap_or(u32::MAX);
+        return result
+            .map(|()| done)
+            .map_err(|e| (ReqError::Io(e.to_string()), done));
+    }
+    let mut file = FileAt { file, offset };
+    let mut written = 0u32;
+    for d in data {
+        mem.read_exact_volatile_from(d.addr(), &mut file, d.len() as usize)
+            .map_err(|e| (ReqError::Io(e.to_string()), written))?;
+        written += d.len();
+    }
+    Ok(written)
+}
+
+/// The part of the buffers `data` (in order, one byte stream) from byte `skip`, `len` bytes
+/// long, as descriptors of the same direction.
+fn sub_buffers(data: &[Descriptor], skip: u64, len: u64) -> Vec<Descriptor> {
+    let mut out = Vec::new();
+    let (mut at, end) = (0u64, skip + len);
+    for d in data {
+        let (start, stop) = (at, at + u64::from(d.len()));
+        at = stop;
+        if stop <= skip || start >= end {
+            continue;
+        }
+        let from = skip.max(start);
+        let to = end.min(stop);
+        // `to - from` is at most the descriptor's u32 length.
+        out.push(Descriptor::new(
+            d.addr().0 + (from - start),
+            (to - from) as u32,
+            d.flags(),
+            0,
+        ));
+    }
+    out
 }
 
 /// Checks the data descriptors of a read or write: direction, guest addresses, and a total

@@ -6,6 +6,7 @@
 //! is not used for the rings.)
 
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
@@ -101,8 +102,14 @@ impl Harness {
             path,
             read_only,
             id: id.map(String::from),
+            snapshot: false,
         })
         .unwrap();
+        Self::around(file, block, event_idx, features)
+    }
+
+    /// A harness driving `block` (opened on `file`).
+    fn around(file: TempFile, block: Block, event_idx: bool, features: u64) -> Self {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
         let mut h = Harness {
             mem,
@@ -275,6 +282,7 @@ fn get_id_given_and_default() {
         path: h.file.as_path().to_path_buf(),
         read_only: true,
         id: None,
+        snapshot: false,
     });
     // The harness holds the exclusive lock.
     assert!(matches!(a, Err(Error::DiskLocked { .. })));
@@ -283,6 +291,7 @@ fn get_id_given_and_default() {
         path: f.as_path().to_path_buf(),
         read_only: true,
         id: None,
+        snapshot: false,
     };
     let a = Block::new(cfg.clone()).unwrap();
     let b = Block::new(cfg).unwrap();
@@ -636,6 +645,7 @@ fn open_errors() {
         path: "/nonexistent/x.img".into(),
         read_only: false,
         id: None,
+        snapshot: false,
     };
     let err = Block::new(missing).err().unwrap();
     assert_eq!(
@@ -648,6 +658,7 @@ fn open_errors() {
         path: f.as_path().to_path_buf(),
         read_only,
         id: None,
+        snapshot: false,
     };
     let ro1 = Block::new(cfg(true)).unwrap();
     let _ro2 = Block::new(cfg(true)).unwrap();
@@ -687,6 +698,7 @@ fn capacity_and_config_space() {
         path: f.as_path().to_path_buf(),
         read_only: false,
         id: None,
+        snapshot: false,
     })
     .unwrap();
     assert_eq!(b.capacity(), 3, "rounded down");
@@ -724,6 +736,7 @@ fn through_transport_and_event_loop() {
             path: file.as_path().to_path_buf(),
             read_only: false,
             id: Some("e2e".into()),
+            snapshot: false,
         })
         .unwrap(),
     ));
@@ -948,6 +961,7 @@ fn qemu_locks_are_honoured_and_taken() {
         path: f.as_path().to_path_buf(),
         read_only,
         id: None,
+        snapshot: false,
     };
     let other = || std::fs::File::open(f.as_path()).unwrap();
     // (bytes another program holds, writable vmm allowed, read-only vmm allowed)
@@ -1003,6 +1017,7 @@ fn images_that_cannot_be_disks() {
         path: path.to_path_buf(),
         read_only,
         id: None,
+        snapshot: false,
     };
     let dir = std::env::temp_dir();
     let err = Block::new(cfg(&dir, true)).err().unwrap();
@@ -1471,4 +1486,263 @@ fn a_block_device_discards_and_zeroes() {
         trim(&mut h, VIRTIO_BLK_T_DISCARD, &[(end - 1, 2, 0)]),
         (1, 1)
     );
+}
+
+// snapshot=on: an overlay in front of the image.
+
+/// A `snapshot=on` harness (DISCARD and WRITE_ZEROES accepted) on an image of mode `mode`.
+fn snapshot_harness(mode: u32) -> Harness {
+    use std::os::unix::fs::PermissionsExt;
+    let file = image(DISK_SECTORS);
+    std::fs::set_permissions(file.as_path(), std::fs::Permissions::from_mode(mode)).unwrap();
+    let block = Block::new(BlockConfig {
+        path: file.as_path().to_path_buf(),
+        read_only: false,
+        id: None,
+        snapshot: true,
+    })
+    .unwrap();
+    Harness::around(file, block, false, DISCARD_FEATURES)
+}
+
+impl Harness {
+    /// Reads `sectors` from `sector` through the device (in buffers of 512, then 1536 bytes
+    /// when there are more than 3 sectors, to cross runs inside a buffer).
+    fn read_sectors(&mut self, sector: u64, sectors: u32) -> Vec<u8> {
+        let len = sectors * 512;
+        self.mem
+            .write_slice(&vec![0xee; len as usize], GuestAddress(DATA))
+            .unwrap();
+        self.header(VIRTIO_BLK_T_IN, sector);
+        let descs: Vec<Desc> = if sectors > 3 {
+            vec![
+                hdr(),
+                (DATA, 512, F_WRITE),
+                (DATA + 512, 1536, F_WRITE),
+                (DATA + 2048, len - 2048, F_WRITE),
+                status(),
+            ]
+        } else {
+            vec![hdr(), (DATA, len, F_WRITE), status()]
+        };
+        assert_eq!(self.run(&descs), (len + 1, VIRTIO_BLK_S_OK));
+        let mut got = vec![0u8; len as usize];
+        self.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+        got
+    }
+
+    fn write_sectors(&mut self, sector: u64, data: &[u8]) {
+        self.mem.write_slice(data, GuestAddress(DATA)).unwrap();
+        self.header(VIRTIO_BLK_T_OUT, sector);
+        let (len, st) = self.run(&[hdr(), (DATA, data.len() as u32, 0), status()]);
+        assert_eq!((len, st), (1, VIRTIO_BLK_S_OK));
+    }
+}
+
+/// The image's bytes and modification time.
+fn image_and_mtime(h: &Harness) -> (Vec<u8>, std::time::SystemTime) {
+    let mtime = std::fs::metadata(h.file.as_path())
+        .unwrap()
+        .modified()
+        .unwrap();
+    (h.disk(), mtime)
+}
+
+#[test]
+fn snapshot_reads_the_image_until_written_then_the_writes() {
+    let mut h = snapshot_harness(0o644);
+    let before = image_and_mtime(&h);
+    let image = image_byte_range(0, DISK_SECTORS * 512);
+    assert_eq!(h.read_sectors(0, 16), image);
+    // The guest sees a writable disk with DISCARD and WRITE_ZEROES.
+    assert_eq!(h.block.avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
+    assert_eq!(
+        h.block.avail_features() & DISCARD_FEATURES,
+        DISCARD_FEATURES
+    );
+
+    // Sectors 3 and 5..7, written separately: single sectors, runs inside one buffer.
+    h.write_sectors(3, &[0x33; 512]);
+    h.write_sectors(5, &[0x55; 1024]);
+    let mut want = image.clone();
+    want[3 * 512..4 * 512].fill(0x33);
+    want[5 * 512..7 * 512].fill(0x55);
+    assert_eq!(h.read_sectors(0, 16), want);
+    assert_eq!(h.read_sectors(4, 1), image[4 * 512..5 * 512]);
+    assert_eq!(h.read_sectors(5, 2), want[5 * 512..7 * 512]);
+    // A write over part of a written run and part of the image.
+    h.write_sectors(6, &[0x66; 1024]);
+    want[6 * 512..8 * 512].fill(0x66);
+    assert_eq!(h.read_sectors(0, 16), want);
+    // FLUSH succeeds.
+    h.header(VIRTIO_BLK_T_FLUSH, 0);
+    assert_eq!(h.run(&[hdr(), status()]), (1, VIRTIO_BLK_S_OK));
+
+    assert!(image_and_mtime(&h) == before, "the image changed");
+}
+
+#[test]
+fn snapshot_discard_and_write_zeroes_read_back_zeroes_not_the_image() {
+    let mut h = snapshot_harness(0o644);
+    let before = image_and_mtime(&h);
+    let mut want = image_byte_range(0, DISK_SECTORS * 512);
+    h.write_sectors(2, &[0x22; 512]);
+    want[2 * 512..3 * 512].fill(0x22);
+    // DISCARD of 1..3 (one written, one not), WRITE_ZEROES of 8..10, with unmap of 12..13.
+    assert_eq!(
+        trim(&mut h, VIRTIO_BLK_T_DISCARD, &[(1, 2, 0)]),
+        (1, VIRTIO_BLK_S_OK)
+    );
+    assert_eq!(
+        trim(&mut h, VIRTIO_BLK_T_WRITE_ZEROES, &[(8, 2, 0)]),
+        (1, VIRTIO_BLK_S_OK)
+    );
+    assert_eq!(
+        trim(&mut h, VIRTIO_BLK_T_WRITE_ZEROES, &[(12, 1, UNMAP)]),
+        (1, VIRTIO_BLK_S_OK)
+    );
+    want[512..3 * 512].fill(0);
+    want[8 * 512..10 * 512].fill(0);
+    want[12 * 512..13 * 512].fill(0);
+    assert_eq!(h.read_sectors(0, 16), want);
+    assert!(image_and_mtime(&h) == before, "the image changed");
+}
+
+#[test]
+fn snapshot_of_an_image_of_mode_0444_needs_no_readonly() {
+    let mut h = snapshot_harness(0o444);
+    let before = image_and_mtime(&h);
+    h.write_sectors(0, &[0x77; 512]);
+    assert_eq!(h.read_sectors(0, 1), [0x77; 512]);
+    assert!(image_and_mtime(&h) == before, "the image changed");
+}
+
+#[test]
+fn snapshot_opens_the_image_read_only_and_locks_it_as_a_reader() {
+    let h = snapshot_harness(0o644);
+    let cfg = |read_only, snapshot| BlockConfig {
+        path: h.file.as_path().to_path_buf(),
+        read_only,
+        id: None,
+        snapshot,
+    };
+    // Other readers and other snapshots share it; a writer is refused.
+    let reader = Block::new(cfg(true, false)).unwrap();
+    let other = Block::new(cfg(false, true)).unwrap();
+    assert!(matches!(
+        Block::new(cfg(false, false)),
+        Err(Error::DiskLocked { .. })
+    ));
+    drop((reader, other));
+    // The image's descriptor is read-only.
+    // SAFETY: F_GETFL on a valid descriptor.
+    let flags = unsafe { libc::fcntl(h.block.disk.file.as_raw_fd(), libc::F_GETFL) };
+    assert_eq!(flags & libc::O_ACCMODE, libc::O_RDONLY);
+    // While a writer holds the image, a snapshot of it is refused.
+    drop(h);
+    let f = image(DISK_SECTORS);
+    let writer = Block::new(BlockConfig {
+        path: f.as_path().to_path_buf(),
+        read_only: false,
+        id: None,
+        snapshot: false,
+    })
+    .unwrap();
+    let snap = Block::new(BlockConfig {
+        path: f.as_path().to_path_buf(),
+        read_only: false,
+        id: None,
+        snapshot: true,
+    });
+    assert!(matches!(snap, Err(Error::DiskLocked { .. })));
+    drop(writer);
+}
+
+#[test]
+fn snapshot_overlay_has_no_name_and_is_private() {
+    use std::os::unix::fs::MetadataExt;
+    let h = snapshot_harness(0o644);
+    let overlay = &h.block.disk.overlay.as_ref().unwrap().file;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", overlay.as_raw_fd())).unwrap();
+    let link = link.to_string_lossy();
+    assert!(link.ends_with(" (deleted)"), "{link}");
+    let meta = overlay.metadata().unwrap();
+    assert_eq!(meta.nlink(), 0, "{link}");
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert_eq!(meta.len(), DISK_SECTORS * 512, "sized like the image");
+    // Beside the image (same file system), as its directory allows it.
+    let image = std::fs::metadata(h.file.as_path()).unwrap();
+    assert_eq!(meta.dev(), image.dev());
+    // O_EXCL: it cannot be linked into the file system.
+    let target = std::env::temp_dir().join(format!("vmm-overlay-link-{}", std::process::id()));
+    let c_target = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).unwrap();
+    let c_fd = std::ffi::CString::new(format!("/proc/self/fd/{}", overlay.as_raw_fd())).unwrap();
+    // SAFETY: two valid C strings; linkat has no other preconditions.
+    let ret = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            c_fd.as_ptr(),
+            libc::AT_FDCWD,
+            c_target.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    let _ = std::fs::remove_file(&target);
+    assert_eq!(ret, -1, "the overlay could be given a name");
+}
+
+#[test]
+fn snapshot_with_readonly_is_a_read_only_disk() {
+    let f = image(DISK_SECTORS);
+    let block = Block::new(BlockConfig {
+        path: f.as_path().to_path_buf(),
+        read_only: true,
+        id: None,
+        snapshot: true,
+    })
+    .unwrap();
+    assert!(!block.has_overlay());
+    assert_ne!(block.avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
+}
+
+/// A `snapshot=on` block device (a loop device, when losetup works here): the overlay is not
+/// made beside the device node (/dev is memory) but in `$TMPDIR` or /var/tmp, discards go to
+/// it rather than to BLKDISCARD, and the device's data stays as it was.
+#[test]
+fn a_snapshot_block_device_overlays_in_the_temporary_directory() {
+    let file = image(DISK_SECTORS);
+    let out = std::process::Command::new("losetup")
+        .args(["--find", "--show"])
+        .arg(file.as_path())
+        .output();
+    let dev = match out {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        _ => {
+            eprintln!("no loop device: skipped");
+            return;
+        }
+    };
+    let _loop = Loop(dev.clone());
+    let block = Block::new(BlockConfig {
+        path: dev.into(),
+        read_only: false,
+        id: None,
+        snapshot: true,
+    })
+    .unwrap();
+    let mut h = Harness::around(file, block, false, DISCARD_FEATURES);
+    let overlay = &h.block.disk.overlay.as_ref().unwrap().file;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", overlay.as_raw_fd())).unwrap();
+    let tmp = std::env::var_os("TMPDIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| std::path::PathBuf::from("/var/tmp"), Into::into);
+    assert!(link.starts_with(&tmp), "{}", link.display());
+    let before = h.disk();
+    assert_eq!(trim(&mut h, VIRTIO_BLK_T_DISCARD, &[(8, 8, 0)]), (1, 0));
+    h.write_sectors(1, &[0x11; 512]);
+    let mut want = before.clone();
+    want[8 * 512..].fill(0);
+    want[512..1024].fill(0x11);
+    assert_eq!(h.read_sectors(0, 16), want);
+    assert_eq!(h.disk(), before, "the device's data changed");
 }
