@@ -52,6 +52,7 @@ fn run(data: &[u8]) -> AResult<()> {
                 path,
                 read_only: false,
                 id: None,
+                snapshot: false,
             }) else {
                 panic!("cannot open the memfd disk");
             };
