@@ -370,29 +370,30 @@ fn virtio_blk(kernel: &str, extra: &str) -> Run {
         num(&run, &r, "write_zeroes_may_unmap") == 1,
         "write_zeroes_may_unmap",
     );
-    run.expect(
-        num(&run, &r, "write1024_status") == 0,
-        "write before discard failed",
-    );
-    run.expect(num(&run, &r, "discard_status") == 0, "discard failed");
-    run.expect(
-        num(&run, &r, "discarded_zero") == 1,
-        "discarded sector not zero",
-    );
-    run.expect(num(&run, &r, "zeroes_status") == 0, "write zeroes failed");
-    run.expect(num(&run, &r, "zeroed_zero") == 1, "zeroed sector not zero");
-    run.expect(
-        num(&run, &r, "discard_unmap_status") == 2,
-        "DISCARD with the unmap flag not UNSUPP",
-    );
-    run.expect(
-        num(&run, &r, "discard_past_end_status") == 1,
-        "DISCARD past the end not IOERR",
-    );
-    run.expect(
-        num(&run, &r, "discard_short_status") == 1,
-        "DISCARD with an 8-byte table not IOERR",
-    );
+    for (key, want, what) in [
+        ("write1024_status", 0, "write before discard failed"),
+        ("discard_status", 0, "discard failed"),
+        ("discarded_zero", 1, "discarded sector not zero"),
+        ("zeroes_status", 0, "write zeroes failed"),
+        ("zeroed_zero", 1, "zeroed sector not zero"),
+        (
+            "discard_unmap_status",
+            2,
+            "DISCARD with the unmap flag not UNSUPP",
+        ),
+        (
+            "discard_past_end_status",
+            1,
+            "DISCARD past the end not IOERR",
+        ),
+        (
+            "discard_short_status",
+            1,
+            "DISCARD with an 8-byte table not IOERR",
+        ),
+    ] {
+        run.expect(num(&run, &r, key) == want, what);
+    }
     // The second half of the image (512 KiB) is a hole now.
     let allocated_after = allocated_blocks(&disk);
     run.expect(

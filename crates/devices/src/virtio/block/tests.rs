@@ -1427,6 +1427,21 @@ fn segments_longer_than_the_config_allows_are_refused() {
 
 /// A loop device over a file, detached when dropped.
 struct Loop(String);
+impl Loop {
+    /// A loop device over `file`, or `None` where losetup cannot make one (not root, no loop
+    /// driver).
+    fn attach(file: &std::path::Path) -> Option<Loop> {
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| Loop(String::from_utf8_lossy(&out.stdout).trim().to_string()))
+    }
+}
+
 impl Drop for Loop {
     fn drop(&mut self) {
         let _ = std::process::Command::new("losetup")
@@ -1441,18 +1456,11 @@ impl Drop for Loop {
 #[test]
 fn a_block_device_discards_and_zeroes() {
     let file = image(DISK_SECTORS);
-    let out = std::process::Command::new("losetup")
-        .args(["--find", "--show"])
-        .arg(file.as_path())
-        .output();
-    let dev = match out {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        _ => {
-            eprintln!("no loop device: skipped");
-            return;
-        }
+    let Some(_loop) = Loop::attach(file.as_path()) else {
+        eprintln!("no loop device: skipped");
+        return;
     };
-    let _loop = Loop(dev.clone());
+    let dev = _loop.0.clone();
     let mut h = Harness::on(file, dev.into(), false, None, false, DISCARD_FEATURES);
     assert!(h.block.disk.block_device);
     let before = blocks(&h);
@@ -1711,18 +1719,11 @@ fn snapshot_with_readonly_is_a_read_only_disk() {
 #[test]
 fn a_snapshot_block_device_overlays_in_the_temporary_directory() {
     let file = image(DISK_SECTORS);
-    let out = std::process::Command::new("losetup")
-        .args(["--find", "--show"])
-        .arg(file.as_path())
-        .output();
-    let dev = match out {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        _ => {
-            eprintln!("no loop device: skipped");
-            return;
-        }
+    let Some(_loop) = Loop::attach(file.as_path()) else {
+        eprintln!("no loop device: skipped");
+        return;
     };
-    let _loop = Loop(dev.clone());
+    let dev = _loop.0.clone();
     let block = Block::new(BlockConfig {
         path: dev.into(),
         read_only: false,
