@@ -11,7 +11,9 @@ use super::muxer::{Muxer, Outgoing, Took};
 use super::packet::{self, Header, Invalid, HDR_LEN};
 use super::{EVENT_QUEUE, MAX_PKT_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_ID_VSOCK};
 use crate::chardev::SocketFile;
-use crate::virtio::{Chain, Step, VirtioCore, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::virtio::{
+    Chain, Step, VirtioCore, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+};
 use crate::{Error, GuestMemoryMmap};
 
 /// The lowest CID a guest may have (0, 1 and 2 are the hypervisor, local and host).
@@ -110,7 +112,7 @@ impl Vsock {
             core: VirtioCore::new(
                 "virtio-vsock",
                 VIRTIO_ID_VSOCK,
-                1u64 << VIRTIO_F_VERSION_1,
+                (1u64 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX),
                 &[QUEUE_SIZE; 3],
                 cid.to_le_bytes().to_vec(),
             )?,
