@@ -4,7 +4,9 @@
 /// The initramfs for `agent`: the directories PID 1 mounts on, /dev/console (so that the kernel
 /// gives init the console as stdio), and the agent as /init.
 pub fn build(agent: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(agent.len() + 1024);
+    // Room for every entry's 110-byte header, name and padding too, so that the agent's
+    // megabytes are copied once, not again when the vector grows.
+    let mut out = Vec::with_capacity(agent.len() + 4096);
     let mut ino = 1;
     let mut entry = |name: &str, mode: u32, rdev: (u32, u32), data: &[u8]| {
         push_entry(&mut out, ino, name, mode, rdev, data);
