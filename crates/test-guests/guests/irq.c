@@ -255,8 +255,10 @@ void guest_main(u32 boot, u64 info, u64 entry_rflags)
         line("timeout=masked");
     kv_hex("pit_masked_ticks", pit_count);
 
-    /* One-shot: mode 0, 5 ms, then 30 ms of quiet. */
-    outb(0x43, 0x30);
+    /* One-shot: mode 0, 5 ms, then 30 ms of quiet. A control word alone does not stop KVM's
+     * periodic timer (only a count does), so load a long count first while the pin is masked,
+     * let what is pending land, then load the real one. */
+    pit0(0x30, 0xffff);
     wait_ms(3);
     route(0, VEC_PIT, apic_id, 0);
     pit_count = 0;
