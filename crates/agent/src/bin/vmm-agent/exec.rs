@@ -50,6 +50,7 @@ pub fn exec(mut conn: File, reaper: &Reaper, req: Exec) {
     cmd.args(args)
         .env_clear()
         .envs(DEFAULT_ENV)
+        .envs(crate::avx::off().then_some(crate::avx::TUNABLES))
         .envs(req.env.iter().map(|(k, v)| (k, v)))
         .current_dir(workdir)
         .stdin(Stdio::piped())

@@ -9,6 +9,7 @@
 //!
 //! Usage: `vmm-agent [--port N]` (the port to listen on).
 
+mod avx;
 mod exec;
 mod init;
 mod reaper;
@@ -21,6 +22,7 @@ use agent::{Frame, Hello, AGENT_PORT, READY_PORT};
 pub const NAME: &str = concat!("vmm-agent ", env!("CARGO_PKG_VERSION"));
 
 fn main() {
+    avx::check();
     let pid1 = std::process::id() == 1;
     let mut port = AGENT_PORT;
     let mut args = std::env::args().skip(1);
