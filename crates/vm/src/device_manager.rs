@@ -322,6 +322,7 @@ impl DeviceManager {
             read_only: disk.read_only,
             id: disk.id.clone(),
             snapshot: disk.snapshot,
+            aio: disk.aio,
         })
         .map_err(disk_err)?
         .with_rate_limiter(rate_limiter(&disk.rate_limit).map_err(disk_err)?);

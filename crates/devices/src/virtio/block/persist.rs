@@ -89,6 +89,7 @@ mod tests {
             read_only: true,
             id: Some("disk-one".into()),
             snapshot: false,
+            aio: crate::virtio::block::Aio::Auto,
         };
         (file, Arc::new(Mutex::new(Block::new(config).unwrap())))
     }
@@ -176,6 +177,7 @@ mod tests {
                 read_only: false,
                 id: None,
                 snapshot: true,
+                aio: crate::virtio::block::Aio::Auto,
             })
             .unwrap()
         };

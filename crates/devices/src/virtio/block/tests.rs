@@ -103,6 +103,7 @@ impl Harness {
             read_only,
             id: id.map(String::from),
             snapshot: false,
+            aio: Aio::Auto,
         })
         .unwrap();
         Self::around(file, block, event_idx, features)
@@ -184,11 +185,18 @@ impl Harness {
         self.mem.read_obj(GuestAddress(STATUS)).unwrap()
     }
 
+    /// Serves the queue and, with io_uring, waits for the requests in flight and returns them
+    /// (on the event loop, their completion `EventFd` does that).
+    fn serve(&mut self) {
+        self.block.process_queue();
+        self.block.quiesce();
+    }
+
     /// Submits one chain, runs the device, returns (used len, status byte).
     fn run(&mut self, descs: &[Desc]) -> (u32, u8) {
         let before = self.used_idx();
         let head = self.add_chain(descs);
-        self.block.process_queue();
+        self.serve();
         assert_eq!(self.used_idx(), before.wrapping_add(1), "one chain used");
         let (id, len) = self.used(before);
         assert_eq!(id, u32::from(head));
@@ -283,6 +291,7 @@ fn get_id_given_and_default() {
         read_only: true,
         id: None,
         snapshot: false,
+        aio: Aio::Auto,
     });
     // The harness holds the exclusive lock.
     assert!(matches!(a, Err(Error::DiskLocked { .. })));
@@ -292,6 +301,7 @@ fn get_id_given_and_default() {
         read_only: true,
         id: None,
         snapshot: false,
+        aio: Aio::Auto,
     };
     let a = Block::new(cfg.clone()).unwrap();
     let b = Block::new(cfg).unwrap();
@@ -484,7 +494,7 @@ fn descriptor_loop_comes_back_empty() {
     // The loop comes back with a used length of 0; a good request after it still works.
     h.header(VIRTIO_BLK_T_FLUSH, 0);
     let head = h.add_chain(&[hdr(), status()]);
-    h.block.process_queue();
+    h.serve();
     assert_eq!(h.used_idx(), 2);
     assert_eq!(h.used(0), (0, 0));
     assert_eq!(h.used(1), (u32::from(head), 1));
@@ -524,7 +534,7 @@ fn head_index_beyond_the_queue_fails_the_device() {
     h.publish(QSIZE + 3);
     h.header(VIRTIO_BLK_T_FLUSH, 0);
     h.add_chain(&[hdr(), status()]);
-    h.block.process_queue();
+    h.serve();
     assert_eq!(h.used_idx(), 0, "nothing served");
     assert!(h.interrupt.needs_reset());
     assert_eq!(
@@ -532,7 +542,7 @@ fn head_index_beyond_the_queue_fails_the_device() {
         original,
         "the out-of-table chain was not executed"
     );
-    h.block.process_queue();
+    h.serve();
     assert_eq!(h.used_idx(), 0, "stays stopped until reset");
 }
 
@@ -543,7 +553,7 @@ fn repeated_failures_are_counted_across_resets() {
     let mut h = Harness::new(false, None, false);
     for round in 1..=3u64 {
         h.mem.write_obj(QSIZE + 1, GuestAddress(AVAIL + 2)).unwrap();
-        h.block.process_queue();
+        h.serve();
         assert!(h.interrupt.needs_reset());
         assert_eq!(h.block.core().failures.count(), round);
         h.block.reset();
@@ -571,7 +581,7 @@ fn chain_longer_than_the_queue_is_cut() {
         table.store(i, RawDescriptor::from(d)).unwrap();
     }
     h.publish(0);
-    h.block.process_queue();
+    h.serve();
     assert_eq!(h.used_idx(), 1);
     assert_eq!(h.used(0), (0, 0));
 }
@@ -606,17 +616,17 @@ fn avail_index_jump_fails_the_device() {
     h.add_chain(&[hdr(), status()]);
     // The driver claims QSIZE + 1 new buffers.
     h.mem.write_obj(QSIZE + 1, GuestAddress(AVAIL + 2)).unwrap();
-    h.block.process_queue();
+    h.serve();
     assert_eq!(h.used_idx(), 0);
     assert!(h.interrupt.needs_reset());
     assert_eq!(h.interrupt.status() & 2, 2, "config interrupt");
     // Stays stopped (and quiet) until reset.
     h.mem.write_obj(1u16, GuestAddress(AVAIL + 2)).unwrap();
-    h.block.process_queue();
+    h.serve();
     assert_eq!(h.used_idx(), 0);
     h.block.reset();
     assert!(!h.block.is_activated());
-    h.block.process_queue();
+    h.serve();
 }
 
 #[test]
@@ -646,6 +656,7 @@ fn open_errors() {
         read_only: false,
         id: None,
         snapshot: false,
+        aio: Aio::Auto,
     };
     let err = Block::new(missing).err().unwrap();
     assert_eq!(
@@ -659,6 +670,7 @@ fn open_errors() {
         read_only,
         id: None,
         snapshot: false,
+        aio: Aio::Auto,
     };
     let ro1 = Block::new(cfg(true)).unwrap();
     let _ro2 = Block::new(cfg(true)).unwrap();
@@ -699,6 +711,7 @@ fn capacity_and_config_space() {
         read_only: false,
         id: None,
         snapshot: false,
+        aio: Aio::Auto,
     })
     .unwrap();
     assert_eq!(b.capacity(), 3, "rounded down");
@@ -737,6 +750,7 @@ fn through_transport_and_event_loop() {
             read_only: false,
             id: Some("e2e".into()),
             snapshot: false,
+            aio: Aio::Auto,
         })
         .unwrap(),
     ));
@@ -853,11 +867,11 @@ fn rate_limited_requests_wait_in_the_ring_then_all_complete() {
         for i in 0..5u64 {
             h.add_chain(&[hdr(), (DATA + i * 0x1000, 512, F_WRITE), status()]);
         }
-        h.block.process_queue();
+        h.serve();
         assert_eq!(h.used_idx(), 2, "the burst goes at once");
         assert!(h.block.throttled);
         // A notification while throttled changes nothing: the request stays in the ring.
-        h.block.process_queue();
+        h.serve();
         assert_eq!(h.used_idx(), 2);
         let mut rounds = 0;
         while h.used_idx() < 5 {
@@ -867,7 +881,7 @@ fn rate_limited_requests_wait_in_the_ring_then_all_complete() {
             wait_for_timer(fd);
             h.block.rate_limiter.as_mut().unwrap().timer_fired();
             h.block.throttled = false;
-            h.block.process_queue();
+            h.serve();
         }
         // Nothing failed: every request completed with its data, in order.
         for n in 0..5u16 {
@@ -929,7 +943,7 @@ fn a_guest_that_keeps_posting_does_not_hold_the_event_loop() {
     while h.mem.read_obj::<u16>(GuestAddress(AVAIL + 2)).unwrap() < CHAINS {
         std::hint::spin_loop();
     }
-    h.block.process_queue();
+    h.serve();
     let served = h.used_idx();
     stop.store(true, Ordering::Relaxed);
     poster.join().unwrap();
@@ -962,6 +976,7 @@ fn qemu_locks_are_honoured_and_taken() {
         read_only,
         id: None,
         snapshot: false,
+        aio: Aio::Auto,
     };
     let other = || std::fs::File::open(f.as_path()).unwrap();
     // (bytes another program holds, writable vmm allowed, read-only vmm allowed)
@@ -1018,6 +1033,7 @@ fn images_that_cannot_be_disks() {
         read_only,
         id: None,
         snapshot: false,
+        aio: Aio::Auto,
     };
     let dir = std::env::temp_dir();
     let err = Block::new(cfg(&dir, true)).err().unwrap();
@@ -1508,6 +1524,7 @@ fn snapshot_harness(mode: u32) -> Harness {
         read_only: false,
         id: None,
         snapshot: true,
+        aio: Aio::Auto,
     })
     .unwrap();
     Harness::around(file, block, false, DISCARD_FEATURES)
@@ -1633,6 +1650,7 @@ fn snapshot_opens_the_image_read_only_and_locks_it_as_a_reader() {
         read_only,
         id: None,
         snapshot,
+        aio: Aio::Auto,
     };
     // Other readers and other snapshots share it; a writer is refused.
     let reader = Block::new(cfg(true, false)).unwrap();
@@ -1654,6 +1672,7 @@ fn snapshot_opens_the_image_read_only_and_locks_it_as_a_reader() {
         read_only: false,
         id: None,
         snapshot: false,
+        aio: Aio::Auto,
     })
     .unwrap();
     let snap = Block::new(BlockConfig {
@@ -1661,6 +1680,7 @@ fn snapshot_opens_the_image_read_only_and_locks_it_as_a_reader() {
         read_only: false,
         id: None,
         snapshot: true,
+        aio: Aio::Auto,
     });
     assert!(matches!(snap, Err(Error::DiskLocked { .. })));
     drop(writer);
@@ -1707,6 +1727,7 @@ fn snapshot_with_readonly_is_a_read_only_disk() {
         read_only: true,
         id: None,
         snapshot: true,
+        aio: Aio::Auto,
     })
     .unwrap();
     assert!(!block.has_overlay());
@@ -1729,6 +1750,7 @@ fn a_snapshot_block_device_overlays_in_the_temporary_directory() {
         read_only: false,
         id: None,
         snapshot: true,
+        aio: Aio::Auto,
     })
     .unwrap();
     let mut h = Harness::around(file, block, false, DISCARD_FEATURES);
