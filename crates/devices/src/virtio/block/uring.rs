@@ -387,8 +387,64 @@ impl Uring {
     }
 }
 
+#[cfg(test)]
+impl Uring {
+    /// Completions posted by the kernel and not reaped yet.
+    pub(crate) fn completed(&mut self) -> usize {
+        self.ring.completion().len()
+    }
+}
+
 impl Drop for Uring {
     fn drop(&mut self) {
         self.wait_idle(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm_sys_util::tempfile::TempFile;
+
+    /// The restrictions hold: an operation other than READV/WRITEV/FSYNC, or one on a file
+    /// descriptor rather than the registered image, fails with EACCES; io_uring_register is
+    /// refused.
+    #[test]
+    fn the_ring_does_nothing_but_io_on_the_image() {
+        let file = TempFile::new().unwrap();
+        file.as_file().set_len(4096).unwrap();
+        let mut uring = Uring::new(file.as_file(), file.as_path(), true).unwrap();
+        let path = c"/etc/passwd";
+        let mut buf = [0u8; 16];
+        let iov = [libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        }];
+        let entries = [
+            opcode::Nop::new().build(),
+            opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr()).build(),
+            // READV on descriptor 0 (not the registered image).
+            opcode::Readv::new(types::Fd(0), iov.as_ptr(), 1).build(),
+            // READV on the image, with a flag that is not allowed.
+            opcode::Readv::new(types::Fixed(0), iov.as_ptr(), 1)
+                .build()
+                .flags(squeue::Flags::IO_LINK),
+            // The one that is allowed.
+            opcode::Readv::new(types::Fixed(0), iov.as_ptr(), 1).build(),
+        ];
+        let mut results = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            // SAFETY: the path, the iovec and the buffer outlive the wait below.
+            unsafe { uring.ring.submission().push(&e.clone().user_data(i as u64)) }.unwrap();
+            uring.ring.submit_and_wait(1).unwrap();
+            results.extend(uring.ring.completion().map(|c| (c.user_data(), c.result())));
+        }
+        let eacces = -libc::EACCES;
+        assert_eq!(
+            results,
+            [(0, eacces), (1, eacces), (2, eacces), (3, eacces), (4, 16)]
+        );
+        let err = uring.ring.submitter().register_files_sparse(4).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES));
     }
 }
