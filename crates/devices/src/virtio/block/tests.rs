@@ -2049,3 +2049,23 @@ fn a_read_past_a_shrunk_file_is_an_io_error_on_both_paths() {
         assert_eq!(got, image_byte_range(1024, 1536), "{aio:?}");
     }
 }
+
+/// A state saved with requests in flight is refused on restore; after `quiesce` (which waits for
+/// them and returns them) it round-trips.
+#[test]
+fn a_state_needs_the_requests_in_flight_returned_first() {
+    use crate::persist::Persist;
+    let mut h = aio_harness(Aio::IoUring, 0);
+    for i in 0..3u64 {
+        h.post_nth(i, VIRTIO_BLK_T_IN, i, true);
+    }
+    h.block.process_queue();
+    assert_eq!(h.in_flight(), 3);
+    let state = h.block.save();
+    let mut other = aio_harness(Aio::IoUring, 0);
+    assert!(other.block.restore(state).is_err());
+    h.block.quiesce();
+    assert_eq!((h.in_flight(), h.used_idx()), (0, 3));
+    let state = h.block.save();
+    other.block.restore(state).unwrap();
+}
