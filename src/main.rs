@@ -108,10 +108,12 @@ struct VmArgs {
     /// locked as a reader, so it may be shared with other readers). bw= limits bytes per second (K, M, G suffixes are binary: 50M =
     /// 50 MiB/s), iops= requests per second; bw_burst=SIZE and iops_burst=N set the bucket sizes
     /// (default: 100 ms worth of the rate, so a long transfer measures within about 1% of the
-    /// limit). A throttled request waits; it never fails.
+    /// limit). A throttled request waits; it never fails. aio=io_uring keeps a raw image's reads,
+    /// writes and flushes in flight at once; aio=sync serves one request at a time; by default
+    /// io_uring where the kernel allows it (a snapshot=on disk is always served synchronously).
     #[arg(
         long,
-        value_name = "PATH[,readonly=on][,snapshot=on][,id=NAME][,bw=RATE][,iops=N]",
+        value_name = "PATH[,readonly=on][,snapshot=on][,aio=sync|io_uring][,id=NAME][,bw=RATE][,iops=N]",
         value_parser = parse_disk
     )]
     disk: Vec<DiskConfig>,
@@ -652,6 +654,14 @@ fn flag_hint(e: &vm::Error) -> String {
         } if error.raw_os_error() == Some(libc::EROFS) => {
             "; add readonly=on (or snapshot=on, for throw-away writes) to its --disk".into()
         }
+        Error::Disk {
+            source: DeviceError::DiskUring { .. },
+            ..
+        } => "; give aio=sync to its --disk (or leave aio out: io_uring where it works)".into(),
+        Error::Disk {
+            source: DeviceError::DiskUringUnsupported { option, .. },
+            ..
+        } => format!("; drop aio=io_uring (or {option}) from its --disk"),
         Error::Disk {
             source: DeviceError::DiskOverlay { .. },
             ..

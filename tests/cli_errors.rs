@@ -267,6 +267,35 @@ fn disk_fifo_is_refused_without_hanging() {
     }
 }
 
+/// `aio=io_uring` on a disk only the synchronous path serves (snapshot=on) is an error naming the
+/// disk and the fix, and an unknown `aio=` a usage error naming the choices.
+#[test]
+fn disk_aio_that_cannot_work_is_refused() {
+    require_kvm!();
+    let scratch = Scratch::new("disk-aio");
+    let disk = scratch.file("disk.img", &[0u8; 4096]);
+    let run = run_vmm(
+        &[
+            "--kernel",
+            test_guests::ECHO_CMDLINE,
+            "--disk",
+            &format!("{disk},snapshot=on,aio=io_uring"),
+        ],
+        HANG_TIMEOUT,
+    );
+    expect_error(&run, &[&disk, "aio=io_uring", "snapshot=on", "--disk"]);
+    let run = run_vmm(
+        &[
+            "--kernel",
+            test_guests::ECHO_CMDLINE,
+            "--disk",
+            &format!("{disk},aio=native"),
+        ],
+        HANG_TIMEOUT,
+    );
+    expect_usage_error(&run, &["aio=native", "aio=sync or aio=io_uring"]);
+}
+
 #[test]
 fn disk_directory_is_refused() {
     require_kvm!();

@@ -254,23 +254,53 @@ fn disk_image(scratch: &Scratch, name: &str) -> String {
 #[test]
 fn boot_jail_virtio_blk_guest_does_io_and_exits_zero() {
     require_root!();
+    jail_virtio_blk("", 2);
+}
+
+/// The same with `aio=io_uring` (the ring is set up before the pivot and the filters; its kernel
+/// workers live under the jail's process and cgroup limits), and 20 requests kept in flight.
+#[test]
+fn boot_jail_virtio_blk_io_uring_keeps_requests_in_flight() {
+    require_root!();
+    let run = jail_virtio_blk(",aio=io_uring", 6);
+    let r = test_guests::Report::parse(&run.stdout);
+    run.expect(
+        run.stderr.contains("(read-write, io_uring)"),
+        "the disk is not served with io_uring",
+    );
+    run.expect(
+        r.num("inflight_write_ok") == Some(20),
+        "writes in flight failed",
+    );
+    run.expect(r.num("inflight_flush_status") == Some(0), "flush failed");
+    run.expect(
+        r.num("inflight_read_ok") == Some(20),
+        "reads in flight failed",
+    );
+}
+
+/// Runs the tiny virtio-blk driver jailed, on a disk with `extra` options (with aio=, -v and
+/// `blk_inflight=20` too), as jail `test_id(n)`; checks its requests and returns the run.
+fn jail_virtio_blk(extra: &str, n: u32) -> common::Run {
     let scratch = Scratch::new("jail-blk");
     let root = jail_root(&scratch);
     let disk = disk_image(&scratch, "disk.img");
-    let id = test_id(2).to_string();
-    let run = run_vmm(
-        &[
-            "--kernel",
-            test_guests::VIRTIO_BLK,
-            "--disk",
-            &disk,
-            "--jail",
-            s(&root),
-            "--jail-id",
-            &id,
-        ],
-        TIMEOUT,
-    );
+    let id = test_id(n).to_string();
+    let disk_arg = format!("{disk}{extra}");
+    let mut args = vec![
+        "--kernel",
+        test_guests::VIRTIO_BLK,
+        "--disk",
+        &disk_arg,
+        "--jail",
+        s(&root),
+        "--jail-id",
+        &id,
+    ];
+    if !extra.is_empty() {
+        args.extend(["-v", "--cmdline", "blk_inflight=20"]);
+    }
+    let run = run_vmm(&args, TIMEOUT);
     run.expect_success();
     let r = test_guests::Report::parse(&run.stdout);
     run.expect(r.num("write_status") == Some(0), "write failed");
@@ -294,6 +324,7 @@ fn boot_jail_virtio_blk_guest_does_io_and_exits_zero() {
         !Path::new(&format!("/sys/fs/cgroup/pids/vmm-{id}")).exists(),
         "{run}"
     );
+    run
 }
 
 /// `snapshot=on` behind the jail: the overlay, made before the pivot, outlives the closing of

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use devices::bus::BusDevice;
 use devices::chardev::Chardev;
-use devices::virtio::block::{Block, BlockConfig};
+use devices::virtio::block::{Aio, Block, BlockConfig};
 use devices::virtio::console::Console;
 use devices::virtio::net::{Net, Tap};
 use devices::virtio::MmioTransport;
@@ -53,6 +53,7 @@ fn run(data: &[u8]) -> AResult<()> {
                 read_only: false,
                 id: None,
                 snapshot: false,
+                aio: Aio::Sync,
             }) else {
                 panic!("cannot open the memfd disk");
             };

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use devices::bus::BusDevice;
-use devices::virtio::block::{Block, BlockConfig};
+use devices::virtio::block::{Aio, Block, BlockConfig};
 use devices::virtio::{MmioTransport, VirtioDevice};
 use devices::GuestMemoryMmap;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
@@ -431,6 +431,7 @@ pub fn block_device(path: PathBuf, read_only: bool, id: Option<String>) -> Arc<M
         read_only,
         id,
         snapshot: false,
+        aio: Aio::Sync,
     }) else {
         panic!("cannot open the memfd disk");
     };

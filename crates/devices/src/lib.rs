@@ -194,6 +194,25 @@ pub enum Error {
         /// The OS error.
         error: io::Error,
     },
+    /// `aio=io_uring` was asked for and the kernel (or the sandbox around vmm) refused to set
+    /// up the ring.
+    #[error("disk image '{}': aio=io_uring is not available here ({step}: {error})", path.display())]
+    DiskUring {
+        /// The image path as given.
+        path: PathBuf,
+        /// The set-up step that failed (io_uring_setup, registering the image or eventfd, ...).
+        step: &'static str,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// `aio=io_uring` together with an option only the synchronous path serves.
+    #[error("disk image '{}': aio=io_uring serves plain raw images; a disk with {option} is served synchronously only", path.display())]
+    DiskUringUnsupported {
+        /// The image path as given.
+        path: PathBuf,
+        /// The option that needs the synchronous path (`snapshot=on`).
+        option: &'static str,
+    },
     /// A disk serial (`id=`) longer than virtio-blk allows.
     #[error("disk id '{id}' is too long (at most 20 bytes)")]
     DiskIdTooLong {

@@ -74,6 +74,7 @@ pub const ALL: &[&Syscalls] = &[
     &crate::virtio::seccomp::MMIO_TRANSPORT,
     &crate::virtio::block::seccomp::BLOCK,
     &crate::virtio::block::seccomp::FILE_BACKEND,
+    &crate::virtio::block::seccomp::URING_BACKEND,
     &crate::virtio::net::seccomp::NET,
     &crate::virtio::net::seccomp::TAP,
     &crate::virtio::console::seccomp::CONSOLE,

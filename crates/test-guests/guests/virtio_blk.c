@@ -1,5 +1,12 @@
 /* virtio_blk: drives the virtio-mmio (version 2) block device named by the
- * first usable virtio_mmio.device= entry of the command line, by polling. */
+ * first usable virtio_mmio.device= entry of the command line, by polling.
+ *
+ * With `blk_inflight=N` (1..INFLIGHT_MAX) on the command line it then resets the device, starts it
+ * again with a queue of 64 and keeps N requests in flight at once: N writes of distinct patterns
+ * (4 KiB at sector INFLIGHT_SECTOR + 8i) posted before one notification, a FLUSH, then N reads of them back
+ * posted the same way.  Prints inflight_n=, inflight_write_ok= (writes with status OK),
+ * inflight_flush_status=, inflight_read_ok= (reads with status OK and the pattern intact) and
+ * inflight_used_first= (chains used when the driver first saw the used index move). */
 #include "vq.h"
 
 #define F_BLK_RO (1ULL << 5)
@@ -139,6 +146,94 @@ static int discard_tests(u64 capacity, u64 drv)
     return 1;
 }
 
+#define INFLIGHT_MAX 20
+#define INFLIGHT_SECTOR 64
+
+static struct rings rings2 __attribute__((aligned(4096)));
+static u8 ibuf[INFLIGHT_MAX][4096] __attribute__((aligned(4096)));
+static struct blk_hdr ihdr[INFLIGHT_MAX + 1] __attribute__((aligned(16)));
+static volatile u8 istatus[INFLIGHT_MAX + 1] __attribute__((aligned(16)));
+
+static u8 ipattern(u32 i, u32 j) { return (u8)(i * 37 + j * 3 + 1); }
+
+/* Posts request i (type, sector, 4 KiB buffer i) on descriptors 3i..3i+2, without notifying. */
+static void ipost(struct vq *q, u32 i, u32 type, u64 sector, int dev_writes)
+{
+    blk_layout(&q->r->d[3 * i], &ihdr[i], type, sector, (u64)ibuf[i], dev_writes >= 0 ? 4096 : 0,
+               dev_writes > 0, &istatus[i]);
+    /* blk_layout links descriptors 0..2 of the table it is given: make the links absolute. */
+    q->r->d[3 * i].next = (u16)(3 * i + 1);
+    q->r->d[3 * i + 1].next = (u16)(3 * i + 2);
+    vq_publish(q, (u16)(3 * i));
+}
+
+/* Waits for `n` used chains; returns how many arrived with the first move of the used index, or
+ * 0 on a timeout. */
+static u32 iwait(struct vq *q, u32 n)
+{
+    u16 start = q->useen;
+    u32 first = 0;
+    for (u64 i = 0; (u16)(q->useen - start) < n; i++) {
+        if (vq_wait(&blk, q, LONG_WAIT) != WAIT_USED) {
+            line("timeout=inflight");
+            return 0;
+        }
+        if (!first)
+            first = (u16)(q->useen - start);
+    }
+    return first;
+}
+
+static void inflight_tests(u32 n)
+{
+    kv_hex("inflight_n", n);
+    if (!dev_negotiate(&blk)) {
+        line("error=inflight_features");
+        return;
+    }
+    wr(VM_QUEUE_SEL, 0);
+    vq_setup(&blk, 0, 0, vq_fit(rd(VM_QUEUE_NUM_MAX), 64), &rings2);
+    dev_driver_ok(&blk);
+    struct vq *q = &blk.q[0];
+
+    for (u32 i = 0; i < n; i++) {
+        for (u32 j = 0; j < 4096; j++)
+            ibuf[i][j] = ipattern(i, j);
+        ipost(q, i, T_OUT, INFLIGHT_SECTOR + 8 * i, 0);
+    }
+    wr(VM_QUEUE_NOTIFY, 0);
+    u32 first = iwait(q, n);
+    if (!first)
+        return;
+    kv_hex("inflight_used_first", first);
+    u32 ok = 0;
+    for (u32 i = 0; i < n; i++)
+        ok += istatus[i] == 0;
+    kv_hex("inflight_write_ok", ok);
+
+    ipost(q, INFLIGHT_MAX, T_FLUSH, 0, -1);
+    wr(VM_QUEUE_NOTIFY, 0);
+    if (!iwait(q, 1))
+        return;
+    kv_hex("inflight_flush_status", istatus[INFLIGHT_MAX]);
+
+    for (u32 i = 0; i < n; i++) {
+        memset(ibuf[i], 0, 4096);
+        ipost(q, i, T_IN, INFLIGHT_SECTOR + 8 * (n - 1 - i), 1);
+    }
+    wr(VM_QUEUE_NOTIFY, 0);
+    if (!iwait(q, n))
+        return;
+    ok = 0;
+    for (u32 i = 0; i < n; i++) {
+        int same = istatus[i] == 0;
+        for (u32 j = 0; same && j < 4096; j++)
+            same = ibuf[i][j] == ipattern(n - 1 - i, j);
+        ok += same;
+    }
+    kv_hex("inflight_read_ok", ok);
+}
+
 static void run(const char *cmdline)
 {
     if (!find_device(cmdline)) {
@@ -253,6 +348,11 @@ static void run(const char *cmdline)
         return;
     put_text("sector0_again", data, 16);
     kv_hex("final_status", rd(VM_STATUS));
+
+    const char *p = cmdline_find(cmdline, "blk_inflight=");
+    u64 n;
+    if (p && parse_size(&p, &n) && n >= 1 && n <= INFLIGHT_MAX)
+        inflight_tests((u32)n);
 }
 
 void guest_main(u32 boot, u64 info, u64 entry_rflags)

@@ -216,7 +216,11 @@ pub struct DiskConfig {
     /// `snapshot=on`: the guest's writes go to an anonymous temporary overlay, gone when vmm
     /// exits; the image is opened read-only and never written. No effect with `read_only`.
     pub snapshot: bool,
+    /// `aio=sync|io_uring`: how requests reach the image; by default io_uring where it works.
+    pub aio: Aio,
 }
+
+pub use devices::virtio::block::Aio;
 
 pub use devices::rate_limiter::{BucketConfig, RateLimitConfig};
 
@@ -302,7 +306,7 @@ pub struct ParseError(pub String);
 impl FromStr for DiskConfig {
     type Err = ParseError;
 
-    /// Parses `PATH[,readonly=on|off][,snapshot=on|off][,id=NAME][,bw=RATE][,iops=N][,bw_burst=SIZE][,iops_burst=N]`,
+    /// Parses `PATH[,readonly=on|off][,snapshot=on|off][,aio=sync|io_uring][,id=NAME][,bw=RATE][,iops=N][,bw_burst=SIZE][,iops_burst=N]`,
     /// or the same with `path=PATH` as the first item.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut parts = s.split(',');
@@ -327,6 +331,17 @@ impl FromStr for DiskConfig {
             match key {
                 "readonly" | "ro" => disk.read_only = parse_switch(key, value)?,
                 "snapshot" => disk.snapshot = parse_switch(key, value)?,
+                "aio" => {
+                    disk.aio = match value {
+                        "sync" => Aio::Sync,
+                        "io_uring" => Aio::IoUring,
+                        _ => {
+                            return Err(ParseError(format!(
+                                "aio={value} is not known; use aio=sync or aio=io_uring (leave it out for the fastest that works)"
+                            )))
+                        }
+                    }
+                }
                 "id" => {
                     if value.is_empty() || value.len() > 20 || !value.is_ascii() {
                         return Err(ParseError(format!(
@@ -338,7 +353,7 @@ impl FromStr for DiskConfig {
                 _ if limits.take("iops", key, value)? => {}
                 _ => {
                     return Err(ParseError(format!(
-                        "unknown disk option '{key}'; known options: readonly=on|off, snapshot=on|off, id=NAME, bw=RATE, iops=N, bw_burst=SIZE, iops_burst=N"
+                        "unknown disk option '{key}'; known options: readonly=on|off, snapshot=on|off, aio=sync|io_uring, id=NAME, bw=RATE, iops=N, bw_burst=SIZE, iops_burst=N"
                     )))
                 }
             }
@@ -989,6 +1004,14 @@ mod tests {
             .parse()
             .unwrap();
         assert!(!d.snapshot && d.read_only);
+
+        assert_eq!(d.aio, Aio::Auto);
+        let d: DiskConfig = "x.img,aio=io_uring".parse().unwrap();
+        assert_eq!(d.aio, Aio::IoUring);
+        let d: DiskConfig = "x.img,aio=io_uring,aio=sync".parse().unwrap();
+        assert_eq!(d.aio, Aio::Sync);
+        let err = "x.img,aio=native".parse::<DiskConfig>().unwrap_err();
+        assert!(err.0.contains("aio=sync or aio=io_uring"), "{}", err.0);
 
         for bad in [
             "",

@@ -322,12 +322,18 @@ impl DeviceManager {
             read_only: disk.read_only,
             id: disk.id.clone(),
             snapshot: disk.snapshot,
+            aio: disk.aio,
         })
         .map_err(disk_err)?
         .with_rate_limiter(rate_limiter(&disk.rate_limit).map_err(disk_err)?);
+        let aio = if block.uses_io_uring() {
+            "io_uring"
+        } else {
+            "synchronous I/O"
+        };
         let slot = self.add_virtio("virtio-blk", block)?;
         step_done(&format!(
-            "disk {} as /dev/vd{} ({}) at {:#x}, IRQ {}",
+            "disk {} as /dev/vd{} ({}, {aio}) at {:#x}, IRQ {}",
             disk.path.display(),
             (b'a' + (self.disks % 26) as u8) as char,
             if disk.read_only {

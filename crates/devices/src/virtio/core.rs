@@ -46,6 +46,9 @@ pub enum Step {
     /// back to the available ring, untouched, and the drain stops. Whatever stopped it brings
     /// the device back (a timer, the backend's readiness, a notification).
     Unpop,
+    /// Taken and still being served (an asynchronous backend): the device returns it later with
+    /// [`VirtioCore::add_used`] and interrupts with [`VirtioCore::notify_used`].
+    Held,
 }
 
 /// How a [`VirtioCore::drain`] ended.
@@ -349,6 +352,7 @@ impl VirtioCore {
                         used_any = true;
                         budget -= 1;
                     }
+                    Step::Held => budget -= 1,
                     Step::Unpop => {
                         queue.set_next_avail(queue.next_avail().wrapping_sub(1));
                         outcome = Drained::Stopped;

@@ -5,12 +5,13 @@ use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
-use log::warn;
+use log::{debug, warn};
 
 use super::overlay::Overlay;
-use super::request::{self, Disk, Negotiated};
+use super::request::{self, Disk, Negotiated, Prepared};
+use super::uring::Uring;
 use super::{
-    BlockConfig, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SECTORS,
+    Aio, BlockConfig, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SECTORS,
     MAX_WRITE_ZEROES_SEG, QUEUE_SIZE, SECTOR_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
     VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_ID_BLOCK,
 };
@@ -31,6 +32,8 @@ pub struct Block {
     pub(super) rate_limiter: Option<RateLimiter>,
     /// A request waits at the head of the queue for the rate limiter's timer.
     pub(super) throttled: bool,
+    /// `aio=io_uring` (or the default where it works): reads, writes and flushes in flight.
+    pub(super) uring: Option<Uring>,
 }
 impl Block {
     /// Opens and locks the image: read-only → `O_RDONLY`, read-write → `O_RDWR`, then the
@@ -113,6 +116,35 @@ impl Block {
             None
         };
 
+        let uring = match (config.aio, overlay.is_some()) {
+            (Aio::Sync, _) | (Aio::Auto, true) => None,
+            (Aio::IoUring, true) => {
+                return Err(Error::DiskUringUnsupported {
+                    path: path.clone(),
+                    option: "snapshot=on",
+                })
+            }
+            (Aio::Auto, false) => match Uring::new(&file, path, !image_read_only) {
+                Ok(ring) => Some(ring),
+                Err(e) => {
+                    debug!(
+                        "disk image '{}': no io_uring ({}: {}); requests are served synchronously",
+                        path.display(),
+                        e.step,
+                        e.error
+                    );
+                    None
+                }
+            },
+            (Aio::IoUring, false) => Some(Uring::new(&file, path, !image_read_only).map_err(
+                |e| Error::DiskUring {
+                    path: path.clone(),
+                    step: e.step,
+                    error: e.error,
+                },
+            )?),
+        };
+
         let id = match &config.id {
             Some(id) => {
                 if id.len() > ID_BYTES {
@@ -183,6 +215,7 @@ impl Block {
             config,
             rate_limiter: None,
             throttled: false,
+            uring,
         })
     }
 
@@ -227,16 +260,34 @@ impl Block {
         self.core.is_activated()
     }
 
+    /// Whether requests go through io_uring (`aio=io_uring`, or the default where it works).
+    pub fn uses_io_uring(&self) -> bool {
+        self.uring.is_some()
+    }
+
+    /// Waits for every request in flight (io_uring) and returns them to the driver, so that the
+    /// queue's position is the whole state again (before its state is saved). Nothing to do on
+    /// the synchronous path.
+    pub fn quiesce(&mut self) {
+        if let Some(ring) = self.uring.as_mut() {
+            ring.wait_idle(true);
+        }
+        self.return_completed();
+    }
+
     /// Serves the available requests, at most [`QUEUE_SIZE`] per call (the core kicks the
     /// queue to come back for the rest after the event loop's other work), then interrupts the
     /// driver if it wants to know. A request the rate limiter refuses stays in the ring; the
-    /// limiter's timer brings us back.
+    /// limiter's timer brings us back. With io_uring, reads, writes and flushes are submitted
+    /// (all at once, after the loop) and returned when they complete (`complete`); a chain that
+    /// finds every slot of the ring taken stays in the ring until completions free one.
     pub(super) fn process_queue(&mut self) {
         let Block {
             core,
             disk,
             rate_limiter,
             throttled,
+            uring,
             ..
         } = self;
         let negotiated = Negotiated {
@@ -244,14 +295,66 @@ impl Block {
             write_zeroes: core.acked(VIRTIO_BLK_F_WRITE_ZEROES),
         };
         core.drain(0, usize::from(QUEUE_SIZE), |mem, chain| {
+            if let Some(ring) = uring.as_mut().filter(|r| !r.has_room()) {
+                ring.stalled = true;
+                return Step::Unpop;
+            }
             if let Some(limiter) = rate_limiter.as_mut() {
                 if !limiter.try_consume(request::data_len(&chain), 1) {
                     *throttled = true;
                     return Step::Unpop;
                 }
             }
-            Step::Used(request::process(disk, negotiated, mem, chain))
+            let Some(ring) = uring.as_mut() else {
+                return Step::Used(request::process(disk, negotiated, mem, chain));
+            };
+            match request::prepare(disk, negotiated, mem, chain.clone()) {
+                Prepared::Io(req) => match ring.start(req, mem) {
+                    None => Step::Held,
+                    Some(len) => Step::Used(len),
+                },
+                Prepared::Done(len) => Step::Used(len),
+                Prepared::AfterInFlight => {
+                    // Ordered after the writes in flight: those complete first (and are
+                    // returned after this loop).
+                    ring.wait_idle(true);
+                    Step::Used(request::process(disk, negotiated, mem, chain))
+                }
+            }
         });
+        if let Some(ring) = uring.as_mut() {
+            ring.submit();
+        }
+        self.return_completed();
+    }
+
+    /// The ring's completion `EventFd` fired: returns what completed, then serves the queue again
+    /// if a chain waits for a free slot.
+    pub(super) fn complete(&mut self) {
+        let Some(ring) = self.uring.as_mut() else {
+            return;
+        };
+        let ended = ring.reap(true);
+        let resume = ended && std::mem::take(&mut ring.stalled);
+        self.return_completed();
+        if resume && !self.throttled {
+            self.process_queue();
+        }
+    }
+
+    /// Returns the chains the ring completed to the driver, then interrupts it once if it wants
+    /// to know.
+    fn return_completed(&mut self) {
+        let Some(ring) = self.uring.as_mut() else {
+            return;
+        };
+        if ring.done.is_empty() {
+            return;
+        }
+        for (head, len) in ring.done.drain(..) {
+            self.core.add_used(0, head, len);
+        }
+        self.core.notify_used(0);
     }
 }
 
@@ -270,7 +373,14 @@ fn default_id(dev: u64, ino: u64) -> String {
 impl VirtioDevice for Block {
     crate::virtio::core_accessors!(core);
 
+    /// Waits for the requests in flight (their buffers are the driver's again after the reset;
+    /// no status is written and nothing is returned).
     fn on_reset(&mut self) {
         self.throttled = false;
+        if let Some(ring) = self.uring.as_mut() {
+            ring.wait_idle(false);
+            ring.done.clear();
+            ring.stalled = false;
+        }
     }
 }

@@ -1,5 +1,7 @@
-//! The event-loop side of virtio-blk: queue notifications (ioeventfd or MMIO write) and the
-//! rate limiter's timer.
+//! The event-loop side of virtio-blk: queue notifications (ioeventfd or MMIO write), the
+//! rate limiter's timer and the io_uring completion `EventFd`.
+
+use std::os::fd::AsRawFd;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use log::debug;
@@ -10,7 +12,8 @@ use crate::virtio::VirtioDevice;
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
         let timer = self.rate_limiter.as_ref().map(|l| l.timer_fd());
-        self.core().watch(ops, timer);
+        let ring = self.uring.as_ref().map(|r| r.event().as_raw_fd());
+        self.core().watch(ops, timer.into_iter().chain(ring));
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
@@ -22,6 +25,14 @@ impl MutEventSubscriber for Block {
             limiter.timer_fired();
             self.throttled = false;
             self.process_queue();
+            return;
+        }
+        if self
+            .uring
+            .as_ref()
+            .is_some_and(|r| r.event().as_raw_fd() == events.fd())
+        {
+            self.complete();
             return;
         }
         if self.core().queue_event(events.fd()).is_none() {

@@ -6,6 +6,7 @@
 //! * `request.rs`: parsing and executing one request (descriptor chain) against the image;
 //! * `discard.rs`: DISCARD and WRITE_ZEROES (holes and zeroed ranges in the image);
 //! * `overlay.rs`: `snapshot=on`, an anonymous temporary file that takes the guest's writes;
+//! * `uring.rs`: `aio=io_uring`, reads, writes and flushes of a raw image in flight at once;
 //! * `event_handler.rs`: the event-loop side (queue notifications, the rate limiter's timer);
 //! * `persist.rs`: the saved state.
 //!
@@ -22,6 +23,7 @@ mod persist;
 
 mod request;
 pub mod seccomp;
+mod uring;
 
 pub use device::Block;
 pub use persist::BlockState;
@@ -49,6 +51,20 @@ pub const MAX_WRITE_ZEROES_SEG: u32 = 1;
 /// Length of the GET_ID answer.
 pub const ID_BYTES: usize = 20;
 
+/// How requests reach the image file (`aio=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Aio {
+    /// The fastest that works: io_uring when the kernel (and whatever sandbox vmm runs in) lets
+    /// the ring be set up and the disk has no overlay, else the synchronous path.
+    #[default]
+    Auto,
+    /// One preadv/pwritev/fdatasync per request on the event loop, each finished before the next.
+    Sync,
+    /// io_uring: reads, writes and flushes in flight at once, completions on the event loop; an
+    /// error at start if the ring cannot be set up or the disk needs the synchronous path.
+    IoUring,
+}
+
 /// How to open a disk image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockConfig {
@@ -63,6 +79,8 @@ pub struct BlockConfig {
     /// writes go to an anonymous temporary overlay that disappears with the process. Ignored
     /// together with `read_only` (a read-only disk writes nothing).
     pub snapshot: bool,
+    /// How requests reach the file (`aio=`).
+    pub aio: Aio,
 }
 
 #[cfg(test)]

@@ -4,6 +4,12 @@
 //! stays in the available ring (un-popped), so the core's queue position is the whole state. The
 //! capacity is saved to refuse a restore onto another image size.
 //!
+//! With io_uring, requests in flight are held by the device between events: whoever saves the
+//! state calls [`Block::quiesce`] first (the VM is paused then, so no new request comes), which
+//! waits for them and returns them to the driver. `save` itself takes `&self` and cannot wait: a
+//! state saved with requests in flight has the queue's next available entry ahead of its next
+//! used one, and restore refuses it (`check_held`), rather than lose those requests.
+//!
 //! A `snapshot=on` disk cannot be saved or restored: what the guest wrote lives only in the
 //! process's anonymous overlay, which no state carries, so a restored guest would find the
 //! image's old data where it believes its own writes are. Its state says so (`overlay`), and
@@ -89,6 +95,7 @@ mod tests {
             read_only: true,
             id: Some("disk-one".into()),
             snapshot: false,
+            aio: crate::virtio::block::Aio::Auto,
         };
         (file, Arc::new(Mutex::new(Block::new(config).unwrap())))
     }
@@ -176,6 +183,7 @@ mod tests {
                 read_only: false,
                 id: None,
                 snapshot: true,
+                aio: crate::virtio::block::Aio::Auto,
             })
             .unwrap()
         };

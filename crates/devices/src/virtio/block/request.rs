@@ -295,29 +295,51 @@ pub(crate) fn process(
     chain: DescriptorChain<&GuestMemoryMmap>,
 ) -> u32 {
     let head = chain.head_index();
+    let Some(descs) = descriptors(chain) else {
+        return 0;
+    };
+    let result = execute(disk, negotiated, mem, &descs);
+    finish(head, mem, descs[descs.len() - 1].addr(), result)
+}
+
+/// The chain's descriptors, if it ends in a usable status descriptor (else logged: the chain
+/// goes back with a used length of 0).
+fn descriptors(chain: DescriptorChain<&GuestMemoryMmap>) -> Option<Vec<Descriptor>> {
+    let head = chain.head_index();
     // virtio-queue bounds the walk (at most queue-size descriptors, no loops, < 4 GiB total)
     // and stops early on an unreadable descriptor or indirect table.
     let descs: Vec<Descriptor> = chain.collect();
     let Some(status) = descs.last() else {
         debug!("virtio-blk: chain {head}: no readable descriptor");
-        return 0;
+        return None;
     };
     if status.has_next() {
         debug!("virtio-blk: chain {head}: truncated (loop, too long or unreadable descriptor)");
-        return 0;
+        return None;
     }
     if !status.is_write_only() || status.len() < 1 {
         debug!("virtio-blk: chain {head}: unusable status descriptor");
-        return 0;
+        return None;
     }
-    let (code, data_len) = match execute(disk, negotiated, mem, &descs) {
+    Some(descs)
+}
+
+/// Writes the status byte of chain `head` at `status` for `result`; returns the used length
+/// (the data bytes written to guest memory and the status byte, or 0 if it cannot be written).
+pub(crate) fn finish(
+    head: u16,
+    mem: &GuestMemoryMmap,
+    status: GuestAddress,
+    result: Result<(u8, u32), (ReqError, u32)>,
+) -> u32 {
+    let (code, data_len) = match result {
         Ok(r) => r,
         Err((e, written)) => {
             debug!("virtio-blk: chain {head}: {e}");
             (VIRTIO_BLK_S_IOERR, written)
         }
     };
-    match mem.write_obj(code, status.addr()) {
+    match mem.write_obj(code, status) {
         Ok(()) => data_len.saturating_add(1),
         Err(e) => {
             debug!("virtio-blk: chain {head}: cannot write status: {e}");
@@ -326,14 +348,107 @@ pub(crate) fn process(
     }
 }
 
-/// Runs the request; returns the status code and the number of data bytes written to guest
-/// memory, or an error with the number of bytes written before it.
-fn execute(
+/// What an asynchronous backend does for a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IoOp {
+    /// Into the guest's buffers.
+    Read,
+    /// From the guest's buffers.
+    Write,
+    /// Make every completed write durable.
+    Flush,
+}
+
+/// A read, write or flush checked exactly as [`process`] checks it (status descriptor,
+/// header, data directions, guest addresses, length, range), for an asynchronous backend.
+pub(crate) struct IoRequest {
+    pub(crate) head: u16,
+    pub(crate) op: IoOp,
+    /// Byte offset in the image (0 for a flush).
+    pub(crate) offset: u64,
+    /// The data descriptors, copied: a driver rewriting its table later changes nothing here.
+    pub(crate) data: Vec<Descriptor>,
+    /// Total bytes of `data`.
+    pub(crate) len: u64,
+    /// Where the status byte goes.
+    pub(crate) status: GuestAddress,
+}
+
+/// How [`prepare`] left a chain.
+pub(crate) enum Prepared {
+    /// To be done asynchronously.
+    Io(IoRequest),
+    /// Done (or refused) here: return it with this used length.
+    Done(u32),
+    /// DISCARD or WRITE_ZEROES: run it with [`process`] once the requests in flight are done,
+    /// so that it is ordered after earlier writes to the same range.
+    AfterInFlight,
+}
+
+/// Checks a chain for an asynchronous backend: a read, a write or (on a writable disk) a
+/// flush becomes an [`IoRequest`]; DISCARD and WRITE_ZEROES wait for [`process`]; anything
+/// else (GET_ID, unsupported types, any request that fails a check) is answered here as
+/// [`process`] answers it. Disks with an overlay are never served asynchronously.
+pub(crate) fn prepare(
     disk: &mut Disk,
     negotiated: Negotiated,
     mem: &GuestMemoryMmap,
-    descs: &[Descriptor],
-) -> Result<(u8, u32), (ReqError, u32)> {
+    chain: DescriptorChain<&GuestMemoryMmap>,
+) -> Prepared {
+    let head = chain.head_index();
+    let Some(descs) = descriptors(chain) else {
+        return Prepared::Done(0);
+    };
+    let status = descs[descs.len() - 1].addr();
+    let checked = header(mem, &descs).and_then(|(req_type, sector, data)| {
+        let io = |op, offset, len| {
+            Ok(Some(IoRequest {
+                head,
+                op,
+                offset,
+                data: data.to_vec(),
+                len,
+                status,
+            }))
+        };
+        match req_type {
+            VIRTIO_BLK_T_IN if disk.overlay.is_none() => {
+                let len = check_data(mem, data, true, Permissions::Write)?;
+                io(IoOp::Read, check_range(disk, sector, len)?, len)
+            }
+            VIRTIO_BLK_T_OUT if disk.overlay.is_none() && !disk.read_only => {
+                let len = check_data(mem, data, false, Permissions::Read)?;
+                io(IoOp::Write, check_range(disk, sector, len)?, len)
+            }
+            VIRTIO_BLK_T_FLUSH if disk.overlay.is_none() && !disk.read_only => {
+                io(IoOp::Flush, 0, 0)
+            }
+            _ => Ok(None),
+        }
+    });
+    match checked {
+        Ok(Some(request)) => Prepared::Io(request),
+        Err(e) => Prepared::Done(finish(head, mem, status, Err(e))),
+        Ok(None) => {
+            let req_type = header(mem, &descs).map(|(t, _, _)| t);
+            if matches!(
+                req_type,
+                Ok(VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES)
+            ) {
+                return Prepared::AfterInFlight;
+            }
+            let result = execute(disk, negotiated, mem, &descs);
+            Prepared::Done(finish(head, mem, status, result))
+        }
+    }
+}
+
+/// The request type, the sector and the data descriptors (everything between the header and
+/// the status descriptor) of a chain that ends in a status descriptor.
+fn header<'a>(
+    mem: &GuestMemoryMmap,
+    descs: &'a [Descriptor],
+) -> Result<(u32, u64, &'a [Descriptor]), (ReqError, u32)> {
     let (header, rest) = descs
         .split_first()
         .filter(|(_, rest)| !rest.is_empty())
@@ -348,8 +463,18 @@ fn execute(
     let sector = u64::from_le_bytes([
         raw[8], raw[9], raw[10], raw[11], raw[12], raw[13], raw[14], raw[15],
     ]);
-    // Everything between the header and the status descriptor.
-    let data = &rest[..rest.len() - 1];
+    Ok((req_type, sector, &rest[..rest.len() - 1]))
+}
+
+/// Runs the request; returns the status code and the number of data bytes written to guest
+/// memory, or an error with the number of bytes written before it.
+fn execute(
+    disk: &mut Disk,
+    negotiated: Negotiated,
+    mem: &GuestMemoryMmap,
+    descs: &[Descriptor],
+) -> Result<(u8, u32), (ReqError, u32)> {
+    let (req_type, sector, data) = header(mem, descs)?;
 
     match req_type {
         VIRTIO_BLK_T_IN => {

@@ -30,3 +30,14 @@ pub const FILE_BACKEND: Syscalls = Syscalls {
         SyscallRule::Ioctl(super::discard::BLKDISCARD),
     ],
 };
+
+/// The io_uring backend (`aio=io_uring`), whose ring is set up, registered and locked down while
+/// the device is built: on the event loop, io_uring_enter submits requests and waits for those in
+/// flight before a DISCARD or WRITE_ZEROES (the completion eventfd is read with `read`, above); on
+/// a vCPU thread, a reset by the driver (a write to the status register) waits for them with
+/// io_uring_enter too. io_uring_setup and io_uring_register are in no filter.
+pub const URING_BACKEND: Syscalls = Syscalls {
+    name: "virtio-blk io_uring backend",
+    vcpu: &[SyscallRule::Any(libc::SYS_io_uring_enter)],
+    event_loop: &[SyscallRule::Any(libc::SYS_io_uring_enter)],
+};

@@ -103,6 +103,7 @@ impl Harness {
             read_only,
             id: id.map(String::from),
             snapshot: false,
+            aio: Aio::Auto,
         })
         .unwrap();
         Self::around(file, block, event_idx, features)
@@ -184,11 +185,18 @@ impl Harness {
         self.mem.read_obj(GuestAddress(STATUS)).unwrap()
     }
 
+    /// Serves the queue and, with io_uring, waits for the requests in flight and returns them
+    /// (on the event loop, their completion `EventFd` does that).
+    fn serve(&mut self) {
+        self.block.process_queue();
+        self.block.quiesce();
+    }
+
     /// Submits one chain, runs the device, returns (used len, status byte).
     fn run(&mut self, descs: &[Desc]) -> (u32, u8) {
         let before = self.used_idx();
         let head = self.add_chain(descs);
-        self.block.process_queue();
+        self.serve();
         assert_eq!(self.used_idx(), before.wrapping_add(1), "one chain used");
         let (id, len) = self.used(before);
         assert_eq!(id, u32::from(head));
@@ -283,6 +291,7 @@ fn get_id_given_and_default() {
         read_only: true,
         id: None,
         snapshot: false,
+        aio: Aio::Auto,
     });
     // The harness holds the exclusive lock.
     assert!(matches!(a, Err(Error::DiskLocked { .. })));
@@ -292,6 +301,7 @@ fn get_id_given_and_default() {
         read_only: true,
         id: None,
         snapshot: false,
+        aio: Aio::Auto,
     };
     let a = Block::new(cfg.clone()).unwrap();
     let b = Block::new(cfg).unwrap();
@@ -484,7 +494,7 @@ fn descriptor_loop_comes_back_empty() {
     // The loop comes back with a used length of 0; a good request after it still works.
     h.header(VIRTIO_BLK_T_FLUSH, 0);
     let head = h.add_chain(&[hdr(), status()]);
-    h.block.process_queue();
+    h.serve();
     assert_eq!(h.used_idx(), 2);
     assert_eq!(h.used(0), (0, 0));
     assert_eq!(h.used(1), (u32::from(head), 1));
@@ -524,7 +534,7 @@ fn head_index_beyond_the_queue_fails_the_device() {
     h.publish(QSIZE + 3);
     h.header(VIRTIO_BLK_T_FLUSH, 0);
     h.add_chain(&[hdr(), status()]);
-    h.block.process_queue();
+    h.serve();
     assert_eq!(h.used_idx(), 0, "nothing served");
     assert!(h.interrupt.needs_reset());
     assert_eq!(
@@ -532,7 +542,7 @@ fn head_index_beyond_the_queue_fails_the_device() {
         original,
         "the out-of-table chain was not executed"
     );
-    h.block.process_queue();
+    h.serve();
     assert_eq!(h.used_idx(), 0, "stays stopped until reset");
 }
 
@@ -543,7 +553,7 @@ fn repeated_failures_are_counted_across_resets() {
     let mut h = Harness::new(false, None, false);
     for round in 1..=3u64 {
         h.mem.write_obj(QSIZE + 1, GuestAddress(AVAIL + 2)).unwrap();
-        h.block.process_queue();
+        h.serve();
         assert!(h.interrupt.needs_reset());
         assert_eq!(h.block.core().failures.count(), round);
         h.block.reset();
@@ -571,7 +581,7 @@ fn chain_longer_than_the_queue_is_cut() {
         table.store(i, RawDescriptor::from(d)).unwrap();
     }
     h.publish(0);
-    h.block.process_queue();
+    h.serve();
     assert_eq!(h.used_idx(), 1);
     assert_eq!(h.used(0), (0, 0));
 }
@@ -606,17 +616,17 @@ fn avail_index_jump_fails_the_device() {
     h.add_chain(&[hdr(), status()]);
     // The driver claims QSIZE + 1 new buffers.
     h.mem.write_obj(QSIZE + 1, GuestAddress(AVAIL + 2)).unwrap();
-    h.block.process_queue();
+    h.serve();
     assert_eq!(h.used_idx(), 0);
     assert!(h.interrupt.needs_reset());
     assert_eq!(h.interrupt.status() & 2, 2, "config interrupt");
     // Stays stopped (and quiet) until reset.
     h.mem.write_obj(1u16, GuestAddress(AVAIL + 2)).unwrap();
-    h.block.process_queue();
+    h.serve();
     assert_eq!(h.used_idx(), 0);
     h.block.reset();
     assert!(!h.block.is_activated());
-    h.block.process_queue();
+    h.serve();
 }
 
 #[test]
@@ -646,6 +656,7 @@ fn open_errors() {
         read_only: false,
         id: None,
         snapshot: false,
+        aio: Aio::Auto,
     };
     let err = Block::new(missing).err().unwrap();
     assert_eq!(
@@ -659,6 +670,7 @@ fn open_errors() {
         read_only,
         id: None,
         snapshot: false,
+        aio: Aio::Auto,
     };
     let ro1 = Block::new(cfg(true)).unwrap();
     let _ro2 = Block::new(cfg(true)).unwrap();
@@ -699,6 +711,7 @@ fn capacity_and_config_space() {
         read_only: false,
         id: None,
         snapshot: false,
+        aio: Aio::Auto,
     })
     .unwrap();
     assert_eq!(b.capacity(), 3, "rounded down");
@@ -737,6 +750,7 @@ fn through_transport_and_event_loop() {
             read_only: false,
             id: Some("e2e".into()),
             snapshot: false,
+            aio: Aio::Auto,
         })
         .unwrap(),
     ));
@@ -853,11 +867,11 @@ fn rate_limited_requests_wait_in_the_ring_then_all_complete() {
         for i in 0..5u64 {
             h.add_chain(&[hdr(), (DATA + i * 0x1000, 512, F_WRITE), status()]);
         }
-        h.block.process_queue();
+        h.serve();
         assert_eq!(h.used_idx(), 2, "the burst goes at once");
         assert!(h.block.throttled);
         // A notification while throttled changes nothing: the request stays in the ring.
-        h.block.process_queue();
+        h.serve();
         assert_eq!(h.used_idx(), 2);
         let mut rounds = 0;
         while h.used_idx() < 5 {
@@ -867,7 +881,7 @@ fn rate_limited_requests_wait_in_the_ring_then_all_complete() {
             wait_for_timer(fd);
             h.block.rate_limiter.as_mut().unwrap().timer_fired();
             h.block.throttled = false;
-            h.block.process_queue();
+            h.serve();
         }
         // Nothing failed: every request completed with its data, in order.
         for n in 0..5u16 {
@@ -929,7 +943,7 @@ fn a_guest_that_keeps_posting_does_not_hold_the_event_loop() {
     while h.mem.read_obj::<u16>(GuestAddress(AVAIL + 2)).unwrap() < CHAINS {
         std::hint::spin_loop();
     }
-    h.block.process_queue();
+    h.serve();
     let served = h.used_idx();
     stop.store(true, Ordering::Relaxed);
     poster.join().unwrap();
@@ -962,6 +976,7 @@ fn qemu_locks_are_honoured_and_taken() {
         read_only,
         id: None,
         snapshot: false,
+        aio: Aio::Auto,
     };
     let other = || std::fs::File::open(f.as_path()).unwrap();
     // (bytes another program holds, writable vmm allowed, read-only vmm allowed)
@@ -1018,6 +1033,7 @@ fn images_that_cannot_be_disks() {
         read_only,
         id: None,
         snapshot: false,
+        aio: Aio::Auto,
     };
     let dir = std::env::temp_dir();
     let err = Block::new(cfg(&dir, true)).err().unwrap();
@@ -1508,6 +1524,7 @@ fn snapshot_harness(mode: u32) -> Harness {
         read_only: false,
         id: None,
         snapshot: true,
+        aio: Aio::Auto,
     })
     .unwrap();
     Harness::around(file, block, false, DISCARD_FEATURES)
@@ -1633,6 +1650,7 @@ fn snapshot_opens_the_image_read_only_and_locks_it_as_a_reader() {
         read_only,
         id: None,
         snapshot,
+        aio: Aio::Auto,
     };
     // Other readers and other snapshots share it; a writer is refused.
     let reader = Block::new(cfg(true, false)).unwrap();
@@ -1654,6 +1672,7 @@ fn snapshot_opens_the_image_read_only_and_locks_it_as_a_reader() {
         read_only: false,
         id: None,
         snapshot: false,
+        aio: Aio::Auto,
     })
     .unwrap();
     let snap = Block::new(BlockConfig {
@@ -1661,6 +1680,7 @@ fn snapshot_opens_the_image_read_only_and_locks_it_as_a_reader() {
         read_only: false,
         id: None,
         snapshot: true,
+        aio: Aio::Auto,
     });
     assert!(matches!(snap, Err(Error::DiskLocked { .. })));
     drop(writer);
@@ -1707,6 +1727,7 @@ fn snapshot_with_readonly_is_a_read_only_disk() {
         read_only: true,
         id: None,
         snapshot: true,
+        aio: Aio::Auto,
     })
     .unwrap();
     assert!(!block.has_overlay());
@@ -1729,6 +1750,7 @@ fn a_snapshot_block_device_overlays_in_the_temporary_directory() {
         read_only: false,
         id: None,
         snapshot: true,
+        aio: Aio::Auto,
     })
     .unwrap();
     let mut h = Harness::around(file, block, false, DISCARD_FEATURES);
@@ -1746,4 +1768,304 @@ fn a_snapshot_block_device_overlays_in_the_temporary_directory() {
     want[512..1024].fill(0x11);
     assert_eq!(h.read_sectors(0, 16), want);
     assert_eq!(h.disk(), before, "the device's data changed");
+}
+
+// io_uring (`aio=`).
+
+/// A writable harness on a fresh image with `aio`, whose driver also accepted `features`.
+fn aio_harness(aio: Aio, features: u64) -> Harness {
+    let file = image(DISK_SECTORS);
+    let block = Block::new(BlockConfig {
+        path: file.as_path().to_path_buf(),
+        read_only: false,
+        id: None,
+        snapshot: false,
+        aio,
+    })
+    .unwrap();
+    Harness::around(file, block, false, features)
+}
+
+impl Harness {
+    /// Request `i` of a batch: its header at HDR + 0x20·i, its status byte at STATUS + i, its
+    /// one data buffer at DATA + 0x1000·i. Posts it without serving; returns the head.
+    fn post_nth(&mut self, i: u64, req_type: u32, sector: u64, device_writes: bool) -> u16 {
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(&req_type.to_le_bytes());
+        raw[8..].copy_from_slice(&sector.to_le_bytes());
+        self.mem
+            .write_slice(&raw, GuestAddress(HDR + 0x20 * i))
+            .unwrap();
+        self.mem
+            .write_obj(0xffu8, GuestAddress(STATUS + i))
+            .unwrap();
+        let flags = if device_writes { F_WRITE } else { 0 };
+        self.add_chain(&[
+            (HDR + 0x20 * i, 16, 0),
+            (DATA + 0x1000 * i, 512, flags),
+            (STATUS + i, 1, F_WRITE),
+        ])
+    }
+
+    fn status_nth(&self, i: u64) -> u8 {
+        self.mem.read_obj(GuestAddress(STATUS + i)).unwrap()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.block.uring.as_ref().map_or(0, |r| r.in_flight())
+    }
+
+    /// Waits (at most 5 s each) for the ring's completion `EventFd` and lets the device handle
+    /// it, as the event loop does, until `used` chains were returned.
+    fn complete_until(&mut self, used: u16) {
+        let fd = self.block.uring.as_ref().unwrap().event().as_raw_fd();
+        let mut rounds = 0;
+        while self.used_idx() != used {
+            rounds += 1;
+            assert!(rounds < 1000, "stuck at {} used", self.used_idx());
+            wait_for_timer(fd);
+            self.block.complete();
+        }
+    }
+}
+
+#[test]
+fn io_uring_is_the_default_where_it_works() {
+    let f = image(4);
+    let cfg = |aio, snapshot| BlockConfig {
+        path: f.as_path().to_path_buf(),
+        read_only: false,
+        id: None,
+        snapshot,
+        aio,
+    };
+    assert!(Block::new(cfg(Aio::Auto, false)).unwrap().uses_io_uring());
+    assert!(Block::new(cfg(Aio::IoUring, false))
+        .unwrap()
+        .uses_io_uring());
+    assert!(!Block::new(cfg(Aio::Sync, false)).unwrap().uses_io_uring());
+    // An overlay disk is served synchronously; asked for io_uring, it is a clear error.
+    assert!(!Block::new(cfg(Aio::Auto, true)).unwrap().uses_io_uring());
+    let err = Block::new(cfg(Aio::IoUring, true)).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::DiskUringUnsupported {
+                option: "snapshot=on",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&f.as_path().display().to_string()));
+    // A read-only disk gets a ring too (reads only, and its flushes are answered at once).
+    let ro = Block::new(BlockConfig {
+        read_only: true,
+        ..cfg(Aio::IoUring, false)
+    })
+    .unwrap();
+    assert!(ro.uses_io_uring());
+}
+
+/// Five writes and a flush are in flight together (none is returned by `process_queue`), come
+/// back through the completion `EventFd` with one interrupt, and five reads in flight return
+/// the data intact.
+#[test]
+fn requests_in_flight_complete_through_the_eventfd_with_data_intact() {
+    let mut h = aio_harness(Aio::IoUring, 0);
+    let pattern = |i: u64| -> Vec<u8> { (0..512).map(|b| (b as u64 * 7 + i * 31) as u8).collect() };
+    for i in 0..4u64 {
+        h.mem
+            .write_slice(&pattern(i), GuestAddress(DATA + 0x1000 * i))
+            .unwrap();
+        h.post_nth(i, VIRTIO_BLK_T_OUT, 2 * i + 1, false);
+    }
+    let mut raw = [0u8; 16];
+    raw[..4].copy_from_slice(&VIRTIO_BLK_T_FLUSH.to_le_bytes());
+    h.mem.write_slice(&raw, GuestAddress(HDR + 0x100)).unwrap();
+    h.add_chain(&[(HDR + 0x100, 16, 0), (STATUS + 8, 1, F_WRITE)]);
+    h.block.process_queue();
+    assert_eq!(h.used_idx(), 0, "nothing is returned before its completion");
+    assert_eq!(h.in_flight(), 5);
+    // All five completed in the kernel: one event returns them all, with one interrupt.
+    let mut waited = 0;
+    while h.block.uring.as_mut().unwrap().completed() < 5 {
+        waited += 1;
+        assert!(waited < 5000, "the kernel did not complete them");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    h.complete_until(5);
+    assert_eq!(h.in_flight(), 0);
+    for i in 0..4u64 {
+        assert_eq!(h.status_nth(i), VIRTIO_BLK_S_OK, "write {i}");
+    }
+    assert_eq!(h.status_nth(8), VIRTIO_BLK_S_OK, "flush");
+    assert_eq!(h.interrupt.irq_event().read().unwrap(), 1, "one interrupt");
+    let disk = h.disk();
+    for i in 0..4u64 {
+        let at = ((2 * i + 1) * 512) as usize;
+        assert_eq!(disk[at..at + 512], pattern(i)[..], "sector {}", 2 * i + 1);
+    }
+
+    // Read them back, each into another request's buffer.
+    for i in 0..4u64 {
+        h.mem
+            .write_slice(&[0u8; 512], GuestAddress(DATA + 0x1000 * i))
+            .unwrap();
+        h.post_nth(i, VIRTIO_BLK_T_IN, 2 * (3 - i) + 1, true);
+    }
+    h.block.process_queue();
+    assert_eq!(h.in_flight(), 4);
+    h.complete_until(9);
+    for n in 5..9u16 {
+        assert_eq!(h.used(n).1, 513);
+    }
+    for i in 0..4u64 {
+        assert_eq!(h.status_nth(i), VIRTIO_BLK_S_OK);
+        let mut got = vec![0u8; 512];
+        h.mem
+            .read_slice(&mut got, GuestAddress(DATA + 0x1000 * i))
+            .unwrap();
+        assert_eq!(got, pattern(3 - i), "read {i}");
+    }
+}
+
+/// A DISCARD (synchronous) posted after a write in the same batch runs after that write has
+/// completed: the range reads back as zeroes, not as the write's data.
+#[test]
+fn a_discard_runs_after_the_writes_in_flight() {
+    let mut h = aio_harness(Aio::IoUring, DISCARD_FEATURES);
+    h.mem
+        .write_slice(&[0x5a; 512], GuestAddress(DATA + 0x1000))
+        .unwrap();
+    h.post_nth(1, VIRTIO_BLK_T_OUT, 4, false);
+    // The segment table at DATA + 0x2000: sector 4, one sector.
+    let mut seg = Vec::new();
+    seg.extend_from_slice(&4u64.to_le_bytes());
+    seg.extend_from_slice(&1u32.to_le_bytes());
+    seg.extend_from_slice(&0u32.to_le_bytes());
+    h.mem
+        .write_slice(&seg, GuestAddress(DATA + 0x2000))
+        .unwrap();
+    let mut raw = [0u8; 16];
+    raw[..4].copy_from_slice(&VIRTIO_BLK_T_WRITE_ZEROES.to_le_bytes());
+    h.mem.write_slice(&raw, GuestAddress(HDR + 0x40)).unwrap();
+    h.add_chain(&[
+        (HDR + 0x40, 16, 0),
+        (DATA + 0x2000, 16, 0),
+        (STATUS + 2, 1, F_WRITE),
+    ]);
+    h.serve();
+    assert_eq!(h.used_idx(), 2);
+    assert_eq!(h.status_nth(1), VIRTIO_BLK_S_OK);
+    assert_eq!(h.status_nth(2), VIRTIO_BLK_S_OK);
+    assert_eq!(h.disk()[4 * 512..5 * 512], [0u8; 512][..]);
+}
+
+/// The driver rewrites a read's descriptors (to an address outside guest memory, and longer)
+/// while the read is in flight: the data lands where the descriptor said at submission, and
+/// nothing else changes.
+#[test]
+fn a_descriptor_rewritten_in_flight_changes_nothing() {
+    let mut h = aio_harness(Aio::IoUring, 0);
+    let head = h.post_nth(0, VIRTIO_BLK_T_IN, 5, true);
+    h.block.process_queue();
+    assert_eq!(h.in_flight(), 1);
+    let table = DescriptorTable::new(&h.mem, GuestAddress(DESC_TABLE), QSIZE);
+    let d = SplitDescriptor::new(BAD, 1 << 20, F_NEXT | F_WRITE, head + 2);
+    table.store(head + 1, RawDescriptor::from(d)).unwrap();
+    h.complete_until(1);
+    assert_eq!(h.used(0), (u32::from(head), 513));
+    assert_eq!(h.status_nth(0), VIRTIO_BLK_S_OK);
+    let mut got = vec![0u8; 512];
+    h.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert_eq!(got, image_byte_range(5 * 512, 6 * 512));
+    assert!(!h.interrupt.needs_reset());
+}
+
+/// A driver may post a head again before it got it back: requests in flight are bounded by
+/// the ring (QUEUE_SIZE), the rest waits in the available ring until completions free slots.
+#[test]
+fn requests_in_flight_are_bounded_by_the_ring() {
+    let mut h = aio_harness(Aio::IoUring, 0);
+    let head = h.post_nth(0, VIRTIO_BLK_T_IN, 0, true);
+    h.block.process_queue();
+    let mut posted = 1u32;
+    // At most a queue's worth ahead of the device: more is a broken ring.
+    while !h.block.uring.as_ref().unwrap().stalled {
+        for _ in 0..QSIZE {
+            h.publish(head);
+            posted += 1;
+        }
+        h.block.process_queue();
+        assert!(h.in_flight() <= usize::from(QUEUE_SIZE));
+        assert!(posted < 2 * u32::from(QUEUE_SIZE), "never stalled");
+    }
+    assert_eq!(h.in_flight(), usize::from(QUEUE_SIZE));
+    assert!(h.block.uring.as_ref().unwrap().stalled);
+    assert_eq!(h.used_idx(), 0);
+    // Completions free the slots and the rest is served.
+    h.complete_until(QUEUE_SIZE);
+    h.block.quiesce();
+    assert_eq!(u32::from(h.used_idx()), posted);
+    assert_eq!(h.status_nth(0), VIRTIO_BLK_S_OK);
+    assert!(!h.interrupt.needs_reset());
+}
+
+/// A reset waits for the requests in flight (their reads have landed when it returns), and
+/// returns none of them.
+#[test]
+fn a_reset_waits_for_the_requests_in_flight() {
+    let mut h = aio_harness(Aio::IoUring, 0);
+    for i in 0..3u64 {
+        h.post_nth(i, VIRTIO_BLK_T_IN, i, true);
+    }
+    h.block.process_queue();
+    assert_eq!(h.in_flight(), 3);
+    h.block.reset();
+    assert_eq!(h.in_flight(), 0);
+    assert_eq!(h.used_idx(), 0);
+    // No status was written: the buffers are the driver's again.
+    assert_eq!(h.status_nth(0), 0xff);
+    let mut got = vec![0u8; 512];
+    h.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert_eq!(got, image_byte_range(0, 512));
+}
+
+/// A read that meets the end of the file (shrunk under the device): the short part goes on,
+/// then the end of file is an I/O error with the bytes read counted, as on the synchronous
+/// path.
+#[test]
+fn a_read_past_a_shrunk_file_is_an_io_error_on_both_paths() {
+    for aio in [Aio::Sync, Aio::IoUring] {
+        let mut h = aio_harness(aio, 0);
+        assert_eq!(h.block.uses_io_uring(), aio == Aio::IoUring);
+        h.file.as_file().set_len(3 * 512).unwrap();
+        h.header(VIRTIO_BLK_T_IN, 2);
+        let (len, st) = h.run(&[hdr(), (DATA, 1024, F_WRITE), status()]);
+        assert_eq!((len, st), (513, VIRTIO_BLK_S_IOERR), "{aio:?}");
+        let mut got = vec![0u8; 512];
+        h.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+        assert_eq!(got, image_byte_range(1024, 1536), "{aio:?}");
+    }
+}
+
+/// A state saved with requests in flight is refused on restore; after `quiesce` (which waits for
+/// them and returns them) it round-trips.
+#[test]
+fn a_state_needs_the_requests_in_flight_returned_first() {
+    use crate::persist::Persist;
+    let mut h = aio_harness(Aio::IoUring, 0);
+    for i in 0..3u64 {
+        h.post_nth(i, VIRTIO_BLK_T_IN, i, true);
+    }
+    h.block.process_queue();
+    assert_eq!(h.in_flight(), 3);
+    let state = h.block.save();
+    let mut other = aio_harness(Aio::IoUring, 0);
+    assert!(other.block.restore(state).is_err());
+    h.block.quiesce();
+    assert_eq!((h.in_flight(), h.used_idx()), (0, 3));
+    let state = h.block.save();
+    other.block.restore(state).unwrap();
 }
