@@ -168,6 +168,15 @@ pub enum Error {
         /// Its permission bits.
         mode: u32,
     },
+    /// The image's format is not one vmm serves, or its qcow2 header or backing chain is
+    /// refused (hostile, corrupt, or a feature not supported).
+    #[error("disk image '{}': {reason}", path.display())]
+    DiskFormat {
+        /// The image path as given.
+        path: PathBuf,
+        /// What is wrong, naming the field or the backing file.
+        reason: String,
+    },
     /// `flock` or `fcntl` locking failed for another reason.
     #[error("cannot lock disk image '{}': {error}", path.display())]
     DiskLock {

@@ -23,6 +23,7 @@ use virtio_bindings::virtio_blk;
 
 use super::discard::{self, Kind, Outcome};
 use super::overlay::Overlay;
+use super::qcow2::Qcow2Disk;
 use super::{ID_BYTES, SECTOR_SIZE};
 use crate::GuestMemoryMmap;
 
@@ -53,6 +54,8 @@ pub(crate) struct Disk {
     /// `snapshot=on`: the guest's writes go here, and `file` (opened read-only) is never
     /// written.
     pub(crate) overlay: Option<Overlay>,
+    /// A qcow2 image: requests go through its format layer, never straight to `file`.
+    pub(crate) qcow2: Option<Qcow2Disk>,
 }
 
 impl Disk {
@@ -356,19 +359,18 @@ fn execute(
             let len = check_data(mem, data, true, Permissions::Write)?;
             let offset = check_range(disk, sector, len)?;
             let Some(overlay) = &disk.overlay else {
-                return read(&disk.file, offset, mem, data).map(|n| (VIRTIO_BLK_S_OK, n));
+                return read_image(disk, offset, mem, data).map(|n| (VIRTIO_BLK_S_OK, n));
             };
             // Each run from where it is, into the part of the buffers it covers.
             let mut written = 0u32;
             for run in overlay.runs(offset, len) {
-                let file = if run.in_overlay {
-                    &overlay.file
-                } else {
-                    &disk.file
-                };
                 let part = sub_buffers(data, run.offset - offset, run.len);
-                written += read(file, run.offset, mem, &part)
-                    .map_err(|(e, n)| (e, written.saturating_add(n)))?;
+                written += if run.in_overlay {
+                    read(&overlay.file, run.offset, mem, &part)
+                } else {
+                    read_image(disk, run.offset, mem, &part)
+                }
+                .map_err(|(e, n)| (e, written.saturating_add(n)))?;
             }
             Ok((VIRTIO_BLK_S_OK, written))
         }
@@ -382,6 +384,12 @@ fn execute(
             // reached the overlay (or zeroes), as a failed write to any disk leaves them.
             if let Some(overlay) = &mut disk.overlay {
                 overlay.mark(offset, len);
+            }
+            if let (Some(qcow2), None) = (&disk.qcow2, &disk.overlay) {
+                return qcow2
+                    .write(mem, data, offset)
+                    .map(|()| (VIRTIO_BLK_S_OK, 0))
+                    .map_err(|e| (ReqError::Io(e.to_string()), 0));
             }
             let (target, _) = disk.write_target();
             if let Some((_, result)) = transfer_vectored(target, offset, mem, data, false) {
@@ -401,7 +409,12 @@ fn execute(
         }
         VIRTIO_BLK_T_FLUSH => {
             // An overlay's data is thrown away at exit: making it durable would only cost time.
-            if !disk.read_only && disk.overlay.is_none() {
+            if let (Some(qcow2), None) = (&disk.qcow2, &disk.overlay) {
+                // The metadata imago caches is written back first, then fdatasync.
+                qcow2
+                    .flush()
+                    .map_err(|e| (ReqError::Io(e.to_string()), 0))?;
+            } else if !disk.read_only && disk.overlay.is_none() {
                 disk.file
                     .sync_data()
                     .map_err(|e| (ReqError::Io(e.to_string()), 0))?;
@@ -451,6 +464,25 @@ fn execute(
             Ok((VIRTIO_BLK_S_UNSUPP, 0))
         }
     }
+}
+
+/// Reads the image (through its format) at `offset` into the request's buffers; returns the
+/// bytes written to guest memory, or the error with the bytes written before it.
+fn read_image(
+    disk: &Disk,
+    offset: u64,
+    mem: &GuestMemoryMmap,
+    data: &[Descriptor],
+) -> Result<u32, (ReqError, u32)> {
+    let Some(qcow2) = &disk.qcow2 else {
+        return read(&disk.file, offset, mem, data);
+    };
+    // All or nothing: imago reports no partial count.
+    let len: u64 = data.iter().map(|d| u64::from(d.len())).sum();
+    qcow2
+        .read(mem, data, offset)
+        .map(|()| u32::try_from(len).unwrap_or(u32::MAX))
+        .map_err(|e| (ReqError::Io(e.to_string()), 0))
 }
 
 /// Reads the file at `offset` into the request's buffers; returns the bytes written to guest

@@ -99,6 +99,7 @@ impl Harness {
         features: u64,
     ) -> Self {
         let block = Block::new(BlockConfig {
+            format: None,
             path,
             read_only,
             id: id.map(String::from),
@@ -279,6 +280,7 @@ fn get_id_given_and_default() {
 
     // Default: derived from device + inode, so stable for the same file.
     let a = Block::new(BlockConfig {
+        format: None,
         path: h.file.as_path().to_path_buf(),
         read_only: true,
         id: None,
@@ -288,6 +290,7 @@ fn get_id_given_and_default() {
     assert!(matches!(a, Err(Error::DiskLocked { .. })));
     let f = image(1);
     let cfg = BlockConfig {
+        format: None,
         path: f.as_path().to_path_buf(),
         read_only: true,
         id: None,
@@ -642,6 +645,7 @@ fn event_idx_suppresses_interrupts() {
 #[test]
 fn open_errors() {
     let missing = BlockConfig {
+        format: None,
         path: "/nonexistent/x.img".into(),
         read_only: false,
         id: None,
@@ -655,6 +659,7 @@ fn open_errors() {
 
     let f = image(2);
     let cfg = |read_only| BlockConfig {
+        format: None,
         path: f.as_path().to_path_buf(),
         read_only,
         id: None,
@@ -683,6 +688,7 @@ fn open_errors() {
     ));
 
     let long = BlockConfig {
+        format: None,
         id: Some("x".repeat(21)),
         ..cfg(true)
     };
@@ -695,6 +701,7 @@ fn capacity_and_config_space() {
     let f = TempFile::new().unwrap();
     f.as_file().write_all(&[1u8; 3 * 512 + 100]).unwrap();
     let b = Block::new(BlockConfig {
+        format: None,
         path: f.as_path().to_path_buf(),
         read_only: false,
         id: None,
@@ -733,6 +740,7 @@ fn through_transport_and_event_loop() {
     let file = image(DISK_SECTORS);
     let blk = Arc::new(Mutex::new(
         Block::new(BlockConfig {
+            format: None,
             path: file.as_path().to_path_buf(),
             read_only: false,
             id: Some("e2e".into()),
@@ -958,6 +966,7 @@ fn qemu_lock(file: &std::fs::File, byte: i64) {
 fn qemu_locks_are_honoured_and_taken() {
     let f = image(2);
     let cfg = |read_only| BlockConfig {
+        format: None,
         path: f.as_path().to_path_buf(),
         read_only,
         id: None,
@@ -1014,6 +1023,7 @@ fn qemu_locks_are_honoured_and_taken() {
 fn images_that_cannot_be_disks() {
     use std::os::unix::fs::PermissionsExt;
     let cfg = |path: &std::path::Path, read_only| BlockConfig {
+        format: None,
         path: path.to_path_buf(),
         read_only,
         id: None,
@@ -1504,6 +1514,7 @@ fn snapshot_harness(mode: u32) -> Harness {
     let file = image(DISK_SECTORS);
     std::fs::set_permissions(file.as_path(), std::fs::Permissions::from_mode(mode)).unwrap();
     let block = Block::new(BlockConfig {
+        format: None,
         path: file.as_path().to_path_buf(),
         read_only: false,
         id: None,
@@ -1629,6 +1640,7 @@ fn snapshot_of_an_image_of_mode_0444_needs_no_readonly() {
 fn snapshot_opens_the_image_read_only_and_locks_it_as_a_reader() {
     let h = snapshot_harness(0o644);
     let cfg = |read_only, snapshot| BlockConfig {
+        format: None,
         path: h.file.as_path().to_path_buf(),
         read_only,
         id: None,
@@ -1650,6 +1662,7 @@ fn snapshot_opens_the_image_read_only_and_locks_it_as_a_reader() {
     drop(h);
     let f = image(DISK_SECTORS);
     let writer = Block::new(BlockConfig {
+        format: None,
         path: f.as_path().to_path_buf(),
         read_only: false,
         id: None,
@@ -1657,6 +1670,7 @@ fn snapshot_opens_the_image_read_only_and_locks_it_as_a_reader() {
     })
     .unwrap();
     let snap = Block::new(BlockConfig {
+        format: None,
         path: f.as_path().to_path_buf(),
         read_only: false,
         id: None,
@@ -1703,6 +1717,7 @@ fn snapshot_overlay_has_no_name_and_is_private() {
 fn snapshot_with_readonly_is_a_read_only_disk() {
     let f = image(DISK_SECTORS);
     let block = Block::new(BlockConfig {
+        format: None,
         path: f.as_path().to_path_buf(),
         read_only: true,
         id: None,
@@ -1725,6 +1740,7 @@ fn a_snapshot_block_device_overlays_in_the_temporary_directory() {
     };
     let dev = _loop.0.clone();
     let block = Block::new(BlockConfig {
+        format: None,
         path: dev.into(),
         read_only: false,
         id: None,
