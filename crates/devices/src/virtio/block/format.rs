@@ -79,15 +79,16 @@ pub(crate) fn open_image(
     let head = read_head(file).map_err(|e| err(format!("cannot read its header: {e}")))?;
     let format = match forced {
         Some(format) => format,
-        None if looks_like_qcow2(&head) => DiskFormat::Qcow2,
+        // The magic alone decides: a qcow2 file of another version is refused, not served raw.
+        None if head.starts_with(&QCOW2_MAGIC) => DiskFormat::Qcow2,
         None => DiskFormat::Raw,
     };
     if format == DiskFormat::Raw {
         return Ok(None);
     }
-    if !looks_like_qcow2(&head) {
+    if !head.starts_with(&QCOW2_MAGIC) {
         return Err(err(
-            "format=qcow2, but the file is not a qcow2 image (no QFI\\xfb magic with version 2 or 3)".into(),
+            "format=qcow2, but the file is not a qcow2 image (no QFI\\xfb magic)".into(),
         ));
     }
     let len = file_len(file).map_err(|e| err(e.to_string()))?;

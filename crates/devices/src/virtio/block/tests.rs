@@ -1763,3 +1763,5 @@ fn a_snapshot_block_device_overlays_in_the_temporary_directory() {
     assert_eq!(h.read_sectors(0, 16), want);
     assert_eq!(h.disk(), before, "the device's data changed");
 }
+
+mod qcow2;
