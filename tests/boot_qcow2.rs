@@ -79,14 +79,22 @@ fn expect_driver_happy(run: &Run, sector0: &str) {
     run.expect(num(run, &r, "capacity") == (MIB / 512) as u64, "capacity");
     run.expect(num(run, &r, "read_status") == 0, "read failed");
     run.expect(r.get("sector0") == Some(sector0), "read wrong data");
-    for key in ["write_status", "flush_status", "discard_status", "zeroes_status"] {
+    for key in [
+        "write_status",
+        "flush_status",
+        "discard_status",
+        "zeroes_status",
+    ] {
         run.expect(num(run, &r, key) == 0, &format!("{key} not OK"));
     }
     run.expect(
         r.get("sector1") == Some("WRITTEN-BY-GUEST"),
         "write not read back",
     );
-    run.expect(num(run, &r, "discarded_zero") == 1, "discarded sector not zero");
+    run.expect(
+        num(run, &r, "discarded_zero") == 1,
+        "discarded sector not zero",
+    );
     run.expect(num(run, &r, "zeroed_zero") == 1, "zeroed sector not zero");
     run.expect(num(run, &r, "final_status") == 0xf, "device marked failed");
 }
@@ -111,7 +119,16 @@ fn boot_qcow2_image_made_by_qemu_img() {
     let base = raw_base(&scratch, "base.img");
     // A compressed image: the driver reads a compressed cluster, writes go to new clusters.
     let image = scratch.path("disk.qcow2");
-    qemu_img(&["convert", "-c", "-f", "raw", "-O", "qcow2", &base, s(&image)]);
+    qemu_img(&[
+        "convert",
+        "-c",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        &base,
+        s(&image),
+    ]);
     let run = run_vmm(
         &["--kernel", test_guests::VIRTIO_BLK, "--disk", s(&image)],
         TIMEOUT,
@@ -131,7 +148,17 @@ fn boot_qcow2_overlay_of_a_raw_base_writes_only_the_overlay() {
     let before = std::fs::read(&base).unwrap();
     let overlay = scratch.path("overlay.qcow2");
     // A relative backing name, resolved against the overlay's directory.
-    qemu_img(&["create", "-q", "-f", "qcow2", "-b", "base.img", "-F", "raw", s(&overlay)]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.img",
+        "-F",
+        "raw",
+        s(&overlay),
+    ]);
     let run = run_vmm(
         &[
             "--kernel",
@@ -142,7 +169,10 @@ fn boot_qcow2_overlay_of_a_raw_base_writes_only_the_overlay() {
         TIMEOUT,
     );
     expect_driver_happy(&run, "HELLO-SECTOR-0!!");
-    assert!(std::fs::read(&base).unwrap() == before, "the base changed\n{run}");
+    assert!(
+        std::fs::read(&base).unwrap() == before,
+        "the base changed\n{run}"
+    );
     qemu_img_check(s(&overlay));
     let bytes = guest_bytes(&scratch, s(&overlay));
     expect_driver_writes(&bytes, &run);
@@ -155,7 +185,17 @@ fn boot_qcow2_snapshot_on_leaves_the_overlay_and_the_base() {
     let scratch = Scratch::new("qcow2-snapshot");
     let base = raw_base(&scratch, "base.img");
     let overlay = scratch.path("overlay.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", "-b", "base.img", "-F", "raw", s(&overlay)]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.img",
+        "-F",
+        "raw",
+        s(&overlay),
+    ]);
     let (base_before, overlay_before) = (
         std::fs::read(&base).unwrap(),
         std::fs::read(&overlay).unwrap(),
@@ -171,7 +211,10 @@ fn boot_qcow2_snapshot_on_leaves_the_overlay_and_the_base() {
     cmd.env("TMPDIR", &tmp);
     let run = common::run_command(cmd, TIMEOUT);
     expect_driver_happy(&run, "HELLO-SECTOR-0!!");
-    assert!(std::fs::read(&base).unwrap() == base_before, "the base changed\n{run}");
+    assert!(
+        std::fs::read(&base).unwrap() == base_before,
+        "the base changed\n{run}"
+    );
     assert!(
         std::fs::read(&overlay).unwrap() == overlay_before,
         "the qcow2 image changed\n{run}"
@@ -195,7 +238,17 @@ fn boot_qcow2_two_vms_on_one_base_see_only_their_own_writes() {
         .iter()
         .map(|n| {
             let p = scratch.path(&format!("{n}.qcow2"));
-            qemu_img(&["create", "-q", "-f", "qcow2", "-b", "base.img", "-F", "raw", s(&p)]);
+            qemu_img(&[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                "base.img",
+                "-F",
+                "raw",
+                s(&p),
+            ]);
             // Each overlay's own sector 0: "AAAA…" in a, "BBBB…" in b.
             let pattern = format!("write -P 0x{:x} 0 512", if *n == "a" { 0x41 } else { 0x42 });
             tool("qemu-io", &["-f", "qcow2", "-c", &pattern, s(&p)]);
@@ -240,14 +293,45 @@ fn boot_qcow2_hostile_image_is_one_error_line() {
     let scratch = Scratch::new("qcow2-hostile");
     let a = scratch.path("a.qcow2");
     let b = scratch.path("b.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", "-u", "-b", "b.qcow2", "-F", "qcow2", s(&a), "1M"]);
-    qemu_img(&["create", "-q", "-f", "qcow2", "-u", "-b", "a.qcow2", "-F", "qcow2", s(&b), "1M"]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        "b.qcow2",
+        "-F",
+        "qcow2",
+        s(&a),
+        "1M",
+    ]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        "a.qcow2",
+        "-F",
+        "qcow2",
+        s(&b),
+        "1M",
+    ]);
     let run = run_vmm(
         &["--kernel", test_guests::VIRTIO_BLK, "--disk", s(&a)],
         TIMEOUT,
     );
     run.expect(run.code == Some(1), "a looping chain did not exit 1");
-    let errors: Vec<&str> = run.stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
     run.expect(errors.len() == 1, "not one error line");
-    run.expect(errors[0].contains("loops") && errors[0].contains("a.qcow2"), "error does not say why");
+    run.expect(
+        errors[0].contains("loops") && errors[0].contains("a.qcow2"),
+        "error does not say why",
+    );
 }

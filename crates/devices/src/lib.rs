@@ -22,6 +22,9 @@ use std::path::PathBuf;
 
 pub mod bus;
 pub mod chardev;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod legacy;
 pub mod persist;
 pub mod rate_limiter;

@@ -141,8 +141,14 @@ pub(crate) fn check_qcow2_header(head: &[u8], file_len: u64) -> Result<Qcow2Head
         }
         let incompatible = be64(head, 72);
         let named = [
-            (0, "it is marked dirty (lazy refcounts): repair it with `qemu-img check -r all`"),
-            (1, "it is marked corrupt: repair it with `qemu-img check -r all`"),
+            (
+                0,
+                "it is marked dirty (lazy refcounts): repair it with `qemu-img check -r all`",
+            ),
+            (
+                1,
+                "it is marked corrupt: repair it with `qemu-img check -r all`",
+            ),
             (2, "external data files are not supported"),
             (3, "compression types other than zlib are not supported"),
             (4, "extended L2 entries (subclusters) are not supported"),

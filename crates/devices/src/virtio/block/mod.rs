@@ -18,11 +18,11 @@ use std::path::PathBuf;
 mod device;
 mod discard;
 mod event_handler;
-mod format;
+pub(crate) mod format;
 mod lock;
 mod overlay;
 mod persist;
-mod qcow2;
+pub(crate) mod qcow2;
 
 mod request;
 pub mod seccomp;

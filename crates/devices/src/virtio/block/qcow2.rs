@@ -300,7 +300,9 @@ impl ImplicitOpenGate<ImageFile> for ChainGate {
                 )))
             }
         }
-        let driver = builder.write(false).open(ChainGate::new(self.chain.clone()))?;
+        let driver = builder
+            .write(false)
+            .open(ChainGate::new(self.chain.clone()))?;
         Ok(FormatAccess::new(driver))
     }
 

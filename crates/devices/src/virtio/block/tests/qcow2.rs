@@ -9,10 +9,9 @@ use crate::virtio::block::format::{check_qcow2_header, HEADER_BYTES};
 
 /// Runs qemu-img; a test that needs it and does not find it fails saying so.
 fn qemu_img(args: &[&str]) -> std::process::Output {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .expect("qemu-img not found: this test needs it (Debian/Ubuntu: apt-get install qemu-utils)");
+    let out = Command::new("qemu-img").args(args).output().expect(
+        "qemu-img not found: this test needs it (Debian/Ubuntu: apt-get install qemu-utils)",
+    );
     assert!(
         out.status.success(),
         "qemu-img {args:?}: {}",
@@ -55,7 +54,12 @@ fn qcow2_in(dir: &Path, name: &str, size: &str, extra: &[&str]) -> (TempFile, Pa
     (file, path)
 }
 
-fn open(path: &Path, format: Option<DiskFormat>, read_only: bool, snapshot: bool) -> Result<Block, Error> {
+fn open(
+    path: &Path,
+    format: Option<DiskFormat>,
+    read_only: bool,
+    snapshot: bool,
+) -> Result<Block, Error> {
     Block::new(BlockConfig {
         format,
         path: path.to_path_buf(),
@@ -79,7 +83,14 @@ fn flush(h: &mut Harness) {
 fn as_raw(path: &Path, dir: &Path) -> Vec<u8> {
     let out = dir.join("converted.raw");
     // -U: read while the device holds its locks.
-    qemu_img(&["convert", "-U", "-O", "raw", path.to_str().unwrap(), out.to_str().unwrap()]);
+    qemu_img(&[
+        "convert",
+        "-U",
+        "-O",
+        "raw",
+        path.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
     let v = std::fs::read(&out).unwrap();
     std::fs::remove_file(out).unwrap();
     v
@@ -134,7 +145,12 @@ fn qcow2_overlay_of_a_raw_base_writes_the_overlay_only() {
     let pattern: Vec<u8> = (0..1u32 << 20).map(|i| (i / 7) as u8).collect();
     std::fs::write(&base, &pattern).unwrap();
     // A relative backing name: relative to the overlay's directory.
-    let (file, path) = qcow2_in(d.as_path(), "overlay.qcow2", "1M", &["-b", "base.img", "-F", "raw"]);
+    let (file, path) = qcow2_in(
+        d.as_path(),
+        "overlay.qcow2",
+        "1M",
+        &["-b", "base.img", "-F", "raw"],
+    );
     let mut h = harness(file, &path, false);
     assert_eq!(h.read_sectors(0, 8), pattern[..4096]);
     h.write_sectors(2, &[0xaa; 512]);
@@ -145,10 +161,16 @@ fn qcow2_overlay_of_a_raw_base_writes_the_overlay_only() {
     assert_eq!(h.read_sectors(1000, 2), want[1000 * 512..1002 * 512]);
     flush(&mut h);
     // The base is locked as a reader while the overlay is open: a writer is refused.
-    let err = open(&base, Some(DiskFormat::Raw), false, false).err().unwrap();
+    let err = open(&base, Some(DiskFormat::Raw), false, false)
+        .err()
+        .unwrap();
     assert!(matches!(err, Error::DiskLocked { .. }), "{err}");
     drop(h);
-    assert_eq!(std::fs::read(&base).unwrap(), pattern, "the base is unchanged");
+    assert_eq!(
+        std::fs::read(&base).unwrap(),
+        pattern,
+        "the base is unchanged"
+    );
     qemu_img_check(&path);
     assert_eq!(as_raw(&path, d.as_path()), want);
 }
@@ -178,7 +200,11 @@ fn snapshot_over_qcow2_reads_through_the_qcow2_layer_and_writes_nothing() {
     assert_eq!(h.read_sectors(5, 1), vec![0u8; 512]);
     flush(&mut h);
     drop(h);
-    assert_eq!(std::fs::read(&path).unwrap(), before, "the image is unchanged");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the image is unchanged"
+    );
 }
 
 #[test]
@@ -195,15 +221,27 @@ fn format_option_forces_raw_or_refuses_a_file_that_is_not_qcow2() {
     let raw = d.as_path().join("raw.qcow2");
     std::fs::write(&raw, vec![0u8; 4096]).unwrap();
     assert_eq!(open(&raw, None, true, false).unwrap().capacity(), 8);
-    let err = open(&raw, Some(DiskFormat::Qcow2), true, false).err().unwrap().to_string();
-    assert!(err.contains("raw.qcow2") && err.contains("not a qcow2 image"), "{err}");
+    let err = open(&raw, Some(DiskFormat::Qcow2), true, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("raw.qcow2") && err.contains("not a qcow2 image"),
+        "{err}"
+    );
 }
 
 /// Opens `path` (detected format) and returns the error's one line.
 fn refused(path: &Path) -> String {
-    let err = open(path, None, false, false).err().expect("refused").to_string();
+    let err = open(path, None, false, false)
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(!err.contains('\n'), "one line: {err}");
-    assert!(err.contains(path.to_str().unwrap()), "names the image: {err}");
+    assert!(
+        err.contains(path.to_str().unwrap()),
+        "names the image: {err}"
+    );
     err
 }
 
@@ -212,20 +250,79 @@ fn backing_chains_that_loop_or_go_too_deep_are_refused() {
     let d = dir();
     let p = |n: &str| d.as_path().join(n).to_str().unwrap().to_string();
     // a -> b -> a (qemu-img -u: do not open the backing file while creating).
-    qemu_img(&["create", "-q", "-f", "qcow2", "-u", "-b", &p("b.qcow2"), "-F", "qcow2", &p("a.qcow2"), "1M"]);
-    qemu_img(&["create", "-q", "-f", "qcow2", "-u", "-b", &p("a.qcow2"), "-F", "qcow2", &p("b.qcow2"), "1M"]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        &p("b.qcow2"),
+        "-F",
+        "qcow2",
+        &p("a.qcow2"),
+        "1M",
+    ]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        &p("a.qcow2"),
+        "-F",
+        "qcow2",
+        &p("b.qcow2"),
+        "1M",
+    ]);
     let err = refused(Path::new(&p("a.qcow2")));
     assert!(err.contains("loops"), "{err}");
     // An image backed by itself.
-    qemu_img(&["create", "-q", "-f", "qcow2", "-u", "-b", "self.qcow2", "-F", "qcow2", &p("self.qcow2"), "1M"]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        "self.qcow2",
+        "-F",
+        "qcow2",
+        &p("self.qcow2"),
+        "1M",
+    ]);
     assert!(refused(Path::new(&p("self.qcow2"))).contains("loops"));
 
     // c17 has 17 backing files (c16 .. c1, then the raw c0): one too many; c16 opens.
     std::fs::write(p("c0.img"), vec![7u8; 1 << 20]).unwrap();
-    qemu_img(&["create", "-q", "-f", "qcow2", "-b", "c0.img", "-F", "raw", &p("c1.qcow2"), "1M"]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "c0.img",
+        "-F",
+        "raw",
+        &p("c1.qcow2"),
+        "1M",
+    ]);
     for i in 2..=17 {
         let back = format!("c{}.qcow2", i - 1);
-        qemu_img(&["create", "-q", "-f", "qcow2", "-u", "-b", &back, "-F", "qcow2", &p(&format!("c{i}.qcow2")), "1M"]);
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-u",
+            "-b",
+            &back,
+            "-F",
+            "qcow2",
+            &p(&format!("c{i}.qcow2")),
+            "1M",
+        ]);
     }
     let err = refused(Path::new(&p("c17.qcow2")));
     assert!(err.contains("deeper than 16"), "{err}");
@@ -233,7 +330,19 @@ fn backing_chains_that_loop_or_go_too_deep_are_refused() {
     assert_eq!(ok.capacity(), 2048);
 
     // A missing backing file names it.
-    qemu_img(&["create", "-q", "-f", "qcow2", "-u", "-b", "gone.img", "-F", "raw", &p("orphan.qcow2"), "1M"]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        "gone.img",
+        "-F",
+        "raw",
+        &p("orphan.qcow2"),
+        "1M",
+    ]);
     assert!(refused(Path::new(&p("orphan.qcow2"))).contains("gone.img"));
 }
 
@@ -255,22 +364,58 @@ fn hostile_headers_are_refused_at_open_with_one_line() {
     let d = d.as_path();
     let cases: &[(&str, &[(usize, &[u8])], &str)] = &[
         ("version4", &[(4, &4u32.to_be_bytes())], "version 4"),
-        ("cluster_bits", &[(20, &40u32.to_be_bytes())], "cluster_bits 40"),
-        ("cluster_bits_small", &[(20, &8u32.to_be_bytes())], "cluster_bits 8"),
+        (
+            "cluster_bits",
+            &[(20, &40u32.to_be_bytes())],
+            "cluster_bits 40",
+        ),
+        (
+            "cluster_bits_small",
+            &[(20, &8u32.to_be_bytes())],
+            "cluster_bits 8",
+        ),
         ("encrypted", &[(32, &1u32.to_be_bytes())], "encrypted"),
         ("luks", &[(32, &2u32.to_be_bytes())], "crypt_method 2"),
-        ("l1_huge", &[(36, &u32::MAX.to_be_bytes())], "larger than 32 MiB"),
-        ("l1_small", &[(24, &(1u64 << 40).to_be_bytes())], "cannot map the virtual size"),
-        ("l1_outside", &[(40, &(1u64 << 40).to_be_bytes())], "ends beyond the file"),
-        ("l1_unaligned", &[(40, &0x10200u64.to_be_bytes())], "not a non-zero multiple"),
-        ("reftable_outside", &[(48, &(1u64 << 40).to_be_bytes())], "refcount table"),
-        ("reftable_huge", &[(56, &1000u32.to_be_bytes())], "larger than 8 MiB"),
+        (
+            "l1_huge",
+            &[(36, &u32::MAX.to_be_bytes())],
+            "larger than 32 MiB",
+        ),
+        (
+            "l1_small",
+            &[(24, &(1u64 << 40).to_be_bytes())],
+            "cannot map the virtual size",
+        ),
+        (
+            "l1_outside",
+            &[(40, &(1u64 << 40).to_be_bytes())],
+            "ends beyond the file",
+        ),
+        (
+            "l1_unaligned",
+            &[(40, &0x10200u64.to_be_bytes())],
+            "not a non-zero multiple",
+        ),
+        (
+            "reftable_outside",
+            &[(48, &(1u64 << 40).to_be_bytes())],
+            "refcount table",
+        ),
+        (
+            "reftable_huge",
+            &[(56, &1000u32.to_be_bytes())],
+            "larger than 8 MiB",
+        ),
         ("dirty", &[(79, &[1])], "dirty"),
         ("corrupt", &[(79, &[2])], "corrupt"),
         ("data_file", &[(79, &[4])], "external data file"),
         ("zstd", &[(79, &[8])], "compression"),
         ("extended_l2", &[(79, &[16])], "extended L2"),
-        ("unknown_bit", &[(74, &[1])], "unknown incompatible features 0x10000000000"),
+        (
+            "unknown_bit",
+            &[(74, &[1])],
+            "unknown incompatible features 0x10000000000",
+        ),
     ];
     for (name, patches, want) in cases {
         let path = patched(d, &format!("{name}.qcow2"), patches);
@@ -291,7 +436,8 @@ fn a_table_entry_pointing_far_outside_the_file_is_an_io_error_not_a_huge_file() 
     drop(block);
     let mut bytes = std::fs::read(&path).unwrap();
     let l1 = u64::from_be_bytes(bytes[40..48].try_into().unwrap()) as usize;
-    let l2 = (u64::from_be_bytes(bytes[l1..l1 + 8].try_into().unwrap()) & 0x00ff_ffff_ffff_fe00) as usize;
+    let l2 = (u64::from_be_bytes(bytes[l1..l1 + 8].try_into().unwrap()) & 0x00ff_ffff_ffff_fe00)
+        as usize;
     let entry = (1u64 << 63) | (1u64 << 40);
     bytes[l2..l2 + 8].copy_from_slice(&entry.to_be_bytes());
     std::fs::write(&path, &bytes).unwrap();
@@ -302,7 +448,10 @@ fn a_table_entry_pointing_far_outside_the_file_is_an_io_error_not_a_huge_file() 
     // Writing there is refused: IOERR, and the file does not grow to a terabyte.
     h.mem.write_slice(&[9u8; 512], GuestAddress(DATA)).unwrap();
     h.header(VIRTIO_BLK_T_OUT, 0);
-    assert_eq!(h.run(&[hdr(), (DATA, 512, 0), status()]).1, VIRTIO_BLK_S_IOERR);
+    assert_eq!(
+        h.run(&[hdr(), (DATA, 512, 0), status()]).1,
+        VIRTIO_BLK_S_IOERR
+    );
     drop(h);
     assert!(std::fs::metadata(&path).unwrap().len() < len_before + (64 << 20));
 }
