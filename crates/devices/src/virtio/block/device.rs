@@ -208,6 +208,7 @@ impl Block {
                 block_device: kind.is_block_device(),
                 id: id_bytes,
                 overlay,
+                probed_raw: config.format.is_none() && cluster.is_none(),
                 qcow2: qcow2.map(|(q, _)| q),
             },
             config,

@@ -228,3 +228,31 @@ fn be64(b: &[u8], at: usize) -> u64 {
     x.copy_from_slice(&b[at..at + 8]);
     u64::from_be_bytes(x)
 }
+
+/// Whether a guest write of `data` (device-readable buffers, checked to be in guest memory) at
+/// byte `offset` puts the qcow2 magic at the start of the disk. A raw image whose format was
+/// detected must never get one: the next open would take it for qcow2, with a backing file of
+/// the guest's choosing (a host file the guest could then read). QEMU refuses the same writes.
+pub(crate) fn writes_qcow2_magic(
+    mem: &crate::GuestMemoryMmap,
+    data: &[virtio_queue::desc::split::Descriptor],
+    offset: u64,
+) -> bool {
+    use vm_memory::Bytes;
+    if offset != 0 {
+        return false;
+    }
+    let mut head = Vec::with_capacity(4);
+    for d in data {
+        let want = (4 - head.len()).min(d.len() as usize);
+        let mut part = vec![0u8; want];
+        if mem.read_slice(&mut part, d.addr()).is_err() {
+            return false;
+        }
+        head.extend_from_slice(&part);
+        if head.len() == 4 {
+            break;
+        }
+    }
+    head == QCOW2_MAGIC
+}

@@ -56,6 +56,9 @@ pub(crate) struct Disk {
     pub(crate) overlay: Option<Overlay>,
     /// A qcow2 image: requests go through its format layer, never straight to `file`.
     pub(crate) qcow2: Option<Qcow2Disk>,
+    /// A raw image whose format was detected (not forced with `format=raw`): the guest may
+    /// not write the qcow2 magic into its first sector.
+    pub(crate) probed_raw: bool,
 }
 
 impl Disk {
@@ -275,6 +278,8 @@ pub(crate) enum ReqError {
     SegmentTable { len: u64, limit: u64 },
     #[error("segment of {num_sectors} sectors: more than the {max} the config space allows")]
     TooManySectors { num_sectors: u32, max: u32 },
+    #[error("write of the qcow2 magic to sector 0 of a raw image whose format was detected")]
+    ProbedRawMagic,
     #[error("I/O error: {0}")]
     Io(String),
 }
@@ -384,6 +389,12 @@ fn execute(
             // reached the overlay (or zeroes), as a failed write to any disk leaves them.
             if let Some(overlay) = &mut disk.overlay {
                 overlay.mark(offset, len);
+            }
+            if disk.probed_raw
+                && disk.overlay.is_none()
+                && super::format::writes_qcow2_magic(mem, data, offset)
+            {
+                return Err((ReqError::ProbedRawMagic, 0));
             }
             if let (Some(qcow2), None) = (&disk.qcow2, &disk.overlay) {
                 return qcow2

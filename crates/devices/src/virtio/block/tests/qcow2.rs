@@ -475,3 +475,32 @@ fn header_checks_never_panic_on_short_or_random_input() {
         let _ = check_qcow2_header(&head, u64::from(x));
     }
 }
+
+#[test]
+fn a_guest_cannot_turn_a_detected_raw_image_into_qcow2() {
+    let d = dir();
+    let path = d.as_path().join("raw.img");
+    let file = TempFile::new_in(d.as_path()).unwrap();
+    std::fs::rename(file.as_path(), &path).unwrap();
+    std::fs::write(&path, vec![0u8; 8192]).unwrap();
+    let mut h = harness(file, &path, false);
+    // The qcow2 magic split over two buffers at sector 0: refused, nothing written.
+    h.mem.write_slice(b"QF", GuestAddress(DATA)).unwrap();
+    h.mem.write_slice(b"I\xfb", GuestAddress(DATA + 0x1000)).unwrap();
+    h.header(VIRTIO_BLK_T_OUT, 0);
+    let st = h.run(&[hdr(), (DATA, 2, 0), (DATA + 0x1000, 510, 0), status()]).1;
+    assert_eq!(st, VIRTIO_BLK_S_IOERR);
+    assert_eq!(std::fs::read(&path).unwrap(), vec![0u8; 8192]);
+    // The magic elsewhere, or anything else at sector 0, is an ordinary write.
+    let mut magic = b"QFI\xfb".to_vec();
+    magic.resize(512, 0);
+    h.write_sectors(1, &magic);
+    h.write_sectors(0, &[0x51; 512]);
+    drop(h);
+    // format=raw said so: the guest's bytes are its own business.
+    let block = open(&path, Some(DiskFormat::Raw), false, false).unwrap();
+    let file = TempFile::new_in(d.as_path()).unwrap();
+    let mut h = Harness::around(file, block, false, DISCARD_FEATURES);
+    h.write_sectors(0, &magic);
+    assert_eq!(std::fs::read(&path).unwrap()[..4], *b"QFI\xfb");
+}
