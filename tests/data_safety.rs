@@ -93,19 +93,35 @@ fn kill_mid_stream(kill_after: u64) {
 /// kill may leave, allowed) and the records are checked in what it reads as.
 fn kill_mid_stream_on(kill_after: u64, qcow2: bool) {
     require_kvm!();
-    let scratch = Scratch::new(&format!("kill9-{kill_after}{}", if qcow2 { "-qcow2" } else { "" }));
+    let scratch = Scratch::new(&format!(
+        "kill9-{kill_after}{}",
+        if qcow2 { "-qcow2" } else { "" }
+    ));
     let before = filler();
     let base = scratch.file("disk.img", &before);
     let image = if qcow2 {
         let overlay = scratch.path("overlay.qcow2");
-        qemu_img(&["create", "-q", "-f", "qcow2", "-b", "disk.img", "-F", "raw", common::s(&overlay)]);
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "disk.img",
+            "-F",
+            "raw",
+            common::s(&overlay),
+        ]);
         common::s(&overlay).to_string()
     } else {
         base.clone()
     };
     let flushed = write_and_kill(&image, kill_after);
     let after_path = if qcow2 {
-        assert!(std::fs::read(&base).unwrap() == before, "the base image changed");
+        assert!(
+            std::fs::read(&base).unwrap() == before,
+            "the base image changed"
+        );
         let check = Command::new("qemu-img")
             .args(["check", "-f", "qcow2", &image])
             .output()
@@ -117,7 +133,15 @@ fn kill_mid_stream_on(kill_after: u64, qcow2: bool) {
             String::from_utf8_lossy(&check.stderr)
         );
         let raw = scratch.path("after.raw");
-        qemu_img(&["convert", "-f", "qcow2", "-O", "raw", &image, common::s(&raw)]);
+        qemu_img(&[
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            "raw",
+            &image,
+            common::s(&raw),
+        ]);
         common::s(&raw).to_string()
     } else {
         image.clone()

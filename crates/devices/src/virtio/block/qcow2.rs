@@ -435,7 +435,19 @@ impl Qcow2Disk {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| io::Error::other(e.to_string()))?;
         let (bufv, _guard) = IoVector::from_volatile_slice(&slices);
-        self.access.writev(bufv, offset)
+        let result = self.access.writev(bufv, offset);
+        self.write_back(result)
+    }
+
+    /// After every request that changes mappings: imago's cached L2 tables and refcount blocks
+    /// go to the file (page cache, no fdatasync), refcounts first. A kill -9 between requests
+    /// then leaves at worst leaked clusters, never a table entry whose cluster has no refcount
+    /// (which the next allocation would hand out twice). imago writes a new L2 table's L1
+    /// entry before the refcount of that table's cluster: a kill inside such a request can
+    /// still leave that one error (see DESIGN.md, qcow2).
+    fn write_back(&self, result: io::Result<()>) -> io::Result<()> {
+        let flushed = self.access.flush();
+        result.and(flushed)
     }
 
     /// Writes the cached metadata back, then fdatasync: what the guest wrote before is on disk.
@@ -449,16 +461,18 @@ impl Qcow2Disk {
 
     /// DISCARD: frees the clusters (they read back as zeroes).
     pub(crate) fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        self.access.discard_to_any(offset, len)
+        let result = self.access.discard_to_any(offset, len);
+        self.write_back(result)
     }
 
     /// WRITE_ZEROES: zero clusters (freed with `unmap`, kept allocated without).
     pub(crate) fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
-        if unmap {
+        let result = if unmap {
             self.access.discard_to_zero(offset, len)
         } else {
             self.access.write_zeroes(offset, len)
-        }
+        };
+        self.write_back(result)
     }
 }
 

@@ -486,9 +486,13 @@ fn a_guest_cannot_turn_a_detected_raw_image_into_qcow2() {
     let mut h = harness(file, &path, false);
     // The qcow2 magic split over two buffers at sector 0: refused, nothing written.
     h.mem.write_slice(b"QF", GuestAddress(DATA)).unwrap();
-    h.mem.write_slice(b"I\xfb", GuestAddress(DATA + 0x1000)).unwrap();
+    h.mem
+        .write_slice(b"I\xfb", GuestAddress(DATA + 0x1000))
+        .unwrap();
     h.header(VIRTIO_BLK_T_OUT, 0);
-    let st = h.run(&[hdr(), (DATA, 2, 0), (DATA + 0x1000, 510, 0), status()]).1;
+    let st = h
+        .run(&[hdr(), (DATA, 2, 0), (DATA + 0x1000, 510, 0), status()])
+        .1;
     assert_eq!(st, VIRTIO_BLK_S_IOERR);
     assert_eq!(std::fs::read(&path).unwrap(), vec![0u8; 8192]);
     // The magic elsewhere, or anything else at sector 0, is an ordinary write.
@@ -503,4 +507,29 @@ fn a_guest_cannot_turn_a_detected_raw_image_into_qcow2() {
     let mut h = Harness::around(file, block, false, DISCARD_FEATURES);
     h.write_sectors(0, &magic);
     assert_eq!(std::fs::read(&path).unwrap()[..4], *b"QFI\xfb");
+}
+
+/// Between the guest's flushes the file is consistent as it stands (what a kill -9 leaves):
+/// every request writes imago's cached tables back, refcounts first, so `qemu-img check` finds
+/// no error and the writes are mapped, with no FLUSH and the device still open.
+#[test]
+fn every_request_leaves_the_file_consistent_without_a_flush() {
+    let d = dir();
+    let (file, path) = qcow2_in(d.as_path(), "disk.qcow2", "8M", &[]);
+    let mut h = harness(file, &path, false);
+    // Data clusters in two L2 tables' ranges (64 KiB clusters: 512 MiB each; 8 MiB here, so
+    // one table), then a discard.
+    h.write_sectors(0, &[0x11; 512]);
+    h.write_sectors(4096, &[0x22; 1024]);
+    assert_eq!(
+        trim(&mut h, VIRTIO_BLK_T_DISCARD, &[(4096, 128, 0)]).1,
+        VIRTIO_BLK_S_OK
+    );
+    h.write_sectors(8000, &[0x33; 512]);
+    qemu_img_check(&path);
+    let raw = as_raw(&path, d.as_path());
+    assert_eq!(raw[..512], [0x11; 512]);
+    assert_eq!(raw[8000 * 512..8001 * 512], [0x33; 512]);
+    assert!(raw[4096 * 512..4098 * 512].iter().all(|b| *b == 0));
+    drop(h);
 }
