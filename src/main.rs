@@ -101,8 +101,10 @@ struct VmArgs {
     #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = parse_memory)]
     memory: u64,
 
-    /// A virtio-blk disk: [path=]PATH[,readonly=on][,snapshot=on][,id=NAME][,bw=RATE][,iops=N].
-    /// Repeatable: /dev/vda, /dev/vdb, … snapshot=on: the guest sees a writable disk whose
+    /// A virtio-blk disk: [path=]PATH[,format=raw|qcow2][,readonly=on][,snapshot=on][,id=NAME][,bw=RATE][,iops=N].
+    /// Repeatable: /dev/vda, /dev/vdb, … The format is read from the image's header (qcow2 v2
+    /// or v3, with its backing files, opened read-only; else raw), never from its name;
+    /// format= forces one (format=raw serves a qcow2 file's bytes as they are). snapshot=on: the guest sees a writable disk whose
     /// writes go to an unnamed temporary file (in the image's directory, else $TMPDIR, else
     /// /var/tmp) and are gone when vmm exits, however it ends; the image is only read (and
     /// locked as a reader, so it may be shared with other readers). bw= limits bytes per second (K, M, G suffixes are binary: 50M =
@@ -111,7 +113,7 @@ struct VmArgs {
     /// limit). A throttled request waits; it never fails.
     #[arg(
         long,
-        value_name = "PATH[,readonly=on][,snapshot=on][,id=NAME][,bw=RATE][,iops=N]",
+        value_name = "PATH[,format=raw|qcow2][,readonly=on][,snapshot=on][,id=NAME][,bw=RATE][,iops=N]",
         value_parser = parse_disk
     )]
     disk: Vec<DiskConfig>,
