@@ -346,8 +346,11 @@ fn backing_chains_that_loop_or_go_too_deep_are_refused() {
     assert!(refused(Path::new(&p("orphan.qcow2"))).contains("gone.img"));
 }
 
-/// A fresh 1 MiB qcow2 v3 image's header with `patch` applied at byte offsets.
-fn patched(d: &Path, name: &str, patches: &[(usize, &[u8])]) -> PathBuf {
+/// Bytes to put at an offset of an image.
+type Patch<'a> = (usize, &'a [u8]);
+
+/// A fresh 1 MiB qcow2 v3 image's header with `patches` applied at byte offsets.
+fn patched(d: &Path, name: &str, patches: &[Patch]) -> PathBuf {
     let (_f, path) = qcow2_in(d, name, "1M", &[]);
     let mut bytes = std::fs::read(&path).unwrap();
     for (at, b) in patches {
@@ -362,7 +365,7 @@ fn patched(d: &Path, name: &str, patches: &[(usize, &[u8])]) -> PathBuf {
 fn hostile_headers_are_refused_at_open_with_one_line() {
     let d = dir();
     let d = d.as_path();
-    let cases: &[(&str, &[(usize, &[u8])], &str)] = &[
+    let cases: &[(&str, &[Patch], &str)] = &[
         ("version4", &[(4, &4u32.to_be_bytes())], "version 4"),
         (
             "cluster_bits",
