@@ -661,7 +661,11 @@ fn flag_hint(e: &vm::Error) -> String {
         Error::Disk {
             source: DeviceError::DiskNotAFile { .. },
             ..
-        } => "; give a raw image file or a block device with --disk".into(),
+        } => "; give a raw or qcow2 image file or a block device with --disk".into(),
+        Error::Disk {
+            source: DeviceError::DiskFormat { .. },
+            ..
+        } => "; `qemu-img info` and `qemu-img check` show what is in the image (format=raw serves its bytes as they are)".into(),
         Error::CmdlineTooLong { .. } => "; shorten --cmdline".into(),
         Error::TooManyVirtioDevices { .. } => {
             "; give fewer --disk, --net, --console and --vsock devices".into()

@@ -1005,9 +1005,21 @@ mod tests {
             .unwrap();
         assert!(!d.snapshot && d.read_only);
 
+        use devices::virtio::block::DiskFormat;
+        assert_eq!("x.qcow2".parse::<DiskConfig>().unwrap().format, None);
+        let d: DiskConfig = "path=x.img,format=qcow2".parse().unwrap();
+        assert_eq!(d.format, Some(DiskFormat::Qcow2));
+        let d: DiskConfig = "x.qcow2,format=raw,snapshot=on".parse().unwrap();
+        assert_eq!(d.format, Some(DiskFormat::Raw));
+        assert!(d.snapshot);
+        let err = "x.img,format=vmdk".parse::<DiskConfig>().unwrap_err();
+        assert!(err.0.contains("'vmdk' is not raw or qcow2"), "{}", err.0);
+
         for bad in [
             "",
             ",readonly=on",
+            "x.img,format=",
+            "x.img,format=QCOW2",
             "x.img,readonly=maybe",
             "x.img,readonly",
             "x.img,snapshot=yes please",
