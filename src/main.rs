@@ -736,7 +736,8 @@ fn jail_spec(config: &VmConfig) -> jail::VmSpec {
         disk_sizes: config
             .disks
             .iter()
-            .map(|disk| std::fs::metadata(&disk.path).map_or(0, |m| m.len()))
+            // A qcow2 image grows as the guest writes: its bound, not its size now.
+            .map(|disk| vm::disk_growth_bound(&disk.path))
             .collect(),
         host_network: !config.nets.is_empty(),
         seccomp: config.seccomp != SeccompMode::Off,

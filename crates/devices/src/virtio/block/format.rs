@@ -103,6 +103,29 @@ pub(crate) fn open_image(
     Ok(Some((disk, 1 << header.cluster_bits)))
 }
 
+/// The most bytes the image file at `path` may come to hold while a guest writes it (for
+/// RLIMIT_FSIZE under the jail): a raw file never grows; a qcow2 file (by its magic) grows
+/// with the clusters the guest allocates, up to its virtual size plus its tables (at most
+/// 1/32 of that with 512-byte clusters), the slack a write may start past the end, and room
+/// for clusters leaked by earlier crashes. 0 if the file cannot be read.
+pub fn growth_bound(path: &Path) -> u64 {
+    let Ok(file) = File::open(path) else {
+        return 0;
+    };
+    let len = file_len(&file).unwrap_or(0);
+    match read_head(&file) {
+        Ok(head) if head.len() >= 32 && head.starts_with(&QCOW2_MAGIC) => {
+            let size = be64(&head, 24);
+            len.max(
+                size.saturating_add(size / 32)
+                    .saturating_add(2 * super::qcow2::WRITE_SLACK)
+                    .saturating_add(len),
+            )
+        }
+        _ => len,
+    }
+}
+
 /// What the checks learnt from a qcow2 header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Qcow2Header {

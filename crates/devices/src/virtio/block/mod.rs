@@ -28,7 +28,7 @@ mod request;
 pub mod seccomp;
 
 pub use device::Block;
-pub use format::DiskFormat;
+pub use format::{growth_bound, DiskFormat};
 pub use persist::BlockState;
 
 pub use virtio_bindings::virtio_blk::{
