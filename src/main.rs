@@ -101,8 +101,10 @@ struct VmArgs {
     #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = parse_memory)]
     memory: u64,
 
-    /// A virtio-blk disk: [path=]PATH[,readonly=on][,snapshot=on][,id=NAME][,bw=RATE][,iops=N].
-    /// Repeatable: /dev/vda, /dev/vdb, … snapshot=on: the guest sees a writable disk whose
+    /// A virtio-blk disk: [path=]PATH[,format=raw|qcow2][,readonly=on][,snapshot=on][,id=NAME][,bw=RATE][,iops=N].
+    /// Repeatable: /dev/vda, /dev/vdb, … The format is read from the image's header (qcow2 v2
+    /// or v3, with its backing files, opened read-only; else raw), never from its name;
+    /// format= forces one (format=raw serves a qcow2 file's bytes as they are). snapshot=on: the guest sees a writable disk whose
     /// writes go to an unnamed temporary file (in the image's directory, else $TMPDIR, else
     /// /var/tmp) and are gone when vmm exits, however it ends; the image is only read (and
     /// locked as a reader, so it may be shared with other readers). bw= limits bytes per second (K, M, G suffixes are binary: 50M =
@@ -110,10 +112,10 @@ struct VmArgs {
     /// (default: 100 ms worth of the rate, so a long transfer measures within about 1% of the
     /// limit). A throttled request waits; it never fails. aio=io_uring keeps a raw image's reads,
     /// writes and flushes in flight at once; aio=sync serves one request at a time; by default
-    /// io_uring where the kernel allows it (a snapshot=on disk is always served synchronously).
+    /// io_uring where the kernel allows it (snapshot=on disks and qcow2 images are always served synchronously).
     #[arg(
         long,
-        value_name = "PATH[,readonly=on][,snapshot=on][,aio=sync|io_uring][,id=NAME][,bw=RATE][,iops=N]",
+        value_name = "PATH[,format=raw|qcow2][,readonly=on][,snapshot=on][,aio=sync|io_uring][,id=NAME][,bw=RATE][,iops=N]",
         value_parser = parse_disk
     )]
     disk: Vec<DiskConfig>,
@@ -669,7 +671,11 @@ fn flag_hint(e: &vm::Error) -> String {
         Error::Disk {
             source: DeviceError::DiskNotAFile { .. },
             ..
-        } => "; give a raw image file or a block device with --disk".into(),
+        } => "; give a raw or qcow2 image file or a block device with --disk".into(),
+        Error::Disk {
+            source: DeviceError::DiskFormat { .. },
+            ..
+        } => "; `qemu-img info` and `qemu-img check` show what is in the image (format=raw serves its bytes as they are)".into(),
         Error::CmdlineTooLong { .. } => "; shorten --cmdline".into(),
         Error::TooManyVirtioDevices { .. } => {
             "; give fewer --disk, --net, --console and --vsock devices".into()
@@ -740,7 +746,8 @@ fn jail_spec(config: &VmConfig) -> jail::VmSpec {
         disk_sizes: config
             .disks
             .iter()
-            .map(|disk| std::fs::metadata(&disk.path).map_or(0, |m| m.len()))
+            // A qcow2 image grows as the guest writes: its bound, not its size now.
+            .map(|disk| vm::disk_growth_bound(&disk.path))
             .collect(),
         host_network: !config.nets.is_empty(),
         seccomp: config.seccomp != SeccompMode::Off,

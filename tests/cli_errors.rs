@@ -773,3 +773,46 @@ fn run_help_and_vmm_version_still_exit_0() {
     let run = run_vmm(&["--version"], TIMEOUT);
     run.expect(run.code == Some(0), "vmm --version: expected exit status 0");
 }
+
+#[test]
+fn disk_format_refusals_are_one_line_naming_the_image() {
+    require_kvm!();
+    let scratch = Scratch::new("disk-format");
+    // format=qcow2 on a raw image.
+    let raw = scratch.file("raw.img", &[0u8; 4096]);
+    let run = run_vmm(
+        &[
+            "--kernel",
+            test_guests::ECHO_CMDLINE,
+            "--disk",
+            &format!("{raw},format=qcow2"),
+        ],
+        HANG_TIMEOUT,
+    );
+    expect_error(&run, &["raw.img", "not a qcow2 image", "qemu-img info"]);
+    // A qcow2 header that lies about its cluster size (made here by hand: a v2 header).
+    let mut header = vec![0u8; 4096];
+    header[..4].copy_from_slice(b"QFI\xfb");
+    header[4..8].copy_from_slice(&2u32.to_be_bytes());
+    header[20..24].copy_from_slice(&63u32.to_be_bytes());
+    let lying = scratch.file("lying.qcow2", &header);
+    let run = run_vmm(
+        &["--kernel", test_guests::ECHO_CMDLINE, "--disk", &lying],
+        HANG_TIMEOUT,
+    );
+    expect_error(&run, &["lying.qcow2", "cluster_bits 63", "qemu-img check"]);
+    // Served raw when asked: the guest boots.
+    let run = run_vmm(
+        &[
+            "--kernel",
+            test_guests::ECHO_CMDLINE,
+            "--disk",
+            &format!("{lying},format=raw,readonly=on"),
+        ],
+        HANG_TIMEOUT,
+    );
+    run.expect(
+        run.code == Some(0),
+        "format=raw on a qcow2 header did not boot",
+    );
+}

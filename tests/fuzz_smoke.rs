@@ -38,7 +38,7 @@ fn fuzz_targets_smoke() {
         .skip_while(|l| !l.starts_with("target "))
         .skip(1)
         .collect();
-    assert!(rows.len() >= 9, "expected a row per target:\n{stdout}");
+    assert!(rows.len() >= 10, "expected a row per target:\n{stdout}");
     for row in rows {
         let execs = row.split_whitespace().nth(1).unwrap_or("?");
         assert!(

@@ -327,6 +327,76 @@ fn jail_virtio_blk(extra: &str, n: u32) -> common::Run {
     run
 }
 
+/// A qcow2 overlay of a raw base behind the jail: the backing file is opened before the pivot,
+/// and the overlay may grow past its size at start (RLIMIT_FSIZE allows for the image's virtual
+/// size, not the file's); the base is unchanged.
+#[test]
+fn boot_jail_virtio_blk_qcow2_overlay_grows_and_leaves_the_base() {
+    require_root!();
+    let scratch = Scratch::new("jail-blk-qcow2");
+    let root = jail_root(&scratch);
+    let base = disk_image(&scratch, "base.img");
+    let before = std::fs::read(&base).unwrap();
+    let overlay = scratch.path("overlay.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.img",
+            "-F",
+            "raw",
+            s(&overlay),
+        ])
+        .output()
+        .expect("qemu-img not found: this test needs it (apt-get install qemu-utils)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let len_before = std::fs::metadata(&overlay).unwrap().len();
+    let id = test_id(8).to_string();
+    let run = run_vmm(
+        &[
+            "--kernel",
+            test_guests::VIRTIO_BLK,
+            "--disk",
+            s(&overlay),
+            "--jail",
+            s(&root),
+            "--jail-id",
+            &id,
+        ],
+        TIMEOUT,
+    );
+    run.expect_success();
+    let r = test_guests::Report::parse(&run.stdout);
+    for key in [
+        "write_status",
+        "flush_status",
+        "discard_status",
+        "zeroes_status",
+    ] {
+        run.expect(r.num(key) == Some(0), &format!("{key} not OK"));
+    }
+    run.expect(
+        r.get("sector1") == Some("WRITTEN-BY-GUEST"),
+        "write not read back",
+    );
+    run.expect(r.num("final_status") == Some(0xf), "device marked failed");
+    assert!(
+        std::fs::metadata(&overlay).unwrap().len() > len_before,
+        "the overlay did not grow\n{run}"
+    );
+    assert!(
+        std::fs::read(&base).unwrap() == before,
+        "the base changed\n{run}"
+    );
+}
+
 /// `snapshot=on` behind the jail: the overlay, made before the pivot, outlives the closing of
 /// inherited descriptors and the pivot; the guest's writes and zeroes read back; the image and
 /// its directory are left exactly as they were.

@@ -49,6 +49,7 @@ fn run(data: &[u8]) -> AResult<()> {
             let (f, path) = memfd(8 * 512);
             _disk = Some(f);
             let Ok(b) = Block::new(BlockConfig {
+                format: None,
                 path,
                 read_only: false,
                 id: None,

@@ -427,6 +427,7 @@ pub fn check_used(mem: &GuestMemoryMmap, q: &QueueLayout, posted: &Posted) -> u1
 /// transport.
 pub fn block_device(path: PathBuf, read_only: bool, id: Option<String>) -> Arc<Mutex<Block>> {
     let Ok(block) = Block::new(BlockConfig {
+        format: None,
         path,
         read_only,
         id,

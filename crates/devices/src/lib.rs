@@ -22,6 +22,9 @@ use std::path::PathBuf;
 
 pub mod bus;
 pub mod chardev;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod legacy;
 pub mod persist;
 pub mod rate_limiter;
@@ -168,6 +171,15 @@ pub enum Error {
         /// Its permission bits.
         mode: u32,
     },
+    /// The image's format is not one vmm serves, or its qcow2 header or backing chain is
+    /// refused (hostile, corrupt, or a feature not supported).
+    #[error("disk image '{}': {reason}", path.display())]
+    DiskFormat {
+        /// The image path as given.
+        path: PathBuf,
+        /// What is wrong, naming the field or the backing file.
+        reason: String,
+    },
     /// `flock` or `fcntl` locking failed for another reason.
     #[error("cannot lock disk image '{}': {error}", path.display())]
     DiskLock {
@@ -206,11 +218,11 @@ pub enum Error {
         error: io::Error,
     },
     /// `aio=io_uring` together with an option only the synchronous path serves.
-    #[error("disk image '{}': aio=io_uring serves plain raw images; a disk with {option} is served synchronously only", path.display())]
+    #[error("disk image '{}': aio=io_uring serves plain raw images; {option} is served synchronously only", path.display())]
     DiskUringUnsupported {
         /// The image path as given.
         path: PathBuf,
-        /// The option that needs the synchronous path (`snapshot=on`).
+        /// What needs the synchronous path (`snapshot=on`, a qcow2 image).
         option: &'static str,
     },
     /// A disk serial (`id=`) longer than virtio-blk allows.

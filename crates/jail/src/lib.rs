@@ -133,8 +133,9 @@ pub struct VmSpec {
     /// The number of vCPUs; the default CPU quota is this plus one core, the task limits this plus
     /// [`EXTRA_TASKS`].
     pub vcpus: u8,
-    /// The size in bytes of each disk image: RLIMIT_FSIZE is the largest (writes never grow an
-    /// image), 1 without disks.
+    /// The most bytes each disk image file may hold while the guest writes it (a raw image's
+    /// size: writes never grow it; a qcow2 image's bound, `vm::disk_growth_bound`): RLIMIT_FSIZE
+    /// is the largest, 1 without disks.
     pub disk_sizes: Vec<u64>,
     /// The size cap of a console's or the serial port's output file, if one writes to a file:
     /// RLIMIT_FSIZE is then the larger of it and the largest disk.
@@ -186,7 +187,7 @@ pub struct Jail {
     gid: u32,
     new_netns: bool,
     cgroup: Cgroup,
-    /// RLIMIT_FSIZE: the largest disk (writes never grow an image) or output file cap.
+    /// RLIMIT_FSIZE: the largest disk bound (`VmSpec::disk_sizes`) or output file cap.
     fsize: Option<u64>,
     nproc: u64,
     /// Socket files the VMM created; the supervisor removes them (the jailed VMM cannot reach them).

@@ -204,8 +204,11 @@ impl FromStr for IrqChip {
 /// One virtio-blk disk.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DiskConfig {
-    /// The raw image file backing the disk.
+    /// The image file (or block device) backing the disk.
     pub path: PathBuf,
+    /// `format=raw|qcow2`: force the image format; `None` (the default) detects it by the
+    /// file's header (qcow2 magic and version), never by its name.
+    pub format: Option<devices::virtio::block::DiskFormat>,
     /// Expose the disk read-only (VIRTIO_BLK_F_RO) and open the file read-only.
     pub read_only: bool,
     /// The serial the guest reads with VIRTIO_BLK_T_GET_ID (at most 20 bytes).
@@ -306,7 +309,7 @@ pub struct ParseError(pub String);
 impl FromStr for DiskConfig {
     type Err = ParseError;
 
-    /// Parses `PATH[,readonly=on|off][,snapshot=on|off][,aio=sync|io_uring][,id=NAME][,bw=RATE][,iops=N][,bw_burst=SIZE][,iops_burst=N]`,
+    /// Parses `PATH[,format=raw|qcow2][,readonly=on|off][,snapshot=on|off][,aio=sync|io_uring][,id=NAME][,bw=RATE][,iops=N][,bw_burst=SIZE][,iops_burst=N]`,
     /// or the same with `path=PATH` as the first item.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut parts = s.split(',');
@@ -342,6 +345,18 @@ impl FromStr for DiskConfig {
                         }
                     }
                 }
+                "format" => {
+                    use devices::virtio::block::DiskFormat;
+                    disk.format = Some(match value {
+                        "raw" => DiskFormat::Raw,
+                        "qcow2" => DiskFormat::Qcow2,
+                        _ => {
+                            return Err(ParseError(format!(
+                                "disk format '{value}' is not raw or qcow2"
+                            )))
+                        }
+                    })
+                }
                 "id" => {
                     if value.is_empty() || value.len() > 20 || !value.is_ascii() {
                         return Err(ParseError(format!(
@@ -353,7 +368,7 @@ impl FromStr for DiskConfig {
                 _ if limits.take("iops", key, value)? => {}
                 _ => {
                     return Err(ParseError(format!(
-                        "unknown disk option '{key}'; known options: readonly=on|off, snapshot=on|off, aio=sync|io_uring, id=NAME, bw=RATE, iops=N, bw_burst=SIZE, iops_burst=N"
+                        "unknown disk option '{key}'; known options: format=raw|qcow2, readonly=on|off, snapshot=on|off, aio=sync|io_uring, id=NAME, bw=RATE, iops=N, bw_burst=SIZE, iops_burst=N"
                     )))
                 }
             }
@@ -1012,10 +1027,21 @@ mod tests {
         assert_eq!(d.aio, Aio::Sync);
         let err = "x.img,aio=native".parse::<DiskConfig>().unwrap_err();
         assert!(err.0.contains("aio=sync or aio=io_uring"), "{}", err.0);
+        use devices::virtio::block::DiskFormat;
+        assert_eq!("x.qcow2".parse::<DiskConfig>().unwrap().format, None);
+        let d: DiskConfig = "path=x.img,format=qcow2".parse().unwrap();
+        assert_eq!(d.format, Some(DiskFormat::Qcow2));
+        let d: DiskConfig = "x.qcow2,format=raw,snapshot=on".parse().unwrap();
+        assert_eq!(d.format, Some(DiskFormat::Raw));
+        assert!(d.snapshot);
+        let err = "x.img,format=vmdk".parse::<DiskConfig>().unwrap_err();
+        assert!(err.0.contains("'vmdk' is not raw or qcow2"), "{}", err.0);
 
         for bad in [
             "",
             ",readonly=on",
+            "x.img,format=",
+            "x.img,format=QCOW2",
             "x.img,readonly=maybe",
             "x.img,readonly",
             "x.img,snapshot=yes please",

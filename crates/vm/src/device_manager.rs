@@ -319,6 +319,7 @@ impl DeviceManager {
         }
         let block = Block::new(BlockConfig {
             path: disk.path.clone(),
+            format: disk.format,
             read_only: disk.read_only,
             id: disk.id.clone(),
             snapshot: disk.snapshot,

@@ -38,6 +38,9 @@ pub use config::{
     DEFAULT_CMDLINE, DEFAULT_CONSOLE_CMDLINE, DEFAULT_FILE_MAX, DEFAULT_MEMORY_BYTES,
     DEFAULT_SHUTDOWN_TIMEOUT, VSOCK_MAX_CONNS,
 };
+/// The most bytes a disk image file may come to hold while the guest writes it (a qcow2 image
+/// grows; a raw one does not): what a jail's RLIMIT_FSIZE must allow.
+pub use devices::virtio::block::growth_bound as disk_growth_bound;
 pub use devices::Error as DeviceError;
 pub use error::{Error, Result};
 pub use seccomp::SeccompMode;

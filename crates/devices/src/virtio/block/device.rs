@@ -1,4 +1,4 @@
-//! The virtio-blk device: the image file, the feature set, the config space, the queue.
+//! The virtio-blk device: the image file (raw or qcow2), the feature set, the config space, the queue.
 
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom};
@@ -19,7 +19,7 @@ use crate::rate_limiter::RateLimiter;
 use crate::virtio::{Step, VirtioCore, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::Error;
 
-/// A virtio-blk device backed by a raw image file.
+/// A virtio-blk device backed by a raw or qcow2 image file.
 ///
 /// One queue of [`QUEUE_SIZE`]; features VERSION_1, EVENT_IDX, FLUSH, SEG_MAX, and RO for a
 /// read-only disk or DISCARD and WRITE_ZEROES for a writable one. Requests are served on the event loop when the queue's `EventFd` fires
@@ -105,6 +105,33 @@ impl Block {
                 bytes % SECTOR_SIZE
             );
         }
+        // The format: by the header unless forced. A qcow2 image's disk is its virtual size;
+        // it is opened writable unless the disk is read-only or a snapshot's.
+        let qcow2 = super::format::open_image(
+            &file,
+            path,
+            config.format,
+            !image_read_only,
+            (meta.dev(), meta.ino()),
+        )?;
+        let (bytes, cluster) = match &qcow2 {
+            Some((q, cluster)) => (q.size(), Some(*cluster)),
+            None => (bytes, None),
+        };
+        if bytes < SECTOR_SIZE {
+            return Err(Error::DiskTooSmall {
+                path: path.clone(),
+                bytes,
+                sector: SECTOR_SIZE,
+            });
+        }
+        if !bytes.is_multiple_of(SECTOR_SIZE) && cluster.is_some() {
+            warn!(
+                "disk image '{}': virtual size {bytes} is not a multiple of {SECTOR_SIZE}; the last {} bytes are not visible to the guest",
+                path.display(),
+                bytes % SECTOR_SIZE
+            );
+        }
         let sectors = bytes / SECTOR_SIZE;
         let overlay = if snapshot {
             Some(Overlay::create(
@@ -116,15 +143,23 @@ impl Block {
             None
         };
 
-        let uring = match (config.aio, overlay.is_some()) {
-            (Aio::Sync, _) | (Aio::Auto, true) => None,
-            (Aio::IoUring, true) => {
+        // An overlay and the qcow2 layer are served synchronously.
+        let sync_only = if overlay.is_some() {
+            Some("a disk with snapshot=on")
+        } else if qcow2.is_some() {
+            Some("a qcow2 image")
+        } else {
+            None
+        };
+        let uring = match (config.aio, sync_only) {
+            (Aio::Sync, _) | (Aio::Auto, Some(_)) => None,
+            (Aio::IoUring, Some(option)) => {
                 return Err(Error::DiskUringUnsupported {
                     path: path.clone(),
-                    option: "snapshot=on",
+                    option,
                 })
             }
-            (Aio::Auto, false) => match Uring::new(&file, path, !image_read_only) {
+            (Aio::Auto, None) => match Uring::new(&file, path, !image_read_only) {
                 Ok(ring) => Some(ring),
                 Err(e) => {
                     debug!(
@@ -136,7 +171,7 @@ impl Block {
                     None
                 }
             },
-            (Aio::IoUring, false) => Some(Uring::new(&file, path, !image_read_only).map_err(
+            (Aio::IoUring, None) => Some(Uring::new(&file, path, !image_read_only).map_err(
                 |e| Error::DiskUring {
                     path: path.clone(),
                     step: e.step,
@@ -177,9 +212,11 @@ impl Block {
         config_space.resize(DISCARD_FIELDS, 0);
         // Discards aligned to the file system's (or device's) block punch whole blocks: the
         // overlay's, on a snapshot disk.
-        let blksize = match &overlay {
-            Some(o) => o.file.metadata().map_err(size_err)?.blksize(),
-            None => meta.blksize(),
+        // A qcow2 image frees whole clusters.
+        let blksize = match (&overlay, cluster) {
+            (Some(o), _) => o.file.metadata().map_err(size_err)?.blksize(),
+            (None, Some(cluster)) => cluster,
+            (None, None) => meta.blksize(),
         };
         let alignment = u32::try_from(blksize / SECTOR_SIZE).unwrap_or(1).max(1);
         for field in [
@@ -211,6 +248,8 @@ impl Block {
                 block_device: kind.is_block_device(),
                 id: id_bytes,
                 overlay,
+                probed_raw: config.format.is_none() && cluster.is_none(),
+                qcow2: qcow2.map(|(q, _)| q),
             },
             config,
             rate_limiter: None,

@@ -18,6 +18,9 @@
 //!   `fallocate(PUNCH_HOLE | KEEP_SIZE)` with the unmap flag; on a block device the kernel
 //!   turns these into a zero-out without and with unmapping. If the file system or device
 //!   refuses (EOPNOTSUPP), zeroes are written with pwrite. Afterwards the range reads as zeroes.
+//! * On a qcow2 image both go through its format layer: DISCARD frees the clusters (they read
+//!   back as zeroes; a partial cluster is zeroed), WRITE_ZEROES makes zero clusters (freed with
+//!   unmap; on a version 2 image, which has none, zeroes are written).
 //! * On a `snapshot=on` disk both act on the overlay (a regular file), after marking the ranges
 //!   as the overlay's: they read back as zeroes (or, after a DISCARD the overlay's file system
 //!   cannot punch, as the guest's own earlier data), never as the image's.
@@ -146,6 +149,19 @@ pub(crate) fn execute(
         for r in &ranges {
             overlay.mark(r.offset, r.len);
         }
+    }
+    // A qcow2 image (no overlay): clusters freed or zeroed through its format layer.
+    if let (Some(qcow2), None) = (&mut disk.qcow2, &disk.overlay) {
+        for r in ranges.iter().filter(|r| r.len > 0) {
+            let result = match kind {
+                Kind::Discard => qcow2.discard(r.offset, r.len),
+                Kind::WriteZeroes => qcow2.write_zeroes(r.offset, r.len, r.unmap),
+            };
+            result.map_err(|e| {
+                ReqError::Io(format!("{kind:?} of {} bytes at {}: {e}", r.len, r.offset))
+            })?;
+        }
+        return Ok(Outcome::Done);
     }
     let (file, block_device) = disk.write_target();
     for r in ranges.iter().filter(|r| r.len > 0) {

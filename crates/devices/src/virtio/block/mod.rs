@@ -1,10 +1,12 @@
-//! virtio-blk (device type 2) over a raw disk image file.
+//! virtio-blk (device type 2) over a raw or qcow2 disk image.
 //!
 //! * `device.rs`: [`Block`], opening and locking the image, the [`VirtioDevice`] side and
 //!   the queue processing loop;
 //! * `lock.rs`: the image's locks (flock, and QEMU's byte-range locks);
 //! * `request.rs`: parsing and executing one request (descriptor chain) against the image;
 //! * `discard.rs`: DISCARD and WRITE_ZEROES (holes and zeroed ranges in the image);
+//! * `format.rs`: which format an image is (by its header) and the checks of a qcow2 header;
+//! * `qcow2.rs`: qcow2 images and their backing chains (the `imago` crate);
 //! * `overlay.rs`: `snapshot=on`, an anonymous temporary file that takes the guest's writes;
 //! * `uring.rs`: `aio=io_uring`, reads, writes and flushes of a raw image in flight at once;
 //! * `event_handler.rs`: the event-loop side (queue notifications, the rate limiter's timer);
@@ -17,15 +19,18 @@ use std::path::PathBuf;
 mod device;
 mod discard;
 mod event_handler;
+pub(crate) mod format;
 mod lock;
 mod overlay;
 mod persist;
+pub(crate) mod qcow2;
 
 mod request;
 pub mod seccomp;
 mod uring;
 
 pub use device::Block;
+pub use format::{growth_bound, DiskFormat};
 pub use persist::BlockState;
 
 pub use virtio_bindings::virtio_blk::{
@@ -68,8 +73,12 @@ pub enum Aio {
 /// How to open a disk image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockConfig {
-    /// Path of the raw image file (or block device).
+    /// Path of the image file (or block device).
     pub path: PathBuf,
+    /// How to read the image: `None` detects it by its header (qcow2 magic and version 2 or
+    /// 3, else raw), never by its name; `Some` forces one (`Raw` serves a qcow2 file's bytes as
+    /// they are; `Qcow2` on a file that is not one is an error).
+    pub format: Option<DiskFormat>,
     /// Open read-only (shared lock) and advertise VIRTIO_BLK_F_RO.
     pub read_only: bool,
     /// The serial the guest reads with GET_ID (at most 20 bytes); by default one derived from

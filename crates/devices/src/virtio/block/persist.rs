@@ -91,6 +91,7 @@ mod tests {
         let file = TempFile::new().unwrap();
         file.as_file().set_len(8 * 512).unwrap();
         let config = crate::virtio::block::BlockConfig {
+            format: None,
             path: file.as_path().to_path_buf(),
             read_only: true,
             id: Some("disk-one".into()),
@@ -179,6 +180,7 @@ mod tests {
         let (f, plain) = block();
         let snap = |path: &std::path::Path| {
             Block::new(crate::virtio::block::BlockConfig {
+                format: None,
                 path: path.to_path_buf(),
                 read_only: false,
                 id: None,

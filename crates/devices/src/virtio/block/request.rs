@@ -23,6 +23,7 @@ use virtio_bindings::virtio_blk;
 
 use super::discard::{self, Kind, Outcome};
 use super::overlay::Overlay;
+use super::qcow2::Qcow2Disk;
 use super::{ID_BYTES, SECTOR_SIZE};
 use crate::GuestMemoryMmap;
 
@@ -53,6 +54,11 @@ pub(crate) struct Disk {
     /// `snapshot=on`: the guest's writes go here, and `file` (opened read-only) is never
     /// written.
     pub(crate) overlay: Option<Overlay>,
+    /// A qcow2 image: requests go through its format layer, never straight to `file`.
+    pub(crate) qcow2: Option<Qcow2Disk>,
+    /// A raw image whose format was detected (not forced with `format=raw`): the guest may
+    /// not write the qcow2 magic into its first sector.
+    pub(crate) probed_raw: bool,
 }
 
 impl Disk {
@@ -272,6 +278,8 @@ pub(crate) enum ReqError {
     SegmentTable { len: u64, limit: u64 },
     #[error("segment of {num_sectors} sectors: more than the {max} the config space allows")]
     TooManySectors { num_sectors: u32, max: u32 },
+    #[error("write of the qcow2 magic to sector 0 of a raw image whose format was detected")]
+    ProbedRawMagic,
     #[error("I/O error: {0}")]
     Io(String),
 }
@@ -418,7 +426,12 @@ pub(crate) fn prepare(
             }
             VIRTIO_BLK_T_OUT if disk.overlay.is_none() && !disk.read_only => {
                 let len = check_data(mem, data, false, Permissions::Read)?;
-                io(IoOp::Write, check_range(disk, sector, len)?, len)
+                let offset = check_range(disk, sector, len)?;
+                // The first sector of a probed raw image is checked from a copy ([`process`]).
+                if disk.probed_raw && offset == 0 {
+                    return Ok(None);
+                }
+                io(IoOp::Write, offset, len)
             }
             VIRTIO_BLK_T_FLUSH if disk.overlay.is_none() && !disk.read_only => {
                 io(IoOp::Flush, 0, 0)
@@ -441,6 +454,54 @@ pub(crate) fn prepare(
             Prepared::Done(finish(head, mem, status, result))
         }
     }
+}
+
+/// A write at offset 0 of a raw image whose format was detected: the first sector is copied
+/// out of guest memory once, checked for the qcow2 magic (which would make the next open read
+/// the image as qcow2, with a backing file the guest names) and written from that copy, so a
+/// vCPU cannot change it between the check and the write; the rest goes straight to the file.
+fn write_probed_raw_head(
+    disk: &Disk,
+    mem: &GuestMemoryMmap,
+    data: &[Descriptor],
+    len: u64,
+) -> Result<(u8, u32), (ReqError, u32)> {
+    let io = |e: String| (ReqError::Io(e), 0);
+    let head_len = len.min(SECTOR_SIZE);
+    let mut head = vec![0u8; head_len as usize];
+    let mut at = 0usize;
+    for d in data {
+        if at == head.len() {
+            break;
+        }
+        let n = (head.len() - at).min(d.len() as usize);
+        mem.read_slice(&mut head[at..at + n], d.addr())
+            .map_err(|e| io(e.to_string()))?;
+        at += n;
+    }
+    if head.starts_with(&super::format::QCOW2_MAGIC) {
+        return Err((ReqError::ProbedRawMagic, 0));
+    }
+    use std::os::unix::fs::FileExt;
+    disk.file
+        .write_all_at(&head, 0)
+        .map_err(|e| io(e.to_string()))?;
+    if len > head_len {
+        let rest = sub_buffers(data, head_len, len - head_len);
+        if let Some((_, result)) = transfer_vectored(&disk.file, head_len, mem, &rest, false) {
+            result.map_err(|e| io(e.to_string()))?;
+        } else {
+            let mut file = FileAt {
+                file: &disk.file,
+                offset: head_len,
+            };
+            for d in &rest {
+                mem.write_all_volatile_to(d.addr(), &mut file, d.len() as usize)
+                    .map_err(|e| io(e.to_string()))?;
+            }
+        }
+    }
+    Ok((VIRTIO_BLK_S_OK, 0))
 }
 
 /// The request type, the sector and the data descriptors (everything between the header and
@@ -481,19 +542,18 @@ fn execute(
             let len = check_data(mem, data, true, Permissions::Write)?;
             let offset = check_range(disk, sector, len)?;
             let Some(overlay) = &disk.overlay else {
-                return read(&disk.file, offset, mem, data).map(|n| (VIRTIO_BLK_S_OK, n));
+                return read_image(disk, offset, mem, data).map(|n| (VIRTIO_BLK_S_OK, n));
             };
             // Each run from where it is, into the part of the buffers it covers.
             let mut written = 0u32;
             for run in overlay.runs(offset, len) {
-                let file = if run.in_overlay {
-                    &overlay.file
-                } else {
-                    &disk.file
-                };
                 let part = sub_buffers(data, run.offset - offset, run.len);
-                written += read(file, run.offset, mem, &part)
-                    .map_err(|(e, n)| (e, written.saturating_add(n)))?;
+                written += if run.in_overlay {
+                    read(&overlay.file, run.offset, mem, &part)
+                } else {
+                    read_image(disk, run.offset, mem, &part)
+                }
+                .map_err(|(e, n)| (e, written.saturating_add(n)))?;
             }
             Ok((VIRTIO_BLK_S_OK, written))
         }
@@ -507,6 +567,15 @@ fn execute(
             // reached the overlay (or zeroes), as a failed write to any disk leaves them.
             if let Some(overlay) = &mut disk.overlay {
                 overlay.mark(offset, len);
+            }
+            if disk.probed_raw && disk.overlay.is_none() && offset == 0 {
+                return write_probed_raw_head(disk, mem, data, len);
+            }
+            if let (Some(qcow2), None) = (&disk.qcow2, &disk.overlay) {
+                return qcow2
+                    .write(mem, data, offset)
+                    .map(|()| (VIRTIO_BLK_S_OK, 0))
+                    .map_err(|e| (ReqError::Io(e.to_string()), 0));
             }
             let (target, _) = disk.write_target();
             if let Some((_, result)) = transfer_vectored(target, offset, mem, data, false) {
@@ -526,7 +595,12 @@ fn execute(
         }
         VIRTIO_BLK_T_FLUSH => {
             // An overlay's data is thrown away at exit: making it durable would only cost time.
-            if !disk.read_only && disk.overlay.is_none() {
+            if let (Some(qcow2), None) = (&disk.qcow2, &disk.overlay) {
+                // The metadata imago caches is written back first, then fdatasync.
+                qcow2
+                    .flush()
+                    .map_err(|e| (ReqError::Io(e.to_string()), 0))?;
+            } else if !disk.read_only && disk.overlay.is_none() {
                 disk.file
                     .sync_data()
                     .map_err(|e| (ReqError::Io(e.to_string()), 0))?;
@@ -576,6 +650,25 @@ fn execute(
             Ok((VIRTIO_BLK_S_UNSUPP, 0))
         }
     }
+}
+
+/// Reads the image (through its format) at `offset` into the request's buffers; returns the
+/// bytes written to guest memory, or the error with the bytes written before it.
+fn read_image(
+    disk: &Disk,
+    offset: u64,
+    mem: &GuestMemoryMmap,
+    data: &[Descriptor],
+) -> Result<u32, (ReqError, u32)> {
+    let Some(qcow2) = &disk.qcow2 else {
+        return read(&disk.file, offset, mem, data);
+    };
+    // All or nothing: imago reports no partial count.
+    let len: u64 = data.iter().map(|d| u64::from(d.len())).sum();
+    qcow2
+        .read(mem, data, offset)
+        .map(|()| u32::try_from(len).unwrap_or(u32::MAX))
+        .map_err(|e| (ReqError::Io(e.to_string()), 0))
 }
 
 /// Reads the file at `offset` into the request's buffers; returns the bytes written to guest

@@ -16,7 +16,10 @@ pub const BLOCK: Syscalls = Syscalls {
 /// The backing file, served on the event loop: one preadv/pwritev per request (pread/pwrite for a
 /// single buffer), and fdatasync for a flush. DISCARD and WRITE_ZEROES: fallocate (holes and
 /// zeroed ranges, in a file or a block device), BLKDISCARD (a discard on a block device), pwrite
-/// (zeroes where fallocate cannot). (Its size is read while the device is built.)
+/// (zeroes where fallocate cannot). (Its size is read while the device is built.) A qcow2 image
+/// and its backing files (the imago crate, through our own storage in qcow2.rs) use the same
+/// calls: preadv/pwritev for data and tables, pwrite for zeroes, fallocate for freed and
+/// zeroed clusters, fdatasync for a flush; every file is opened before the guest runs.
 pub const FILE_BACKEND: Syscalls = Syscalls {
     name: "virtio-blk file backend",
     vcpu: &[],

@@ -99,6 +99,7 @@ impl Harness {
         features: u64,
     ) -> Self {
         let block = Block::new(BlockConfig {
+            format: None,
             path,
             read_only,
             id: id.map(String::from),
@@ -287,6 +288,7 @@ fn get_id_given_and_default() {
 
     // Default: derived from device + inode, so stable for the same file.
     let a = Block::new(BlockConfig {
+        format: None,
         path: h.file.as_path().to_path_buf(),
         read_only: true,
         id: None,
@@ -297,6 +299,7 @@ fn get_id_given_and_default() {
     assert!(matches!(a, Err(Error::DiskLocked { .. })));
     let f = image(1);
     let cfg = BlockConfig {
+        format: None,
         path: f.as_path().to_path_buf(),
         read_only: true,
         id: None,
@@ -652,6 +655,7 @@ fn event_idx_suppresses_interrupts() {
 #[test]
 fn open_errors() {
     let missing = BlockConfig {
+        format: None,
         path: "/nonexistent/x.img".into(),
         read_only: false,
         id: None,
@@ -666,6 +670,7 @@ fn open_errors() {
 
     let f = image(2);
     let cfg = |read_only| BlockConfig {
+        format: None,
         path: f.as_path().to_path_buf(),
         read_only,
         id: None,
@@ -695,6 +700,7 @@ fn open_errors() {
     ));
 
     let long = BlockConfig {
+        format: None,
         id: Some("x".repeat(21)),
         ..cfg(true)
     };
@@ -707,6 +713,7 @@ fn capacity_and_config_space() {
     let f = TempFile::new().unwrap();
     f.as_file().write_all(&[1u8; 3 * 512 + 100]).unwrap();
     let b = Block::new(BlockConfig {
+        format: None,
         path: f.as_path().to_path_buf(),
         read_only: false,
         id: None,
@@ -746,6 +753,7 @@ fn through_transport_and_event_loop() {
     let file = image(DISK_SECTORS);
     let blk = Arc::new(Mutex::new(
         Block::new(BlockConfig {
+            format: None,
             path: file.as_path().to_path_buf(),
             read_only: false,
             id: Some("e2e".into()),
@@ -972,6 +980,7 @@ fn qemu_lock(file: &std::fs::File, byte: i64) {
 fn qemu_locks_are_honoured_and_taken() {
     let f = image(2);
     let cfg = |read_only| BlockConfig {
+        format: None,
         path: f.as_path().to_path_buf(),
         read_only,
         id: None,
@@ -1029,6 +1038,7 @@ fn qemu_locks_are_honoured_and_taken() {
 fn images_that_cannot_be_disks() {
     use std::os::unix::fs::PermissionsExt;
     let cfg = |path: &std::path::Path, read_only| BlockConfig {
+        format: None,
         path: path.to_path_buf(),
         read_only,
         id: None,
@@ -1520,6 +1530,7 @@ fn snapshot_harness(mode: u32) -> Harness {
     let file = image(DISK_SECTORS);
     std::fs::set_permissions(file.as_path(), std::fs::Permissions::from_mode(mode)).unwrap();
     let block = Block::new(BlockConfig {
+        format: None,
         path: file.as_path().to_path_buf(),
         read_only: false,
         id: None,
@@ -1646,6 +1657,7 @@ fn snapshot_of_an_image_of_mode_0444_needs_no_readonly() {
 fn snapshot_opens_the_image_read_only_and_locks_it_as_a_reader() {
     let h = snapshot_harness(0o644);
     let cfg = |read_only, snapshot| BlockConfig {
+        format: None,
         path: h.file.as_path().to_path_buf(),
         read_only,
         id: None,
@@ -1668,6 +1680,7 @@ fn snapshot_opens_the_image_read_only_and_locks_it_as_a_reader() {
     drop(h);
     let f = image(DISK_SECTORS);
     let writer = Block::new(BlockConfig {
+        format: None,
         path: f.as_path().to_path_buf(),
         read_only: false,
         id: None,
@@ -1676,6 +1689,7 @@ fn snapshot_opens_the_image_read_only_and_locks_it_as_a_reader() {
     })
     .unwrap();
     let snap = Block::new(BlockConfig {
+        format: None,
         path: f.as_path().to_path_buf(),
         read_only: false,
         id: None,
@@ -1723,6 +1737,7 @@ fn snapshot_overlay_has_no_name_and_is_private() {
 fn snapshot_with_readonly_is_a_read_only_disk() {
     let f = image(DISK_SECTORS);
     let block = Block::new(BlockConfig {
+        format: None,
         path: f.as_path().to_path_buf(),
         read_only: true,
         id: None,
@@ -1746,6 +1761,7 @@ fn a_snapshot_block_device_overlays_in_the_temporary_directory() {
     };
     let dev = _loop.0.clone();
     let block = Block::new(BlockConfig {
+        format: None,
         path: dev.into(),
         read_only: false,
         id: None,
@@ -1781,6 +1797,7 @@ fn aio_harness(aio: Aio, features: u64) -> Harness {
         id: None,
         snapshot: false,
         aio,
+        format: None,
     })
     .unwrap();
     Harness::around(file, block, false, features)
@@ -1838,6 +1855,7 @@ fn io_uring_is_the_default_where_it_works() {
         id: None,
         snapshot,
         aio,
+        format: None,
     };
     assert!(Block::new(cfg(Aio::Auto, false)).unwrap().uses_io_uring());
     assert!(Block::new(cfg(Aio::IoUring, false))
@@ -1851,7 +1869,7 @@ fn io_uring_is_the_default_where_it_works() {
         matches!(
             err,
             Error::DiskUringUnsupported {
-                option: "snapshot=on",
+                option: "a disk with snapshot=on",
                 ..
             }
         ),
@@ -2069,3 +2087,36 @@ fn a_state_needs_the_requests_in_flight_returned_first() {
     let state = h.block.save();
     other.block.restore(state).unwrap();
 }
+/// On a raw image whose format was detected, the qcow2 magic cannot reach sector 0 through
+/// either path (the first sector is checked from a copy, so a vCPU cannot swap it in after the
+/// check), and an ordinary write there, head and rest, lands whole.
+#[test]
+fn neither_path_writes_the_qcow2_magic_to_a_probed_raw_image() {
+    for aio in [Aio::Sync, Aio::IoUring] {
+        let mut h = aio_harness(aio, 0);
+        let before = std::fs::read(h.file.as_path()).unwrap();
+        h.mem.write_slice(b"QF", GuestAddress(DATA)).unwrap();
+        h.mem
+            .write_slice(b"I\xfb", GuestAddress(DATA + 0x1000))
+            .unwrap();
+        h.header(VIRTIO_BLK_T_OUT, 0);
+        let st = h
+            .run(&[hdr(), (DATA, 2, 0), (DATA + 0x1000, 1022, 0), status()])
+            .1;
+        assert_eq!(st, VIRTIO_BLK_S_IOERR, "{aio:?}");
+        assert_eq!(std::fs::read(h.file.as_path()).unwrap(), before, "{aio:?}");
+        h.mem
+            .write_slice(&[0x51; 1024], GuestAddress(DATA))
+            .unwrap();
+        h.header(VIRTIO_BLK_T_OUT, 0);
+        let st = h
+            .run(&[hdr(), (DATA, 100, 0), (DATA + 100, 924, 0), status()])
+            .1;
+        assert_eq!(st, VIRTIO_BLK_S_OK, "{aio:?}");
+        let after = std::fs::read(h.file.as_path()).unwrap();
+        assert_eq!(after[..1024], [0x51; 1024], "{aio:?}");
+        assert_eq!(after[1024..], before[1024..], "{aio:?}");
+    }
+}
+
+mod qcow2;
