@@ -275,8 +275,7 @@ fn run_once(mut cmd: Command, timeout: Duration, engine: &Engine) -> Result<Meas
     }
     let started = lines.iter().any(|l| l.starts_with("status="));
     let code = status.and_then(|s| s.code());
-    if !started && matches!(code, Some(1 | 2)) && matches!(engine, Engine::Vmm(_)) {
-        // vmm stopped before the guest reached its disk: it refused the disk's options.
+    if !started && matches!(engine, Engine::Vmm(_)) && refused(code, &last_err) {
         return Err(Failure::Unsupported(last_err));
     }
     let num = |k: &str| guest_num(&lines, k);
@@ -314,6 +313,20 @@ fn run_once(mut cmd: Command, timeout: Duration, engine: &Engine) -> Result<Meas
         elapsed_s: us as f64 / 1e6,
         vmm_cpu_s,
     })
+}
+
+/// Whether vmm, stopped before its guest reached the disk, refused the variant's options: a usage
+/// error (exit 2), or an error (exit 1) naming them after the file's name (`error_line` is vmm's
+/// `error:` line); any other early end is a failure.
+fn refused(code: Option<i32>, error_line: &str) -> bool {
+    let gist = refusal(error_line);
+    match code {
+        Some(2) => true,
+        Some(1) => ["aio", "io_uring", "format", "qcow2"]
+            .iter()
+            .any(|k| gist.contains(k)),
+        _ => false,
+    }
 }
 
 /// The gist of vmm's refusal: `unknown disk option 'aio'` rather than the whole usage line.
@@ -655,6 +668,18 @@ mod tests {
                  option 'aio'; known options: readonly=on|off";
         assert_eq!(refusal(e), "unknown disk option 'aio'");
         assert_eq!(refusal("error: no qcow2 here"), "error: no qcow2 here");
+    }
+
+    #[test]
+    fn only_refused_options_make_a_variant_unsupported() {
+        assert!(refused(Some(2), "error: unknown disk option 'aio'"));
+        assert!(refused(Some(1), "error: 'x.img' is not a qcow2 image"));
+        assert!(!refused(
+            Some(1),
+            "error: cannot lock 'x.img': held by another process"
+        ));
+        assert!(!refused(None, "aio"));
+        assert!(!refused(Some(0), ""));
     }
 
     #[test]
