@@ -148,6 +148,11 @@ const GUESTS: &[Guest] = &[
         sources: &["rate_probe.c"],
     },
     Guest {
+        name: "blk_bench",
+        entry: Entry::Pvh,
+        sources: &["blk_bench.c"],
+    },
+    Guest {
         name: "irq",
         entry: Entry::Pvh,
         sources: &["irq.c"],

@@ -7,6 +7,7 @@
 //! It builds the release `vmm` (unless `--vmm PATH`), uses the tiny guests of crates/test-guests,
 //! and for the Linux figures the kernel and rootfs of resources/ (built or taken from the cache).
 
+mod blkdev;
 mod report;
 mod run;
 mod vsock;
@@ -33,14 +34,16 @@ struct Cli {
     #[arg(long)]
     runs: Option<usize>,
     /// Sequential Linux boots per VMM (default 3, quick 0); blk and net boot
-    /// min(--runs, this) times per VMM.
+    /// min(--runs, this) times per VMM; 0 leaves out blk's fio in a Linux guest (its device
+    /// figures, from a tiny guest, remain).
     #[arg(long)]
     linux_runs: Option<usize>,
     /// Write the figures as JSON here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
     /// Only these groups (comma-separated): null, exit, rss, rate, many, linux, linux4, blk, net,
-    /// vsock, run. vsock's sizes: VMM_BENCH_VSOCK_MIB (per transfer, default 4),
+    /// vsock, run. blk's device figures: VMM_BENCH_BLK_MS (per run, default 2000),
+    /// VMM_BENCH_BLK_RUNS (3), VMM_BENCH_BLK_DEPTH (32), VMM_BENCH_BLK_MIB (256). vsock's sizes: VMM_BENCH_VSOCK_MIB (per transfer, default 4),
     /// VMM_BENCH_VSOCK_REPS (transfers each way, default 1), VMM_BENCH_VSOCK_ROUND_TRIPS (50).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -1087,6 +1090,15 @@ fn main() -> ExitCode {
     let io_runs = bench.runs.min(cli.linux_runs.unwrap_or(3)).max(1);
     // `vmm run -- true` boots: one unless --linux-runs says otherwise.
     let run_boots = cli.linux_runs.unwrap_or(1);
+    // blk's device figures need no Linux guest; its fio in a Linux guest is skipped with
+    // `--linux-runs 0`.
+    let mut io = io;
+    if io.contains(&"blk") {
+        bench.blkdev_group();
+        if cli.linux_runs == Some(0) {
+            io.retain(|g| *g != "blk");
+        }
+    }
     if (wants("linux") && linux_runs > 0) || linux4 || !io.is_empty() {
         bench.linux_group(
             if wants("linux") { linux_runs } else { 0 },

@@ -313,6 +313,49 @@ pub const BLK_WRITER: &str = concat!(env!("OUT_DIR"), "/blk_writer.elf");
 /// `done` and a reset.
 pub const RATE_PROBE: &str = concat!(env!("OUT_DIR"), "/rate_probe.elf");
 
+/// Device-level virtio-blk benchmark (PVH, guests/blk_bench.c): keeps the first disk's queue full
+/// (`blk_depth=N` requests in flight, default 32) in one of four modes (`blk_mode=randread`,
+/// `randwrite` with 4 KiB requests, `seqread`, `seqwrite` with 1 MiB ones; `blk_bs=` overrides)
+/// for `blk_ms=MS` (default 2000) after `blk_warm_ms=` (200), or for `blk_count=N` requests, timed
+/// with the TSC calibrated against PIT channel 0. Request slot `s` uses the buffer at guest-physical
+/// 16 MiB + s × bs: give it 16 MiB + depth × bs of RAM.
+///
+/// With `blk_verify=1` writes carry a stamp in every sector ([`blk_bench_stamp`], seed
+/// `blk_seed=N`, default 1) and are read back and checked after the run, and reads check that
+/// every sector they read carries a stamp (any seed) of its own number.
+///
+/// Prints `tsc_khz=`, `status=`, `capacity=`, `mode=`, `bs=`, `depth=`, `warm_ops=`, the lines
+/// `bench_start` and `bench_end` (the host may time them), `ops=`, `bytes=`, `elapsed_us=`,
+/// `elapsed_tsc=`, (`verify_blocks=`, ) `submitted=`, `answered=`, `errors=` (status byte not OK),
+/// `bad_data=` (sectors with a wrong stamp), (`verify_bad=`), `done`; `timeout=bench` when a request
+/// waits over 5 s. Ends through the exit device (port 0x501): 0 when every request was answered OK
+/// and every check held, else 1; then QEMU's isa-debug-exit and a triple fault ([`NULL`]'s way).
+pub const BLK_BENCH: &str = concat!(env!("OUT_DIR"), "/blk_bench.elf");
+
+/// Bytes of one [`BLK_BENCH`] stamp, at the start of a 512-byte sector.
+pub const BLK_BENCH_STAMP_LEN: usize = 16;
+
+/// The stamp [`BLK_BENCH`] writes at the start of sector `sector`: `VBLK`, `seed` (u32 LE),
+/// `sector` (u64 LE).
+pub fn blk_bench_stamp(sector: u64, seed: u32) -> [u8; BLK_BENCH_STAMP_LEN] {
+    let mut s = [0u8; BLK_BENCH_STAMP_LEN];
+    s[..4].copy_from_slice(b"VBLK");
+    s[4..8].copy_from_slice(&seed.to_le_bytes());
+    s[8..].copy_from_slice(&sector.to_le_bytes());
+    s
+}
+
+/// An image of `sectors` sectors, each starting with its [`blk_bench_stamp`] of `seed`, the rest
+/// of the sector a non-zero pattern (so no block is a hole).
+pub fn blk_bench_image(sectors: u64, seed: u32) -> Vec<u8> {
+    let mut img = Vec::with_capacity(usize::try_from(sectors).unwrap_or(0) * 512);
+    for sector in 0..sectors {
+        img.extend_from_slice(&blk_bench_stamp(sector, seed));
+        img.extend((BLK_BENCH_STAMP_LEN..512).map(|i| (i % 251) as u8 | 1));
+    }
+    img
+}
+
 /// Interrupts (PVH): programs the local APIC, the I/O APIC and the PIT as a kernel does and counts
 /// what arrives. Prints `lapic_id=`, `ioapic_version=`, `ioapic_id=` (after writing ID 5),
 /// `ioapic_rte0_readback=` (entry 0 written masked with vector 0x30), `pit_periodic_ticks=`
@@ -373,6 +416,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("hostile", HOSTILE),
     ("blk_writer", BLK_WRITER),
     ("rate_probe", RATE_PROBE),
+    ("blk_bench", BLK_BENCH),
     ("irq", IRQ),
     ("acpi", ACPI),
     ("acpi_linux64", ACPI_LINUX64),
