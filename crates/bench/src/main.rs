@@ -43,8 +43,8 @@ struct Cli {
     json: Option<PathBuf>,
     /// Only these groups (comma-separated): null, exit, rss, rate, many, linux, linux4, blk, net,
     /// vsock, run. blk's device figures: VMM_BENCH_BLK_MS (per run, default 2000),
-    /// VMM_BENCH_BLK_RUNS (3), VMM_BENCH_BLK_DEPTH (32), VMM_BENCH_BLK_MIB (256). vsock's sizes: VMM_BENCH_VSOCK_MIB (per transfer, default 4),
-    /// VMM_BENCH_VSOCK_REPS (transfers each way, default 1), VMM_BENCH_VSOCK_ROUND_TRIPS (50).
+    /// VMM_BENCH_BLK_RUNS (3), VMM_BENCH_BLK_DEPTH (32), VMM_BENCH_BLK_MIB (256). vsock's sizes:
+    /// VMM_BENCH_VSOCK_MIB (per transfer, default 4), VMM_BENCH_VSOCK_REPS (transfers each way, default 1), VMM_BENCH_VSOCK_ROUND_TRIPS (50).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Use this vmm binary instead of building target/release/vmm.
