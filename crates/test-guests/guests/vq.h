@@ -65,6 +65,7 @@ struct dev {
     u64 base;
     u32 type;
     u64 drv_features;
+    u64 want_features; /* offered features the driver takes beyond the defaults below */
     int nq;         /* queues set up by dev_start */
     struct vq q[3]; /* blk: q[0] = requestq; console/net/vsock: q[0] = receive, q[1] = transmit;
                        vsock: q[2] = event */
@@ -125,7 +126,8 @@ static inline void vq_setup(struct dev *d, int qi, u32 sel, u16 size, struct rin
     dev_wr(d, VM_QUEUE_READY, 1);
 }
 
-/* Reset, ACKNOWLEDGE, DRIVER, features (VERSION_1, and FLUSH for blk), FEATURES_OK.  Returns 1 if
+/* Reset, ACKNOWLEDGE, DRIVER, features (VERSION_1, FLUSH for blk, and what want_features names
+ * if offered), FEATURES_OK.  Returns 1 if
  * the device accepted the features. */
 static inline int dev_negotiate(struct dev *d)
 {
@@ -136,7 +138,7 @@ static inline int dev_negotiate(struct dev *d)
     u64 feat = dev_rd(d, VM_DEV_FEATURES);
     dev_wr(d, VM_DEV_FEATURES_SEL, 1);
     feat |= (u64)dev_rd(d, VM_DEV_FEATURES) << 32;
-    d->drv_features = feat & (F_VERSION_1 | (d->type == ID_BLK ? F_BLK_FLUSH : 0));
+    d->drv_features = feat & (F_VERSION_1 | (d->type == ID_BLK ? F_BLK_FLUSH : 0) | d->want_features);
     dev_wr(d, VM_DRV_FEATURES_SEL, 0);
     dev_wr(d, VM_DRV_FEATURES, (u32)d->drv_features);
     dev_wr(d, VM_DRV_FEATURES_SEL, 1);
