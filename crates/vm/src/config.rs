@@ -650,6 +650,9 @@ pub struct VmConfig {
     /// before entering a jail, as [`CharBackend::BoundSocket`], so that the jail's supervisor
     /// knows which socket to remove); `None`: bound when the device is made.
     pub vsock_socket: Option<SocketFile>,
+    /// The control API's socket (docs/API.md), bound beforehand with [`crate::api::bind`]; the
+    /// API is served while [`crate::Vm::run`] runs. `None`: no API.
+    pub api_socket: Option<SocketFile>,
     /// Serve the boot timer (port 0x440, MMIO 0xc000_0000): the guest's first write of the magic
     /// byte is reported once as `boot-timer: <µs> µs since process start` (see
     /// [`devices::legacy::BootTimer`] and [`crate::process_start`]).
@@ -690,6 +693,7 @@ impl VmConfig {
             console: CharBackend::Off,
             vsock: None,
             vsock_socket: None,
+            api_socket: None,
             boot_timer: false,
             seccomp: crate::SeccompMode::default(),
             irqchip: IrqChip::default(),

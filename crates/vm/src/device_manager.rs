@@ -105,6 +105,25 @@ pub(crate) struct Devices {
     pub event_manager: EventManager<Subscriber>,
     /// Pseudo-terminals created for console backends: (device, secondary path).
     pub ptys: Vec<(&'static str, PathBuf)>,
+    /// The counters of the devices that keep some, for the control API's info.
+    pub counters: Vec<DeviceCounters>,
+}
+
+/// One device's counters, read on demand (the control API's info).
+pub(crate) struct DeviceCounters {
+    /// The guest's name for it (eth0, …).
+    pub name: String,
+    /// The device type.
+    pub kind: &'static str,
+    /// Reads the counters now, as a JSON object.
+    pub read: Box<dyn Fn() -> serde_json::Value + Send>,
+}
+
+impl DeviceCounters {
+    /// `{"name", "kind", "counters": {…}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "name": self.name, "kind": self.kind, "counters": (self.read)() })
+    }
 }
 
 /// Creates, places and wires the VM's devices (see the module's description).
@@ -133,6 +152,7 @@ impl DeviceManager {
                 mmio: Bus::new(),
                 event_manager: EventManager::new().map_err(Error::EventLoop)?,
                 ptys: Vec::new(),
+                counters: Vec::new(),
             },
             slots: MmioSlots::default(),
             cmdline: Vec::new(),
@@ -363,7 +383,24 @@ impl DeviceManager {
             rate_limiter(&nic.rate_limit).map_err(net_err)?,
             rate_limiter(&nic.rate_limit).map_err(net_err)?,
         );
-        let slot = self.add_virtio("virtio-net", net)?;
+        let net = Arc::new(Mutex::new(net));
+        let slot = self.add_virtio_shared("virtio-net", net.clone())?;
+        self.devices.counters.push(DeviceCounters {
+            name: format!("eth{}", self.nics),
+            kind: "virtio-net",
+            read: Box::new(move || {
+                let s = net.lock().unwrap_or_else(|p| p.into_inner()).stats();
+                serde_json::json!({
+                    "rx_bytes": s.rx_bytes,
+                    "rx_frames": s.rx_frames,
+                    "rx_dropped": s.rx_dropped,
+                    "rx_bad_chains": s.rx_bad_chains,
+                    "tx_bytes": s.tx_bytes,
+                    "tx_frames": s.tx_frames,
+                    "tx_dropped": s.tx_dropped,
+                })
+            }),
+        });
         step_done(&format!(
             "NIC eth{} on tap {} (MAC {}) at {:#x}, IRQ {}",
             self.nics,
@@ -446,8 +483,15 @@ impl DeviceManager {
     where
         D: VirtioDevice + MutEventSubscriber + Send + 'static,
     {
+        self.add_virtio_shared(what, Arc::new(Mutex::new(device)))
+    }
+
+    /// As [`DeviceManager::add_virtio`], for a device the caller keeps a handle to.
+    fn add_virtio_shared<D>(&mut self, what: &'static str, device: Arc<Mutex<D>>) -> Result<MmioSlot>
+    where
+        D: VirtioDevice + MutEventSubscriber + Send + 'static,
+    {
         let slot = self.slots.allocate()?;
-        let device = Arc::new(Mutex::new(device));
         let transport =
             MmioTransport::new(self.mem.clone(), device.clone()).map_err(dev_err(what))?;
         self.vm_fd

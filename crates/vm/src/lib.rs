@@ -16,6 +16,7 @@
 //!
 //! The boot sequence and the thread model are described in DESIGN.md at the repository's top.
 
+pub mod api;
 mod config;
 mod device_manager;
 mod error;

@@ -13,6 +13,9 @@
 //! - `helper`: with the in-kernel irqchip, a thread `Vm::run` starts for one ioctl (turning off the
 //!   PIT's tick reinjection, see `vm.rs`) while the guest starts; it filters itself before that
 //!   ioctl and then exits.
+//! - `api`: the control API's thread (`--api-socket`, see `api.rs`): poll, accept4, reading and
+//!   writing its clients' sockets, the vCPU kick signal (pause) and the shutdown request's
+//!   eventfd. No KVM ioctl, no file or socket made.
 //!
 //! Where the lists come from: each device and backend declares the calls it makes once the guest
 //! runs, per thread, next to its code ([`devices::seccomp`]); the router the I/O APIC calls declares
@@ -81,6 +84,8 @@ pub enum ThreadKind {
     /// The short-lived thread that turns off the PIT's tick reinjection while the guest starts
     /// (one ioctl, then it exits).
     Helper,
+    /// The control API's thread.
+    Api,
 }
 
 impl ThreadKind {
@@ -90,6 +95,7 @@ impl ThreadKind {
             ThreadKind::Vmm => "vmm",
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Helper => "helper",
+            ThreadKind::Api => "api",
         }
     }
 }
@@ -103,11 +109,14 @@ pub(crate) struct Filters {
     pub vmm: Option<BpfProgram>,
     /// For the PIT helper thread (compiled here so that the helper allocates nothing).
     pub helper: Option<BpfProgram>,
+    /// For the control API's thread.
+    pub api: Option<BpfProgram>,
 }
 
 impl Filters {
-    /// The filters of `mode`; the helper's only with `pit_helper` (the in-kernel irqchip).
-    pub(crate) fn new(mode: SeccompMode, pit_helper: bool) -> Result<Filters> {
+    /// The filters of `mode`; the helper's only with `pit_helper` (the in-kernel irqchip), the
+    /// control API's only with `api`.
+    pub(crate) fn new(mode: SeccompMode, pit_helper: bool, api: bool) -> Result<Filters> {
         if mode == SeccompMode::Off {
             return Ok(Filters::default());
         }
@@ -120,6 +129,7 @@ impl Filters {
             helper: pit_helper
                 .then(|| compile(ThreadKind::Helper))
                 .transpose()?,
+            api: api.then(|| compile(ThreadKind::Api)).transpose()?,
         })
     }
 }
@@ -164,6 +174,7 @@ fn declared(kind: ThreadKind) -> Vec<SyscallRule> {
             Thread::EventLoop
         }
         ThreadKind::Helper => return vec![SyscallRule::Ioctl(KVM_REINJECT_CONTROL())],
+        ThreadKind::Api => return crate::api::API_SYSCALLS.to_vec(),
     };
     for decl in device_syscalls() {
         v.extend_from_slice(decl.on(thread));
@@ -223,7 +234,7 @@ fn rules(kind: ThreadKind) -> std::result::Result<Rules, BackendError> {
     map.insert(libc::SYS_mprotect, no_exec()?);
     // tgkill(this process, any thread, SIGABRT or, for the event loop, the vCPU kick signal).
     let mut signals = vec![libc::SIGABRT as u64];
-    if kind == ThreadKind::Vmm {
+    if kind == ThreadKind::Vmm || kind == ThreadKind::Api {
         signals.push(crate::vcpu::kick_signal() as u64);
     }
     map.insert(libc::SYS_tgkill, tgkill_self(&signals)?);

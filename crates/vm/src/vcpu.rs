@@ -186,6 +186,110 @@ impl StartGate {
     }
 }
 
+/// Pausing the vCPUs (the control API's pause and resume): a paused vCPU parks on a condition
+/// variable between two KVM_RUNs, so the guest makes no progress until [`Pause::resume`].
+///
+/// [`Pause::pause`] sets the request, kicks every vCPU thread out of KVM_RUN with
+/// [`kick_signal`] (the same path as stopping, so a kick that lands just before KVM_RUN is not
+/// lost) and waits until every vCPU still running has parked.
+#[derive(Default)]
+pub(crate) struct Pause {
+    requested: AtomicBool,
+    state: Mutex<PauseState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct PauseState {
+    /// vCPU threads that have not ended their run loop yet.
+    running: usize,
+    /// Of those, how many are parked.
+    parked: usize,
+    /// The VM is ending: nobody parks any more, the parked ones leave.
+    stopping: bool,
+}
+
+/// How long [`Pause::pause`] waits for the vCPUs to park.
+const PARK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Pause {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PauseState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts `n` vCPU threads as running (before they start).
+    pub(crate) fn set_running(&self, n: usize) {
+        self.lock().running = n;
+    }
+
+    /// Whether a pause is asked for.
+    pub(crate) fn is_paused(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    /// Parks every vCPU: `threads` are the vCPU threads to kick. Returns whether they all parked
+    /// within [`PARK_TIMEOUT`] (they stay asked to park either way).
+    pub(crate) fn pause(&self, threads: &[libc::pthread_t]) -> bool {
+        self.requested.store(true, Ordering::Release);
+        for &thread in threads {
+            // SAFETY: pthread_kill with a handle of a vCPU thread that is not joined yet (the
+            // VM joins its vCPU threads only after the control API's thread has ended); the
+            // signal's handler only stores a byte (see `handle_kick`).
+            unsafe { libc::pthread_kill(thread, kick_signal()) };
+        }
+        let deadline = std::time::Instant::now() + PARK_TIMEOUT;
+        let mut state = self.lock();
+        while state.parked < state.running && !state.stopping {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Lets the parked vCPUs run again.
+    pub(crate) fn resume(&self) {
+        let _state = self.lock();
+        self.requested.store(false, Ordering::Release);
+        self.changed.notify_all();
+    }
+
+    /// The VM is ending: wakes the parked vCPUs for good.
+    pub(crate) fn stop(&self) {
+        self.lock().stopping = true;
+        self.changed.notify_all();
+    }
+
+    /// A vCPU's side: parks while a pause is asked for and the VM is not ending.
+    fn park(&self, index: u8) {
+        let mut state = self.lock();
+        if state.stopping || !self.is_paused() {
+            return;
+        }
+        state.parked += 1;
+        log::debug!("vCPU {index}: parked");
+        self.changed.notify_all();
+        while self.is_paused() && !state.stopping {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.parked -= 1;
+        log::debug!("vCPU {index}: resumed");
+    }
+
+    /// A vCPU's side: its run loop is over.
+    fn left(&self) {
+        let mut state = self.lock();
+        state.running = state.running.saturating_sub(1);
+        self.changed.notify_all();
+    }
+}
+
 /// Everything one vCPU thread owns.
 pub(crate) struct Vcpu {
     pub index: u8,
@@ -198,11 +302,19 @@ pub(crate) struct Vcpu {
     pub seccomp: Option<Arc<BpfProgram>>,
     /// Opened by the event-loop thread once it is filtered too.
     pub gate: Arc<StartGate>,
+    /// Where this vCPU parks while the VM is paused.
+    pub pause: Arc<Pause>,
 }
 
 impl Vcpu {
     /// The thread body: runs until the guest stops, an error, or the stop flag.
     pub(crate) fn run(mut self) {
+        let pause = self.pause.clone();
+        self.run_inner();
+        pause.left();
+    }
+
+    fn run_inner(&mut self) {
         // The kick must reach this thread even if whoever spawned it had the signal blocked (a
         // mask is inherited across exec and thread creation): a blocked kick would leave a vCPU
         // in KVM_RUN after the VM stopped, and Vm::run waiting for it.
@@ -237,6 +349,10 @@ impl Vcpu {
         loop {
             if self.stop.load(Ordering::Acquire) || self.exit.finished() {
                 return None;
+            }
+            if self.pause.is_paused() {
+                self.pause.park(index);
+                continue;
             }
             match self.fd.run() {
                 Ok(exit) => match exit {

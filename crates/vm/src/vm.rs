@@ -45,6 +45,12 @@ pub struct Vm {
     vm_fd: Arc<VmFd>,
     /// Split or in-kernel (never `Auto` here).
     irqchip: IrqChip,
+    /// The control API's socket, served while the VM runs.
+    api_socket: Option<devices::chardev::SocketFile>,
+    /// The configuration as the control API's info shows it.
+    config_json: serde_json::Value,
+    /// The devices' counters, for the control API's info.
+    counters: Vec<crate::device_manager::DeviceCounters>,
     _kvm: Arc<Kvm>,
     _mem: GuestMemoryMmap,
 }
@@ -53,13 +59,21 @@ impl Vm {
     /// Builds the VM: checks the configuration and KVM, maps memory, loads the kernel and initrd,
     /// creates and wires the devices and the vCPUs, writes the command line and the boot tables.
     /// Nothing runs yet. Each step below is one item of DESIGN.md's boot checklist.
-    pub fn new(config: VmConfig) -> Result<Vm> {
+    pub fn new(mut config: VmConfig) -> Result<Vm> {
         // 1. KVM: open it, check the configuration against it, choose the irqchip; start the prep
         //    thread (supported CPUID, seccomp filters).
         let kvm = Arc::new(kvm::open()?);
         config.check(kvm::max_vcpus(&kvm), memory::host_ram_bytes())?;
         let irqchip = kvm::choose_irqchip(config.irqchip, &kvm)?;
-        let prepared = Prepared::start(kvm.clone(), config.seccomp, irqchip == IrqChip::Kernel);
+        let config_json = crate::api::config_json(&config);
+        let api_socket = config.api_socket.take();
+        let with_api = api_socket.is_some();
+        let prepared = Prepared::start(
+            kvm.clone(),
+            config.seccomp,
+            irqchip == IrqChip::Kernel,
+            with_api,
+        );
 
         // 2. The VM and its memory (before the irqchip, see kvm::create_irqchip).
         let vm_fd = Arc::new(kvm::create_vm(&kvm)?);
@@ -160,6 +174,7 @@ impl Vm {
             mmio,
             event_manager,
             ptys,
+            counters,
         } = devices.into_devices();
         Ok(Vm {
             vcpus,
@@ -173,6 +188,9 @@ impl Vm {
             filters,
             vm_fd,
             irqchip,
+            api_socket,
+            config_json,
+            counters,
             _kvm: kvm,
             _mem: mem,
         })
@@ -207,6 +225,8 @@ impl Vm {
         };
         let gate = Arc::new(StartGate::default());
         let stop = Arc::new(AtomicBool::new(false));
+        let pause = Arc::new(vcpu::Pause::default());
+        pause.set_running(self.vcpus.len());
         let mut threads: Vec<(u8, JoinHandle<()>)> = Vec::with_capacity(self.vcpus.len());
         let mut spawn_error = None;
         for (index, fd) in self.vcpus.drain(..).enumerate() {
@@ -219,6 +239,7 @@ impl Vm {
                 stop: stop.clone(),
                 seccomp: filters.vcpu.clone(),
                 gate: gate.clone(),
+                pause: pause.clone(),
             };
             let name = format!("vcpu{index}");
             match thread::Builder::new()
@@ -234,6 +255,24 @@ impl Vm {
         }
         step_done(&format!("started {} vCPU thread(s)", threads.len()));
 
+        // The control API's thread, which filters itself before the gate opens.
+        let mut api = None;
+        if let (None, Some(socket)) = (&spawn_error, self.api_socket.take()) {
+            use std::os::unix::thread::JoinHandleExt;
+            let control = crate::api::Control {
+                pause: pause.clone(),
+                vcpu_threads: threads.iter().map(|(_, h)| h.as_pthread_t()).collect(),
+                shutdown: self.shutdown.clone(),
+                started: std::time::Instant::now(),
+                config: std::mem::take(&mut self.config_json),
+                devices: std::mem::take(&mut self.counters),
+            };
+            match crate::api::ApiThread::start(socket, control, filters.api.take()) {
+                Ok(started) => api = Some(started),
+                Err(e) => spawn_error = Some(e),
+            }
+        }
+
         // This thread's filter goes on before the gate opens: no guest code runs unconfined.
         let ready = match (spawn_error, &filters.vmm) {
             (Some(e), _) => Err(e),
@@ -244,11 +283,19 @@ impl Vm {
             // Err: the thread ended without filtering itself, so it cannot be misused either.
             let _ = filtered.recv();
         }
+        if let Some((_, filtered)) = &api {
+            let _ = filtered.recv();
+        }
         gate.open(ready.is_ok());
         step_done("every VMM thread filtered; opened the vCPUs' start gate");
         let mut result = ready.and_then(|()| self.event_loop());
 
+        // The API thread first: it kicks vCPU threads, which must not be joined before it ends.
+        if let Some((api, _)) = api {
+            api.stop();
+        }
         stop.store(true, Ordering::Release);
+        pause.stop();
         for (_, handle) in &threads {
             // A thread that already finished is gone; ESRCH is fine.
             let _ = handle.kill(kick_signal());
@@ -441,29 +488,30 @@ struct Prepared {
 /// [`Prepared`] in the making: on its thread, or not started yet if no thread could be.
 enum Preparing {
     Thread(JoinHandle<Result<Prepared>>),
-    Inline(SeccompMode, bool),
+    Inline(SeccompMode, bool, bool),
 }
 
 impl Prepared {
-    /// `pit_helper`: also compile the filter of the in-kernel PIT's helper thread.
-    fn make(kvm: &Kvm, mode: SeccompMode, pit_helper: bool) -> Result<Prepared> {
+    /// `pit_helper`: also compile the filter of the in-kernel PIT's helper thread; `api`: that
+    /// of the control API's thread.
+    fn make(kvm: &Kvm, mode: SeccompMode, pit_helper: bool, api: bool) -> Result<Prepared> {
         Ok(Prepared {
             cpuid: kvm
                 .get_supported_cpuid(MAX_CPUID_ENTRIES)
                 .map_err(kvm_err("get the supported CPUID"))?,
-            filters: Filters::new(mode, pit_helper)?,
+            filters: Filters::new(mode, pit_helper, api)?,
         })
     }
 
-    fn start(kvm: Arc<Kvm>, mode: SeccompMode, pit_helper: bool) -> Preparing {
+    fn start(kvm: Arc<Kvm>, mode: SeccompMode, pit_helper: bool, api: bool) -> Preparing {
         match thread::Builder::new()
             .name("prep".into())
-            .spawn(move || Prepared::make(&kvm, mode, pit_helper))
+            .spawn(move || Prepared::make(&kvm, mode, pit_helper, api))
         {
             Ok(handle) => Preparing::Thread(handle),
             Err(e) => {
                 log::debug!("cannot start the prep thread ({e}); preparing inline");
-                Preparing::Inline(mode, pit_helper)
+                Preparing::Inline(mode, pit_helper, api)
             }
         }
     }
@@ -475,7 +523,9 @@ impl Preparing {
             Preparing::Thread(handle) => {
                 handle.join().unwrap_or(Err(Error::ThreadPanicked("prep")))
             }
-            Preparing::Inline(mode, pit_helper) => Prepared::make(kvm, mode, pit_helper),
+            Preparing::Inline(mode, pit_helper, api) => {
+                Prepared::make(kvm, mode, pit_helper, api)
+            }
         }
     }
 }
