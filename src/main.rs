@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use vm::{CharBackend, DiskConfig, ExitReason, NetConfig, SeccompMode, Vm, VmConfig, VsockConfig};
 
+mod ctl;
 mod run;
 mod terminal;
 
@@ -47,6 +48,15 @@ enum Command {
     /// its agent never answered: one `error:` line says which), 126 when COMMAND cannot be
     /// executed, 127 when it is not found.
     Run(RunArgs),
+
+    /// Talk to a running vmm's control API (the socket it was started with --api-socket PATH):
+    /// `info` prints the VM's state, configuration, uptime and device counters as JSON; `pause`
+    /// stops every vCPU, `resume` lets them go on; `shutdown` presses the guest's power button
+    /// and stops the VM after its --shutdown-timeout (a second `shutdown` stops it at once);
+    /// `snapshot DIR` is not implemented yet. Prints one line (the JSON for info); exit status
+    /// 0 on success, 1 with one `error:` line otherwise. The API itself is HTTP/1.1 with JSON
+    /// bodies (docs/API.md): `curl --unix-socket PATH http://localhost/vm`.
+    Ctl(ctl::CtlArgs),
 }
 
 #[derive(Args, Debug)]
@@ -228,6 +238,15 @@ struct VmArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     shutdown_timeout: std::time::Duration,
 
+    /// Serve the control API (HTTP/1.1 with JSON bodies, docs/API.md) on a Unix socket at PATH,
+    /// for `vmm ctl --api-socket PATH info|pause|resume|shutdown` or `curl --unix-socket PATH
+    /// http://localhost/vm`. The socket is created mode 0600 (its owner only) before --jail
+    /// confines vmm, and removed at exit if it is still vmm's. Anything at PATH is refused and
+    /// left alone, except a socket of this user's that nobody listens on (left by a vmm that was
+    /// killed), which is replaced.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+
     /// The jail's CPU quota in cores, e.g. 1.5; 0 for none. Default: --cpus plus 1.
     #[arg(long, value_name = "CORES", requires = "jail", value_parser = parse_cpu_quota)]
     cpu_quota: Option<f64>,
@@ -342,6 +361,7 @@ fn main() -> ExitCode {
             init_logging(args.vm.verbose);
             run::run(args)
         }
+        Some(Command::Ctl(args)) => ctl::ctl(args),
         None => match cli.vm {
             Some(args) => {
                 init_logging(args.verbose);
@@ -350,7 +370,7 @@ fn main() -> ExitCode {
             None => Cli::command()
                 .error(
                     clap::error::ErrorKind::MissingRequiredArgument,
-                    "give the guest's kernel with --kernel PATH (or a subcommand: vmm run)",
+                    "give the guest's kernel with --kernel PATH (or a subcommand: vmm run, vmm ctl)",
                 )
                 .exit(),
         },
@@ -392,6 +412,7 @@ fn vm_config(cli: &VmArgs, serial: CharBackend, console: CharBackend) -> VmConfi
         console,
         vsock: cli.vsock.clone(),
         vsock_socket: None,
+        api_socket: None,
         boot_timer: cli.boot_timer,
         seccomp: if cli.seccomp == "off" {
             log::warn!(
@@ -430,6 +451,10 @@ fn boot(cli: VmArgs) -> ExitCode {
     // the VM with the host's files in view, then closes the jail before the guest runs.
     if let Err(e) = config.check_backend_paths() {
         eprintln!("error: {e}{}", flag_hint(&e));
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = bind_api_socket(&cli, &mut config) {
+        eprintln!("error: {}{}", error_chain(&e), flag_hint(&e));
         return ExitCode::FAILURE;
     }
     let mut jailed = None;
@@ -692,6 +717,14 @@ fn flag_hint(e: &vm::Error) -> String {
                 | DeviceError::SocketStale { .. }
                 | DeviceError::PathTaken { .. },
         } => "; give --vsock another socket=PATH".into(),
+        Error::Device {
+            what: "api",
+            source:
+                DeviceError::SocketInUse { .. }
+                | DeviceError::SocketStale { .. }
+                | DeviceError::PathTaken { .. }
+                | DeviceError::Chardev { .. },
+        } => "; give --api-socket another PATH".into(),
         _ => String::new(),
     }
 }
@@ -775,6 +808,14 @@ fn jail_spec(config: &VmConfig) -> jail::VmSpec {
             _ => {}
         }
     }
+    if let Some(socket) = &config.api_socket {
+        spec.sockets.push(jail::SocketSpec {
+            path: socket.path().to_path_buf(),
+            dev: socket.id().dev,
+            ino: socket.id().ino,
+            fd: std::os::fd::AsRawFd::as_raw_fd(socket.listener()),
+        });
+    }
     if let Some(socket) = &config.vsock_socket {
         // The guest's connections go to PATH_<port>, by name in PATH's directory.
         let socket = jail::SocketSpec {
@@ -823,6 +864,21 @@ fn remove_bound_sockets(config: &VmConfig) {
     if let Some(socket) = &config.vsock_socket {
         socket.remove();
     }
+    if let Some(socket) = &config.api_socket {
+        socket.remove();
+    }
+}
+
+/// Binds `--api-socket` (before a jail confines vmm, so the API is reachable at PATH).
+fn bind_api_socket(cli: &VmArgs, config: &mut VmConfig) -> Result<(), vm::Error> {
+    if let Some(path) = &cli.api_socket {
+        let socket = vm::api::bind(path).map_err(|source| vm::Error::Device {
+            what: "api",
+            source,
+        })?;
+        config.api_socket = Some(socket);
+    }
+    Ok(())
 }
 
 /// The error and its sources on one line, without repeating a source its parent already printed.

@@ -68,9 +68,12 @@ pub fn run(args: RunArgs) -> ExitCode {
             "vmm run gives its stdin to COMMAND; give --serial and --console file=PATH, pty, socket=PATH or off",
         );
     }
-    let config = vm_config(cli, serial, console);
+    let mut config = vm_config(cli, serial, console);
     if let Err(e) = config.check_backend_paths() {
         return fail(format_args!("{e}{}", flag_hint(&e)));
+    }
+    if let Err(e) = crate::bind_api_socket(cli, &mut config) {
+        return fail(format_args!("{}{}", error_chain(&e), flag_hint(&e)));
     }
     let shutdown_timeout = config.shutdown_timeout;
     let sandbox = match Sandbox::start(config, args.ready_timeout) {

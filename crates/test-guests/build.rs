@@ -133,6 +133,11 @@ const GUESTS: &[Guest] = &[
         sources: &["park.c"],
     },
     Guest {
+        name: "ticker",
+        entry: Entry::Pvh,
+        sources: &["ticker.c"],
+    },
+    Guest {
         name: "hostile",
         entry: Entry::Pvh,
         sources: &["hostile.c"],

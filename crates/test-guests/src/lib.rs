@@ -181,6 +181,10 @@ pub const EXIT_COST_MMIO: &str = concat!(env!("OUT_DIR"), "/exit_cost_mmio.elf")
 /// Prints `parked`, marks the boot timer, then halts with interrupts off until killed.
 pub const PARK: &str = concat!(env!("OUT_DIR"), "/park.elf");
 
+/// Counts for good, printing `ticking`, then `tick=1`, `tick=2`, … each time the TSC advanced by
+/// `tick_tsc=N` (default 50000000); ignores the power button.
+pub const TICKER: &str = concat!(env!("OUT_DIR"), "/ticker.elf");
+
 /// The boot timer's port, as the benchmark guests use it.
 pub const BOOT_TIMER_PORT: u16 = 0x440;
 
@@ -413,6 +417,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("exit_cost_pio", EXIT_COST_PIO),
     ("exit_cost_mmio", EXIT_COST_MMIO),
     ("park", PARK),
+    ("ticker", TICKER),
     ("hostile", HOSTILE),
     ("blk_writer", BLK_WRITER),
     ("rate_probe", RATE_PROBE),

@@ -68,6 +68,51 @@ fn owned_by_us(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.uid() == euid)
 }
 
+/// The control API's socket file as a running VM holds it: removed (if it is still the one bound
+/// here) when dropped, however the VM ends.
+pub(crate) struct ApiSocket(pub SocketFile);
+
+impl Drop for ApiSocket {
+    fn drop(&mut self) {
+        self.0.remove();
+    }
+}
+
+/// The client side (`vmm ctl`): sends one request to the API at `socket` and returns the status
+/// and body of the answer. `timeout` bounds each read and write.
+pub fn call(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes())?;
+    let mut answer = Vec::new();
+    // The server closes the connection after its answer.
+    stream.take(1 << 20).read_to_end(&mut answer)?;
+    let bad = |what: &str| std::io::Error::new(ErrorKind::InvalidData, what.to_string());
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(&answer) {
+        Ok(httparse::Status::Complete(n)) => {
+            let status = response.code.ok_or_else(|| bad("an answer without a status"))?;
+            Ok((status, String::from_utf8_lossy(&answer[n..]).into_owned()))
+        }
+        Ok(httparse::Status::Partial) => Err(bad("the answer ended early")),
+        Err(e) => Err(bad(&format!("an answer that is not HTTP: {e}"))),
+    }
+}
+
 /// An HTTP answer: status and JSON body (none for an empty string).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
@@ -438,19 +483,23 @@ struct Client {
 pub(crate) struct ApiThread {
     stop: Arc<EventFd>,
     handle: JoinHandle<()>,
+    /// Held here, not by the thread: the file is removed when this drops, on the thread that
+    /// stops the API (whose filter has the calls for it; the API thread's has not).
+    _socket: ApiSocket,
 }
 
 impl ApiThread {
     /// Starts the thread on `socket`. It installs `filter` first thing; the receiver hears once
     /// it has (or has ended).
     pub(crate) fn start(
-        socket: SocketFile,
+        socket: ApiSocket,
         control: Control,
         filter: Option<BpfProgram>,
     ) -> Result<(ApiThread, mpsc::Receiver<()>)> {
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?);
         let (filtered, ready) = mpsc::sync_channel(1);
         let thread_stop = stop.clone();
+        let listener = socket.0.listener().as_raw_fd();
         let control = Mutex::new(control);
         let handle = std::thread::Builder::new()
             .name("api".into())
@@ -463,13 +512,20 @@ impl ApiThread {
                 }
                 let _ = filtered.send(());
                 let control = control.into_inner().unwrap_or_else(|p| p.into_inner());
-                serve(&socket, &control, &thread_stop);
+                serve(listener, &control, &thread_stop);
             })
             .map_err(|source| Error::Thread {
                 name: "api".into(),
                 source,
             })?;
-        Ok((ApiThread { stop, handle }, ready))
+        Ok((
+            ApiThread {
+                stop,
+                handle,
+                _socket: socket,
+            },
+            ready,
+        ))
     }
 
     /// Stops the thread and waits for it.
@@ -480,8 +536,7 @@ impl ApiThread {
 }
 
 /// The API thread's loop, until `stop` fires.
-fn serve(socket: &SocketFile, control: &Control, stop: &EventFd) {
-    let listener = socket.listener().as_raw_fd();
+fn serve(listener: RawFd, control: &Control, stop: &EventFd) {
     let mut clients: Vec<Client> = Vec::new();
     loop {
         let now = Instant::now();
@@ -617,12 +672,17 @@ fn step(c: &mut Client, control: &Control) -> bool {
 }
 
 /// The API thread's calls, on top of the calls every thread has: poll, accept4 (sockets made
-/// non-blocking and close-on-exec by it), and the vCPU kick signal (`tgkill`, in
-/// `seccomp::rules`). Reading, writing, closing and the eventfds are common calls.
+/// non-blocking and close-on-exec by it), recv and send, and the vCPU kick signal (`tgkill`, in
+/// `seccomp::rules`). Closing, the eventfds and the futexes are common calls.
 pub(crate) const API_SYSCALLS: &[SyscallRule] = &[
     SyscallRule::Any(libc::SYS_poll),
     SyscallRule::Any(libc::SYS_ppoll),
     SyscallRule::Any(libc::SYS_accept4),
+    // std reads a socket with recv(2), that is recvfrom without an address.
+    SyscallRule::Any(libc::SYS_recvfrom),
+    // std writes a socket with send(2): `sendto` without a destination, which every filter
+    // allows (`seccomp::rules`).
+    SyscallRule::SendConnected,
 ];
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ pub struct Vm {
     /// Split or in-kernel (never `Auto` here).
     irqchip: IrqChip,
     /// The control API's socket, served while the VM runs.
-    api_socket: Option<devices::chardev::SocketFile>,
+    api_socket: Option<crate::api::ApiSocket>,
     /// The configuration as the control API's info shows it.
     config_json: serde_json::Value,
     /// The devices' counters, for the control API's info.
@@ -66,7 +66,7 @@ impl Vm {
         config.check(kvm::max_vcpus(&kvm), memory::host_ram_bytes())?;
         let irqchip = kvm::choose_irqchip(config.irqchip, &kvm)?;
         let config_json = crate::api::config_json(&config);
-        let api_socket = config.api_socket.take();
+        let api_socket = config.api_socket.take().map(crate::api::ApiSocket);
         let with_api = api_socket.is_some();
         let prepared = Prepared::start(
             kvm.clone(),

@@ -1,0 +1,347 @@
+//! The control API (`--api-socket`, `vmm ctl`, docs/API.md) on real KVM with tiny guests: pause
+//! holds a counting guest and resume continues it, shutdown presses the power button, the API
+//! through `vmm ctl` and through raw HTTP, garbage, huge and stalled clients, the socket's mode
+//! and the paths it refuses, and the API of a jailed vmm.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{s, vmm_bin, Running, Scratch};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+macro_rules! require_kvm {
+    () => {
+        if !common::kvm_available() {
+            eprintln!("skipping: /dev/kvm not available");
+            return;
+        }
+    };
+}
+
+/// `vmm ctl --api-socket SOCK ARGS…`: (exit code, stdout, stderr).
+fn ctl(sock: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(vmm_bin())
+        .arg("ctl")
+        .arg("--api-socket")
+        .arg(sock)
+        .args(args)
+        .output()
+        .expect("run vmm ctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Sends `raw` on a new connection and returns everything the server answered.
+fn http(sock: &Path, raw: &[u8]) -> String {
+    let mut c = UnixStream::connect(sock).expect("connect to the API");
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    c.write_all(raw).expect("send");
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn status_of(answer: &str) -> u16 {
+    answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"))
+}
+
+fn body_of(answer: &str) -> &str {
+    answer.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// Waits until `done` or `timeout`; returns whether it was done.
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    done()
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// A ticker guest with its serial port in `serial` and its API at `sock`, started and ticking.
+fn start_ticker(serial: &Path, sock: &Path, extra: &[&str]) -> Running {
+    let serial_arg = format!("file={}", s(serial));
+    let mut args = vec![
+        "--kernel",
+        test_guests::TICKER,
+        "--cmdline",
+        "tick_tsc=20000000",
+        "--serial",
+        &serial_arg,
+        "--api-socket",
+        s(sock),
+        "--shutdown-timeout",
+        "200ms",
+    ];
+    args.extend_from_slice(extra);
+    let mut vmm = Running::start(&args);
+    let ticking = wait_until(TIMEOUT, || {
+        std::fs::read_to_string(serial).is_ok_and(|t| t.contains("tick=3\n"))
+    });
+    assert!(ticking, "the guest never ticked; stderr: {}", vmm.stop());
+    vmm
+}
+
+fn wait_exit(vmm: &mut Running) -> Option<i32> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = vmm.child.try_wait().expect("wait") {
+            return status.code();
+        }
+        assert!(start.elapsed() < TIMEOUT, "vmm did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn boot_api_pause_holds_the_guest_and_resume_continues_it() {
+    require_kvm!();
+    let scratch = Scratch::new("api-pause");
+    let serial = scratch.path("serial.txt");
+    let sock = scratch.path("api.sock");
+    let mut vmm = start_ticker(&serial, &sock, &["--cpus", "2"]);
+    let mode = std::fs::symlink_metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the API socket is its owner's only");
+
+    let (code, out, err) = ctl(&sock, &["info"]);
+    assert_eq!(code, 0, "{err}");
+    let info: serde_json::Value = serde_json::from_str(&out).expect("info is JSON");
+    assert_eq!(info["state"], "running", "{out}");
+    assert_eq!(info["config"]["vcpus"], 2, "{out}");
+    assert_eq!(info["config"]["kernel"], test_guests::TICKER, "{out}");
+    assert!(info["uptime_ms"].as_u64().is_some(), "{out}");
+
+    for round in 0..3 {
+        let (code, out, err) = ctl(&sock, &["pause"]);
+        assert_eq!((code, out.trim()), (0, "paused"), "{err}");
+        let held = file_len(&serial);
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            file_len(&serial),
+            held,
+            "round {round}: the guest made progress while paused"
+        );
+        let (_, out, _) = ctl(&sock, &["info"]);
+        assert!(out.contains("\"state\":\"paused\""), "{out}");
+        // Pausing twice is harmless.
+        assert_eq!(ctl(&sock, &["pause"]).0, 0);
+        let (code, out, err) = ctl(&sock, &["resume"]);
+        assert_eq!((code, out.trim()), (0, "resumed"), "{err}");
+        assert!(
+            wait_until(TIMEOUT, || file_len(&serial) > held),
+            "round {round}: the guest did not go on after resume"
+        );
+    }
+    // The ticker ignores the power button: stopped after --shutdown-timeout.
+    let (code, out, err) = ctl(&sock, &["shutdown"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("shutdown requested"), "{out}");
+    assert_eq!(wait_exit(&mut vmm), Some(143), "{}", vmm.stop());
+    assert!(!sock.exists(), "the API socket was not removed at exit");
+}
+
+#[test]
+fn boot_api_shutdown_of_a_paused_guest_presses_the_power_button() {
+    require_kvm!();
+    let scratch = Scratch::new("api-shutdown");
+    let sock = scratch.path("api.sock");
+    let mut vmm = Running::start(&[
+        "--kernel",
+        test_guests::ACPI,
+        "--cmdline",
+        "action=button",
+        "--api-socket",
+        s(&sock),
+    ]);
+    vmm.wait_for_line("waiting_for_button", TIMEOUT);
+    assert_eq!(ctl(&sock, &["pause"]).0, 0);
+    // Raw HTTP, as curl would send it.
+    let answer = http(
+        &sock,
+        b"PUT /vm/shutdown HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    vmm.wait_for_line("button=0x1", TIMEOUT);
+    assert_eq!(wait_exit(&mut vmm), Some(0), "{}", vmm.stop());
+}
+
+#[test]
+fn boot_api_raw_http_answers_and_refusals() {
+    require_kvm!();
+    let scratch = Scratch::new("api-http");
+    let serial = scratch.path("serial.txt");
+    let sock = scratch.path("api.sock");
+    let _vmm = start_ticker(&serial, &sock, &[]);
+
+    let answer = http(&sock, b"GET /vm HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert!(answer.contains("Content-Type: application/json\r\n"), "{answer}");
+    let info: serde_json::Value = serde_json::from_str(body_of(&answer)).expect("JSON");
+    assert_eq!(info["state"], "running");
+    assert_eq!(info["config"]["api_socket"], s(&sock));
+
+    let cases: &[(&[u8], u16)] = &[
+        (b"\x16\x03\x01\x02\x00garbage\r\n\r\n", 400),
+        (b"GET /nothing HTTP/1.1\r\n\r\n", 404),
+        (b"DELETE /vm HTTP/1.1\r\n\r\n", 405),
+        (b"PUT /vm/pause HTTP/1.1\r\nContent-Length: 5\r\n\r\njunk!", 400),
+        (
+            b"PUT /vm/pause HTTP/1.1\r\nContent-Length: 1000000000\r\n\r\n",
+            413,
+        ),
+        (
+            b"PUT /vm/snapshot HTTP/1.1\r\nContent-Length: 12\r\n\r\n{\"dir\":\"/s\"}",
+            501,
+        ),
+    ];
+    for (raw, want) in cases {
+        let answer = http(&sock, raw);
+        assert_eq!(status_of(&answer), *want, "{answer}");
+        assert!(body_of(&answer).starts_with("{\"error\":"), "{answer}");
+    }
+    // A head without end is cut off at the limit, not buffered.
+    let mut c = UnixStream::connect(&sock).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let _ = c.write_all(b"GET /vm HTTP/1.1\r\nX-Long: ");
+    let _ = c.write_all(&vec![b'a'; 64 * 1024]);
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer);
+    assert_eq!(status_of(&answer), 431, "{answer}");
+
+    let (code, out, err) = ctl(&sock, &["snapshot", s(&scratch.path("snap"))]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: the control API at '") && err.contains("501: snapshot is not implemented yet"),
+        "{err}"
+    );
+    // The VM went on through all of it.
+    let before = file_len(&serial);
+    assert!(wait_until(TIMEOUT, || file_len(&serial) > before));
+}
+
+#[test]
+fn boot_api_a_stalled_client_holds_neither_the_vm_nor_other_clients() {
+    require_kvm!();
+    let scratch = Scratch::new("api-stall");
+    let serial = scratch.path("serial.txt");
+    let sock = scratch.path("api.sock");
+    let _vmm = start_ticker(&serial, &sock, &[]);
+    let mut stalled = UnixStream::connect(&sock).unwrap();
+    stalled.write_all(b"GET /vm HTTP/1.1\r\nHost: loc").unwrap();
+    let start = Instant::now();
+    // Another client is served meanwhile, and the guest runs on.
+    let (code, out, err) = ctl(&sock, &["info"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"state\":\"running\""), "{out}");
+    assert!(start.elapsed() < Duration::from_secs(3));
+    let before = file_len(&serial);
+    assert!(wait_until(TIMEOUT, || file_len(&serial) > before));
+    // The stalled client is dropped once its time is up.
+    stalled.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut answer = String::new();
+    let _ = stalled.read_to_string(&mut answer);
+    assert!(answer.is_empty() || status_of(&answer) == 408, "{answer}");
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(15),
+        "dropped after {waited:?}"
+    );
+    // More clients than the server takes at once, all silent: a later one is still served.
+    let silent: Vec<UnixStream> = (0..40).map(|_| UnixStream::connect(&sock).unwrap()).collect();
+    let (code, _, err) = ctl(&sock, &["info"]);
+    assert_eq!(code, 0, "{err}");
+    drop(silent);
+}
+
+#[test]
+fn api_socket_paths_are_refused_or_replaced_as_documented() {
+    let scratch = Scratch::new("api-paths");
+    // A regular file is left alone.
+    let file = scratch.file("taken", b"mine");
+    let out = Command::new(vmm_bin())
+        .args(["--kernel", test_guests::TICKER, "--api-socket", &file])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("give --api-socket another PATH"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"mine");
+    // A live socket is left alone.
+    let live = scratch.path("live.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let out = Command::new(vmm_bin())
+        .args(["--kernel", test_guests::TICKER, "--api-socket", s(&live)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("in use"), "{err}");
+    assert!(live.exists());
+    // No vmm there: ctl says what to check.
+    let (code, _, err) = ctl(&scratch.path("none.sock"), &["info"]);
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("is vmm running with --api-socket"), "{err}");
+}
+
+#[test]
+fn boot_api_a_stale_socket_of_ours_is_replaced() {
+    require_kvm!();
+    let scratch = Scratch::new("api-stale");
+    let serial = scratch.path("serial.txt");
+    let sock = scratch.path("api.sock");
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists(), "a stale socket to begin with");
+    let _vmm = start_ticker(&serial, &sock, &[]);
+    assert_eq!(ctl(&sock, &["info"]).0, 0);
+}
+
+#[test]
+fn boot_api_of_a_jailed_vmm() {
+    if !common::root_available() {
+        return;
+    }
+    require_kvm!();
+    let scratch = Scratch::new("api-jail");
+    let root = scratch.path("root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let serial = scratch.path("serial.txt");
+    let sock: PathBuf = scratch.path("api.sock");
+    let mut vmm = start_ticker(&serial, &sock, &["--jail", s(&root)]);
+    let (code, out, err) = ctl(&sock, &["info"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"state\":\"running\""), "{out}");
+    assert_eq!(ctl(&sock, &["pause"]).0, 0);
+    let held = file_len(&serial);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(file_len(&serial), held, "the jailed guest ran while paused");
+    assert_eq!(ctl(&sock, &["resume"]).0, 0);
+    assert!(wait_until(TIMEOUT, || file_len(&serial) > held));
+    assert_eq!(ctl(&sock, &["shutdown"]).0, 0);
+    assert_eq!(wait_exit(&mut vmm), Some(143), "{}", vmm.stop());
+    assert!(!sock.exists(), "the supervisor did not remove the API socket");
+}
