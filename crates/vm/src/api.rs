@@ -4,8 +4,8 @@
 //! One request per connection (the answer says `Connection: close`). Everything a client sends
 //! is bounded: the request head ([`MAX_HEAD_BYTES`], [`MAX_HEADERS`]), the body
 //! ([`MAX_BODY_BYTES`]), the time from connecting to the end of the request
-//! ([`REQUEST_TIMEOUT`]) and the number of clients served at once ([`MAX_CLIENTS`]; the others
-//! wait in the listen queue). The sockets are non-blocking and watched with poll(2), so a client
+//! ([`REQUEST_TIMEOUT`]) and the number of clients held at once ([`MAX_CLIENTS`]; a newcomer
+//! beyond them replaces the oldest). The sockets are non-blocking and watched with poll(2), so a client
 //! that stalls holds only its own slot until its time is up; garbage gets 400 and the connection
 //! closed. The VM never waits for this thread: pause and resume only touch the vCPUs' park gate,
 //! shutdown writes the same eventfd as SIGTERM.
@@ -37,7 +37,7 @@ pub const MAX_HEADERS: usize = 32;
 pub const MAX_BODY_BYTES: usize = 16384;
 /// A client has this long from connecting to the end of its request; then it is dropped (408).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Clients served at once; further connections wait in the listen queue.
+/// Clients held at once; a newcomer beyond them replaces the one held longest.
 pub const MAX_CLIENTS: usize = 16;
 
 /// Binds the control API's socket at `path`, mode 0600, before the VM is built (and before a
@@ -553,11 +553,10 @@ fn serve(listener: RawFd, control: &Control, stop: &EventFd) {
             }
             false
         });
-        let mut fds = vec![pollfd(stop.as_raw_fd(), libc::POLLIN)];
-        let accepting = clients.len() < MAX_CLIENTS;
-        if accepting {
-            fds.push(pollfd(listener, libc::POLLIN));
-        }
+        let mut fds = vec![
+            pollfd(stop.as_raw_fd(), libc::POLLIN),
+            pollfd(listener, libc::POLLIN),
+        ];
         let first_client = fds.len();
         for c in &clients {
             let events = match c.out {
@@ -594,7 +593,7 @@ fn serve(listener: RawFd, control: &Control, stop: &EventFd) {
             }
         }
         clients = keep;
-        if accepting && fds[1].revents != 0 {
+        if fds[1].revents != 0 {
             accept(listener, &mut clients);
         }
     }
@@ -608,9 +607,11 @@ fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
     }
 }
 
-/// Takes the waiting connections, up to [`MAX_CLIENTS`].
+/// Takes the waiting connections (at most [`MAX_CLIENTS`] per call). With [`MAX_CLIENTS`] held
+/// already, the one that has had the longest to send its request is dropped for the newcomer:
+/// silent connections cannot keep a client that talks at once from being served.
 fn accept(listener: RawFd, clients: &mut Vec<Client>) {
-    while clients.len() < MAX_CLIENTS {
+    for _ in 0..MAX_CLIENTS {
         // SAFETY: accept4 on our listening socket, without an address buffer.
         let fd = unsafe {
             libc::accept4(
@@ -626,6 +627,13 @@ fn accept(listener: RawFd, clients: &mut Vec<Client>) {
                 log::debug!("control API: accept: {e}");
             }
             return;
+        }
+        if clients.len() >= MAX_CLIENTS {
+            let oldest = (0..clients.len()).min_by_key(|&i| clients[i].deadline);
+            if let Some(i) = oldest {
+                log::debug!("control API: {MAX_CLIENTS} clients at once; dropped the oldest");
+                clients.swap_remove(i);
+            }
         }
         clients.push(Client {
             // SAFETY: accept4 returned a new descriptor that nothing else owns.

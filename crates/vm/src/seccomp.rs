@@ -220,7 +220,12 @@ fn rules(kind: ThreadKind) -> std::result::Result<Rules, BackendError> {
             map.insert(nr, Vec::new());
         }
     }
-    map.insert(libc::SYS_ioctl, one_of(1, &ioctls(kind))?);
+    // No rule at all would allow every ioctl: a kind that declares none (the API thread) has no
+    // ioctl in its filter.
+    let requests = ioctls(kind);
+    if !requests.is_empty() {
+        map.insert(libc::SYS_ioctl, one_of(1, &requests)?);
+    }
     map.insert(libc::SYS_fcntl, one_of(1, &fcntl_cmds(kind))?);
     // send(2) on a connected socket (`SyscallRule::SendConnected`, the socket console backend).
     // Every kind has it.
@@ -292,7 +297,12 @@ mod tests {
 
     #[test]
     fn filters_compile_for_every_kind() {
-        for kind in [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::Helper] {
+        for kind in [
+            ThreadKind::Vmm,
+            ThreadKind::Vcpu,
+            ThreadKind::Helper,
+            ThreadKind::Api,
+        ] {
             let program = compile(kind).unwrap();
             assert!(!program.is_empty(), "{kind:?}");
             // seccomp programs are limited to 4096 instructions.
@@ -423,11 +433,50 @@ mod tests {
     }
 
     #[test]
+    fn every_api_call_passes_the_api_filter() {
+        let program = compile(ThreadKind::Api).unwrap();
+        let common = COMMON.iter().map(|&nr| SyscallRule::Any(nr));
+        for rule in common.chain(crate::api::API_SYSCALLS.iter().copied()) {
+            let (nr, args) = example(rule);
+            assert_eq!(
+                run_bpf(&program, nr, args),
+                ALLOW,
+                "{rule:?} ({}) is not in the api filter",
+                name(nr)
+            );
+        }
+        // Pausing kicks the vCPU threads.
+        let pid = u64::from(std::process::id());
+        let kick = crate::vcpu::kick_signal() as u64;
+        let tgkill = [pid, 1, kick, 0, 0, 0];
+        assert_eq!(run_bpf(&program, libc::SYS_tgkill, tgkill), ALLOW);
+    }
+
+    #[test]
+    fn the_api_filter_has_no_kvm_files_or_new_sockets() {
+        let api = compile(ThreadKind::Api).unwrap();
+        for nr in [
+            libc::SYS_socket,
+            libc::SYS_connect,
+            libc::SYS_bind,
+            libc::SYS_unlink,
+            libc::SYS_newfstatat,
+            libc::SYS_epoll_wait,
+            libc::SYS_pwrite64,
+        ] {
+            assert_eq!(run_bpf(&api, nr, [0; 6]), TRAP, "{}", name(nr));
+        }
+        let run = [3, KVM_RUN(), 0, 0, 0, 0];
+        assert_eq!(run_bpf(&api, libc::SYS_ioctl, run), TRAP);
+    }
+
+    #[test]
     fn filters_trap_what_nothing_declares() {
         let vcpu = compile(ThreadKind::Vcpu).unwrap();
         let vmm = compile(ThreadKind::Vmm).unwrap();
         let helper = compile(ThreadKind::Helper).unwrap();
-        for program in [&vcpu, &vmm, &helper] {
+        let api = compile(ThreadKind::Api).unwrap();
+        for program in [&vcpu, &vmm, &helper, &api] {
             for nr in [
                 libc::SYS_openat,
                 libc::SYS_execve,
