@@ -186,6 +186,41 @@ fn seccomp_forbidden_call_on_the_event_loop_thread_stops_with_a_named_message() 
     );
 }
 
+#[test]
+fn seccomp_the_control_api_thread_is_filtered() {
+    require_kvm!();
+    let scratch = common::Scratch::new("seccomp-api");
+    let sock = scratch.path("api.sock");
+    let mut vmm = parked(&["--api-socket", common::s(&sock)]);
+    let threads = vmm_threads(&vmm);
+    let api = threads.iter().find(|t| t.0 == "api");
+    assert!(
+        api.is_some_and(|t| t.1 == "2"),
+        "no filtered api thread: {threads:?}"
+    );
+    let stderr = vmm.stop();
+    assert!(!stderr.contains("seccomp"), "{stderr}");
+}
+
+#[test]
+fn seccomp_forbidden_call_on_the_api_thread_stops_with_a_named_message() {
+    require_kvm!();
+    if !debug_build() {
+        return;
+    }
+    let scratch = common::Scratch::new("seccomp-api-forbidden");
+    let sock = scratch.path("api.sock");
+    let (code, stderr) = provoke("api", &["--api-socket", common::s(&sock)]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "vmm: seccomp: thread 'api' made a forbidden system call: openat (257); stopping. \
+             Run with --seccomp off to debug."
+        ),
+        "{stderr}"
+    );
+}
+
 fn null_guest(seccomp: SeccompMode) -> VmConfig {
     let mut config = VmConfig::new(test_guests::NULL);
     config.serial = CharBackend::Off;
