@@ -66,9 +66,7 @@ pub(crate) fn ctl(args: CtlArgs) -> ExitCode {
                 Op::Info => body,
                 Op::Pause => "paused".into(),
                 Op::Resume => "resumed".into(),
-                Op::Shutdown => {
-                    "shutdown requested: the guest's power button is pressed".into()
-                }
+                Op::Shutdown => "shutdown requested: the guest's power button is pressed".into(),
                 Op::Snapshot { dir } => format!("snapshot written to {}", dir.display()),
             };
             println!("{line}");
@@ -132,12 +130,18 @@ mod tests {
 
     #[test]
     fn snapshot_dirs_are_escaped_json() {
-        assert_eq!(serde_json_string("/a\"b\\c\n"), r#"{"dir":"/a\"b\\c\u000a"}"#);
+        assert_eq!(
+            serde_json_string("/a\"b\\c\n"),
+            r#"{"dir":"/a\"b\\c\u000a"}"#
+        );
     }
 
     #[test]
     fn the_error_member_is_shown() {
-        assert_eq!(error_message(r#"{"error":"no such endpoint"}"#), "no such endpoint");
+        assert_eq!(
+            error_message(r#"{"error":"no such endpoint"}"#),
+            "no such endpoint"
+        );
         assert_eq!(error_message("plain"), "plain");
     }
 }

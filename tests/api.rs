@@ -121,7 +121,10 @@ fn boot_api_pause_holds_the_guest_and_resume_continues_it() {
     let serial = scratch.path("serial.txt");
     let sock = scratch.path("api.sock");
     let mut vmm = start_ticker(&serial, &sock, &["--cpus", "2"]);
-    let mode = std::fs::symlink_metadata(&sock).unwrap().permissions().mode();
+    let mode = std::fs::symlink_metadata(&sock)
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "the API socket is its owner's only");
 
     let (code, out, err) = ctl(&sock, &["info"]);
@@ -196,7 +199,10 @@ fn boot_api_raw_http_answers_and_refusals() {
 
     let answer = http(&sock, b"GET /vm HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert_eq!(status_of(&answer), 200, "{answer}");
-    assert!(answer.contains("Content-Type: application/json\r\n"), "{answer}");
+    assert!(
+        answer.contains("Content-Type: application/json\r\n"),
+        "{answer}"
+    );
     let info: serde_json::Value = serde_json::from_str(body_of(&answer)).expect("JSON");
     assert_eq!(info["state"], "running");
     assert_eq!(info["config"]["api_socket"], s(&sock));
@@ -205,7 +211,10 @@ fn boot_api_raw_http_answers_and_refusals() {
         (b"\x16\x03\x01\x02\x00garbage\r\n\r\n", 400),
         (b"GET /nothing HTTP/1.1\r\n\r\n", 404),
         (b"DELETE /vm HTTP/1.1\r\n\r\n", 405),
-        (b"PUT /vm/pause HTTP/1.1\r\nContent-Length: 5\r\n\r\njunk!", 400),
+        (
+            b"PUT /vm/pause HTTP/1.1\r\nContent-Length: 5\r\n\r\njunk!",
+            400,
+        ),
         (
             b"PUT /vm/pause HTTP/1.1\r\nContent-Length: 1000000000\r\n\r\n",
             413,
@@ -233,7 +242,8 @@ fn boot_api_raw_http_answers_and_refusals() {
     assert_eq!(code, 1, "{out}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.starts_with("error: the control API at '") && err.contains("501: snapshot is not implemented yet"),
+        err.starts_with("error: the control API at '")
+            && err.contains("501: snapshot is not implemented yet"),
         "{err}"
     );
     // The VM went on through all of it.
@@ -269,7 +279,9 @@ fn boot_api_a_stalled_client_holds_neither_the_vm_nor_other_clients() {
         "dropped after {waited:?}"
     );
     // More clients than the server takes at once, all silent: a later one is still served.
-    let silent: Vec<UnixStream> = (0..40).map(|_| UnixStream::connect(&sock).unwrap()).collect();
+    let silent: Vec<UnixStream> = (0..40)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
     let (code, _, err) = ctl(&sock, &["info"]);
     assert_eq!(code, 0, "{err}");
     drop(silent);
@@ -343,5 +355,8 @@ fn boot_api_of_a_jailed_vmm() {
     assert!(wait_until(TIMEOUT, || file_len(&serial) > held));
     assert_eq!(ctl(&sock, &["shutdown"]).0, 0);
     assert_eq!(wait_exit(&mut vmm), Some(143), "{}", vmm.stop());
-    assert!(!sock.exists(), "the supervisor did not remove the API socket");
+    assert!(
+        !sock.exists(),
+        "the supervisor did not remove the API socket"
+    );
 }

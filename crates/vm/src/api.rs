@@ -105,7 +105,9 @@ pub fn call(
     let mut response = httparse::Response::new(&mut headers);
     match response.parse(&answer) {
         Ok(httparse::Status::Complete(n)) => {
-            let status = response.code.ok_or_else(|| bad("an answer without a status"))?;
+            let status = response
+                .code
+                .ok_or_else(|| bad("an answer without a status"))?;
             Ok((status, String::from_utf8_lossy(&answer[n..]).into_owned()))
         }
         Ok(httparse::Status::Partial) => Err(bad("the answer ended early")),
@@ -464,7 +466,11 @@ pub(crate) fn config_json(config: &crate::VmConfig) -> Value {
         })),
         "irqchip": format!("{:?}", config.irqchip).to_lowercase(),
         "acpi": config.acpi,
-        "seccomp": format!("{:?}", config.seccomp),
+        "seccomp": match config.seccomp {
+            crate::SeccompMode::Off => "off",
+            crate::SeccompMode::VcpusOnly => "vcpus",
+            crate::SeccompMode::AllThreads => "all threads",
+        },
         "shutdown_timeout_ms": u64::try_from(config.shutdown_timeout.as_millis()).unwrap_or(u64::MAX),
         "api_socket": config.api_socket.as_ref().map(|s| s.path().display().to_string()),
     })
@@ -547,9 +553,9 @@ fn serve(listener: RawFd, control: &Control, stop: &EventFd) {
             }
             if c.out.is_none() {
                 log::debug!("control API: a client took over {REQUEST_TIMEOUT:?}; dropped");
-                let _ = c.stream.write(
-                    &Response::error(408, "the request took too long").to_bytes(),
-                );
+                let _ = c
+                    .stream
+                    .write(&Response::error(408, "the request took too long").to_bytes());
             }
             false
         });
@@ -737,13 +743,24 @@ mod tests {
     fn garbage_and_oversized_requests_are_refused() {
         assert_eq!(status(parse(b"\x00\x01\x02 garbage\r\n\r\n")), 400);
         assert_eq!(status(parse(b"GET /vm HTTP/1.0\r\n\r\n")), 505);
-        assert_eq!(status(parse(b"GET /vm HTTP/1.1\r\nContent-Length: x\r\n\r\n")), 400);
-        assert_eq!(status(parse(b"GET /vm HTTP/1.1\r\nContent-Length: -1\r\n\r\n")), 400);
         assert_eq!(
-            status(parse(b"PUT /vm HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")),
+            status(parse(b"GET /vm HTTP/1.1\r\nContent-Length: x\r\n\r\n")),
             400
         );
-        let huge = format!("PUT /vm/pause HTTP/1.1\r\nContent-Length: {}\r\n\r\n", 1 << 30);
+        assert_eq!(
+            status(parse(b"GET /vm HTTP/1.1\r\nContent-Length: -1\r\n\r\n")),
+            400
+        );
+        assert_eq!(
+            status(parse(
+                b"PUT /vm HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )),
+            400
+        );
+        let huge = format!(
+            "PUT /vm/pause HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            1 << 30
+        );
         assert_eq!(status(parse(huge.as_bytes())), 413);
         let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: y\r\n")).collect();
         let raw = format!("GET /vm HTTP/1.1\r\n{many}\r\n");
@@ -771,7 +788,10 @@ mod tests {
         let s = |r: Request| route(&r).unwrap_err().status;
         assert_eq!(s(req("GET", "/nope", "")), 404);
         assert_eq!(s(req("GET", "/vm/pause", "")), 405);
-        assert_eq!(route(&req("PUT", "/vm", "")).unwrap_err().allow, Some("GET"));
+        assert_eq!(
+            route(&req("PUT", "/vm", "")).unwrap_err().allow,
+            Some("GET")
+        );
         assert_eq!(s(req("PUT", "/vm/pause", "junk")), 400);
         assert_eq!(s(req("PUT", "/vm/snapshot", "")), 400);
         assert_eq!(s(req("PUT", "/vm/snapshot", r#"{"dir":7}"#)), 400);

@@ -487,7 +487,11 @@ impl DeviceManager {
     }
 
     /// As [`DeviceManager::add_virtio`], for a device the caller keeps a handle to.
-    fn add_virtio_shared<D>(&mut self, what: &'static str, device: Arc<Mutex<D>>) -> Result<MmioSlot>
+    fn add_virtio_shared<D>(
+        &mut self,
+        what: &'static str,
+        device: Arc<Mutex<D>>,
+    ) -> Result<MmioSlot>
     where
         D: VirtioDevice + MutEventSubscriber + Send + 'static,
     {

@@ -26,7 +26,8 @@
 //! filters depend on the kind of thread only, not on the VM's configuration: every device type's
 //! declaration is in them.
 //!
-//! There is no other thread (console input is read on the event loop). Every thread the VMM starts
+//! There is no other thread (console input is read on the event loop) but the control API's, when
+//! the VM has one. Every thread the VMM starts
 //! is filtered unless seccomp is off; the caller's own thread only with [`SeccompMode::AllThreads`].
 //!
 //! When: each vCPU thread installs its filter first thing, then waits at a gate that the `vmm` thread

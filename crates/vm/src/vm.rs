@@ -523,9 +523,7 @@ impl Preparing {
             Preparing::Thread(handle) => {
                 handle.join().unwrap_or(Err(Error::ThreadPanicked("prep")))
             }
-            Preparing::Inline(mode, pit_helper, api) => {
-                Prepared::make(kvm, mode, pit_helper, api)
-            }
+            Preparing::Inline(mode, pit_helper, api) => Prepared::make(kvm, mode, pit_helper, api),
         }
     }
 }
