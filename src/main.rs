@@ -786,9 +786,13 @@ fn jail_spec(config: &VmConfig) -> jail::VmSpec {
             .collect(),
         host_network: !config.nets.is_empty(),
         seccomp: config.seccomp != SeccompMode::Off,
-        // Room for virtio-vsock's host sockets.
+        // Room for virtio-vsock's host sockets and the control API's clients.
         extra_fds: if config.vsock.is_some() {
             vm::VSOCK_MAX_CONNS as u64
+        } else {
+            0
+        } + if config.api_socket.is_some() {
+            vm::api::MAX_CLIENTS as u64
         } else {
             0
         },

@@ -360,3 +360,106 @@ fn boot_api_of_a_jailed_vmm() {
         "the supervisor did not remove the API socket"
     );
 }
+
+/// CPU time (user + system, in clock ticks) of vmm's thread named `name`.
+fn thread_cpu(pid: u32, name: &str) -> u64 {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let dir = task.expect("task").path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
+        // The fields after the command's closing parenthesis; utime and stime are 14 and 15.
+        let rest = stat.rsplit_once(')').expect("stat").1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        return fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    }
+    panic!("no thread {name} in vmm {pid}");
+}
+
+#[test]
+fn boot_api_out_of_descriptors_waits_instead_of_spinning() {
+    require_kvm!();
+    let scratch = Scratch::new("api-emfile");
+    let serial = scratch.path("serial.txt");
+    let sock = scratch.path("api.sock");
+    let mut vmm = start_ticker(&serial, &sock, &[]);
+    let pid = vmm.child.id();
+    // No descriptor left: accept4 fails with EMFILE while the client waits in the queue.
+    // The lowest free descriptor number: a limit there leaves none to allocate.
+    let open: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let lowest_free = (0..).find(|n| !open.contains(n)).unwrap();
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reading our child's limit into a valid buffer.
+    let ret = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    assert_eq!(ret, 0);
+    let set_nofile = |n: u64| {
+        let limit = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: old.rlim_max,
+        };
+        // SAFETY: prlimit on our own child with a valid new limit and no old-limit buffer.
+        let ret = unsafe {
+            libc::prlimit(
+                pid as libc::pid_t,
+                libc::RLIMIT_NOFILE,
+                &limit,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(ret, 0, "prlimit: {}", std::io::Error::last_os_error());
+    };
+    set_nofile(lowest_free);
+    let mut waiting = UnixStream::connect(&sock).unwrap();
+    waiting.write_all(b"GET /vm HTTP/1.1\r\n\r\n").unwrap();
+    // Not served while there is no descriptor for it.
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = waiting.read(&mut byte);
+    assert!(early.is_err(), "served without a descriptor? {early:?}");
+    let before = thread_cpu(pid, "api");
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = thread_cpu(pid, "api") - before;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    assert!(
+        spent * 10 < hz,
+        "the api thread spent {spent} of {hz} ticks in a second without descriptors"
+    );
+    // Descriptors again: the waiting client is served.
+    let limit = libc::rlimit {
+        rlim_cur: old.rlim_cur,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above, restoring the limit read before.
+    let ret = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(ret, 0);
+    waiting.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut answer = String::new();
+    let _ = waiting.read_to_string(&mut answer);
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert!(vmm.is_running());
+}

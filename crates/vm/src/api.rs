@@ -39,6 +39,8 @@ pub const MAX_BODY_BYTES: usize = 16384;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Clients held at once; a newcomer beyond them replaces the one held longest.
 pub const MAX_CLIENTS: usize = 16;
+/// How long the listener rests after accept4 failed for want of a descriptor or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Binds the control API's socket at `path`, mode 0600, before the VM is built (and before a
 /// jail confines the process). Anything at `path` is refused and left alone, except a stale
@@ -544,8 +546,15 @@ impl ApiThread {
 /// The API thread's loop, until `stop` fires.
 fn serve(listener: RawFd, control: &Control, stop: &EventFd) {
     let mut clients: Vec<Client> = Vec::new();
+    // Set when accept4 failed for want of a descriptor (or memory): the connection stays queued
+    // and the listener readable, so it is left out of poll until then instead of spinning.
+    let mut accept_again: Option<Instant> = None;
     loop {
         let now = Instant::now();
+        let accepting = accept_again.is_none_or(|t| t <= now);
+        if accepting {
+            accept_again = None;
+        }
         // Clients whose time is up: a 408 if it goes out at once, then closed.
         clients.retain_mut(|c| {
             if c.deadline > now {
@@ -561,7 +570,8 @@ fn serve(listener: RawFd, control: &Control, stop: &EventFd) {
         });
         let mut fds = vec![
             pollfd(stop.as_raw_fd(), libc::POLLIN),
-            pollfd(listener, libc::POLLIN),
+            // A negative fd is ignored by poll(2).
+            pollfd(if accepting { listener } else { -1 }, libc::POLLIN),
         ];
         let first_client = fds.len();
         for c in &clients {
@@ -573,7 +583,9 @@ fn serve(listener: RawFd, control: &Control, stop: &EventFd) {
         }
         let timeout = clients
             .iter()
-            .map(|c| c.deadline.saturating_duration_since(now))
+            .map(|c| c.deadline)
+            .chain(accept_again)
+            .map(|t| t.saturating_duration_since(now))
             .min()
             .map_or(-1, |d| {
                 i32::try_from(d.as_millis().saturating_add(1)).unwrap_or(i32::MAX)
@@ -599,8 +611,8 @@ fn serve(listener: RawFd, control: &Control, stop: &EventFd) {
             }
         }
         clients = keep;
-        if fds[1].revents != 0 {
-            accept(listener, &mut clients);
+        if fds[1].revents != 0 && !accept(listener, &mut clients) {
+            accept_again = Some(Instant::now() + ACCEPT_BACKOFF);
         }
     }
 }
@@ -615,8 +627,9 @@ fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
 
 /// Takes the waiting connections (at most [`MAX_CLIENTS`] per call). With [`MAX_CLIENTS`] held
 /// already, the one that has had the longest to send its request is dropped for the newcomer:
-/// silent connections cannot keep a client that talks at once from being served.
-fn accept(listener: RawFd, clients: &mut Vec<Client>) {
+/// silent connections cannot keep a client that talks at once from being served. Returns false
+/// when accept4 failed otherwise than for want of a connection (EMFILE, ENOMEM…).
+fn accept(listener: RawFd, clients: &mut Vec<Client>) -> bool {
     for _ in 0..MAX_CLIENTS {
         // SAFETY: accept4 on our listening socket, without an address buffer.
         let fd = unsafe {
@@ -629,10 +642,11 @@ fn accept(listener: RawFd, clients: &mut Vec<Client>) {
         };
         if fd < 0 {
             let e = std::io::Error::last_os_error();
-            if e.kind() != ErrorKind::WouldBlock && e.kind() != ErrorKind::Interrupted {
-                log::debug!("control API: accept: {e}");
+            if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted {
+                return true;
             }
-            return;
+            log::debug!("control API: accept: {e}; trying again in {ACCEPT_BACKOFF:?}");
+            return false;
         }
         if clients.len() >= MAX_CLIENTS {
             let oldest = (0..clients.len()).min_by_key(|&i| clients[i].deadline);
@@ -649,6 +663,7 @@ fn accept(listener: RawFd, clients: &mut Vec<Client>) {
             out: None,
         });
     }
+    true
 }
 
 /// Serves one ready client; returns whether to keep it.
