@@ -463,3 +463,44 @@ fn boot_api_out_of_descriptors_waits_instead_of_spinning() {
     assert_eq!(status_of(&answer), 200, "{answer}");
     assert!(vmm.is_running());
 }
+
+#[test]
+fn boot_api_info_counts_a_disks_requests_and_waits() {
+    require_kvm!();
+    let scratch = Scratch::new("api-counters");
+    let sock = scratch.path("api.sock");
+    let disk = scratch.file("disk.img", &vec![0u8; 4 << 20]);
+    // Reads for a minute, through a limiter of 200 requests per second.
+    let mut vmm = Running::start(&[
+        "--kernel",
+        test_guests::RATE_PROBE,
+        "--disk",
+        &format!("{disk},iops=200"),
+        "--cmdline",
+        "probe_size=4096 probe_warm_ms=0 probe_ms=60000",
+        "--api-socket",
+        s(&sock),
+    ]);
+    let counters = || {
+        let (code, out, err) = ctl(&sock, &["info"]);
+        assert_eq!(code, 0, "{err}");
+        let info: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+        let vda = info["devices"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["name"] == "vda").cloned())
+            .unwrap_or_else(|| panic!("no vda in {out}"));
+        assert_eq!(vda["kind"], "virtio-blk", "{out}");
+        (
+            vda["counters"]["requests"].as_u64().unwrap(),
+            vda["counters"]["throttled"].as_u64().unwrap(),
+        )
+    };
+    assert!(
+        wait_until(TIMEOUT, || counters().0 >= 100 && counters().1 >= 1),
+        "the disk's counters did not move: {:?}",
+        counters()
+    );
+    let (first, _) = counters();
+    assert!(wait_until(TIMEOUT, || counters().0 > first));
+    drop(vmm.stop());
+}

@@ -352,7 +352,17 @@ impl DeviceManager {
         } else {
             "synchronous I/O"
         };
-        let slot = self.add_virtio("virtio-blk", block)?;
+        let block = Arc::new(Mutex::new(block));
+        let slot = self.add_virtio_shared("virtio-blk", block.clone())?;
+        self.devices.counters.push(DeviceCounters {
+            name: format!("vd{}", (b'a' + (self.disks % 26) as u8) as char),
+            kind: "virtio-blk",
+            read: Box::new(move || {
+                let block = block.lock().unwrap_or_else(|p| p.into_inner());
+                let throttled = block.rate_limiter().map(|l| l.throttled_count());
+                serde_json::json!({ "requests": block.stats().requests, "throttled": throttled })
+            }),
+        });
         step_done(&format!(
             "disk {} as /dev/vd{} ({}, {aio}) at {:#x}, IRQ {}",
             disk.path.display(),
@@ -389,8 +399,12 @@ impl DeviceManager {
             name: format!("eth{}", self.nics),
             kind: "virtio-net",
             read: Box::new(move || {
-                let s = net.lock().unwrap_or_else(|p| p.into_inner()).stats();
+                let net = net.lock().unwrap_or_else(|p| p.into_inner());
+                let (rx, tx) = net.rate_limiters();
+                let s = net.stats();
                 serde_json::json!({
+                    "rx_throttled": rx.map(|l| l.throttled_count()),
+                    "tx_throttled": tx.map(|l| l.throttled_count()),
                     "rx_bytes": s.rx_bytes,
                     "rx_frames": s.rx_frames,
                     "rx_dropped": s.rx_dropped,

@@ -34,6 +34,15 @@ pub struct Block {
     pub(super) throttled: bool,
     /// `aio=io_uring` (or the default where it works): reads, writes and flushes in flight.
     pub(super) uring: Option<Uring>,
+    /// Counters, for the control API's info.
+    stats: BlockStats,
+}
+
+/// Counters of one disk, for the control API's info.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BlockStats {
+    /// Requests taken from the queue to be served (whatever their outcome).
+    pub requests: u64,
 }
 impl Block {
     /// Opens and locks the image: read-only → `O_RDONLY`, read-write → `O_RDWR`, then the
@@ -254,6 +263,7 @@ impl Block {
             config,
             rate_limiter: None,
             throttled: false,
+            stats: BlockStats::default(),
             uring,
         })
     }
@@ -267,6 +277,11 @@ impl Block {
     pub fn with_rate_limiter(mut self, limiter: Option<RateLimiter>) -> Self {
         self.rate_limiter = limiter;
         self
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> BlockStats {
+        self.stats
     }
 
     /// The rate limiter, if any.
@@ -327,6 +342,7 @@ impl Block {
             rate_limiter,
             throttled,
             uring,
+            stats,
             ..
         } = self;
         let negotiated = Negotiated {
@@ -344,6 +360,7 @@ impl Block {
                     return Step::Unpop;
                 }
             }
+            stats.requests += 1;
             let Some(ring) = uring.as_mut() else {
                 return Step::Used(request::process(disk, negotiated, mem, chain));
             };

@@ -29,7 +29,7 @@ mod request;
 pub mod seccomp;
 mod uring;
 
-pub use device::Block;
+pub use device::{Block, BlockStats};
 pub use format::{growth_bound, DiskFormat};
 pub use persist::BlockState;
 

@@ -903,6 +903,8 @@ fn rate_limited_requests_wait_in_the_ring_then_all_complete() {
         assert_eq!(h.status(), VIRTIO_BLK_S_OK);
         assert!(h.block.rate_limiter().unwrap().throttled_count() >= 2);
         assert!(!h.block.throttled);
+        // Each request counted once, however often it waited.
+        assert_eq!(h.block.stats().requests, 5);
     }
 }
 
