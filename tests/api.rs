@@ -132,6 +132,10 @@ fn boot_api_pause_holds_the_guest_and_resume_continues_it() {
     let info: serde_json::Value = serde_json::from_str(&out).expect("info is JSON");
     assert_eq!(info["state"], "running", "{out}");
     assert_eq!(info["config"]["vcpus"], 2, "{out}");
+    assert_ne!(
+        info["config"]["irqchip"], "auto",
+        "the irqchip chosen: {out}"
+    );
     assert_eq!(info["config"]["kernel"], test_guests::TICKER, "{out}");
     assert!(info["uptime_ms"].as_u64().is_some(), "{out}");
 

@@ -14,7 +14,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -348,9 +348,6 @@ pub(crate) struct Control {
     pub devices: Vec<crate::device_manager::DeviceCounters>,
 }
 
-// SAFETY: pthread_t is a plain thread handle; it is only passed to pthread_kill.
-unsafe impl Send for Control {}
-
 impl Control {
     fn state(&self) -> &'static str {
         match self.pause.is_paused() {
@@ -508,7 +505,6 @@ impl ApiThread {
         let (filtered, ready) = mpsc::sync_channel(1);
         let thread_stop = stop.clone();
         let listener = socket.0.listener().as_raw_fd();
-        let control = Mutex::new(control);
         let handle = std::thread::Builder::new()
             .name("api".into())
             .spawn(move || {
@@ -519,7 +515,6 @@ impl ApiThread {
                     }
                 }
                 let _ = filtered.send(());
-                let control = control.into_inner().unwrap_or_else(|p| p.into_inner());
                 serve(listener, &control, &thread_stop);
             })
             .map_err(|source| Error::Thread {

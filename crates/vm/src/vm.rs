@@ -65,7 +65,9 @@ impl Vm {
         let kvm = Arc::new(kvm::open()?);
         config.check(kvm::max_vcpus(&kvm), memory::host_ram_bytes())?;
         let irqchip = kvm::choose_irqchip(config.irqchip, &kvm)?;
-        let config_json = crate::api::config_json(&config);
+        let mut config_json = crate::api::config_json(&config);
+        // What was chosen, not what was asked (auto).
+        config_json["irqchip"] = format!("{irqchip:?}").to_lowercase().into();
         let api_socket = config.api_socket.take().map(crate::api::ApiSocket);
         let with_api = api_socket.is_some();
         let prepared = Prepared::start(
