@@ -84,7 +84,8 @@ pub fn rule(conds: Vec<SeccompCondition>) -> Result<SeccompRule, BackendError> {
     SeccompRule::new(conds)
 }
 
-/// One rule per allowed value of 32-bit argument `arg`, in the order of `values`.
+/// One rule per allowed value of 32-bit argument `arg`, in the order of `values`. Mind an empty
+/// `values`: no rule at all, which a filter reads as "always allowed", not "never".
 pub fn one_of(arg: u8, values: &[u64]) -> Result<Vec<SeccompRule>, BackendError> {
     values
         .iter()
