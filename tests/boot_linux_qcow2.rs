@@ -11,23 +11,10 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{linux_guest, s, vmm_bin, Scratch};
+use common::{linux_guest, qemu_img_check, s, tool, vmm_bin, Scratch};
 
 /// A Linux boot on the development host takes about a minute; the agent's answer comes after.
 const BOOT: Duration = Duration::from_secs(600);
-
-fn tool(name: &str, args: &[&str]) -> std::process::Output {
-    let out = Command::new(name).args(args).output().unwrap_or_else(|e| {
-        panic!("{name} not found ({e}): this test needs it (qemu-utils, e2fsprogs)")
-    });
-    assert!(
-        out.status.success(),
-        "{name} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn sha256_of(path: &str) -> String {
     let out = tool("sha256sum", &[path]);
@@ -36,21 +23,6 @@ fn sha256_of(path: &str) -> String {
         .next()
         .unwrap_or_default()
         .to_string()
-}
-
-/// `qemu-img check` finds no corruption (exit 0; 3 is leaked clusters only, which a kill may
-/// leave and `qemu-img check -r leaks` reclaims).
-fn qemu_img_check(path: &str) {
-    let out = Command::new("qemu-img")
-        .args(["check", "-f", "qcow2", path])
-        .output()
-        .expect("qemu-img not found: this test needs it (apt-get install qemu-utils)");
-    assert!(
-        matches!(out.status.code(), Some(0 | 3)),
-        "qemu-img check {path}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The overlay as a raw ext4 image with its journal replayed (e2fsck -fy; exit 0 or 1 is a

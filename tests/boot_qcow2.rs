@@ -6,45 +6,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{run_vmm, Run, Scratch};
+use common::{qemu_img, qemu_img_check, run_vmm, tool, Run, Scratch};
 use test_guests::Report;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const MIB: usize = 1 << 20;
-
-fn tool(name: &str, args: &[&str]) -> std::process::Output {
-    let out = Command::new(name).args(args).output().unwrap_or_else(|e| {
-        panic!("{name} not found ({e}): this test needs it (Debian/Ubuntu: apt-get install qemu-utils)")
-    });
-    assert!(
-        out.status.success(),
-        "{name} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn qemu_img(args: &[&str]) -> std::process::Output {
-    tool("qemu-img", args)
-}
-
-/// `qemu-img check`: no corruption (exit 0; 3 would be leaked clusters only, also accepted).
-fn qemu_img_check(path: &str) {
-    let out = Command::new("qemu-img")
-        .args(["check", "-f", "qcow2", path])
-        .output()
-        .expect("qemu-img not found: this test needs it (apt-get install qemu-utils)");
-    assert!(
-        matches!(out.status.code(), Some(0 | 3)),
-        "qemu-img check {path}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The guest-visible bytes of a qcow2 image, as qemu-img reads them.
 fn guest_bytes(scratch: &Scratch, image: &str) -> Vec<u8> {

@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use common::{vmm_bin, Scratch};
+use common::{qemu_img, vmm_bin, Scratch};
 use test_guests::{writer_record, BLK_WRITER};
 
 const BLOCK: usize = 4096;
@@ -180,18 +180,6 @@ fn kill_mid_stream_on(kill_after: u64, qcow2: bool) {
     eprintln!(
         "kill -9 after {} flushed records: all in the image",
         last + 1
-    );
-}
-
-fn qemu_img(args: &[&str]) {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .expect("qemu-img not found: this test needs it (apt-get install qemu-utils)");
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 

@@ -507,3 +507,38 @@ pub fn linux_guest() -> LinuxGuest {
         initramfs,
     }
 }
+
+/// Runs a host tool that a test needs and checks it succeeded; a missing tool fails the test
+/// saying which Debian package has it.
+pub fn tool(name: &str, args: &[&str]) -> std::process::Output {
+    let out = Command::new(name).args(args).output().unwrap_or_else(|e| {
+        panic!("{name} not found ({e}): this test needs it (Debian: apt-get install qemu-utils e2fsprogs)")
+    });
+    assert!(
+        out.status.success(),
+        "{name} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `qemu-img ARGS`, which must succeed.
+pub fn qemu_img(args: &[&str]) -> std::process::Output {
+    tool("qemu-img", args)
+}
+
+/// `qemu-img check` finds no corruption (exit 0; 3 is leaked clusters only, which a kill may
+/// leave and `qemu-img check -r leaks` reclaims).
+pub fn qemu_img_check(path: &str) {
+    let out = Command::new("qemu-img")
+        .args(["check", "-f", "qcow2", path])
+        .output()
+        .expect("qemu-img not found: this test needs it (apt-get install qemu-utils)");
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "qemu-img check {path}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
