@@ -488,18 +488,7 @@ fn write_probed_raw_head(
         .map_err(|e| io(e.to_string()))?;
     if len > head_len {
         let rest = sub_buffers(data, head_len, len - head_len);
-        if let Some((_, result)) = transfer_vectored(&disk.file, head_len, mem, &rest, false) {
-            result.map_err(|e| io(e.to_string()))?;
-        } else {
-            let mut file = FileAt {
-                file: &disk.file,
-                offset: head_len,
-            };
-            for d in &rest {
-                mem.write_all_volatile_to(d.addr(), &mut file, d.len() as usize)
-                    .map_err(|e| io(e.to_string()))?;
-            }
-        }
+        write(&disk.file, head_len, mem, &rest)?;
     }
     Ok((VIRTIO_BLK_S_OK, 0))
 }
@@ -578,19 +567,7 @@ fn execute(
                     .map_err(|e| (ReqError::Io(e.to_string()), 0));
             }
             let (target, _) = disk.write_target();
-            if let Some((_, result)) = transfer_vectored(target, offset, mem, data, false) {
-                return result
-                    .map(|()| (VIRTIO_BLK_S_OK, 0))
-                    .map_err(|e| (ReqError::Io(e.to_string()), 0));
-            }
-            let mut file = FileAt {
-                file: target,
-                offset,
-            };
-            for d in data {
-                mem.write_all_volatile_to(d.addr(), &mut file, d.len() as usize)
-                    .map_err(|e| (ReqError::Io(e.to_string()), 0))?;
-            }
+            write(target, offset, mem, data)?;
             Ok((VIRTIO_BLK_S_OK, 0))
         }
         VIRTIO_BLK_T_FLUSH => {
@@ -693,6 +670,25 @@ fn read(
         written += d.len();
     }
     Ok(written)
+}
+
+/// Writes the request's buffers to the file at `offset`.
+fn write(
+    file: &File,
+    offset: u64,
+    mem: &GuestMemoryMmap,
+    data: &[Descriptor],
+) -> Result<(), (ReqError, u32)> {
+    let io = |e: String| (ReqError::Io(e), 0);
+    if let Some((_, result)) = transfer_vectored(file, offset, mem, data, false) {
+        return result.map_err(|e| io(e.to_string()));
+    }
+    let mut file = FileAt { file, offset };
+    for d in data {
+        mem.write_all_volatile_to(d.addr(), &mut file, d.len() as usize)
+            .map_err(|e| io(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// The part of the buffers `data` (in order, one byte stream) from byte `skip`, `len` bytes
