@@ -111,6 +111,18 @@ impl ImageFile {
     }
 }
 
+/// The guest memory behind the buffers `data` (already checked to be in guest memory), as
+/// slices for imago's I/O vectors.
+fn guest_slices<'a>(
+    mem: &'a GuestMemoryMmap,
+    data: &[Descriptor],
+) -> io::Result<Vec<vm_memory::VolatileSlice<'a, ()>>> {
+    data.iter()
+        .flat_map(|d| mem.get_slices(d.addr(), d.len() as usize))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| io::Error::other(e.to_string()))
+}
+
 fn einval() -> io::Error {
     io::Error::from_raw_os_error(libc::EINVAL)
 }
@@ -139,20 +151,8 @@ fn vectored(
         if n == 0 {
             break;
         }
-        let mut n = n as usize;
         done += n as u64;
-        while n > 0 {
-            let v = &mut iov[first];
-            if n >= v.iov_len {
-                n -= v.iov_len;
-                first += 1;
-            } else {
-                // SAFETY: `n < iov_len`: the pointer stays inside the same buffer.
-                v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n).cast() };
-                v.iov_len -= n;
-                n = 0;
-            }
-        }
+        super::request::skip_iovecs(&mut iov, &mut first, n as usize);
     }
     Ok(done)
 }
@@ -409,11 +409,7 @@ impl Qcow2Disk {
         data: &[Descriptor],
         offset: u64,
     ) -> io::Result<()> {
-        let slices = data
-            .iter()
-            .flat_map(|d| mem.get_slices(d.addr(), d.len() as usize))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let slices = guest_slices(mem, data)?;
         let (bufv, _guard) = IoVectorMut::from_volatile_slice(&slices);
         let result = self.access.readv(bufv, offset);
         for s in &slices {
@@ -429,11 +425,7 @@ impl Qcow2Disk {
         data: &[Descriptor],
         offset: u64,
     ) -> io::Result<()> {
-        let slices = data
-            .iter()
-            .flat_map(|d| mem.get_slices(d.addr(), d.len() as usize))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let slices = guest_slices(mem, data)?;
         let (bufv, _guard) = IoVector::from_volatile_slice(&slices);
         let result = self.access.writev(bufv, offset);
         self.write_back(result)

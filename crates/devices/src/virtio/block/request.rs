@@ -223,21 +223,9 @@ fn transfer_vectored(
         if n == 0 {
             break Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
         }
-        // 0 < n <= the bytes left: skip the buffers it filled, trim the one it stopped in.
-        let mut n = n as usize;
-        done += n;
-        while n > 0 {
-            let v = &mut iov[first];
-            if n >= v.iov_len {
-                n -= v.iov_len;
-                first += 1;
-            } else {
-                // SAFETY: `n < iov_len`, so the pointer stays inside the same buffer.
-                v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n).cast() };
-                v.iov_len -= n;
-                n = 0;
-            }
-        }
+        // 0 < n <= the bytes left.
+        done += n as usize;
+        skip_iovecs(&mut iov, &mut first, n as usize);
     };
     if into_guest {
         for slice in &slices {
@@ -670,6 +658,23 @@ fn read(
         written += d.len();
     }
     Ok(written)
+}
+
+/// Moves past the first `n` bytes of `iov[*first..]` after a partial transfer: the iovecs they
+/// filled are skipped (`*first` moves on) and the one they end in is trimmed. Stops at the end
+/// of `iov`.
+pub(super) fn skip_iovecs(iov: &mut [libc::iovec], first: &mut usize, mut n: usize) {
+    while n > 0 && *first < iov.len() {
+        let v = &mut iov[*first];
+        if n >= v.iov_len {
+            n -= v.iov_len;
+            *first += 1;
+        } else {
+            v.iov_base = v.iov_base.cast::<u8>().wrapping_add(n).cast();
+            v.iov_len -= n;
+            n = 0;
+        }
+    }
 }
 
 /// Writes the request's buffers to the file at `offset`.

@@ -312,20 +312,10 @@ impl Uring {
         } else {
             // 0 < res <= the bytes asked for: skip the buffers it filled, trim the one it
             // stopped in.
-            let mut n = res as usize;
+            let n = res as usize;
             f.done += n as u64;
             f.offset += n as u64;
-            while n > 0 && f.first < f.iov.len() {
-                let v = &mut f.iov[f.first];
-                if n >= v.iov_len {
-                    n -= v.iov_len;
-                    f.first += 1;
-                } else {
-                    v.iov_base = v.iov_base.cast::<u8>().wrapping_add(n).cast();
-                    v.iov_len -= n;
-                    n = 0;
-                }
-            }
+            super::request::skip_iovecs(&mut f.iov, &mut f.first, n);
             if f.done < f.len {
                 return self.retry(slot, deliver);
             }
