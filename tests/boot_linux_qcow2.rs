@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{linux_guest, qemu_img_check, s, tool, vmm_bin, Scratch};
+use common::{linux_guest, qcow2_overlay, qemu_img_check, s, tool, vmm_bin, Scratch};
 
 /// A Linux boot on the development host takes about a minute; the agent's answer comes after.
 const BOOT: Duration = Duration::from_secs(600);
@@ -68,20 +68,7 @@ fn boot_linux_qcow2_overlay_writes_sync_and_survive_kill9() {
     let base_sha = sha256_of(&base);
     let overlay = scratch.path("overlay.qcow2");
     let overlay = s(&overlay).to_string();
-    tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.ext4",
-            "-F",
-            "raw",
-            &overlay,
-        ],
-    );
+    qcow2_overlay("base.ext4", "raw", &overlay);
     let vmlinux = s(&guest.vmlinux).to_string();
 
     // Phase 1: a clean run writes 2 MiB and syncs; the guest prints its sha256.

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{qemu_img, qemu_img_check, run_vmm, tool, Run, Scratch};
+use common::{qcow2_overlay, qemu_img, qemu_img_check, run_vmm, tool, Run, Scratch};
 use test_guests::Report;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -116,17 +116,7 @@ fn boot_qcow2_overlay_of_a_raw_base_writes_only_the_overlay() {
     let before = std::fs::read(&base).unwrap();
     let overlay = scratch.path("overlay.qcow2");
     // A relative backing name, resolved against the overlay's directory.
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.img",
-        "-F",
-        "raw",
-        s(&overlay),
-    ]);
+    qcow2_overlay("base.img", "raw", s(&overlay));
     let run = run_vmm(
         &[
             "--kernel",
@@ -153,17 +143,7 @@ fn boot_qcow2_snapshot_on_leaves_the_overlay_and_the_base() {
     let scratch = Scratch::new("qcow2-snapshot");
     let base = raw_base(&scratch, "base.img");
     let overlay = scratch.path("overlay.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.img",
-        "-F",
-        "raw",
-        s(&overlay),
-    ]);
+    qcow2_overlay("base.img", "raw", s(&overlay));
     let (base_before, overlay_before) = (
         std::fs::read(&base).unwrap(),
         std::fs::read(&overlay).unwrap(),
@@ -206,17 +186,7 @@ fn boot_qcow2_two_vms_on_one_base_see_only_their_own_writes() {
         .iter()
         .map(|n| {
             let p = scratch.path(&format!("{n}.qcow2"));
-            qemu_img(&[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-b",
-                "base.img",
-                "-F",
-                "raw",
-                s(&p),
-            ]);
+            qcow2_overlay("base.img", "raw", s(&p));
             // Each overlay's own sector 0: "AAAA…" in a, "BBBB…" in b.
             let pattern = format!("write -P 0x{:x} 0 512", if *n == "a" { 0x41 } else { 0x42 });
             tool("qemu-io", &["-f", "qcow2", "-c", &pattern, s(&p)]);

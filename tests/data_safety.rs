@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use common::{qemu_img, vmm_bin, Scratch};
+use common::{qcow2_overlay, qemu_img, vmm_bin, Scratch};
 use test_guests::{writer_record, BLK_WRITER};
 
 const BLOCK: usize = 4096;
@@ -101,17 +101,7 @@ fn kill_mid_stream_on(kill_after: u64, qcow2: bool) {
     let base = scratch.file("disk.img", &before);
     let image = if qcow2 {
         let overlay = scratch.path("overlay.qcow2");
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "disk.img",
-            "-F",
-            "raw",
-            common::s(&overlay),
-        ]);
+        qcow2_overlay("disk.img", "raw", common::s(&overlay));
         common::s(&overlay).to_string()
     } else {
         base.clone()

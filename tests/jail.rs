@@ -338,25 +338,7 @@ fn boot_jail_virtio_blk_qcow2_overlay_grows_and_leaves_the_base() {
     let base = disk_image(&scratch, "base.img");
     let before = std::fs::read(&base).unwrap();
     let overlay = scratch.path("overlay.qcow2");
-    let out = std::process::Command::new("qemu-img")
-        .args([
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.img",
-            "-F",
-            "raw",
-            s(&overlay),
-        ])
-        .output()
-        .expect("qemu-img not found: this test needs it (apt-get install qemu-utils)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::qcow2_overlay("base.img", "raw", s(&overlay));
     let len_before = std::fs::metadata(&overlay).unwrap().len();
     let id = test_id(8).to_string();
     let run = run_vmm(

@@ -542,3 +542,19 @@ pub fn qemu_img_check(path: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `qemu-img create -f qcow2 -b BACKING -F BACKING_FORMAT OVERLAY`: a qcow2 overlay (a relative
+/// `backing` is relative to the overlay's directory, as QEMU reads it).
+pub fn qcow2_overlay(backing: &str, backing_format: &str, overlay: &str) {
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        backing,
+        "-F",
+        backing_format,
+        overlay,
+    ]);
+}
