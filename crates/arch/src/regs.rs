@@ -200,12 +200,12 @@ pub fn setup_vcpu(mem: &GuestMemoryMmap, vcpu: &VcpuFd, entry: &BootEntry) -> Re
     set_lint(vcpu)
 }
 
-fn lapic_reg(lapic: &kvm_lapic_state, offset: usize) -> u32 {
+pub(crate) fn lapic_reg(lapic: &kvm_lapic_state, offset: usize) -> u32 {
     let r = &lapic.regs[offset..offset + 4];
     u32::from_le_bytes([r[0] as u8, r[1] as u8, r[2] as u8, r[3] as u8])
 }
 
-fn set_lapic_reg(lapic: &mut kvm_lapic_state, offset: usize, value: u32) {
+pub(crate) fn set_lapic_reg(lapic: &mut kvm_lapic_state, offset: usize, value: u32) {
     for (dst, src) in lapic.regs[offset..offset + 4]
         .iter_mut()
         .zip(value.to_le_bytes())

@@ -162,7 +162,7 @@ impl VcpuState {
             xsave,
             xcrs,
             msrs: read_msrs(vcpu, msr_indices)?,
-            lapic: vcpu.get_lapic().map_err(vcpu_err("KVM_GET_LAPIC"))?,
+            lapic: settle_expired_timer(vcpu.get_lapic().map_err(vcpu_err("KVM_GET_LAPIC"))?),
             events: vcpu
                 .get_vcpu_events()
                 .map_err(vcpu_err("KVM_GET_VCPU_EVENTS"))?,
@@ -227,6 +227,34 @@ impl VcpuState {
             .map_err(vcpu_err("KVM_SET_VCPU_EVENTS"))?;
         Ok(())
     }
+}
+
+/// Local APIC registers (offsets into `kvm_lapic_state::regs`).
+const APIC_ISR: usize = 0x100;
+const APIC_IRR: usize = 0x200;
+const APIC_LVTT: usize = 0x320;
+const APIC_TMICT: usize = 0x380;
+const APIC_TMCCT: usize = 0x390;
+
+/// A saved one-shot APIC timer that has expired and whose interrupt the saved registers already
+/// hold (in the IRR or the ISR) gets an initial count of 0. KVM_SET_LAPIC restarts an expired
+/// one-shot timer for a whole period (it reads a current count of 0 as "not started"), which
+/// would raise that interrupt a second time in the restored guest. An expired timer whose
+/// interrupt is in neither register (delivered and acknowledged, or still inside KVM) keeps its
+/// count: one interrupt too many is what the guest might then see, never one too few.
+fn settle_expired_timer(mut lapic: kvm_lapic_state) -> kvm_lapic_state {
+    use crate::regs::{lapic_reg, set_lapic_reg};
+    let lvtt = lapic_reg(&lapic, APIC_LVTT);
+    let one_shot = (lvtt >> 17) & 0b11 == 0;
+    let expired = lapic_reg(&lapic, APIC_TMICT) != 0 && lapic_reg(&lapic, APIC_TMCCT) == 0;
+    let vector = (lvtt & 0xff) as usize;
+    // Bit `vector` of a 256-bit register kept as eight 32-bit words 16 bytes apart.
+    let raised =
+        |base: usize| lapic_reg(&lapic, base + (vector / 32) * 16) & (1 << (vector % 32)) != 0;
+    if one_shot && expired && (raised(APIC_IRR) || raised(APIC_ISR)) {
+        set_lapic_reg(&mut lapic, APIC_TMICT, 0);
+    }
+    lapic
 }
 
 /// Reads the MSRs of `indices` that KVM can read: KVM_GET_MSRS stops at the first MSR it cannot
@@ -411,6 +439,31 @@ impl VmState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_expired_one_shot_timer_whose_interrupt_is_raised_is_not_restarted() {
+        use crate::regs::{lapic_reg, set_lapic_reg};
+        let timer = |lvtt: u32, tmcct: u32, irr: bool, isr: bool| {
+            let mut lapic = kvm_lapic_state::default();
+            set_lapic_reg(&mut lapic, APIC_LVTT, lvtt);
+            set_lapic_reg(&mut lapic, APIC_TMICT, 100_000);
+            set_lapic_reg(&mut lapic, APIC_TMCCT, tmcct);
+            // Vector 0x40: word 2 of each register, bit 0.
+            set_lapic_reg(&mut lapic, APIC_IRR + 0x20, u32::from(irr));
+            set_lapic_reg(&mut lapic, APIC_ISR + 0x20, u32::from(isr));
+            lapic_reg(&settle_expired_timer(lapic), APIC_TMICT)
+        };
+        // Expired, its interrupt in the IRR or the ISR: not started again.
+        assert_eq!(timer(0x40, 0, true, false), 0);
+        assert_eq!(timer(0x40, 0, false, true), 0);
+        // Still counting, expired with nothing raised, periodic or TSC-deadline: kept.
+        assert_eq!(timer(0x40, 5, true, false), 100_000);
+        assert_eq!(timer(0x40, 0, false, false), 100_000);
+        assert_eq!(timer(0x2_0040, 0, true, false), 100_000);
+        assert_eq!(timer(0x4_0040, 0, true, false), 100_000);
+        // Another vector raised: kept.
+        assert_eq!(timer(0x41, 0, true, true), 100_000);
+    }
 
     #[test]
     fn fpu_state_converts_both_ways_and_through_json() {

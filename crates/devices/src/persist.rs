@@ -112,6 +112,11 @@ pub trait Persist {
     /// relies on (sizes, indexes, addresses) and refuses a state it could not run with.
     fn restore(&mut self, state: Self::State) -> Result<(), PersistError>;
 
+    /// Brings the device to a state [`Persist::save`] can hold whole, on the event loop while the
+    /// VM is paused: a device with host work in flight (an asynchronous backend) finishes it and
+    /// returns its chains to the driver. Most devices have nothing to do.
+    fn prepare_save(&mut self) {}
+
     /// [`Persist::save`] with its version, as it is stored.
     fn save_versioned(&self) -> Versioned<Self::State> {
         Versioned {
@@ -130,6 +135,43 @@ pub trait Persist {
             });
         }
         self.restore(saved.state)
+    }
+}
+
+/// A device's [`Persist`] behind a trait object, so that the VMM can keep one list of every device
+/// to save, in the order they were created, and restore each from its stored form (JSON).
+pub trait SaveState: Send {
+    /// [`Persist::NAME`].
+    fn state_name(&self) -> &'static str;
+    /// [`Persist::prepare_save`].
+    fn prepare(&mut self);
+    /// [`Persist::save_versioned`], as JSON.
+    fn save_json(&self) -> Result<serde_json::Value, serde_json::Error>;
+    /// [`Persist::restore_versioned`] from JSON; a value of another shape is a
+    /// [`PersistError::Mismatch`].
+    fn restore_json(&mut self, state: serde_json::Value) -> Result<(), PersistError>;
+}
+
+impl<T: Persist + Send> SaveState for T {
+    fn state_name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn prepare(&mut self) {
+        self.prepare_save()
+    }
+
+    fn save_json(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::to_value(self.save_versioned())
+    }
+
+    fn restore_json(&mut self, state: serde_json::Value) -> Result<(), PersistError> {
+        let saved: Versioned<T::State> =
+            serde_json::from_value(state).map_err(|e| PersistError::Mismatch {
+                device: T::NAME,
+                why: format!("the saved state has another shape: {e}"),
+            })?;
+        self.restore_versioned(saved)
     }
 }
 

@@ -31,7 +31,7 @@ const NANOS_PER_SEC: i128 = 1_000_000_000;
 pub const DEFAULT_BURST: Duration = Duration::from_millis(100);
 
 /// One bucket's settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BucketConfig {
     /// Tokens (bytes or operations) per second; at least 1.
     pub rate: u64,
@@ -59,7 +59,7 @@ impl BucketConfig {
 }
 
 /// The limits of one device (or one direction of a NIC): either, both or neither bucket.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RateLimitConfig {
     /// Bytes per second.
     pub bytes: Option<BucketConfig>,

@@ -25,7 +25,7 @@ const MAX_L1_BYTES: u64 = 32 << 20;
 const MAX_REFTABLE_BYTES: u64 = 8 << 20;
 
 /// Which format an image is served as.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DiskFormat {
     /// Sector n of the disk is bytes 512·n.. of the file.
     Raw,

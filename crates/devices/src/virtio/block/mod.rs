@@ -57,7 +57,7 @@ pub const MAX_WRITE_ZEROES_SEG: u32 = 1;
 pub const ID_BYTES: usize = 20;
 
 /// How requests reach the image file (`aio=`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Aio {
     /// The fastest that works: io_uring when the kernel (and whatever sandbox vmm runs in) lets
     /// the ring be set up and the disk has no overlay, else the synchronous path.

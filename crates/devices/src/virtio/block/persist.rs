@@ -38,6 +38,10 @@ impl Persist for Block {
     const STATE_VERSION: u16 = 2;
     type State = BlockState;
 
+    fn prepare_save(&mut self) {
+        self.quiesce()
+    }
+
     fn save(&self) -> BlockState {
         BlockState {
             core: VirtioDevice::core(self).save(),
