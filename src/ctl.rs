@@ -31,9 +31,12 @@ enum Op {
     /// Press the guest's power button; vmm stops the VM if it has not powered off within its
     /// --shutdown-timeout (a second shutdown stops it at once).
     Shutdown,
-    /// Save the paused VM to DIR (not implemented yet: answers an error).
+    /// Save the paused VM to DIR (made mode 0700 if missing; a snapshot already there is
+    /// replaced): its state file and its memory file. The VM stays paused. `vmm --restore DIR`
+    /// continues it.
     Snapshot {
-        /// The directory to write the snapshot to.
+        /// The directory to write the snapshot to (relative to this command's working directory:
+        /// vmm is told the absolute path).
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
@@ -49,6 +52,13 @@ pub(crate) fn ctl(args: CtlArgs) -> ExitCode {
         Op::Resume => ("PUT", "/vm/resume", None),
         Op::Shutdown => ("PUT", "/vm/shutdown", None),
         Op::Snapshot { dir } => {
+            let dir = match std::path::absolute(dir) {
+                Ok(dir) => dir,
+                Err(e) => {
+                    eprintln!("error: snapshot directory '{}': {e}", dir.display());
+                    return ExitCode::FAILURE;
+                }
+            };
             let Some(dir) = dir.to_str() else {
                 eprintln!(
                     "error: '{}' is not UTF-8 (the API carries JSON text); give snapshot another DIR",

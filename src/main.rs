@@ -55,7 +55,7 @@ enum Command {
     /// `info` prints the VM's state, configuration, uptime and device counters as JSON; `pause`
     /// stops every vCPU, `resume` lets them go on; `shutdown` presses the guest's power button
     /// and stops the VM after its --shutdown-timeout (a second `shutdown` stops it at once);
-    /// `snapshot DIR` is not implemented yet. Prints one line (the JSON for info); exit status
+    /// `snapshot DIR` saves the paused VM to DIR for `vmm --restore DIR`. Prints one line (the JSON for info); exit status
     /// 0 on success, 1 with one `error:` line otherwise. The API itself is HTTP/1.1 with JSON
     /// bodies (docs/API.md): `curl --unix-socket PATH http://localhost/vm`.
     Ctl(ctl::CtlArgs),
@@ -94,8 +94,23 @@ struct RunArgs {
 #[derive(Args, Debug)]
 struct VmArgs {
     /// Kernel image: ELF vmlinux (PVH entry if present) or bzImage.
-    #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
+    kernel: Option<PathBuf>,
+
+    /// Continue the VM saved in DIR (by `vmm ctl snapshot DIR`) instead of booting one: its
+    /// memory is mapped privately from the snapshot (pages load as the guest touches them; many
+    /// VMs restored from one snapshot share the pages none of them wrote), its vCPUs, interrupt
+    /// controllers, clock and devices carry on where they were paused. Memory, vCPUs, irqchip,
+    /// ACPI and the device set are the snapshot's; backends can be new: the Nth --disk replaces
+    /// the snapshot's Nth disk (same size and readonly=), the Nth --net its Nth NIC, --vsock its
+    /// socket (same cid=), and --serial, --console, --api-socket, --jail are this run's. The
+    /// guest's vsock connections are reset.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with_all = ["kernel", "initrd", "cmdline", "cpus", "memory", "irqchip", "acpi", "boot_timer"]
+    )]
+    restore: Option<PathBuf>,
 
     /// Initial ramdisk (cpio, optionally compressed).
     #[arg(long, value_name = "PATH")]
@@ -403,7 +418,7 @@ fn init_logging(verbose: u8) {
 /// The VM the options describe, with these console backends.
 fn vm_config(cli: &VmArgs, serial: CharBackend, console: CharBackend) -> VmConfig {
     VmConfig {
-        kernel: cli.kernel.clone(),
+        kernel: cli.kernel.clone().unwrap_or_default(),
         initrd: cli.initrd.clone().map(vm::Initrd::File),
         cmdline: cli.cmdline.clone(),
         vcpus: cli.cpus,
@@ -430,6 +445,56 @@ fn vm_config(cli: &VmArgs, serial: CharBackend, console: CharBackend) -> VmConfi
     }
 }
 
+/// Opens the snapshot in `dir` and makes `config` the machine it holds, with the backends the
+/// options give: the Nth `--disk` or `--net` replaces the snapshot's Nth, `--vsock` its socket.
+fn restore_config(
+    cli: &VmArgs,
+    dir: &std::path::Path,
+    config: &mut VmConfig,
+) -> Result<vm::Snapshot, vm::Error> {
+    let snapshot = vm::Snapshot::open(dir)?;
+    let machine = snapshot.machine();
+    let replace = |what: &str, given: usize, saved: usize| -> Result<(), vm::Error> {
+        match given > saved {
+            true => Err(snapshot.mismatch(format!(
+                "it has {saved} {what}, {given} were given to replace them"
+            ))),
+            false => Ok(()),
+        }
+    };
+    replace("disk(s)", cli.disk.len(), machine.disks.len())?;
+    replace("NIC(s)", cli.net.len(), machine.nets.len())?;
+    let mut disks = machine.disks.clone();
+    for (slot, disk) in disks.iter_mut().zip(&cli.disk) {
+        *slot = disk.clone();
+    }
+    let mut nets = machine.nets.clone();
+    for (slot, net) in nets.iter_mut().zip(&cli.net) {
+        *slot = net.clone();
+    }
+    config.memory_bytes = machine.memory_bytes;
+    config.vcpus = machine.vcpus;
+    config.irqchip = machine.irqchip;
+    config.acpi = machine.acpi;
+    config.boot_timer = machine.boot_timer;
+    config.disks = disks;
+    config.nets = nets;
+    config.vsock = cli.vsock.clone().or_else(|| machine.vsock.clone());
+    if machine.console && !config.console.is_on() {
+        // The guest writes to its console: somewhere it must go.
+        config.console = CharBackend::Stdio;
+        if cli.serial.is_none() {
+            config.serial = CharBackend::Off;
+        }
+    }
+    if !machine.console && config.console.is_on() {
+        return Err(
+            snapshot.mismatch("it has no virtio console; give --restore without --console".into())
+        );
+    }
+    Ok(snapshot)
+}
+
 /// `vmm [OPTIONS]`: boot the guest and run it to its end.
 fn boot(cli: VmArgs) -> ExitCode {
     let console = cli.console.as_deref().map_or(CharBackend::Off, backend);
@@ -438,7 +503,18 @@ fn boot(cli: VmArgs) -> ExitCode {
         None if console.is_on() => CharBackend::Off,
         None => CharBackend::Stdio,
     };
-    if console.owns_stdin() && serial.owns_stdin() {
+    let mut config = vm_config(&cli, serial, console);
+    let snapshot = match &cli.restore {
+        Some(dir) => match restore_config(&cli, dir, &mut config) {
+            Ok(snapshot) => Some(snapshot),
+            Err(e) => {
+                eprintln!("error: {}{}", error_chain(&e), flag_hint(&e));
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    if config.console.owns_stdin() && config.serial.owns_stdin() {
         Cli::command()
             .error(
                 clap::error::ErrorKind::ArgumentConflict,
@@ -446,8 +522,7 @@ fn boot(cli: VmArgs) -> ExitCode {
             )
             .exit();
     }
-    let stdin_owned = console.owns_stdin() || serial.owns_stdin();
-    let mut config = vm_config(&cli, serial, console);
+    let stdin_owned = config.console.owns_stdin() || config.serial.owns_stdin();
 
     // The jail: the parent supervises and exits with the jailed child's status; the child builds
     // the VM with the host's files in view, then closes the jail before the guest runs.
@@ -498,7 +573,11 @@ fn boot(cli: VmArgs) -> ExitCode {
         }
     }
 
-    let result = Vm::new(config).map_err(AnyError::from).and_then(|vm| {
+    let vm = match &snapshot {
+        Some(snapshot) => Vm::restore(config, snapshot),
+        None => Vm::new(config),
+    };
+    let result = vm.map_err(AnyError::from).and_then(|vm| {
         for (device, path) in vm.ptys() {
             eprintln!("{device}: pty {}", path.display());
         }

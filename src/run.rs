@@ -49,6 +49,11 @@ pub fn run(args: RunArgs) -> ExitCode {
         }
     }
     let cli = &args.vm;
+    if cli.restore.is_some() {
+        return fail(
+            "vmm run does not take --restore yet; restore with `vmm --restore DIR` instead",
+        );
+    }
     if cli.jail.is_some() {
         return fail("vmm run does not take --jail yet; run the VM with `vmm --jail` instead");
     }

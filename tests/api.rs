@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{s, vmm_bin, Running, Scratch};
+use common::{ctl, s, vmm_bin, Running, Scratch};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -23,22 +23,6 @@ macro_rules! require_kvm {
             return;
         }
     };
-}
-
-/// `vmm ctl --api-socket SOCK ARGS…`: (exit code, stdout, stderr).
-fn ctl(sock: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(vmm_bin())
-        .arg("ctl")
-        .arg("--api-socket")
-        .arg(sock)
-        .args(args)
-        .output()
-        .expect("run vmm ctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Sends `raw` on a new connection and returns everything the server answered.
@@ -225,7 +209,7 @@ fn boot_api_raw_http_answers_and_refusals() {
         ),
         (
             b"PUT /vm/snapshot HTTP/1.1\r\nContent-Length: 12\r\n\r\n{\"dir\":\"/s\"}",
-            501,
+            409,
         ),
     ];
     for (raw, want) in cases {
@@ -247,7 +231,7 @@ fn boot_api_raw_http_answers_and_refusals() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
         err.starts_with("error: the control API at '")
-            && err.contains("501: snapshot is not implemented yet"),
+            && err.contains("409: the VM is running: pause it first"),
         "{err}"
     );
     // The VM went on through all of it.
@@ -485,6 +469,7 @@ fn boot_api_info_counts_a_disks_requests_and_waits() {
         "--api-socket",
         s(&sock),
     ]);
+    assert!(wait_until(TIMEOUT, || sock.exists()), "no API socket");
     let counters = || {
         let (code, out, err) = ctl(&sock, &["info"]);
         assert_eq!(code, 0, "{err}");

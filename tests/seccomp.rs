@@ -193,11 +193,14 @@ fn seccomp_the_control_api_thread_is_filtered() {
     let sock = scratch.path("api.sock");
     let mut vmm = parked(&["--api-socket", common::s(&sock)]);
     let threads = vmm_threads(&vmm);
-    let api = threads.iter().find(|t| t.0 == "api");
-    assert!(
-        api.is_some_and(|t| t.1 == "2"),
-        "no filtered api thread: {threads:?}"
-    );
+    // The API thread, and the thread that writes its snapshots, each under its own filter.
+    for name in ["api", "snapshot"] {
+        let thread = threads.iter().find(|t| t.0 == name);
+        assert!(
+            thread.is_some_and(|t| t.1 == "2"),
+            "no filtered {name} thread: {threads:?}"
+        );
+    }
     let stderr = vmm.stop();
     assert!(!stderr.contains("seccomp"), "{stderr}");
 }
@@ -217,6 +220,25 @@ fn seccomp_forbidden_call_on_the_api_thread_stops_with_a_named_message() {
             "vmm: seccomp: thread 'api' made a forbidden system call: openat (257); stopping. \
              Run with --seccomp off to debug."
         ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn seccomp_forbidden_call_on_the_snapshot_thread_stops_with_a_named_message() {
+    require_kvm!();
+    if !debug_build() {
+        return;
+    }
+    // The test switch opens /etc/hostname read-only: the snapshot thread may open only its
+    // directory and new files, so even a read is refused.
+    let scratch = common::Scratch::new("seccomp-snapshot-forbidden");
+    let sock = scratch.path("api.sock");
+    let (code, stderr) = provoke("snapshot", &["--api-socket", common::s(&sock)]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr
+            .contains("vmm: seccomp: thread 'snapshot' made a forbidden system call: openat (257)"),
         "{stderr}"
     );
 }

@@ -163,6 +163,11 @@ const GUESTS: &[Guest] = &[
         sources: &["irq.c"],
     },
     Guest {
+        name: "snap",
+        entry: Entry::Pvh,
+        sources: &["snap.c"],
+    },
+    Guest {
         name: "acpi",
         entry: Entry::Pvh,
         sources: &["acpi.c"],

@@ -420,6 +420,22 @@ impl Drop for Running {
     }
 }
 
+/// `vmm ctl --api-socket SOCK ARGS…`: (exit code, stdout, stderr).
+pub fn ctl(sock: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(vmm_bin())
+        .arg("ctl")
+        .arg("--api-socket")
+        .arg(sock)
+        .args(args)
+        .output()
+        .expect("run vmm ctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A scratch directory removed when dropped.
 pub struct Scratch(pub PathBuf);
 

@@ -369,6 +369,15 @@ pub fn blk_bench_image(sectors: u64, seed: u32) -> Vec<u8> {
 /// `spurious_irqs=`, then `done` and a reset; `timeout=NAME` if a PIT window never ends.
 pub const IRQ: &str = concat!(env!("OUT_DIR"), "/irq.elf");
 
+/// Snapshots (PVH): `rounds=` (default 1000) rounds of a checksum over a 64 KiB buffer (`work=`
+/// steps each, default 200), each folded into xmm7 with `sse` on the command line (a host that
+/// cannot run SSE in guest kernel mode stops such a guest at once), and ended by one timer interrupt waited for
+/// with `hlt` (the local APIC timer on even rounds, PIT channel 0 in mode 0 through I/O APIC pin 0
+/// on odd ones); `round=N sum=0x...` every 100 rounds; then `result=`, `sse=HI,LO`, `lapic_irqs=`,
+/// `pit_irqs=`, `other_irqs=`, `spurious_irqs=` (hex), `done` and a reset. A run saved and
+/// restored any number of times prints exactly what an uninterrupted run prints.
+pub const SNAP: &str = concat!(env!("OUT_DIR"), "/snap.elf");
+
 /// Record `n` as [`BLK_WRITER`] writes it: "VMMREC", two zero bytes, `n` (u64 LE), then byte `i`
 /// (16..4096) = `n * 31 + i * 7` (mod 256).
 pub fn writer_record(n: u64) -> Vec<u8> {
@@ -423,6 +432,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("rate_probe", RATE_PROBE),
     ("blk_bench", BLK_BENCH),
     ("irq", IRQ),
+    ("snap", SNAP),
     ("acpi", ACPI),
     ("acpi_linux64", ACPI_LINUX64),
 ];

@@ -346,6 +346,8 @@ pub(crate) struct Control {
     pub started: Instant,
     pub config: Value,
     pub devices: Vec<crate::device_manager::DeviceCounters>,
+    /// The snapshot thread.
+    pub snapshot: crate::snapshot::Snapshotter,
 }
 
 impl Control {
@@ -383,10 +385,35 @@ impl Control {
                     Err(e) => Response::error(500, format!("cannot request the shutdown: {e}")),
                 }
             }
-            Action::Snapshot(_) => Response::error(
-                501,
-                "snapshot is not implemented yet in this vmm (see docs/API.md)",
-            ),
+            Action::Snapshot(dir) => {
+                if !self.pause.is_paused() {
+                    return Response::error(
+                        409,
+                        "the VM is running: pause it first (PUT /vm/pause)",
+                    );
+                }
+                let dir = std::path::PathBuf::from(dir);
+                if !dir.is_absolute() {
+                    return Response::error(
+                        400,
+                        format!(
+                            "snapshot directory '{}' is relative: give an absolute path",
+                            printable(&dir.to_string_lossy())
+                        ),
+                    );
+                }
+                let started = Instant::now();
+                match self.snapshot.take(dir.clone()) {
+                    Ok(bytes) => {
+                        log::info!("control API: snapshot in {:?}", started.elapsed());
+                        Response::json(
+                            200,
+                            json!({ "dir": dir, "memory_bytes": bytes, "state": "paused" }),
+                        )
+                    }
+                    Err(e) => Response::error(500, e.to_string()),
+                }
+            }
         }
     }
 

@@ -169,7 +169,7 @@ fn parse_file_size(value: &str) -> Result<u64, ParseError> {
 }
 
 /// Where the interrupt controllers and the PIT are emulated.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum IrqChip {
     /// [`IrqChip::Split`] when KVM supports it, else [`IrqChip::Kernel`].
     #[default]
@@ -202,7 +202,7 @@ impl FromStr for IrqChip {
 }
 
 /// One virtio-blk disk.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiskConfig {
     /// The image file (or block device) backing the disk.
     pub path: PathBuf,
@@ -379,7 +379,7 @@ impl FromStr for DiskConfig {
 }
 
 /// One virtio-net NIC over a host tap device.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetConfig {
     /// The tap device's name on the host.
     pub tap: String,
@@ -449,7 +449,7 @@ impl FromStr for NetConfig {
 }
 
 /// The virtio-vsock device: the guest's CID and the Unix socket host programs connect to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VsockConfig {
     /// The guest's CID (3 to 2^32 - 2).
     pub cid: u64,

@@ -16,6 +16,7 @@ use devices::legacy::{
     Pvpanic, Serial, SerialInput, ACPI_PM_PORT_LEN, BOOT_TIMER_MMIO_LEN, BOOT_TIMER_PORT_LEN,
     I8042, IOAPIC_MMIO_LEN, PIT_PORT_LEN,
 };
+use devices::persist::SaveState;
 use devices::rate_limiter::{RateLimitConfig, RateLimiter};
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::console::Console;
@@ -107,7 +108,13 @@ pub(crate) struct Devices {
     pub ptys: Vec<(&'static str, PathBuf)>,
     /// The counters of the devices that keep some, for the control API's info.
     pub counters: Vec<DeviceCounters>,
+    /// Every device with a state, in creation order (a virtio transport before its device):
+    /// what a snapshot saves, and the order a restore puts the states back in.
+    pub saved: Vec<Saved>,
 }
+
+/// A device whose state a snapshot holds.
+pub(crate) type Saved = Arc<Mutex<dyn SaveState>>;
 
 /// One device's counters, read on demand (the control API's info).
 pub(crate) struct DeviceCounters {
@@ -153,6 +160,7 @@ impl DeviceManager {
                 event_manager: EventManager::new().map_err(Error::EventLoop)?,
                 ptys: Vec::new(),
                 counters: Vec::new(),
+                saved: Vec::new(),
             },
             slots: MmioSlots::default(),
             cmdline: Vec::new(),
@@ -189,6 +197,7 @@ impl DeviceManager {
                 u64::from(layout::SERIAL_PORT_LEN),
             )
             .map_err(dev_err("serial"))?;
+        self.devices.saved.push(serial.clone());
         let input = SerialInput::new(serial, chardev).map_err(dev_err("serial input"))?;
         self.add_subscriber(Arc::new(Mutex::new(input)));
         Ok(())
@@ -198,6 +207,7 @@ impl DeviceManager {
     /// reset line stops the VM through `exit`.
     pub fn add_i8042(&mut self, exit: &Arc<ExitState>) -> Result<()> {
         let i8042 = Arc::new(Mutex::new(I8042::with_trigger(ResetTrigger(exit.clone()))));
+        self.devices.saved.push(i8042.clone());
         let data = u64::from(layout::I8042_DATA_PORT);
         for port in [layout::I8042_DATA_PORT, layout::I8042_COMMAND_PORT] {
             let port = u64::from(port);
@@ -220,9 +230,11 @@ impl DeviceManager {
             .mmio
             .insert(ioapic.clone(), layout::IOAPIC_ADDR, IOAPIC_MMIO_LEN)
             .map_err(dev_err("I/O APIC"))?;
+        self.devices.saved.push(ioapic.clone());
         self.add_subscriber(Arc::new(Mutex::new(IoapicTimer(ioapic))));
         let irq = self.irqfd(layout::PIT_IRQ, "register the PIT irqfd")?;
         let pit = Pit::new(irq).map_err(dev_err("PIT"))?;
+        self.devices.saved.push(pit.clone());
         let (ports, speaker) = Pit::port_devices(&pit);
         let pio = &mut self.devices.pio;
         pio.insert(
@@ -264,6 +276,7 @@ impl DeviceManager {
                 ACPI_PM_PORT_LEN,
             )
             .map_err(dev_err("ACPI platform registers"))?;
+        self.devices.saved.push(pm.clone());
         Ok(pm)
     }
 
@@ -295,8 +308,13 @@ impl DeviceManager {
             .map_err(dev_err("exit device"))?;
         self.devices
             .mmio
-            .insert(device, layout::EXIT_DEVICE_MMIO_ADDR, layout::PAGE_SIZE)
+            .insert(
+                device.clone(),
+                layout::EXIT_DEVICE_MMIO_ADDR,
+                layout::PAGE_SIZE,
+            )
             .map_err(dev_err("exit device"))?;
+        self.devices.saved.push(device);
         Ok(())
     }
 
@@ -313,8 +331,13 @@ impl DeviceManager {
             .map_err(dev_err("boot timer"))?;
         self.devices
             .mmio
-            .insert(timer, layout::BOOT_TIMER_MMIO_ADDR, BOOT_TIMER_MMIO_LEN)
+            .insert(
+                timer.clone(),
+                layout::BOOT_TIMER_MMIO_ADDR,
+                BOOT_TIMER_MMIO_LEN,
+            )
             .map_err(dev_err("boot timer"))?;
+        self.devices.saved.push(timer);
         Ok(())
     }
 
@@ -485,6 +508,11 @@ impl DeviceManager {
         &self.virtio_slots
     }
 
+    /// Every device with a state so far, in creation order.
+    pub fn saved(&self) -> &[Saved] {
+        &self.devices.saved
+    }
+
     /// The buses, the event loop and the ptys, for the VM to run.
     pub fn into_devices(self) -> Devices {
         self.devices
@@ -495,7 +523,7 @@ impl DeviceManager {
     /// event loop, and its `virtio_mmio.device=` entry on the command line.
     fn add_virtio<D>(&mut self, what: &'static str, device: D) -> Result<MmioSlot>
     where
-        D: VirtioDevice + MutEventSubscriber + Send + 'static,
+        D: VirtioDevice + MutEventSubscriber + SaveState + 'static,
     {
         self.add_virtio_shared(what, Arc::new(Mutex::new(device)))
     }
@@ -507,7 +535,7 @@ impl DeviceManager {
         device: Arc<Mutex<D>>,
     ) -> Result<MmioSlot>
     where
-        D: VirtioDevice + MutEventSubscriber + Send + 'static,
+        D: VirtioDevice + MutEventSubscriber + SaveState + 'static,
     {
         let slot = self.slots.allocate()?;
         let transport =
@@ -521,14 +549,14 @@ impl DeviceManager {
                 .register_ioevent(evt, &notify, queue as u32)
                 .map_err(kvm_err("register a virtio ioeventfd"))?;
         }
+        let transport = Arc::new(Mutex::new(transport));
         self.devices
             .mmio
-            .insert(
-                Arc::new(Mutex::new(transport)),
-                slot.base,
-                layout::VIRTIO_MMIO_SIZE,
-            )
+            .insert(transport.clone(), slot.base, layout::VIRTIO_MMIO_SIZE)
             .map_err(dev_err(what))?;
+        // The transport's state first: restoring it activates the device again.
+        self.devices.saved.push(transport);
+        self.devices.saved.push(device.clone());
         self.add_subscriber(device);
         self.cmdline.push(slot.cmdline_entry());
         self.virtio_slots.push((slot.base, slot.irq));

@@ -39,6 +39,40 @@ pub enum Error {
         /// The path given twice.
         path: std::path::PathBuf,
     },
+    /// A snapshot could not be taken (the VM goes on, paused as it was).
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+    /// A snapshot's files are missing, unreadable, truncated, corrupted or of another format.
+    #[error(transparent)]
+    SnapshotFile(#[from] snapshot::Error),
+    /// A snapshot was taken by another build of vmm, whose saved state this one cannot read.
+    #[error("'{dir}' was taken by vmm {found}; this is vmm {expected}, which restores only its own snapshots")]
+    SnapshotVersion {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// The version that took it.
+        found: String,
+        /// This build's version.
+        expected: String,
+    },
+    /// What the restore was asked for does not fit the snapshot (a disk of another size, a
+    /// different number of devices).
+    #[error("cannot restore '{dir}': {why}")]
+    RestoreMismatch {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// What does not fit, naming the values.
+        why: String,
+    },
+    /// A device's saved state could not be put back.
+    #[error("cannot restore '{dir}': {source}")]
+    RestoreDevice {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// The device's error.
+        #[source]
+        source: devices::persist::PersistError,
+    },
     /// More vCPUs than the host (or the MP table) allows, or none.
     #[error("{asked} vCPUs: this host runs 1 to {max} vCPUs per VM")]
     VcpuCount {

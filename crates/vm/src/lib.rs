@@ -29,6 +29,7 @@ mod kvm_nr;
 mod memory;
 mod quirks;
 pub mod seccomp;
+mod snapshot;
 mod start;
 mod vcpu;
 mod vm;
@@ -45,6 +46,7 @@ pub use devices::virtio::block::growth_bound as disk_growth_bound;
 pub use devices::Error as DeviceError;
 pub use error::{Error, Result};
 pub use seccomp::SeccompMode;
+pub use snapshot::{Machine, Snapshot, VMM_VERSION};
 pub use start::{mark_process_start, process_start};
 pub use vm::{ShutdownRequest, Vm};
 

@@ -18,6 +18,49 @@ pub(crate) fn create_guest_memory(vm_fd: &VmFd, size: u64) -> Result<GuestMemory
     let map_err = |reason: String| Error::GuestMemory { mib, reason };
     let regions = arch::ram_regions(size).map_err(|e| map_err(e.to_string()))?;
     let mem = GuestMemoryMmap::from_ranges(&regions).map_err(|e| map_err(e.to_string()))?;
+    register(vm_fd, &mem, mib)?;
+    step_done(&format!("mapped {mib} MiB of guest memory"));
+    Ok(mem)
+}
+
+/// Maps `size` bytes of guest RAM from `file` (a snapshot's memory file: the regions back to
+/// back) privately: pages load when the guest first touches them, clones of one snapshot share
+/// the page cache, and each VM's writes stay its own. Registers the KVM memory slots.
+pub(crate) fn map_guest_memory_file(
+    vm_fd: &VmFd,
+    size: u64,
+    file: std::fs::File,
+) -> Result<GuestMemoryMmap> {
+    use vm_memory::mmap::MmapRegionBuilder;
+    use vm_memory::{FileOffset, GuestRegionMmap};
+    let mib = size >> 20;
+    let map_err = |reason: String| Error::GuestMemory { mib, reason };
+    let file = std::sync::Arc::new(file);
+    let mut offset = 0u64;
+    let mut regions = Vec::new();
+    for (start, len) in arch::ram_regions(size).map_err(|e| map_err(e.to_string()))? {
+        let mapping = MmapRegionBuilder::new(len)
+            .with_file_offset(FileOffset::from_arc(file.clone(), offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| map_err(e.to_string()))?;
+        let region = GuestRegionMmap::new(mapping, start)
+            .ok_or_else(|| map_err(format!("region at {start:?} wraps around")))?;
+        regions.push(region);
+        offset += len as u64;
+    }
+    let mem = GuestMemoryMmap::from_regions(regions).map_err(|e| map_err(e.to_string()))?;
+    register(vm_fd, &mem, mib)?;
+    step_done(&format!(
+        "mapped {mib} MiB of guest memory from the snapshot"
+    ));
+    Ok(mem)
+}
+
+/// Registers one KVM memory slot per region of `mem`.
+fn register(vm_fd: &VmFd, mem: &GuestMemoryMmap, mib: u64) -> Result<()> {
+    let map_err = |reason: String| Error::GuestMemory { mib, reason };
     for (slot, region) in mem.iter().enumerate() {
         let host = mem
             .get_host_address(region.start_addr())
@@ -34,8 +77,7 @@ pub(crate) fn create_guest_memory(vm_fd: &VmFd, size: u64) -> Result<GuestMemory
         unsafe { vm_fd.set_user_memory_region(region) }
             .map_err(kvm_err("register guest memory"))?;
     }
-    step_done(&format!("mapped {mib} MiB of guest memory"));
-    Ok(mem)
+    Ok(())
 }
 
 /// Checks a guest memory size against the minimum and the host's RAM (`host_ram`: 0 if unknown).

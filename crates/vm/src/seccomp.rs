@@ -16,6 +16,12 @@
 //! - `api`: the control API's thread (`--api-socket`, see `api.rs`): poll, accept4, reading and
 //!   writing its clients' sockets, the vCPU kick signal (pause) and the shutdown request's
 //!   eventfd. No KVM ioctl, no file or socket made.
+//! - `snapshot`: with the control API, the thread that writes a snapshot when the API asks
+//!   (`snapshot.rs`): the VM's KVM_GET_IRQCHIP, KVM_GET_PIT2 and KVM_GET_CLOCK, and the files of
+//!   the snapshot directory: mkdir, openat with exactly two sets of flags (the directory, not
+//!   through a link; a new file, O_EXCL, not through a link: no existing file can be opened),
+//!   writes, seeks, ftruncate, fsync, renameat and unlinkat inside that directory. The vCPUs'
+//!   state is read by each vCPU thread itself, while parked.
 //!
 //! Where the lists come from: each device and backend declares the calls it makes once the guest
 //! runs, per thread, next to its code ([`devices::seccomp`]); the router the I/O APIC calls declares
@@ -57,7 +63,9 @@ pub use seccomp_rules::{set_forbidden_call_hint, syscall_name};
 
 use crate::error::{Error, Result};
 use crate::kvm_nr::{
-    GSI_ROUTER_SYSCALLS, KVM_GET_REGS, KVM_GET_SREGS, KVM_REINJECT_CONTROL, KVM_RUN,
+    GSI_ROUTER_SYSCALLS, KVM_GET_DEBUGREGS, KVM_GET_FPU, KVM_GET_LAPIC, KVM_GET_MP_STATE,
+    KVM_GET_MSRS, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_VCPU_EVENTS, KVM_GET_XCRS, KVM_GET_XSAVE,
+    KVM_REINJECT_CONTROL, KVM_RUN,
 };
 
 /// Which of the VM's threads get a seccomp filter.
@@ -87,6 +95,8 @@ pub enum ThreadKind {
     Helper,
     /// The control API's thread.
     Api,
+    /// The thread that writes snapshots for the control API (`snapshot.rs`).
+    Snapshot,
 }
 
 impl ThreadKind {
@@ -97,6 +107,7 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Helper => "helper",
             ThreadKind::Api => "api",
+            ThreadKind::Snapshot => "snapshot",
         }
     }
 }
@@ -112,6 +123,8 @@ pub(crate) struct Filters {
     pub helper: Option<BpfProgram>,
     /// For the control API's thread.
     pub api: Option<BpfProgram>,
+    /// For the snapshot thread (with the control API).
+    pub snapshot: Option<BpfProgram>,
 }
 
 impl Filters {
@@ -131,6 +144,7 @@ impl Filters {
                 .then(|| compile(ThreadKind::Helper))
                 .transpose()?,
             api: api.then(|| compile(ThreadKind::Api)).transpose()?,
+            snapshot: api.then(|| compile(ThreadKind::Snapshot)).transpose()?,
         })
     }
 }
@@ -142,13 +156,21 @@ const VMM_CORE: &[SyscallRule] = &[
     SyscallRule::Any(libc::SYS_epoll_ctl),
 ];
 
-/// A vCPU thread's own calls (the VMM core's; devices declare theirs): KVM_RUN, and the register
-/// reads of an error report.
-fn vcpu_core() -> [SyscallRule; 3] {
+/// A vCPU thread's own calls (the VMM core's; devices declare theirs): KVM_RUN, the register
+/// reads of an error report, and the reads of its whole state when a snapshot is taken.
+fn vcpu_core() -> [SyscallRule; 11] {
     [
         SyscallRule::Ioctl(KVM_RUN()),
         SyscallRule::Ioctl(KVM_GET_REGS()),
         SyscallRule::Ioctl(KVM_GET_SREGS()),
+        SyscallRule::Ioctl(KVM_GET_FPU()),
+        SyscallRule::Ioctl(KVM_GET_MSRS()),
+        SyscallRule::Ioctl(KVM_GET_LAPIC()),
+        SyscallRule::Ioctl(KVM_GET_MP_STATE()),
+        SyscallRule::Ioctl(KVM_GET_VCPU_EVENTS()),
+        SyscallRule::Ioctl(KVM_GET_DEBUGREGS()),
+        SyscallRule::Ioctl(KVM_GET_XSAVE()),
+        SyscallRule::Ioctl(KVM_GET_XCRS()),
     ]
 }
 
@@ -176,6 +198,7 @@ fn declared(kind: ThreadKind) -> Vec<SyscallRule> {
         }
         ThreadKind::Helper => return vec![SyscallRule::Ioctl(KVM_REINJECT_CONTROL())],
         ThreadKind::Api => return crate::api::API_SYSCALLS.to_vec(),
+        ThreadKind::Snapshot => return crate::snapshot::snapshot_syscalls(),
     };
     for decl in device_syscalls() {
         v.extend_from_slice(decl.on(thread));
@@ -238,6 +261,15 @@ fn rules(kind: ThreadKind) -> std::result::Result<Rules, BackendError> {
     }
     map.insert(libc::SYS_mmap, no_exec()?);
     map.insert(libc::SYS_mprotect, no_exec()?);
+    // openat(2) on the snapshot thread with the exact flags of its two opens: a directory, not
+    // through a link, and a new file (O_EXCL), not through a link. No existing file can be
+    // opened, neither to read nor to write.
+    if kind == ThreadKind::Snapshot {
+        map.insert(
+            libc::SYS_openat,
+            one_of(2, &crate::snapshot::SNAPSHOT_OPEN_FLAGS)?,
+        );
+    }
     // tgkill(this process, any thread, SIGABRT or, for the event loop, the vCPU kick signal).
     let mut signals = vec![libc::SIGABRT as u64];
     if kind == ThreadKind::Vmm || kind == ThreadKind::Api {
@@ -303,6 +335,7 @@ mod tests {
             ThreadKind::Vcpu,
             ThreadKind::Helper,
             ThreadKind::Api,
+            ThreadKind::Snapshot,
         ] {
             let program = compile(kind).unwrap();
             assert!(!program.is_empty(), "{kind:?}");
@@ -451,6 +484,42 @@ mod tests {
         let kick = crate::vcpu::kick_signal() as u64;
         let tgkill = [pid, 1, kick, 0, 0, 0];
         assert_eq!(run_bpf(&program, libc::SYS_tgkill, tgkill), ALLOW);
+    }
+
+    #[test]
+    fn the_snapshot_thread_opens_only_its_directory_and_new_files() {
+        let snap = compile(ThreadKind::Snapshot).unwrap();
+        let open = |flags: i32| {
+            run_bpf(
+                &snap,
+                libc::SYS_openat,
+                [3, 0x1000, flags as u64, 0o600, 0, 0],
+            )
+        };
+        assert_eq!(open(snapshot::DIR_OPEN_FLAGS), ALLOW);
+        assert_eq!(open(snapshot::FILE_CREATE_FLAGS), ALLOW);
+        for flags in [
+            libc::O_RDONLY,
+            libc::O_RDWR,
+            libc::O_RDONLY | libc::O_CLOEXEC,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+            libc::O_WRONLY | libc::O_TRUNC | libc::O_CLOEXEC,
+            snapshot::FILE_CREATE_FLAGS & !libc::O_NOFOLLOW,
+        ] {
+            assert_eq!(open(flags), TRAP, "{flags:#o}");
+        }
+        for nr in [
+            libc::SYS_open,
+            libc::SYS_socket,
+            libc::SYS_connect,
+            libc::SYS_execve,
+        ] {
+            assert_eq!(run_bpf(&snap, nr, [0; 6]), TRAP, "{}", name(nr));
+        }
+        let run = [3, KVM_RUN(), 0, 0, 0, 0];
+        assert_eq!(run_bpf(&snap, libc::SYS_ioctl, run), TRAP);
+        let clock = [3, crate::kvm_nr::KVM_GET_CLOCK(), 0, 0, 0, 0];
+        assert_eq!(run_bpf(&snap, libc::SYS_ioctl, clock), ALLOW);
     }
 
     #[test]

@@ -134,13 +134,13 @@ impl devices::legacy::Trigger for ResetTrigger {
     }
 }
 
-/// Creates `count` vCPUs, each with KVM's supported CPUID fixed up for its index and the
-/// registers (MSRs, FPU, segments, page tables, LAPIC) of the kernel's `entry`.
+/// Creates `count` vCPUs, each with KVM's supported CPUID fixed up for its index and, when booting,
+/// the registers (MSRs, FPU, segments, page tables, LAPIC) of the kernel's `entry`.
 pub(crate) fn create_vcpus(
     vm_fd: &VmFd,
     mem: &GuestMemoryMmap,
     supported_cpuid: &CpuId,
-    entry: &BootEntry,
+    entry: Option<&BootEntry>,
     count: u8,
 ) -> Result<Vec<VcpuFd>> {
     let mut vcpus = Vec::with_capacity(usize::from(count));
@@ -151,7 +151,10 @@ pub(crate) fn create_vcpus(
         let mut cpuid = supported_cpuid.clone();
         arch::cpuid::filter_cpuid(&mut cpuid, index, count).map_err(arch_err("set up CPUID"))?;
         vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
-        arch::regs::setup_vcpu(mem, &vcpu, entry).map_err(arch_err("set up vCPU registers"))?;
+        // A restored vCPU gets its saved registers instead (and memory is the guest's own).
+        if let Some(entry) = entry {
+            arch::regs::setup_vcpu(mem, &vcpu, entry).map_err(arch_err("set up vCPU registers"))?;
+        }
         vcpus.push(vcpu);
     }
     crate::start::step_done(&format!("configured {count} vCPU(s)"));
@@ -207,7 +210,14 @@ struct PauseState {
     parked: usize,
     /// The VM is ending: nobody parks any more, the parked ones leave.
     stopping: bool,
+    /// Goes up by one for each request that the parked vCPUs save their state.
+    save_round: u64,
+    /// What each vCPU saved in the current round, by index.
+    saved: Vec<Option<std::result::Result<arch::state::VcpuState, String>>>,
 }
+
+/// A vCPU's state as a snapshot holds it: saved by the vCPU's own thread while parked.
+pub(crate) type SaveVcpu<'a> = &'a mut dyn FnMut() -> Result<arch::state::VcpuState>;
 
 /// How long [`Pause::pause`] waits for the vCPUs to park.
 const PARK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -253,6 +263,40 @@ impl Pause {
         true
     }
 
+    /// Has every parked vCPU save its state, on its own thread, and returns the states by
+    /// index. The VM must be paused (every vCPU parked, [`Pause::pause`] said so).
+    pub(crate) fn save_vcpus(&self, count: usize) -> Result<Vec<arch::state::VcpuState>> {
+        let failed = |why: String| Error::Snapshot(format!("cannot save the vCPUs' state: {why}"));
+        let mut state = self.lock();
+        if !self.is_paused() || state.parked < state.running || state.stopping {
+            return Err(failed("the VM is not paused".into()));
+        }
+        state.saved = vec![None; count];
+        state.save_round += 1;
+        self.changed.notify_all();
+        let deadline = std::time::Instant::now() + PARK_TIMEOUT;
+        while state.saved.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || state.stopping {
+                return Err(failed("a vCPU did not answer".into()));
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        std::mem::take(&mut state.saved)
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| match s {
+                Some(Ok(saved)) => Ok(saved),
+                Some(Err(why)) => Err(failed(format!("vCPU {i}: {why}"))),
+                None => Err(failed(format!("vCPU {i} did not answer"))),
+            })
+            .collect()
+    }
+
     /// Lets the parked vCPUs run again.
     pub(crate) fn resume(&self) {
         let _state = self.lock();
@@ -266,8 +310,9 @@ impl Pause {
         self.changed.notify_all();
     }
 
-    /// A vCPU's side: parks while a pause is asked for and the VM is not ending.
-    fn park(&self, index: u8) {
+    /// A vCPU's side: parks while a pause is asked for and the VM is not ending; saves its
+    /// state with `save` when [`Pause::save_vcpus`] asks.
+    fn park(&self, index: u8, save: SaveVcpu) {
         let mut state = self.lock();
         if state.stopping || !self.is_paused() {
             return;
@@ -275,7 +320,17 @@ impl Pause {
         state.parked += 1;
         log::debug!("vCPU {index}: parked");
         self.changed.notify_all();
+        let mut round = state.save_round;
         while self.is_paused() && !state.stopping {
+            if state.save_round != round {
+                round = state.save_round;
+                let saved = save().map_err(|e| e.to_string());
+                if let Some(slot) = state.saved.get_mut(usize::from(index)) {
+                    *slot = Some(saved);
+                }
+                self.changed.notify_all();
+                continue;
+            }
             state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         state.parked -= 1;
@@ -298,6 +353,8 @@ pub(crate) struct Vcpu {
     pub mmio: Arc<Bus>,
     pub exit: Arc<ExitState>,
     pub stop: Arc<AtomicBool>,
+    /// The MSRs a saved state holds (KVM_GET_MSR_INDEX_LIST, read before seccomp).
+    pub msrs: Arc<Vec<u32>>,
     /// The vCPU seccomp filter, installed before the first KVM_RUN (`None`: seccomp off).
     pub seccomp: Option<Arc<BpfProgram>>,
     /// Opened by the event-loop thread once it is filtered too.
@@ -351,7 +408,15 @@ impl Vcpu {
                 return None;
             }
             if self.pause.is_paused() {
-                self.pause.park(index);
+                // Completes an I/O exit the guest is inside (an IN's data reaches its register
+                // only on the next entry), so that a saved state is between two instructions.
+                self.fd.set_kvm_immediate_exit(1);
+                let _ = self.fd.run();
+                self.fd.set_kvm_immediate_exit(0);
+                let (fd, msrs, pause) = (&self.fd, self.msrs.clone(), self.pause.clone());
+                pause.park(index, &mut || {
+                    arch::state::VcpuState::save(fd, &msrs).map_err(arch_err("save a vCPU"))
+                });
                 continue;
             }
             match self.fd.run() {

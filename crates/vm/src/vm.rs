@@ -22,6 +22,7 @@ use crate::device_manager::{DeviceManager, Devices, Subscriber};
 use crate::error::{kvm_err, Error, Result};
 use crate::kvm_nr::KVM_REINJECT_CONTROL;
 use crate::seccomp::{self, Filters, SeccompMode, ThreadKind};
+use crate::snapshot::{Machine, Quiesce, Snapshot};
 use crate::start::step_done;
 use crate::vcpu::{install_kick_handler, kick_signal, ExitState, StartGate, Vcpu};
 use crate::{kernel, kvm, memory, quirks, vcpu, ExitReason};
@@ -51,15 +52,37 @@ pub struct Vm {
     config_json: serde_json::Value,
     /// The devices' counters, for the control API's info.
     counters: Vec<crate::device_manager::DeviceCounters>,
+    /// Every device with a state, for snapshots.
+    saved: Vec<crate::device_manager::Saved>,
+    /// What the VM was built with, as a snapshot records it.
+    machine: Machine,
+    /// Holds the event loop while a snapshot is written.
+    quiesce: Quiesce,
+    /// The MSRs a vCPU's saved state holds.
+    msrs: Arc<Vec<u32>>,
     _kvm: Arc<Kvm>,
-    _mem: GuestMemoryMmap,
+    mem: GuestMemoryMmap,
 }
 
 impl Vm {
     /// Builds the VM: checks the configuration and KVM, maps memory, loads the kernel and initrd,
     /// creates and wires the devices and the vCPUs, writes the command line and the boot tables.
     /// Nothing runs yet. Each step below is one item of DESIGN.md's boot checklist.
-    pub fn new(mut config: VmConfig) -> Result<Vm> {
+    pub fn new(config: VmConfig) -> Result<Vm> {
+        Vm::build(config, None)
+    }
+
+    /// Builds the VM that `snapshot` was taken of, with the backends `config` names (it is
+    /// [`Snapshot::machine`] with the caller's disks, taps, sockets and consoles; memory, vCPUs,
+    /// irqchip and the device set must be the snapshot's), maps its memory privately from the
+    /// snapshot's memory file and puts every saved state back. Nothing runs yet; [`Vm::run`]
+    /// continues the guest where it was paused.
+    pub fn restore(config: VmConfig, snapshot: &Snapshot) -> Result<Vm> {
+        check_restore(&config, snapshot)?;
+        Vm::build(config, Some(snapshot))
+    }
+
+    fn build(mut config: VmConfig, from: Option<&Snapshot>) -> Result<Vm> {
         // 1. KVM: open it, check the configuration against it, choose the irqchip; start the prep
         //    thread (supported CPUID, seccomp filters).
         let kvm = Arc::new(kvm::open()?);
@@ -79,16 +102,30 @@ impl Vm {
 
         // 2. The VM and its memory (before the irqchip, see kvm::create_irqchip).
         let vm_fd = Arc::new(kvm::create_vm(&kvm)?);
-        let mem = memory::create_guest_memory(&vm_fd, config.memory_bytes)?;
+        let mem = match from {
+            Some(snap) => {
+                memory::map_guest_memory_file(&vm_fd, config.memory_bytes, snap.memory_file()?)?
+            }
+            None => memory::create_guest_memory(&vm_fd, config.memory_bytes)?,
+        };
+        let msrs = Arc::new(
+            arch::state::msrs_to_save(&kvm).map_err(crate::error::arch_err("list the MSRs"))?,
+        );
 
         // 3. The TSS and KVM's part of the irqchip.
         kvm::create_irqchip(&vm_fd, irqchip)?;
 
-        // 4. The kernel and the initrd.
-        let kernel = kernel::load_kernel(&mem, &config.kernel)?;
-        let initrd = (config.initrd.as_ref())
-            .map(|initrd| kernel::load_initrd(&mem, initrd, kernel.end))
-            .transpose()?;
+        // 4. The kernel and the initrd (not for a restore: memory holds the running guest).
+        let kernel = match from {
+            Some(_) => None,
+            None => Some(kernel::load_kernel(&mem, &config.kernel)?),
+        };
+        let initrd = match &kernel {
+            Some(kernel) => (config.initrd.as_ref())
+                .map(|initrd| kernel::load_initrd(&mem, initrd, kernel.end))
+                .transpose()?,
+            None => None,
+        };
 
         // 5. The devices, placed by the device manager.
         let exit = Arc::new(ExitState::new()?);
@@ -102,9 +139,14 @@ impl Vm {
         }
         // The guest's own `acpi=off` leaves the registers unused and the power button unheard: a
         // shutdown request then stops the VM at once instead of waiting for it.
-        let console_on = config.console.is_on();
-        let base = kernel::base_cmdline(config.cmdline.as_deref(), console_on);
-        let guest_acpi = kernel::guest_uses_acpi(config.acpi, base);
+        let base = kernel::base_cmdline(config.cmdline.as_deref(), config.console.is_on());
+        let (console_on, guest_acpi) = match from {
+            Some(snap) => (snap.machine().console, snap.machine().guest_acpi),
+            None => (
+                config.console.is_on(),
+                kernel::guest_uses_acpi(config.acpi, base),
+            ),
+        };
         let acpi_platform = match config.acpi {
             true => Some(devices.add_acpi_platform(&exit)?),
             false => None,
@@ -137,9 +179,57 @@ impl Vm {
             devices.add_vsock_device(vsock, config.vsock_socket)?;
         }
 
+        let machine = Machine {
+            memory_bytes: config.memory_bytes,
+            vcpus: config.vcpus,
+            irqchip,
+            acpi: config.acpi,
+            guest_acpi,
+            boot_timer: config.boot_timer,
+            console: console_on,
+            disks: config.disks.clone(),
+            nets: config.nets.clone(),
+            vsock: config.vsock.clone(),
+        };
+
         // 6. The vCPUs.
         let Prepared { cpuid, filters } = prepared.finish(&kvm)?;
-        let vcpus = vcpu::create_vcpus(&vm_fd, &mem, &cpuid, &kernel.entry, config.vcpus)?;
+        let entry = kernel.as_ref().map(|k| &k.entry);
+        let vcpus = vcpu::create_vcpus(&vm_fd, &mem, &cpuid, entry, config.vcpus)?;
+
+        let quiesce = Quiesce::new()?;
+        devices.add_subscriber(quiesce.watcher(devices.saved().to_vec()));
+        let Some(kernel) = kernel else {
+            // A restore: the saved states instead of a boot's command line and tables.
+            let snap = from.ok_or(Error::Snapshot("restore without a snapshot".into()))?;
+            snap.restore_devices(devices.saved())?;
+            snap.vm_state()
+                .restore(&vm_fd)
+                .map_err(crate::error::arch_err("restore the VM's KVM state"))?;
+            for (vcpu, state) in vcpus.iter().zip(snap.vcpu_states()) {
+                state
+                    .restore(vcpu)
+                    .map_err(crate::error::arch_err("restore a vCPU's state"))?;
+            }
+            step_done("restored the saved state");
+            return Ok(Vm::assemble(
+                vcpus,
+                devices,
+                exit,
+                exit_seen,
+                shutdown,
+                filters,
+                vm_fd,
+                irqchip,
+                api_socket,
+                config_json,
+                machine,
+                quiesce,
+                msrs,
+                kvm,
+                mem,
+            ));
+        };
 
         // 7. The command line: the caller's or ours, then host quirks, the root disk, the devices.
         let tsc_khz = || vcpus.first().and_then(|v| v.get_tsc_khz().ok());
@@ -171,14 +261,52 @@ impl Vm {
             acpi.as_ref(),
         )?;
 
+        Ok(Vm::assemble(
+            vcpus,
+            devices,
+            exit,
+            exit_seen,
+            shutdown,
+            filters,
+            vm_fd,
+            irqchip,
+            api_socket,
+            config_json,
+            machine,
+            quiesce,
+            msrs,
+            kvm,
+            mem,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        vcpus: Vec<kvm_ioctls::VcpuFd>,
+        devices: DeviceManager,
+        exit: Arc<ExitState>,
+        exit_seen: Arc<AtomicBool>,
+        shutdown: ShutdownRequest,
+        filters: Filters,
+        vm_fd: Arc<VmFd>,
+        irqchip: IrqChip,
+        api_socket: Option<crate::api::ApiSocket>,
+        config_json: serde_json::Value,
+        machine: Machine,
+        quiesce: Quiesce,
+        msrs: Arc<Vec<u32>>,
+        kvm: Arc<Kvm>,
+        mem: GuestMemoryMmap,
+    ) -> Vm {
         let Devices {
             pio,
             mmio,
             event_manager,
             ptys,
             counters,
+            saved,
         } = devices.into_devices();
-        Ok(Vm {
+        Vm {
             vcpus,
             pio: Arc::new(pio),
             mmio: Arc::new(mmio),
@@ -193,9 +321,13 @@ impl Vm {
             api_socket,
             config_json,
             counters,
+            saved,
+            machine,
+            quiesce,
+            msrs,
             _kvm: kvm,
-            _mem: mem,
-        })
+            mem,
+        }
     }
 
     /// A handle that asks the guest to shut down (see [`ShutdownRequest`]); it stays valid, and
@@ -242,6 +374,7 @@ impl Vm {
                 seccomp: filters.vcpu.clone(),
                 gate: gate.clone(),
                 pause: pause.clone(),
+                msrs: self.msrs.clone(),
             };
             let name = format!("vcpu{index}");
             match thread::Builder::new()
@@ -259,19 +392,35 @@ impl Vm {
 
         // The control API's thread, which filters itself before the gate opens.
         let mut api = None;
+        let mut snapshotter_filtered = None;
         if let (None, Some(socket)) = (&spawn_error, self.api_socket.take()) {
             use std::os::unix::thread::JoinHandleExt;
-            let control = crate::api::Control {
-                pause: pause.clone(),
-                vcpu_threads: threads.iter().map(|(_, h)| h.as_pthread_t()).collect(),
-                shutdown: self.shutdown.clone(),
-                started: std::time::Instant::now(),
-                config: std::mem::take(&mut self.config_json),
-                devices: std::mem::take(&mut self.counters),
+            let context = crate::snapshot::SnapshotContext {
+                vm_fd: self.vm_fd.clone(),
+                mem: self.mem.clone(),
+                saved: self.saved.clone(),
+                machine: self.machine.clone(),
+                quiesce: self.quiesce.clone(),
             };
-            match crate::api::ApiThread::start(socket, control, filters.api.take()) {
-                Ok(started) => api = Some(started),
+            let filter = filters.snapshot.take();
+            match crate::snapshot::Snapshotter::start(context, pause.clone(), filter) {
                 Err(e) => spawn_error = Some(e),
+                Ok((snapshotter, filtered)) => {
+                    snapshotter_filtered = Some(filtered);
+                    let control = crate::api::Control {
+                        pause: pause.clone(),
+                        vcpu_threads: threads.iter().map(|(_, h)| h.as_pthread_t()).collect(),
+                        shutdown: self.shutdown.clone(),
+                        started: std::time::Instant::now(),
+                        config: std::mem::take(&mut self.config_json),
+                        devices: std::mem::take(&mut self.counters),
+                        snapshot: snapshotter,
+                    };
+                    match crate::api::ApiThread::start(socket, control, filters.api.take()) {
+                        Ok(started) => api = Some(started),
+                        Err(e) => spawn_error = Some(e),
+                    }
+                }
             }
         }
 
@@ -286,6 +435,9 @@ impl Vm {
             let _ = filtered.recv();
         }
         if let Some((_, filtered)) = &api {
+            let _ = filtered.recv();
+        }
+        if let Some(filtered) = &snapshotter_filtered {
             let _ = filtered.recv();
         }
         gate.open(ready.is_ok());
@@ -527,6 +679,66 @@ impl Preparing {
             }
             Preparing::Inline(mode, pit_helper, api) => Prepared::make(kvm, mode, pit_helper, api),
         }
+    }
+}
+
+/// Checks that `config` builds the machine `snapshot` was taken of: the same memory, vCPUs,
+/// irqchip and devices, each disk of the same kind (read-only or not, throw-away or not).
+fn check_restore(config: &VmConfig, snapshot: &Snapshot) -> Result<()> {
+    let m = snapshot.machine();
+    let mismatch = |why: String| Err(snapshot.mismatch(why));
+    if (config.memory_bytes, config.vcpus) != (m.memory_bytes, m.vcpus) {
+        return mismatch(format!(
+            "it has {} bytes of memory and {} vCPUs, not {} and {}",
+            m.memory_bytes, m.vcpus, config.memory_bytes, config.vcpus
+        ));
+    }
+    if config.irqchip != m.irqchip || config.acpi != m.acpi || config.boot_timer != m.boot_timer {
+        return mismatch("its irqchip, ACPI or boot timer differ from the VM's".into());
+    }
+    if config.disks.len() != m.disks.len() {
+        return mismatch(format!(
+            "it has {} disks, {} were given",
+            m.disks.len(),
+            config.disks.len()
+        ));
+    }
+    for (i, (new, old)) in config.disks.iter().zip(&m.disks).enumerate() {
+        if new.read_only != old.read_only {
+            return mismatch(format!(
+                "disk {} ('{}') was {}, '{}' is given {}",
+                i + 1,
+                old.path.display(),
+                if old.read_only {
+                    "read-only"
+                } else {
+                    "writable"
+                },
+                new.path.display(),
+                if new.read_only {
+                    "read-only"
+                } else {
+                    "writable"
+                },
+            ));
+        }
+    }
+    if config.nets.len() != m.nets.len() {
+        return mismatch(format!(
+            "it has {} NICs, {} were given",
+            m.nets.len(),
+            config.nets.len()
+        ));
+    }
+    match (&config.vsock, &m.vsock) {
+        (Some(new), Some(old)) if new.cid != old.cid => mismatch(format!(
+            "its vsock device has CID {}, not {}",
+            old.cid, new.cid
+        )),
+        (None, Some(_)) | (Some(_), None) => {
+            mismatch("it has a vsock device exactly when the VM does not".into())
+        }
+        _ => Ok(()),
     }
 }
 
