@@ -9,7 +9,10 @@ use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::muxer::{Muxer, Outgoing, Took};
 use super::packet::{self, Header, Invalid, HDR_LEN};
-use super::{EVENT_QUEUE, MAX_PKT_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_ID_VSOCK};
+use super::{
+    EVENT_QUEUE, MAX_PKT_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_ID_VSOCK,
+    VIRTIO_VSOCK_EVENT_TRANSPORT_RESET,
+};
 use crate::chardev::SocketFile;
 use crate::virtio::{
     Chain, Step, VirtioCore, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
@@ -28,6 +31,9 @@ pub struct Vsock {
     pub(super) muxer: Muxer,
     /// Packet payload on its way, either direction (header room in front).
     stage: Vec<u8>,
+    /// A transport-reset event is owed to the guest (after a restore: its connections are
+    /// gone).
+    pub(super) reset_owed: bool,
 }
 
 /// A chain's buffers: the device-readable ones (a transmit chain's) or the device-writable ones
@@ -118,6 +124,7 @@ impl Vsock {
             )?,
             muxer: Muxer::new(cid, socket)?,
             stage: vec![0; HDR_LEN + MAX_PKT_LEN],
+            reset_owed: false,
         })
     }
 
@@ -252,6 +259,34 @@ impl Vsock {
         });
         for why in bad {
             self.muxer.bad(&why);
+        }
+    }
+
+    /// Tells the guest its connections are gone (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, in the
+    /// first buffer it posted on the event queue), if that is owed; the driver then resets its
+    /// connected sockets and reads the CID again. Without a buffer it waits for one.
+    pub(super) fn process_events(&mut self) {
+        if !self.reset_owed || !self.core.is_running() {
+            return;
+        }
+        let mut sent = false;
+        let mut bad = None;
+        self.core.drain(EVENT_QUEUE, 1, |mem, chain| {
+            let head = chain.head_index();
+            let (bufs, _) = buffers(chain, true);
+            let event = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le_bytes();
+            if total(&bufs) < event.len() || !scatter(mem, &bufs, &event) {
+                bad = Some(format!("event chain {head}: no room for an event"));
+                return Step::Used(0);
+            }
+            sent = true;
+            Step::Used(event.len() as u32)
+        });
+        if let Some(why) = bad {
+            self.muxer.bad(&why);
+        }
+        if sent {
+            self.reset_owed = false;
         }
     }
 

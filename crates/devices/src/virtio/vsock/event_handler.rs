@@ -17,8 +17,9 @@ impl MutEventSubscriber for Vsock {
         match self.core.queue_event(fd) {
             Some(RX_QUEUE) => {}
             Some(TX_QUEUE) => self.process_tx(),
-            // The device sends no events: the guest's buffers stay posted.
-            Some(EVENT_QUEUE) | Some(_) => {}
+            // The only event is the transport reset owed after a restore.
+            Some(EVENT_QUEUE) => self.process_events(),
+            Some(_) => {}
             None if self.muxer.owns(fd) => {
                 if self.core.is_running() {
                     self.muxer.on_host_event(fd, events.event_set());

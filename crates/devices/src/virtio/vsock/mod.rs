@@ -44,6 +44,8 @@ pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
 /// Events to the guest (the device sends none).
 pub const EVENT_QUEUE: usize = 2;
+/// The event the device sends when the guest's connections are gone (after a restore).
+pub const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
 
 /// The host's CID.
 pub const HOST_CID: u64 = 2;

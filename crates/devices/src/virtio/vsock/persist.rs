@@ -1,10 +1,11 @@
 //! The saved state of a virtio-vsock device: the core's queue positions and the guest's CID.
 //! Connections are not saved: their host ends do not survive the VMM. The restored device has
-//! none and sends the guest nothing; the guest's sockets find out when they next send.
+//! none and sends the guest a transport-reset event (virtio 1.2, 5.10.6.5), as a migrated
+//! guest gets: its driver resets every connected socket; listening sockets stay.
 
 use serde::{Deserialize, Serialize};
 
-use super::Vsock;
+use super::{Vsock, EVENT_QUEUE};
 use crate::persist::{Persist, PersistError};
 use crate::virtio::CoreState;
 
@@ -39,6 +40,10 @@ impl Persist for Vsock {
         // Every chain is served as it is taken: none is held.
         state.core.check_held(Self::NAME, &[0, 0, 0])?;
         self.muxer.reset();
-        self.core.restore(state.core)
+        self.core.restore(state.core)?;
+        // Sent from the event loop, once it watches the queue.
+        self.reset_owed = true;
+        self.core.kick(EVENT_QUEUE);
+        Ok(())
     }
 }

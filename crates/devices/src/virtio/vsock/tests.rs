@@ -679,7 +679,25 @@ fn state_round_trips_without_connections_and_checks_the_cid() {
     let back: VsockState = serde_json::from_str(&json).unwrap();
     h.dev.restore(back.clone()).unwrap();
     assert_eq!(h.dev.connections(), 0, "connections are not restored");
-    assert!(h.recv().is_empty(), "restore sends nothing");
+    assert!(h.recv().is_empty(), "restore sends no packet");
+    // A transport reset is owed: the event loop is woken, and the event waits for a buffer.
+    assert!(h.dev.core.queue_events()[EVENT_QUEUE].read().unwrap() >= 1);
+    h.dev.process_events();
+    assert_eq!(h.drivers[EVENT_QUEUE].used_idx(&h.mem), 0);
+    let event_buf = 0x70_0000;
+    h.mem
+        .write_slice(&[0xff; 4], GuestAddress(event_buf))
+        .unwrap();
+    h.drivers[EVENT_QUEUE].add_chain(&h.mem, &[(event_buf, 4, F_WRITE)]);
+    h.dev.process_events();
+    assert_eq!(h.drivers[EVENT_QUEUE].used_idx(&h.mem), 1);
+    assert_eq!(h.drivers[EVENT_QUEUE].used(&h.mem, 0).1, 4);
+    let id: u32 = h.mem.read_obj(GuestAddress(event_buf)).unwrap();
+    assert_eq!(id, VIRTIO_VSOCK_EVENT_TRANSPORT_RESET);
+    // Once.
+    h.drivers[EVENT_QUEUE].add_chain(&h.mem, &[(event_buf, 4, F_WRITE)]);
+    h.dev.process_events();
+    assert_eq!(h.drivers[EVENT_QUEUE].used_idx(&h.mem), 1);
     let other = VsockState { cid: 4, ..back };
     assert!(matches!(
         h.dev.restore(other),
