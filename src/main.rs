@@ -85,8 +85,15 @@ struct RunArgs {
     #[arg(long, value_name = "DIR", value_parser = parse_workdir)]
     workdir: Option<String>,
 
+    /// Run no command: once the agent is ready, save the guest to DIR (as `vmm ctl snapshot`
+    /// does) and stop it, leaving its disks as they were at that moment. `vmm run --restore DIR
+    /// -- COMMAND` then starts from the ready guest instead of booting; keep the disk images
+    /// unchanged while DIR is used.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["command", "restore"])]
+    save: Option<PathBuf>,
+
     /// The command and its arguments, after `--` (UTF-8: the agent's protocol carries text).
-    #[arg(last = true, required = true, value_name = "COMMAND", value_parser = clap::value_parser!(std::ffi::OsString))]
+    #[arg(last = true, required_unless_present = "save", value_name = "COMMAND", value_parser = clap::value_parser!(std::ffi::OsString))]
     command: Vec<std::ffi::OsString>,
 }
 
@@ -451,6 +458,7 @@ fn restore_config(
     cli: &VmArgs,
     dir: &std::path::Path,
     config: &mut VmConfig,
+    default_console: CharBackend,
 ) -> Result<vm::Snapshot, vm::Error> {
     let snapshot = vm::Snapshot::open(dir)?;
     let machine = snapshot.machine();
@@ -482,7 +490,7 @@ fn restore_config(
     config.vsock = cli.vsock.clone().or_else(|| machine.vsock.clone());
     if machine.console && !config.console.is_on() {
         // The guest writes to its console: somewhere it must go.
-        config.console = CharBackend::Stdio;
+        config.console = default_console;
         if cli.serial.is_none() {
             config.serial = CharBackend::Off;
         }
@@ -505,7 +513,7 @@ fn boot(cli: VmArgs) -> ExitCode {
     };
     let mut config = vm_config(&cli, serial, console);
     let snapshot = match &cli.restore {
-        Some(dir) => match restore_config(&cli, dir, &mut config) {
+        Some(dir) => match restore_config(&cli, dir, &mut config, CharBackend::Stdio) {
             Ok(snapshot) => Some(snapshot),
             Err(e) => {
                 eprintln!("error: {}{}", error_chain(&e), flag_hint(&e));

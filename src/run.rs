@@ -49,18 +49,13 @@ pub fn run(args: RunArgs) -> ExitCode {
         }
     }
     let cli = &args.vm;
-    if cli.restore.is_some() {
-        return fail(
-            "vmm run does not take --restore yet; restore with `vmm --restore DIR` instead",
-        );
-    }
     if cli.jail.is_some() {
         return fail("vmm run does not take --jail yet; run the VM with `vmm --jail` instead");
     }
     if cli.initrd.is_some() {
         return fail("vmm run brings its own initramfs (the guest agent); drop --initrd");
     }
-    if cli.disk.is_empty() {
+    if cli.disk.is_empty() && cli.restore.is_none() {
         return fail(
             "vmm run needs the guest's root file system: give --disk PATH (the first disk is mounted as /)",
         );
@@ -74,17 +69,77 @@ pub fn run(args: RunArgs) -> ExitCode {
         );
     }
     let mut config = vm_config(cli, serial, console);
+    let snapshot = match &cli.restore {
+        Some(dir) => {
+            let quiet = backend("file=/dev/null");
+            match crate::restore_config(cli, dir, &mut config, quiet) {
+                Ok(snapshot) => Some(snapshot),
+                Err(e) => return fail(format_args!("{}{}", error_chain(&e), flag_hint(&e))),
+            }
+        }
+        None => None,
+    };
+    if snapshot.is_some() {
+        // A snapshot is a template: the writable disks it names (not replaced by --disk) get
+        // throw-away writes, so every run starts from the same disks; and a vsock socket of its
+        // own unless --vsock gives one.
+        for disk in config.disks.iter_mut().skip(cli.disk.len()) {
+            disk.snapshot |= !disk.read_only;
+        }
+        if cli.vsock.is_none() {
+            config.vsock = None;
+        }
+    }
     if let Err(e) = config.check_backend_paths() {
         return fail(format_args!("{e}{}", flag_hint(&e)));
     }
     if let Err(e) = crate::bind_api_socket(cli, &mut config) {
         return fail(format_args!("{}{}", error_chain(&e), flag_hint(&e)));
     }
+    // --save reaches the VM through its control API: on a socket of its own when none is given.
+    let mut api_dir = None;
+    if args.save.is_some() && config.api_socket.is_none() {
+        let dir = match sandbox::private_dir() {
+            Ok(dir) => dir,
+            Err(e) => return fail(e),
+        };
+        match vm::api::bind(&dir.join("api.sock")) {
+            Ok(socket) => config.api_socket = Some(socket),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                return fail(format_args!("cannot make the control API socket: {e}"));
+            }
+        }
+        api_dir = Some(dir);
+    }
     let shutdown_timeout = config.shutdown_timeout;
-    let sandbox = match Sandbox::start(config, args.ready_timeout) {
-        Ok(s) => s,
-        Err(e) => return fail(start_error(&e)),
+    // Nothing the guest writes outlives it (read-only or throw-away disks only): no need to wait
+    // for a clean power-off at the end.
+    let nothing_kept = config.disks.iter().all(|d| d.read_only || d.snapshot);
+    let started = match &snapshot {
+        Some(snapshot) => Sandbox::restore(config, snapshot, args.ready_timeout),
+        None => Sandbox::start(config, args.ready_timeout),
     };
+    let sandbox = match started {
+        Ok(s) => s,
+        Err(e) => {
+            api_dir.map(std::fs::remove_dir);
+            return fail(start_error(&e));
+        }
+    };
+    if let Some(dir) = &args.save {
+        let saved = sandbox.save(dir, Duration::from_secs(60));
+        // Stopped at once: a clean power-off would write the disks after the snapshot.
+        let _ = sandbox.kill();
+        api_dir.map(std::fs::remove_dir);
+        return match saved {
+            Ok(_) => {
+                println!("snapshot written to {}", dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        };
+    }
     let _sigterm = crate::shutdown_on_sigterm(sandbox.shutdown_request());
 
     let exec = Exec {
@@ -92,7 +147,9 @@ pub fn run(args: RunArgs) -> ExitCode {
         env: args.env.clone(),
         workdir: args.workdir.clone(),
     };
-    let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
+    // Not locked for the whole command: the VM's thread logs to stderr too (a restored VM is
+    // still starting when the command does).
+    let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
     let result = sandbox.agent().exec(
         &exec,
         ExecIo {
@@ -110,7 +167,11 @@ pub fn run(args: RunArgs) -> ExitCode {
     );
     match result {
         Ok(status) => {
-            match sandbox.stop(shutdown_timeout) {
+            let stopped = match nothing_kept {
+                true => sandbox.kill(),
+                false => sandbox.stop(shutdown_timeout),
+            };
+            match stopped {
                 Ok(reason) => log::info!("guest stopped: {reason:?}"),
                 Err(e) => log::warn!("stopping the guest: {}", error_chain(&e)),
             }

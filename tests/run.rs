@@ -5,7 +5,9 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{linux_guest, s, vmm_bin, Run, Scratch};
@@ -65,6 +67,56 @@ fn vmm_run(args: &[&str], stdin: Vec<u8>, timeout: Duration) -> Run {
     };
     run.expect(code.is_some(), "vmm run did not finish in time");
     run
+}
+
+/// One Linux guest booted for this whole test binary with `vmm run --save`, its agent ready:
+/// the snapshot's directory and the root image it was saved with (unchanged since: a restore
+/// without --disk writes to a throw-away overlay). Most tests restore it instead of booting
+/// (seconds instead of about a minute here); `run_streams_stdout_stderr_stdin_and_the_status` and
+/// the sandbox test keep a cold boot.
+fn ready_guest() -> &'static (PathBuf, PathBuf) {
+    static READY: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    READY.get_or_init(|| {
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        // Left by earlier runs whose process is gone.
+        for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("run-snapshot-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let dir = base.join(format!("run-snapshot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("make the snapshot's directory");
+        let guest = linux_guest();
+        let root = dir.join("root.img");
+        std::fs::copy(&guest.rootfs, &root).expect("copy rootfs");
+        let snap = dir.join("snap");
+        let run = vmm_run(
+            &[
+                "--kernel",
+                s(&guest.vmlinux),
+                "--disk",
+                s(&root),
+                "--save",
+                s(&snap),
+            ],
+            Vec::new(),
+            BOOT,
+        );
+        run.expect(
+            run.code == Some(0) && run.stdout == format!("snapshot written to {}\n", s(&snap)),
+            "vmm run --save saves the ready guest",
+        );
+        (snap, root)
+    })
+}
+
+/// `--restore DIR` of [`ready_guest`], as `vmm run` options.
+fn restore_args() -> Vec<String> {
+    vec!["--restore".into(), s(&ready_guest().0).into()]
 }
 
 /// The guest's kernel and a copy of the root file system, as `vmm run` options.
@@ -133,7 +185,7 @@ fn run_streams_stdout_stderr_stdin_and_the_status() {
     run.expect(run.stderr == "err\n", "stderr is COMMAND's stderr alone");
 }
 
-/// Megabytes of stdin through `vmm run`, byte-exact. (On a host whose guests run with `noxsave`
+/// Megabytes of stdin through `vmm run --restore`, byte-exact. (On a host whose guests run with `noxsave`
 /// this failed with 16 of every 32 bytes zeroed until the agent turned glibc's AVX off there:
 /// see crates/agent/src/bin/vmm-agent/avx.rs.)
 #[test]
@@ -147,7 +199,8 @@ fn run_stdin_megabytes_arrive_byte_exact() {
         .unwrap_or(4);
     let data = pseudo_random(mib << 20);
     let want = host_sha256(&data);
-    let args = guest_args(&scratch);
+    drop(scratch);
+    let args = restore_args();
     let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
     all.extend(["--", "sha256sum"]);
     let run = vmm_run(&all, data, BOOT);
@@ -161,8 +214,7 @@ fn run_stdin_megabytes_arrive_byte_exact() {
 #[test]
 fn run_missing_command_is_127_and_timeout_124() {
     require_kvm!();
-    let scratch = Scratch::new("run-127");
-    let args = guest_args(&scratch);
+    let args = restore_args();
     let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
     all.extend(["--", "no-such-command", "arg"]);
     let run = vmm_run(&all, Vec::new(), BOOT);
@@ -186,8 +238,7 @@ fn run_missing_command_is_127_and_timeout_124() {
 #[test]
 fn run_guest_panic_and_reboot_are_125() {
     require_kvm!();
-    let scratch = Scratch::new("run-125");
-    let args = guest_args(&scratch);
+    let args = restore_args();
     for (script, why) in [
         ("echo c > /proc/sysrq-trigger", "its kernel panicked"),
         ("reboot -f", "it reset"),
@@ -332,8 +383,10 @@ fn allocated(path: &str) -> u64 {
 fn run_fstrim_gives_the_space_back_to_the_host() {
     require_kvm!();
     let scratch = Scratch::new("run-fstrim");
-    let args = guest_args(&scratch);
-    let image = args[3].clone();
+    // The ready guest with a disk that keeps its writes: a copy of the image it was saved with.
+    let image = copy_rootfs(&scratch, &ready_guest().1);
+    let mut args = restore_args();
+    args.extend(["--disk".to_string(), image.clone()]);
     let before = allocated(&image);
     let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
     // 8 MiB written and deleted (slow to write in this host's guest): without DISCARD the
@@ -355,4 +408,38 @@ fn run_fstrim_gives_the_space_back_to_the_host() {
         after <= before + (4 << 20),
         &format!("the image's allocated bytes went from {before} to {after}: the 8 MiB were not given back"),
     );
+}
+
+/// Ten VMs restored at once from one snapshot, each running its own command: each sees only its
+/// own writes, gives its own output and status, and the image they share is not written.
+#[test]
+fn run_restores_10_clones_at_once_each_with_its_own_command() {
+    require_kvm!();
+    let (snap, root) = ready_guest();
+    let before = host_sha256(&std::fs::read(root).expect("read the image"));
+    let clones: Vec<_> = (0..10)
+        .map(|i| {
+            let snap = s(snap).to_string();
+            std::thread::spawn(move || {
+                let script = format!(
+                    "echo clone {i} > /mine && ls /clone-* 2>/dev/null; touch /clone-{i}; cat /mine; exit {i}"
+                );
+                vmm_run(
+                    &["--restore", &snap, "--", "sh", "-c", &script],
+                    Vec::new(),
+                    BOOT,
+                )
+            })
+        })
+        .collect();
+    for (i, clone) in clones.into_iter().enumerate() {
+        let run = clone.join().expect("a clone's thread");
+        run.expect(run.code == Some(i as i32), &format!("clone {i} exits {i}"));
+        run.expect(
+            run.stdout == format!("clone {i}\n"),
+            &format!("clone {i} sees its own file, and no other clone's"),
+        );
+    }
+    let after = host_sha256(&std::fs::read(root).expect("read the image"));
+    assert_eq!(before, after, "a clone wrote the shared image");
 }

@@ -190,6 +190,22 @@ impl Agent {
         Ok(s)
     }
 
+    /// Opens a connection, exchanges hellos and closes it: whether the agent answers, and its
+    /// hello.
+    pub fn ping(&self) -> Result<Hello, ClientError> {
+        let mut s = vsock::connect(&self.socket, self.port, self.connect_timeout)?;
+        let deadline = Instant::now() + self.connect_timeout;
+        s.set_write_timeout(Some(self.connect_timeout))?;
+        Frame::Hello(Hello::new(NAME)).write_to(&mut s)?;
+        let answer = read(&s, Some(deadline), "the agent's hello")?;
+        let _ = s.shutdown(Shutdown::Both);
+        match answer {
+            Frame::Hello(h) if h.version == VERSION => Ok(h),
+            Frame::Hello(h) => Err(ClientError::Version { theirs: h.version }),
+            other => Err(unexpected(&other, "instead of the agent's hello")),
+        }
+    }
+
     /// Runs a command, streaming its input and output (see [`ExecIo`]). The connection is shut
     /// down when this returns, which ends the agent's side of it (and kills what is left of the
     /// command's process group) even while a stdin that never ends is still being read.

@@ -56,6 +56,17 @@ pub enum SandboxError {
     /// The agent runs but could not prepare the guest (e.g. mount the root file system).
     #[error("the guest agent: {0}")]
     AgentProblem(String),
+    /// The snapshot has no vsock device, so no agent can be reached in it.
+    #[error("the snapshot in {0} has no vsock device: save one with `vmm run --save DIR`")]
+    NoAgentInSnapshot(PathBuf),
+    /// Saving the sandbox through its control API failed.
+    #[error("cannot save the VM to {dir}: {why}")]
+    Save {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// What the control API said, or why it could not be asked.
+        why: String,
+    },
 }
 
 /// A running VM with a ready agent. Dropping it stops the VM at once.
@@ -69,6 +80,8 @@ pub struct Sandbox {
     /// The private directory the sandbox made for its sockets, if it made one.
     dir: Option<PathBuf>,
     ready: OwnSocket,
+    /// The VM's control API socket, if it has one.
+    api: Option<PathBuf>,
 }
 
 /// A socket file this process bound, removed only if the path still names it (a file put in
@@ -169,6 +182,7 @@ impl Sandbox {
         );
         config.initrd = Some(Initrd::Bytes(archive));
 
+        let api = config.api_socket.as_ref().map(|a| a.path().to_path_buf());
         let vm = match Vm::new(config) {
             Ok(vm) => vm,
             Err(e) => {
@@ -177,6 +191,135 @@ impl Sandbox {
                 return Err(e.into());
             }
         };
+        let mut sandbox = Sandbox::launch(vm, socket, dir, own_ready, api)?;
+        let (hello, connected, arrived) = sandbox.wait_ready(&ready, ready_timeout)?;
+        sandbox.hello = hello;
+        log::info!(
+            "guest agent ready ({}) {:.1?} after process start; its hello came {} µs after its \
+             connection, read and checked in {} µs",
+            sandbox.hello.name,
+            vm::process_start().elapsed(),
+            arrived.saturating_duration_since(connected).as_micros(),
+            arrived.elapsed().as_micros()
+        );
+        Ok(sandbox)
+    }
+
+    /// Restores the VM saved in `snapshot` (by [`Sandbox::save`], its agent ready) with the
+    /// backends of `config` (see [`vm::Vm::restore`]). Without a vsock device in `config` the
+    /// snapshot's is given a new socket in a private directory (with its CID), so that many
+    /// sandboxes can be restored from one snapshot at once. Ready when the agent answers a hello
+    /// on a new connection, within `ready_timeout`: if the snapshot held vsock connections the
+    /// guest's driver resets them, and a connection made just before it did is cut, so a cut
+    /// one is tried again.
+    pub fn restore(
+        mut config: VmConfig,
+        snapshot: &vm::Snapshot,
+        ready_timeout: Duration,
+    ) -> Result<Sandbox, SandboxError> {
+        let Some(saved) = snapshot.machine().vsock.as_ref() else {
+            return Err(SandboxError::NoAgentInSnapshot(snapshot.dir().into()));
+        };
+        let dir = match &config.vsock {
+            Some(_) => None,
+            None => Some(private_dir()?),
+        };
+        if let Some(d) = &dir {
+            config.vsock = Some(VsockConfig {
+                cid: saved.cid,
+                socket: d.join("vsock.sock"),
+                connect_by_name: false,
+            });
+        }
+        let socket = config
+            .vsock
+            .as_ref()
+            .map(|v| v.socket.clone())
+            .unwrap_or_default();
+        let api = config.api_socket.as_ref().map(|a| a.path().to_path_buf());
+        let vm = match Vm::restore(config, snapshot) {
+            Ok(vm) => vm,
+            Err(e) => {
+                remove_private_dir(&dir);
+                return Err(e.into());
+            }
+        };
+        let ready = OwnSocket {
+            path: PathBuf::new(),
+            id: None,
+        };
+        let mut sandbox = Sandbox::launch(vm, socket, dir, ready, api)?;
+        let deadline = Instant::now() + ready_timeout;
+        loop {
+            match sandbox.agent.ping() {
+                Ok(hello) => {
+                    sandbox.hello = Hello {
+                        name: printable(&hello.name, MAX_GUEST_TEXT),
+                        ..hello
+                    };
+                    break;
+                }
+                Err(e) => {
+                    if sandbox.wait_timeout(Duration::ZERO) {
+                        let why = match sandbox.join() {
+                            Ok(reason) => describe(reason),
+                            Err(e) => e.to_string(),
+                        };
+                        return Err(SandboxError::GuestStopped(why));
+                    }
+                    if Instant::now() >= deadline {
+                        log::info!("the restored guest's agent: {e}");
+                        return Err(SandboxError::NotReady(ready_timeout));
+                    }
+                    log::debug!("the restored guest's agent, once more: {e}");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        log::info!(
+            "restored guest's agent ready {:.1?} after process start",
+            vm::process_start().elapsed()
+        );
+        Ok(sandbox)
+    }
+
+    /// Pauses the VM and saves it to `dir` through its control API (the sandbox must have been
+    /// started with `config.api_socket`); the VM stays paused. Returns the bytes of memory saved.
+    pub fn save(&self, dir: &Path, timeout: Duration) -> Result<u64, SandboxError> {
+        let failed = |why: String| SandboxError::Save {
+            dir: dir.into(),
+            why,
+        };
+        let Some(api) = &self.api else {
+            return Err(failed("the VM has no control API socket".into()));
+        };
+        let call = |path: &str, body: Option<&str>| -> Result<String, SandboxError> {
+            match vm::api::call(api, "PUT", path, body, timeout) {
+                Ok((200, answer)) => Ok(answer),
+                Ok((status, answer)) => Err(failed(format!(
+                    "{path} answered {status}: {}",
+                    printable(&answer, MAX_GUEST_TEXT)
+                ))),
+                Err(e) => Err(failed(format!("{path}: {e}"))),
+            }
+        };
+        let dir = std::path::absolute(dir).map_err(|e| failed(e.to_string()))?;
+        let body = serde_json::json!({ "dir": dir }).to_string();
+        call("/vm/pause", None)?;
+        let answer = call("/vm/snapshot", Some(&body))?;
+        let saved: serde_json::Value =
+            serde_json::from_str(&answer).map_err(|e| failed(e.to_string()))?;
+        Ok(saved["memory_bytes"].as_u64().unwrap_or(0))
+    }
+
+    /// Runs `vm` on a thread of its own and makes the sandbox around it.
+    fn launch(
+        vm: Vm,
+        socket: PathBuf,
+        dir: Option<PathBuf>,
+        ready: OwnSocket,
+        api: Option<PathBuf>,
+    ) -> Result<Sandbox, SandboxError> {
         let shutdown = vm.shutdown_request();
         let (ended, ended_w) = pipe().map_err(|source| SandboxError::Host {
             what: "make a pipe for",
@@ -195,26 +338,16 @@ impl Sandbox {
                 path: "the VM".into(),
                 source,
             })?;
-        let mut sandbox = Sandbox {
+        Ok(Sandbox {
             agent: Agent::new(socket),
             hello: Hello::new(""),
             shutdown,
             vm: Some(thread),
             ended,
             dir,
-            ready: own_ready,
-        };
-        let (hello, connected, arrived) = sandbox.wait_ready(&ready, ready_timeout)?;
-        sandbox.hello = hello;
-        log::info!(
-            "guest agent ready ({}) {:.1?} after process start; its hello came {} µs after its \
-             connection, read and checked in {} µs",
-            sandbox.hello.name,
-            vm::process_start().elapsed(),
-            arrived.saturating_duration_since(connected).as_micros(),
-            arrived.elapsed().as_micros()
-        );
-        Ok(sandbox)
+            ready,
+            api,
+        })
     }
 
     fn wait_ready(
@@ -331,11 +464,8 @@ impl Sandbox {
     }
 
     fn kill_now(&self) {
-        // Two requests: the second stops the VM without waiting for the guest.
-        for _ in 0..2 {
-            if let Err(e) = self.shutdown.request() {
-                log::warn!("cannot stop the VM: {e}");
-            }
+        if let Err(e) = self.shutdown.stop_now() {
+            log::warn!("cannot stop the VM: {e}");
         }
     }
 
@@ -449,7 +579,7 @@ pub fn port_path(socket: &Path, port: u32) -> PathBuf {
 }
 
 /// A new directory only this user can enter, under the temporary directory.
-fn private_dir() -> Result<PathBuf, SandboxError> {
+pub fn private_dir() -> Result<PathBuf, SandboxError> {
     let tmp = std::env::temp_dir();
     check_temp_dir(&tmp).map_err(|source| SandboxError::Host {
         what: "use the temporary directory",

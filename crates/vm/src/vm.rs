@@ -490,10 +490,19 @@ impl Vm {
 #[derive(Clone, Debug)]
 pub struct ShutdownRequest(Arc<EventFd>);
 
+/// What [`ShutdownRequest::stop_now`] adds to the request counter: more than any number of
+/// separate requests that could pile up between two reads.
+const STOP_NOW: u64 = 1 << 32;
+
 impl ShutdownRequest {
     /// Makes the request.
     pub fn request(&self) -> std::io::Result<()> {
         self.0.write(1)
+    }
+
+    /// Stops the VM at once, without asking the guest (quietly: the caller decided it).
+    pub fn stop_now(&self) -> std::io::Result<()> {
+        self.0.write(STOP_NOW)
     }
 }
 
@@ -543,6 +552,10 @@ impl ShutdownWatcher {
         let Some(button) = self.power_button.as_ref() else {
             return self.stop("shutdown requested and the VM has no power button (ACPI is off)");
         };
+        if count >= STOP_NOW {
+            log::info!("stopping the VM: asked to stop at once");
+            return self.exit.finish(Ok(ExitReason::Stopped));
+        }
         if self.pressed || count > 1 {
             return self.stop("shutdown requested again");
         }

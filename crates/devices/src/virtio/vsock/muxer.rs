@@ -157,6 +157,11 @@ impl Muxer {
         self.conns.len() + self.callers.len()
     }
 
+    /// Connections whose host end is still open: the ones a guest could still be using.
+    pub(super) fn live(&self) -> usize {
+        self.conns.values().filter(|c| !c.host_eof).count()
+    }
+
     /// Whether anything waits for a receive buffer.
     pub(super) fn has_rx_work(&self) -> bool {
         !self.control.is_empty() || !self.ready.is_empty()

@@ -1,7 +1,9 @@
 //! The saved state of a virtio-vsock device: the core's queue positions and the guest's CID.
 //! Connections are not saved: their host ends do not survive the VMM. The restored device has
-//! none and sends the guest a transport-reset event (virtio 1.2, 5.10.6.5), as a migrated
-//! guest gets: its driver resets every connected socket; listening sockets stay.
+//! none, and if the saved one had any it sends the guest a transport-reset event (virtio 1.2,
+//! 5.10.6.5), as a migrated guest gets: its driver resets every connected socket; listening
+//! sockets stay. With no connection saved there is nothing to reset, and no event races the
+//! host's first new connections (which a late reset would cut).
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +18,10 @@ pub struct VsockState {
     pub core: CoreState,
     /// The guest's CID.
     pub cid: u64,
+    /// Connections whose host end was open when saved (reset on restore; one the host had
+    /// closed is only waiting for the guest to close its end).
+    #[serde(default)]
+    pub connections: usize,
 }
 
 impl Persist for Vsock {
@@ -27,6 +33,7 @@ impl Persist for Vsock {
         VsockState {
             core: self.core.save(),
             cid: self.cid(),
+            connections: self.muxer.live(),
         }
     }
 
@@ -42,8 +49,10 @@ impl Persist for Vsock {
         self.muxer.reset();
         self.core.restore(state.core)?;
         // Sent from the event loop, once it watches the queue.
-        self.reset_owed = true;
-        self.core.kick(EVENT_QUEUE);
+        if state.connections > 0 {
+            self.reset_owed = true;
+            self.core.kick(EVENT_QUEUE);
+        }
         Ok(())
     }
 }

@@ -698,6 +698,12 @@ fn state_round_trips_without_connections_and_checks_the_cid() {
     h.drivers[EVENT_QUEUE].add_chain(&h.mem, &[(event_buf, 4, F_WRITE)]);
     h.dev.process_events();
     assert_eq!(h.drivers[EVENT_QUEUE].used_idx(&h.mem), 1);
+    // Saved with no connection: nothing to reset, no event (the buffer stays posted).
+    let quiet = h.dev.save();
+    assert_eq!(quiet.connections, 0);
+    h.dev.restore(quiet).unwrap();
+    h.dev.process_events();
+    assert_eq!(h.drivers[EVENT_QUEUE].used_idx(&h.mem), 1);
     let other = VsockState { cid: 4, ..back };
     assert!(matches!(
         h.dev.restore(other),
