@@ -159,7 +159,6 @@ pub fn run(args: RunArgs) -> ExitCode {
             timeout: args.timeout,
         },
     );
-    drop((stdout, stderr));
     let name = sandbox::printable(&exec.argv[0], 256);
     log::info!(
         "{name} ended: {result:?}, {:.1?} after process start",
