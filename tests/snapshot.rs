@@ -402,3 +402,54 @@ fn snapshot_a_damaged_or_foreign_snapshot_is_refused_with_one_line() {
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(run.stderr.contains("--kernel"), "{}", run.stderr);
 }
+
+/// A snapshot directory another user could have prepared: a symbolic link (to a directory vmm's
+/// user owns), or a directory others can write. Refused with a 500 naming why; nothing is
+/// written where the link points; the VM stays paused and can go on.
+#[test]
+fn snapshot_refuses_a_link_or_a_directory_others_can_write() {
+    require_kvm!();
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new("snap-dirs");
+    let sock = scratch.path("api.sock");
+    let mut args = snap_guest("split");
+    args.extend(strings(&["--serial", "off", "--api-socket", s(&sock)]));
+    let mut vmm = Vmm::spawn(&args);
+    wait_for_path(&sock, &mut vmm);
+    assert_eq!(ctl(&sock, &["pause"]).0, 0);
+
+    let target = scratch.path("target");
+    std::fs::create_dir(&target).unwrap();
+    let link = scratch.path("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let (code, _, err) = ctl(&sock, &["snapshot", s(&link)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("500") && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&target).unwrap().count(),
+        0,
+        "written through the link"
+    );
+
+    let open = scratch.path("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, _, err) = ctl(&sock, &["snapshot", s(&open)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("writable by other users"), "{err}");
+    assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0);
+
+    // A file where the directory should be is not replaced.
+    let file = scratch.file("file", b"keep me");
+    let (code, _, err) = ctl(&sock, &["snapshot", &file]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+
+    // The VM is still there, paused, and goes on.
+    assert!(ctl(&sock, &["info"]).1.contains("\"state\":\"paused\""));
+    assert_eq!(ctl(&sock, &["resume"]).0, 0);
+    vmm.kill();
+}

@@ -10,6 +10,7 @@
 mod blkdev;
 mod report;
 mod run;
+mod snapshot;
 mod vsock;
 
 use std::path::{Path, PathBuf};
@@ -42,7 +43,7 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
     /// Only these groups (comma-separated): null, exit, rss, rate, many, linux, linux4, blk, net,
-    /// vsock, run. blk's device figures: VMM_BENCH_BLK_MS (per run, default 2000),
+    /// vsock, run, snapshot (tiny guests, and `vmm run --restore` of the Linux guest). blk's device figures: VMM_BENCH_BLK_MS (per run, default 2000),
     /// VMM_BENCH_BLK_RUNS (3), VMM_BENCH_BLK_DEPTH (32), VMM_BENCH_BLK_MIB (256). vsock's sizes:
     /// VMM_BENCH_VSOCK_MIB (per transfer, default 4), VMM_BENCH_VSOCK_REPS (transfers each way, default 1), VMM_BENCH_VSOCK_ROUND_TRIPS (50).
     #[arg(long, value_delimiter = ',')]
@@ -467,6 +468,9 @@ impl Bench {
         }
         if io.contains(&"net") {
             self.net_group(&kernel, &rootfs, io_runs);
+        }
+        if io.contains(&"snapshot") {
+            self.run_restore_group(&kernel, &rootfs, io_runs);
         }
         if io.contains(&"vsock") {
             self.vsock_group(&kernel, &rootfs);
@@ -1080,10 +1084,13 @@ fn main() -> ExitCode {
     if wants("many") {
         bench.many_group();
     }
+    if wants("snapshot") {
+        bench.snapshot_group();
+    }
     let linux_runs = cli.linux_runs.unwrap_or(if cli.quick { 0 } else { 3 });
     let linux4 = !cli.only.is_empty() && wants("linux4") || cli.only.is_empty() && !cli.quick;
     // blk, net, vsock and run boot Linux too: by default in a full run, or when named with --only.
-    let io: Vec<&str> = ["blk", "net", "vsock", "run"]
+    let io: Vec<&str> = ["blk", "net", "vsock", "run", "snapshot"]
         .into_iter()
         .filter(|g| !cli.only.is_empty() && wants(g) || cli.only.is_empty() && !cli.quick)
         .collect();

@@ -389,14 +389,14 @@ fn rss_overhead_mib(pid: u32, memory_mib: u32) -> Option<f64> {
 }
 
 impl Bench {
-    fn vmm_path(&self) -> PathBuf {
+    pub(crate) fn vmm_path(&self) -> PathBuf {
         match &self.vmm {
             Engine::Vmm(p) | Engine::Qemu(p) => p.clone(),
         }
     }
 
     /// A copy of `rootfs` in the scratch folder for one boot.
-    fn rootfs_copy(&mut self, rootfs: &Path, tag: &str) -> Option<PathBuf> {
+    pub(crate) fn rootfs_copy(&mut self, rootfs: &Path, tag: &str) -> Option<PathBuf> {
         let disk = self.scratch.join(format!("rootfs-agent-{tag}.ext4"));
         match std::fs::copy(rootfs, &disk) {
             Ok(_) => Some(disk),
