@@ -131,22 +131,7 @@ impl Sandbox {
         if config.initrd.is_some() {
             return Err(SandboxError::InitrdGiven);
         }
-        let dir = match &config.vsock {
-            Some(_) => None,
-            None => Some(private_dir()?),
-        };
-        if let Some(d) = &dir {
-            config.vsock = Some(VsockConfig {
-                cid: DEFAULT_CID,
-                socket: d.join("vsock.sock"),
-                connect_by_name: false,
-            });
-        }
-        let socket = config
-            .vsock
-            .as_ref()
-            .map(|v| v.socket.clone())
-            .unwrap_or_default();
+        let (dir, socket) = own_vsock(&mut config, DEFAULT_CID)?;
         let ready_path = port_path(&socket, READY_PORT);
         let (mut own_ready, ready) = match OwnSocket::bind(ready_path.clone()) {
             Ok(l) => l,
@@ -220,22 +205,7 @@ impl Sandbox {
         let Some(saved) = snapshot.machine().vsock.as_ref() else {
             return Err(SandboxError::NoAgentInSnapshot(snapshot.dir().into()));
         };
-        let dir = match &config.vsock {
-            Some(_) => None,
-            None => Some(private_dir()?),
-        };
-        if let Some(d) = &dir {
-            config.vsock = Some(VsockConfig {
-                cid: saved.cid,
-                socket: d.join("vsock.sock"),
-                connect_by_name: false,
-            });
-        }
-        let socket = config
-            .vsock
-            .as_ref()
-            .map(|v| v.socket.clone())
-            .unwrap_or_default();
+        let (dir, socket) = own_vsock(&mut config, saved.cid)?;
         let api = config.api_socket.as_ref().map(|a| a.path().to_path_buf());
         let vm = match Vm::restore(config, snapshot) {
             Ok(vm) => vm,
@@ -576,6 +546,22 @@ pub fn port_path(socket: &Path, port: u32) -> PathBuf {
     let mut p = OsString::from(socket.as_os_str());
     p.push(format!("_{port}"));
     PathBuf::from(p)
+}
+
+/// The vsock device's socket: `config`'s, or, when it has no vsock device, one with `cid` on a
+/// socket in a new private directory (returned, for removal at the end).
+fn own_vsock(config: &mut VmConfig, cid: u64) -> Result<(Option<PathBuf>, PathBuf), SandboxError> {
+    if let Some(vsock) = &config.vsock {
+        return Ok((None, vsock.socket.clone()));
+    }
+    let dir = private_dir()?;
+    let socket = dir.join("vsock.sock");
+    config.vsock = Some(VsockConfig {
+        cid,
+        socket: socket.clone(),
+        connect_by_name: false,
+    });
+    Ok((Some(dir), socket))
 }
 
 /// A new directory only this user can enter, under the temporary directory.

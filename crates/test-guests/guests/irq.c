@@ -22,15 +22,7 @@
  * random port 0x61 writes; then channel 0 in mode 2 with a count of 2 (600 kHz) for 100 ms:
  *   attack_storm_ticks=   interrupts that storm delivered (the VMM bounds the rate)
  * and the periodic check again: `after_periodic_ticks=`. */
-#include "rt.h"
-
-#define LAPIC 0xfee00000ULL
-#define LAPIC_ID 0x20
-#define LAPIC_TPR 0x80
-#define LAPIC_EOI 0xb0
-#define LAPIC_SVR 0xf0
-#define LAPIC_LVT0 0x350
-#define IOAPIC 0xfec00000ULL
+#include "apic.h"
 
 #define VEC_PIT 0x30
 #define VEC_SERIAL 0x34
@@ -65,38 +57,6 @@ void isr_pit(void);
 void isr_serial(void);
 void isr_other(void);
 void isr_spurious(void);
-
-struct gate {
-    u16 off0, sel;
-    u8 ist, type;
-    u16 off1;
-    u32 off2, zero;
-} __attribute__((packed));
-
-static struct gate idt[256] __attribute__((aligned(16)));
-
-static void set_gate(int v, void (*fn)(void))
-{
-    u64 a = (u64)fn;
-    u16 cs;
-    __asm__ volatile("mov %%cs, %0" : "=r"(cs));
-    idt[v] = (struct gate){(u16)a, cs, 0, 0x8e, (u16)(a >> 16), (u32)(a >> 32), 0};
-}
-
-static void lapic_write(u32 reg, u32 v) { mmio_write32(LAPIC + reg, v); }
-static u32 lapic_read(u32 reg) { return mmio_read32(LAPIC + reg); }
-
-static u32 ioapic_read(u32 reg)
-{
-    mmio_write32(IOAPIC, reg);
-    return mmio_read32(IOAPIC + 0x10);
-}
-
-static void ioapic_write(u32 reg, u32 v)
-{
-    mmio_write32(IOAPIC, reg);
-    mmio_write32(IOAPIC + 0x10, v);
-}
 
 /* Entry `pin`: `vector`, fixed delivery, physical destination `dest`, edge, active high. */
 static void route(u32 pin, u32 vector, u32 dest, int masked)
@@ -212,21 +172,8 @@ void guest_main(u32 boot, u64 info, u64 entry_rflags)
     set_gate(VEC_PIT, isr_pit);
     set_gate(VEC_SERIAL, isr_serial);
     set_gate(VEC_SPURIOUS, isr_spurious);
-    struct {
-        u16 limit;
-        u64 base;
-    } __attribute__((packed)) idtr = {sizeof(idt) - 1, (u64)idt};
-    __asm__ volatile("lidt %0" : : "m"(idtr));
-
-    /* xAPIC on at its default base; software-enabled, spurious vector 0xff, LINT0 masked. */
-    u32 lo, hi;
-    __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(0x1b));
-    lo = (lo & 0xfff) | 0x800 | (u32)LAPIC;
-    __asm__ volatile("wrmsr" : : "a"(lo), "d"(hi), "c"(0x1b));
-    lapic_write(LAPIC_SVR, 0x100 | VEC_SPURIOUS);
-    lapic_write(LAPIC_TPR, 0);
-    lapic_write(LAPIC_LVT0, 1u << 16);
-    u32 apic_id = lapic_read(LAPIC_ID) >> 24;
+    load_idt();
+    u32 apic_id = lapic_enable(VEC_SPURIOUS);
     kv_hex("lapic_id", apic_id);
 
     kv_hex("ioapic_version", ioapic_read(0x01));

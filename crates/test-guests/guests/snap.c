@@ -15,18 +15,12 @@
  *   lapic_irqs= (rounds/2, rounded up)  pit_irqs= (rounds/2)
  *   other_irqs= (0)  spurious_irqs= (0)
  * then `done` and a reset. */
+#include "apic.h"
 #include "bench.h"
 
-#define LAPIC 0xfee00000ULL
-#define LAPIC_EOI 0xb0
-#define LAPIC_TPR 0x80
-#define LAPIC_SVR 0xf0
 #define LAPIC_LVT_TIMER 0x320
-#define LAPIC_LVT0 0x350
 #define LAPIC_TIMER_INIT 0x380
 #define LAPIC_TIMER_DIV 0x3e0
-#define LAPIC_ID 0x20
-#define IOAPIC 0xfec00000ULL
 
 #define VEC_PIT 0x30
 #define VEC_LAPIC 0x40
@@ -65,31 +59,7 @@ void isr_pit(void);
 void isr_other(void);
 void isr_spurious(void);
 
-struct gate {
-    u16 off0, sel;
-    u8 ist, type;
-    u16 off1;
-    u32 off2, zero;
-} __attribute__((packed));
-
-static struct gate idt[256] __attribute__((aligned(16)));
 static u8 buf[65536];
-
-static void set_gate(int v, void (*fn)(void))
-{
-    u64 a = (u64)fn;
-    u16 cs;
-    __asm__ volatile("mov %%cs, %0" : "=r"(cs));
-    idt[v] = (struct gate){(u16)a, cs, 0, 0x8e, (u16)(a >> 16), (u32)(a >> 32), 0};
-}
-
-static void lapic_write(u32 reg, u32 v) { mmio_write32(LAPIC + reg, v); }
-
-static void ioapic_write(u32 reg, u32 v)
-{
-    mmio_write32(IOAPIC, reg);
-    mmio_write32(IOAPIC + 0x10, v);
-}
 
 /* SSE on: CR0.EM off, CR0.MP on, CR4.OSFXSR and CR4.OSXMMEXCPT on; xmm7 zeroed. */
 static void sse_on(void)
@@ -140,28 +110,16 @@ void guest_main(u32 boot, u64 info, u64 entry_rflags)
     const char *cmdline = boot_cmdline(boot, info);
     int sse = cmdline && cmdline_find(cmdline, "sse");
 
-    for (int v = 0; v < 256; v++)
+    for (int v = 0x20; v < 256; v++)
         set_gate(v, isr_other);
     set_gate(VEC_LAPIC, isr_lapic);
     set_gate(VEC_PIT, isr_pit);
     set_gate(VEC_SPURIOUS, isr_spurious);
-    struct {
-        u16 limit;
-        u64 base;
-    } __attribute__((packed)) idtr = {sizeof(idt) - 1, (u64)idt};
-    __asm__ volatile("lidt %0" : : "m"(idtr));
-    /* xAPIC on at its default base; software-enabled, spurious vector 0xff, LINT0 masked; the
-     * timer one-shot on its vector, counting at the bus clock (divide by 1). */
-    u32 lo, hi;
-    __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(0x1b));
-    lo = (lo & 0xfff) | 0x800 | (u32)LAPIC;
-    __asm__ volatile("wrmsr" : : "a"(lo), "d"(hi), "c"(0x1b));
-    lapic_write(LAPIC_SVR, 0x100 | VEC_SPURIOUS);
-    lapic_write(LAPIC_TPR, 0);
-    lapic_write(LAPIC_LVT0, 1u << 16);
+    load_idt();
+    u32 apic_id = lapic_enable(VEC_SPURIOUS);
+    /* The timer one-shot on its vector, counting at the bus clock (divide by 1). */
     lapic_write(LAPIC_TIMER_DIV, 0xb);
     lapic_write(LAPIC_LVT_TIMER, VEC_LAPIC);
-    u32 apic_id = mmio_read32(LAPIC + LAPIC_ID) >> 24;
     /* PIT interrupts: pin 0, edge, to this CPU. */
     ioapic_write(0x11, apic_id << 24);
     ioapic_write(0x10, VEC_PIT);

@@ -199,105 +199,55 @@ impl Vm {
 
         let quiesce = Quiesce::new()?;
         devices.add_subscriber(quiesce.watcher(devices.saved().to_vec()));
-        let Some(kernel) = kernel else {
+        match kernel {
             // A restore: the saved states instead of a boot's command line and tables.
-            let snap = from.ok_or(Error::Snapshot("restore without a snapshot".into()))?;
-            snap.restore_devices(devices.saved())?;
-            snap.vm_state()
-                .restore(&vm_fd)
-                .map_err(crate::error::arch_err("restore the VM's KVM state"))?;
-            for (vcpu, state) in vcpus.iter().zip(snap.vcpu_states()) {
-                state
-                    .restore(vcpu)
-                    .map_err(crate::error::arch_err("restore a vCPU's state"))?;
+            None => {
+                let snap = from.ok_or(Error::Snapshot("restore without a snapshot".into()))?;
+                snap.restore_devices(devices.saved())?;
+                snap.vm_state()
+                    .restore(&vm_fd)
+                    .map_err(crate::error::arch_err("restore the VM's KVM state"))?;
+                for (vcpu, state) in vcpus.iter().zip(snap.vcpu_states()) {
+                    state
+                        .restore(vcpu)
+                        .map_err(crate::error::arch_err("restore a vCPU's state"))?;
+                }
+                step_done("restored the saved state");
             }
-            step_done("restored the saved state");
-            return Ok(Vm::assemble(
-                vcpus,
-                devices,
-                exit,
-                exit_seen,
-                shutdown,
-                filters,
-                vm_fd,
-                irqchip,
-                api_socket,
-                config_json,
-                machine,
-                quiesce,
-                msrs,
-                kvm,
-                mem,
-            ));
-        };
+            Some(kernel) => {
+                // 7. The command line: the caller's or ours, then host quirks, the root disk, the devices.
+                let tsc_khz = || vcpus.first().and_then(|v| v.get_tsc_khz().ok());
+                let quirks = quirks::cmdline_params(base, &cpuid, tsc_khz, config.vcpus);
+                let root_disk = match (config.disks.first(), &initrd) {
+                    (Some(disk), None) => Some(disk.read_only),
+                    _ => None,
+                };
+                // With ACPI the guest finds the virtio devices in the DSDT; without, on the command line.
+                let device_entries = match guest_acpi {
+                    true => &[][..],
+                    false => devices.cmdline_entries(),
+                };
+                let additions = kernel::cmdline_additions(base, quirks, root_disk, device_entries);
+                let cmdline_len =
+                    kernel::write_cmdline(&mem, base, &additions, kernel.cmdline_capacity)?;
 
-        // 7. The command line: the caller's or ours, then host quirks, the root disk, the devices.
-        let tsc_khz = || vcpus.first().and_then(|v| v.get_tsc_khz().ok());
-        let quirks = quirks::cmdline_params(base, &cpuid, tsc_khz, config.vcpus);
-        let root_disk = match (config.disks.first(), &initrd) {
-            (Some(disk), None) => Some(disk.read_only),
-            _ => None,
-        };
-        // With ACPI the guest finds the virtio devices in the DSDT; without, on the command line.
-        let device_entries = match guest_acpi {
-            true => &[][..],
-            false => devices.cmdline_entries(),
-        };
-        let additions = kernel::cmdline_additions(base, quirks, root_disk, device_entries);
-        let cmdline_len = kernel::write_cmdline(&mem, base, &additions, kernel.cmdline_capacity)?;
+                // 8. The boot tables: PVH start info or zero page, MP table, ACPI tables.
+                let acpi = config.acpi.then(|| arch::acpi::Machine {
+                    vcpus: config.vcpus,
+                    legacy_pics: irqchip == IrqChip::Kernel,
+                    virtio_mmio: devices.virtio_slots().to_vec(),
+                });
+                kernel::write_boot_tables(
+                    &mem,
+                    &kernel,
+                    cmdline_len,
+                    initrd.as_ref(),
+                    config.vcpus,
+                    acpi.as_ref(),
+                )?;
+            }
+        }
 
-        // 8. The boot tables: PVH start info or zero page, MP table, ACPI tables.
-        let acpi = config.acpi.then(|| arch::acpi::Machine {
-            vcpus: config.vcpus,
-            legacy_pics: irqchip == IrqChip::Kernel,
-            virtio_mmio: devices.virtio_slots().to_vec(),
-        });
-        kernel::write_boot_tables(
-            &mem,
-            &kernel,
-            cmdline_len,
-            initrd.as_ref(),
-            config.vcpus,
-            acpi.as_ref(),
-        )?;
-
-        Ok(Vm::assemble(
-            vcpus,
-            devices,
-            exit,
-            exit_seen,
-            shutdown,
-            filters,
-            vm_fd,
-            irqchip,
-            api_socket,
-            config_json,
-            machine,
-            quiesce,
-            msrs,
-            kvm,
-            mem,
-        ))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn assemble(
-        vcpus: Vec<kvm_ioctls::VcpuFd>,
-        devices: DeviceManager,
-        exit: Arc<ExitState>,
-        exit_seen: Arc<AtomicBool>,
-        shutdown: ShutdownRequest,
-        filters: Filters,
-        vm_fd: Arc<VmFd>,
-        irqchip: IrqChip,
-        api_socket: Option<crate::api::ApiSocket>,
-        config_json: serde_json::Value,
-        machine: Machine,
-        quiesce: Quiesce,
-        msrs: Arc<Vec<u32>>,
-        kvm: Arc<Kvm>,
-        mem: GuestMemoryMmap,
-    ) -> Vm {
         let Devices {
             pio,
             mmio,
@@ -306,7 +256,7 @@ impl Vm {
             counters,
             saved,
         } = devices.into_devices();
-        Vm {
+        Ok(Vm {
             vcpus,
             pio: Arc::new(pio),
             mmio: Arc::new(mmio),
@@ -327,7 +277,7 @@ impl Vm {
             msrs,
             _kvm: kvm,
             mem,
-        }
+        })
     }
 
     /// A handle that asks the guest to shut down (see [`ShutdownRequest`]); it stays valid, and
