@@ -1156,3 +1156,53 @@ fn boot_jail_vsock_both_ways_and_only_its_directory() {
     assert!(!sock.exists(), "the supervisor removes the socket");
     assert!(dir.join("v.sock_5000").exists(), "the host's sockets stay");
 }
+
+/// A snapshot taken outside the jail restores inside it: the memory file is mapped before the
+/// jail closes, and the guest runs to its end with the same output as without a break.
+#[test]
+fn boot_jail_restores_a_snapshot() {
+    require_root!();
+    let scratch = Scratch::new("jail-restore");
+    let root = jail_root(&scratch);
+    let sock = scratch.path("api.sock");
+    let snap = scratch.path("snap");
+    let (before, after) = (scratch.path("before.txt"), scratch.path("after.txt"));
+    let mut vmm = Running::start(&[
+        "--kernel",
+        test_guests::SNAP,
+        "--memory",
+        "16M",
+        "--serial",
+        &format!("file={}", s(&before)),
+        "--api-socket",
+        s(&sock),
+    ]);
+    assert!(wait_until(TIMEOUT, || sock.exists()), "no API socket");
+    assert!(wait_until(TIMEOUT, || read_trim(&before).contains("round=100")));
+    for op in [vec!["pause"], vec!["snapshot", s(&snap)]] {
+        let (code, out, err) = common::ctl(&sock, &op);
+        assert_eq!(code, 0, "{op:?}: {out}{err}");
+    }
+    drop(vmm.signal_and_wait(libc::SIGKILL, TIMEOUT));
+    let id = test_id(9).to_string();
+    let run = run_vmm(
+        &[
+            "--restore",
+            s(&snap),
+            "--serial",
+            &format!("file={}", s(&after)),
+            "--jail",
+            s(&root),
+            "--jail-id",
+            &id,
+        ],
+        TIMEOUT,
+    );
+    run.expect_success();
+    let out = read_trim(&after);
+    assert!(out.ends_with("done"), "{out}");
+    assert!(
+        out.contains("lapic_irqs=0x1f4") && out.contains("pit_irqs=0x1f4"),
+        "{out}"
+    );
+}
