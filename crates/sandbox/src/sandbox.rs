@@ -247,8 +247,8 @@ impl Sandbox {
             }
         }
         log::info!(
-            "restored guest's agent ready {:.1?} after process start",
-            vm::process_start().elapsed()
+            "restored guest's agent ready {} µs after process start",
+            vm::process_start().elapsed().as_micros()
         );
         Ok(sandbox)
     }
