@@ -1183,7 +1183,7 @@ fn boot_jail_restores_a_snapshot() {
         let (code, out, err) = common::ctl(&sock, &op);
         assert_eq!(code, 0, "{op:?}: {out}{err}");
     }
-    drop(vmm.signal_and_wait(libc::SIGKILL, TIMEOUT));
+    let _ = vmm.signal_and_wait(libc::SIGKILL, TIMEOUT);
     let id = test_id(9).to_string();
     let run = run_vmm(
         &[
