@@ -389,6 +389,13 @@ fn snapshot_a_damaged_or_foreign_snapshot_is_refused_with_one_line() {
     });
     expect_restore_error(&foreign, &[], &["0.0.0-other", vm::VMM_VERSION]);
 
+    // Files another user could have written: the snapshot names host files to open.
+    let shared = case("shared", &|dir| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    });
+    expect_restore_error(&shared, &[], &["shared", "writable by other users"]);
+
     let missing = scratch.path("missing");
     expect_restore_error(&missing, &[], &["missing"]);
 

@@ -28,7 +28,7 @@ use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -272,10 +272,73 @@ impl SnapshotDir {
                 "is writable by other users: give a directory only its owner can write",
             ));
         }
-        Ok(SnapshotDir {
+        let dir = SnapshotDir {
             dir: file,
             path: path.into(),
-        })
+        };
+        dir.check_contents()?;
+        Ok(dir)
+    }
+
+    /// The directory must be new, empty or hold a snapshot (its two files, and the temporary
+    /// names of an interrupted one): a directory of other files is not one to put `state` and
+    /// `memory` into, replacing files of those names.
+    fn check_contents(&self) -> Result<()> {
+        let ours = [
+            STATE_FILE,
+            MEMORY_FILE,
+            ".state.tmp",
+            ".memory.tmp",
+            ".",
+            "..",
+        ];
+        let refuse = |why| Error::NotUsable {
+            path: self.path.clone(),
+            why,
+        };
+        let mut buf = vec![0u8; 4096];
+        loop {
+            // SAFETY: getdents64 writes at most `buf.len()` bytes into `buf`, which outlives the
+            // call, from the directory descriptor this struct owns.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_getdents64,
+                    self.dir.as_raw_fd(),
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                )
+            };
+            if n < 0 {
+                return Err(io("cannot list", &self.path)(
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            if n == 0 {
+                return Ok(());
+            }
+            // Records: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name NUL-terminated.
+            let mut at = 0usize;
+            while at + 19 < n as usize {
+                let reclen = usize::from(u16::from_ne_bytes([buf[at + 16], buf[at + 17]]));
+                if reclen < 20 || at + reclen > n as usize {
+                    return Err(refuse("cannot be listed"));
+                }
+                let kind = buf[at + 18];
+                let name = &buf[at + 19..at + reclen];
+                let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+                let name = std::str::from_utf8(name).unwrap_or("");
+                if !ours.contains(&name) {
+                    return Err(refuse(
+                        "holds other files: give a new or empty directory, or one holding a vmm snapshot",
+                    ));
+                }
+                let dir_entry = name == "." || name == "..";
+                if !dir_entry && kind != libc::DT_REG && kind != libc::DT_UNKNOWN {
+                    return Err(refuse("holds a snapshot file that is not a regular file"));
+                }
+                at += reclen;
+            }
+        }
     }
 
     /// The directory's path, for messages.
@@ -348,8 +411,11 @@ impl SnapshotDir {
         Ok(())
     }
 
-    /// Starts the memory file.
+    /// Starts the memory file. The state file of a snapshot already in the directory is removed
+    /// first: until the new state is written the directory holds no snapshot, never a new memory
+    /// file beside an old state.
     pub fn memory_writer(&self) -> Result<MemoryWriter<'_>> {
+        self.remove(STATE_FILE);
         Ok(MemoryWriter {
             pending: Pending::create(self, MEMORY_FILE)?,
             written: 0,
@@ -400,17 +466,68 @@ impl Drop for Pending<'_> {
     }
 }
 
-/// Reads and checks `dir`/[`STATE_FILE`].
-pub fn read_state<T: DeserializeOwned>(dir: &Path) -> Result<T> {
-    let path = dir.join(STATE_FILE);
-    let mut file = File::open(&path).map_err(io("cannot open the snapshot state", &path))?;
-    let meta = file.metadata().map_err(io("cannot inspect", &path))?;
+/// Opens `path` to read: never through a symbolic link, never blocking (a FIFO or device
+/// would), and only a regular file of this process's user (or root's) that nobody else can write:
+/// a snapshot names host files to open (its disks) and holds the guest's code, so one another
+/// user could have written is not restored.
+fn open_own_file(path: &Path, what: &'static str) -> Result<(File, std::fs::Metadata)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => Error::NotUsable {
+                path: path.into(),
+                why: "is a symbolic link (not followed)",
+            },
+            _ => io(what, path)(e),
+        })?;
+    let meta = file.metadata().map_err(io("cannot inspect", path))?;
+    let not_usable = |why| Error::NotUsable {
+        path: path.into(),
+        why,
+    };
     if !meta.is_file() {
+        return Err(not_usable("is not a regular file"));
+    }
+    check_owner(&meta).map_err(not_usable)?;
+    Ok((file, meta))
+}
+
+/// A file or directory of this process's user (or root's) that nobody else can write.
+fn check_owner(meta: &std::fs::Metadata) -> std::result::Result<(), &'static str> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err("belongs to another user");
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err("is writable by other users: a snapshot must be writable only by its owner");
+    }
+    Ok(())
+}
+
+/// Checks that the snapshot directory `dir` is its user's and writable by nobody else (as
+/// [`open_own_file`] checks its files).
+pub fn check_dir(dir: &Path) -> Result<()> {
+    let meta = std::fs::metadata(dir).map_err(io("cannot open the snapshot directory", dir))?;
+    if !meta.is_dir() {
         return Err(Error::NotUsable {
-            path,
-            why: "is not a regular file",
+            path: dir.into(),
+            why: "is not a directory",
         });
     }
+    check_owner(&meta).map_err(|why| Error::NotUsable {
+        path: dir.into(),
+        why,
+    })
+}
+
+/// Reads and checks `dir`/[`STATE_FILE`].
+pub fn read_state<T: DeserializeOwned>(dir: &Path) -> Result<T> {
+    check_dir(dir)?;
+    let path = dir.join(STATE_FILE);
+    let (mut file, meta) = open_own_file(&path, "cannot open the snapshot state")?;
     if meta.len() > MAX_BODY + HEADER_LEN as u64 {
         return Err(Error::TooLong {
             path,
@@ -465,15 +582,7 @@ impl MemoryWriter<'_> {
 /// Opens `dir`/[`MEMORY_FILE`] to map it, checking that it is a regular file of `ram_bytes`.
 pub fn open_memory(dir: &Path, ram_bytes: u64) -> Result<File> {
     let path = dir.join(MEMORY_FILE);
-    let file = File::open(&path).map_err(io("cannot open the snapshot memory", &path))?;
-    let meta = file.metadata().map_err(io("cannot inspect", &path))?;
-    let kind = meta.file_type();
-    if !meta.is_file() || kind.is_fifo() || kind.is_char_device() {
-        return Err(Error::NotUsable {
-            path,
-            why: "is not a regular file",
-        });
-    }
+    let (file, meta) = open_own_file(&path, "cannot open the snapshot memory")?;
     if meta.len() != ram_bytes {
         return Err(Error::MemoryLength {
             path,
@@ -610,6 +719,43 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_directory_of_other_files_is_refused_and_a_new_memory_file_never_sits_beside_an_old_state()
+    {
+        let dir = tmpdir("contents");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("notes"), b"mine").unwrap();
+        let e = SnapshotDir::create(&dir).err().unwrap();
+        assert!(e.to_string().contains("holds other files"), "{e}");
+        assert_eq!(std::fs::read(dir.join("notes")).unwrap(), b"mine");
+        std::fs::remove_file(dir.join("notes")).unwrap();
+        // A snapshot, then a second one that fails after its memory file: no state is left
+        // to pair with the new memory.
+        let snap = SnapshotDir::create(&dir).unwrap();
+        snap.memory_writer().unwrap().commit().unwrap();
+        snap.write_state(&sample()).unwrap();
+        let again = SnapshotDir::create(&dir).unwrap();
+        let writer = again.memory_writer().unwrap();
+        assert!(!dir.join(STATE_FILE).exists());
+        drop(writer);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_fifo_or_a_link_in_a_snapshot_is_refused_without_waiting() {
+        let dir = tmpdir("fifo");
+        std::fs::create_dir(&dir).unwrap();
+        let fifo = std::ffi::CString::new(dir.join(STATE_FILE).to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let e = read_state::<S>(&dir).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        std::os::unix::fs::symlink("/etc/hostname", dir.join(MEMORY_FILE)).unwrap();
+        let e = open_memory(&dir, 4096).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -458,7 +458,9 @@ pub struct VsockConfig {
     pub socket: PathBuf,
     /// Guest connections go to `<file name of PATH>_P` in the working directory instead (the
     /// CLI's jail makes the working directory PATH's directory, and PATH is unreachable by its
-    /// name from inside). Off when parsed.
+    /// name from inside). Off when parsed, and not kept in a snapshot (the CLI sets it again
+    /// for a jailed restore).
+    #[serde(skip)]
     pub connect_by_name: bool,
 }
 

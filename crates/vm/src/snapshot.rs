@@ -260,6 +260,7 @@ pub(crate) fn take(ctx: &SnapshotContext, pause: &Pause, dir: &Path) -> Result<u
 pub(crate) fn snapshot_syscalls() -> Vec<SyscallRule> {
     vec![
         SyscallRule::Any(libc::SYS_geteuid),
+        SyscallRule::Any(libc::SYS_getdents64),
         SyscallRule::Any(libc::SYS_mkdir),
         SyscallRule::Any(libc::SYS_mkdirat),
         SyscallRule::Any(libc::SYS_lseek),

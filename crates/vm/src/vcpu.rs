@@ -407,19 +407,22 @@ impl Vcpu {
             if self.stop.load(Ordering::Acquire) || self.exit.finished() {
                 return None;
             }
-            if self.pause.is_paused() {
-                // Completes an I/O exit the guest is inside (an IN's data reaches its register
-                // only on the next entry), so that a saved state is between two instructions.
-                self.fd.set_kvm_immediate_exit(1);
-                let _ = self.fd.run();
-                self.fd.set_kvm_immediate_exit(0);
+            // Paused: an entry that runs no guest code (immediate_exit) but completes the I/O
+            // exit the guest is inside (an IN's data reaches its register only on the next
+            // entry), so that a saved state is between two instructions. KVM may answer with
+            // one more exit (the second half of an MMIO access split across pages): it is
+            // served below, and the next round tries again. EINTR: nothing was pending; park.
+            let paused = self.pause.is_paused();
+            self.fd.set_kvm_immediate_exit(u8::from(paused));
+            let result = self.fd.run();
+            if paused && matches!(&result, Err(e) if e.errno() == libc::EINTR) {
                 let (fd, msrs, pause) = (&self.fd, self.msrs.clone(), self.pause.clone());
                 pause.park(index, &mut || {
                     arch::state::VcpuState::save(fd, &msrs).map_err(arch_err("save a vCPU"))
                 });
                 continue;
             }
-            match self.fd.run() {
+            match result {
                 Ok(exit) => match exit {
                     VcpuExit::IoIn(port, data) => {
                         if !self.pio.read(u64::from(port), data) {

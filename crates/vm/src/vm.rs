@@ -187,9 +187,21 @@ impl Vm {
             guest_acpi,
             boot_timer: config.boot_timer,
             console: console_on,
-            disks: config.disks.clone(),
+            // Absolute: a restore may run in another working directory.
+            disks: config
+                .disks
+                .iter()
+                .cloned()
+                .map(|mut disk| {
+                    disk.path = std::path::absolute(&disk.path).unwrap_or(disk.path);
+                    disk
+                })
+                .collect(),
             nets: config.nets.clone(),
-            vsock: config.vsock.clone(),
+            vsock: config.vsock.clone().map(|mut vsock| {
+                vsock.socket = std::path::absolute(&vsock.socket).unwrap_or(vsock.socket);
+                vsock
+            }),
         };
 
         // 6. The vCPUs.

@@ -1104,9 +1104,10 @@ mod tests {
         assert!(!pit.timer.is_armed().unwrap());
         // So does the first byte of a new mode-0 word.
         load(&mut pit, 0, 0, 1000, t0);
-        pit.write_counter(0, 0x10, t0);
+        pit.write_counter(0, 0xff, t0);
         assert!(!pit.timer.is_armed().unwrap());
-        pit.write_counter(0, 0x00, t0);
+        // The longest count (55 ms from t0), so that a slow machine checks before it expires.
+        pit.write_counter(0, 0xff, t0);
         assert!(pit.timer.is_armed().unwrap());
     }
 
