@@ -9,14 +9,19 @@
 //! * Linux (with the `run` guest): `vmm run --save`, then `vmm run --restore DIR -- true` end
 //!   to end, beside the cold `vmm run -- true` of the `run` group.
 //!
-//! QEMU's `migrate` to a file and `-incoming` are not driven here: n/a in the table.
+//! Beside QEMU (microvm, the same park guest), through its QMP socket: `stop`, then `migrate` to
+//! `exec:cat > FILE` until `query-migrate` says completed; and `-incoming exec:cat FILE` from
+//! start until `query-status` leaves `inmigrate` (the guest restored, paused: QEMU keeps the
+//! source's run state).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::report::{Figure, Target};
+use crate::report::{Figure, Samples, Target};
+use crate::run::Engine;
 use crate::{Bench, LINUX_TIMEOUT};
 
 /// How long a tiny guest may take to park, or a restored one to run.
@@ -119,6 +124,63 @@ impl Bench {
         .restore(dir)
     }
 
+    /// QEMU: the park guest with `mib` MiB migrated to `file`; the migration's time in ms.
+    fn qemu_save(&self, qemu: &Engine, mib: u32, file: &Path) -> Result<f64, String> {
+        let sock = self.scratch.join(format!("qmp-save-{mib}.sock"));
+        let mut cmd = qemu_park(qemu, mib, &sock);
+        let mut kid = Kid(cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot spawn QEMU: {e}"))?);
+        let out = kid.0.stdout.take().ok_or("no stdout")?;
+        wait_line(out, "parked", TINY).ok_or("the park guest did not park under QEMU")?;
+        let mut qmp = Qmp::connect(&sock)?;
+        qmp.call(r#"{"execute":"stop"}"#)?;
+        let started = Instant::now();
+        let uri = format!("exec:cat > {}", file.display());
+        qmp.call(&format!(
+            r#"{{"execute":"migrate","arguments":{{"uri":"{uri}"}}}}"#
+        ))?;
+        loop {
+            let answer = qmp.call(r#"{"execute":"query-migrate"}"#)?;
+            if answer.contains(r#""status": "completed""#) {
+                return Ok(started.elapsed().as_secs_f64() * 1e3);
+            }
+            if answer.contains(r#""status": "failed""#) || started.elapsed() > TINY {
+                return Err(format!("QEMU's migration: {answer}"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// QEMU: `-incoming exec:cat FILE`; start → restored (paused), in ms.
+    fn qemu_restore(&self, qemu: &Engine, mib: u32, file: &Path) -> Result<f64, String> {
+        let sock = self.scratch.join(format!("qmp-restore-{mib}.sock"));
+        let mut cmd = qemu_park(qemu, mib, &sock);
+        cmd.arg("-incoming")
+            .arg(format!("exec:cat {}", file.display()));
+        let started = Instant::now();
+        let _kid = Kid(cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot spawn QEMU: {e}"))?);
+        let mut qmp = Qmp::connect(&sock)?;
+        loop {
+            let answer = qmp.call(r#"{"execute":"query-status"}"#)?;
+            if !answer.contains("inmigrate") {
+                return Ok(started.elapsed().as_secs_f64() * 1e3);
+            }
+            if started.elapsed() > TINY {
+                return Err(format!("QEMU's incoming migration: {answer}"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     pub(crate) fn snapshot_group(&mut self) {
         eprintln!("vmm-bench: snapshot and restore (park guest)");
         let runs = if self.quick { 2 } else { 5 };
@@ -138,6 +200,8 @@ impl Bench {
                 &format!("vmm --restore ({mib} MiB): start → first KVM_RUN"),
                 "ms",
             );
+            let (mut qemu_save, mut qemu_size, mut qemu_first) =
+                (Samples::default(), Samples::default(), Samples::default());
             for run in 0..runs {
                 let dir = self.scratch.join(format!("snap-{key}-{run}"));
                 match self.save_parked(mib, &dir) {
@@ -153,12 +217,35 @@ impl Bench {
                     Err(e) => self.failures.push(format!("restore {key}: {e}")),
                 }
                 let _ = std::fs::remove_dir_all(&dir);
+                if let Some(qemu) = self.qemu.clone() {
+                    let file = self.scratch.join(format!("qemu-{key}.mig"));
+                    let mib = mib as u32;
+                    match self.qemu_save(&qemu, mib, &file) {
+                        Ok(ms) => {
+                            qemu_save.push(ms);
+                            qemu_size.push(allocated_file(&file) as f64 / f64::from(1 << 20));
+                            match self.qemu_restore(&qemu, mib, &file) {
+                                Ok(ms) => qemu_first.push(ms),
+                                Err(e) => self.failures.push(format!("qemu restore {key}: {e}")),
+                            }
+                        }
+                        Err(e) => self.failures.push(format!("qemu save {key}: {e}")),
+                    }
+                    let _ = std::fs::remove_file(&file);
+                }
+            }
+            if self.qemu.is_some() {
+                save.qemu = Some(qemu_save);
+                size.qemu = Some(qemu_size);
+                first.qemu = Some(qemu_first);
             }
             if mib == 128 {
                 first.targets = vec![Target::AtMost(5.0)];
             }
-            first.note = "the `-v` line `first KVM_RUN at N µs since process start`".into();
-            save.note = "QEMU's migrate to a file: n/a (not driven)".into();
+            first.note = "vmm: the `-v` line `first KVM_RUN at N µs since process start`; \
+                          QEMU: start → `query-status` leaves inmigrate (restored, paused)"
+                .into();
+            save.note = "QEMU: `stop`, then `migrate` to exec:cat > FILE until completed".into();
             self.figures.extend([save, size, first]);
         }
         self.clones(if self.quick { 20 } else { 100 });
@@ -309,6 +396,72 @@ impl Bench {
         self.figures.push(total);
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_file(&disk);
+    }
+}
+
+/// QEMU running the park guest with `mib` MiB and its QMP socket at `sock`.
+fn qemu_park(qemu: &Engine, mib: u32, sock: &Path) -> Command {
+    let _ = std::fs::remove_file(sock);
+    let mut guest = crate::run::Guest::tiny(test_guests::PARK);
+    guest.memory_mib = mib;
+    let mut cmd = guest.command(qemu);
+    cmd.arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", sock.display()));
+    cmd
+}
+
+/// The disk space one file takes, in bytes.
+fn allocated_file(file: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(file).map_or(0, |m| m.blocks() * 512)
+}
+
+/// A QMP connection, capabilities negotiated; answers read a line at a time, events skipped.
+struct Qmp {
+    out: UnixStream,
+    lines: BufReader<UnixStream>,
+}
+
+impl Qmp {
+    fn connect(sock: &Path) -> Result<Qmp, String> {
+        let deadline = Instant::now() + TINY;
+        let out = loop {
+            match UnixStream::connect(sock) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                Err(e) => return Err(format!("QMP at {}: {e}", sock.display())),
+            }
+        };
+        out.set_read_timeout(Some(TINY))
+            .map_err(|e| e.to_string())?;
+        let lines = BufReader::new(out.try_clone().map_err(|e| e.to_string())?);
+        let mut qmp = Qmp { out, lines };
+        qmp.line()?; // the greeting
+        qmp.call(r#"{"execute":"qmp_capabilities"}"#)?;
+        Ok(qmp)
+    }
+
+    fn line(&mut self) -> Result<String, String> {
+        let mut line = String::new();
+        match self.lines.read_line(&mut line) {
+            Ok(0) => Err("QMP closed".into()),
+            Ok(_) => Ok(line),
+            Err(e) => Err(format!("QMP: {e}")),
+        }
+    }
+
+    /// Sends `command` and returns its answer (`return` or `error`).
+    fn call(&mut self, command: &str) -> Result<String, String> {
+        writeln!(self.out, "{command}").map_err(|e| format!("QMP: {e}"))?;
+        loop {
+            let line = self.line()?;
+            if line.contains(r#""error""#) {
+                return Err(format!("QMP {command}: {line}"));
+            }
+            if line.contains(r#""return""#) {
+                return Ok(line);
+            }
+        }
     }
 }
 

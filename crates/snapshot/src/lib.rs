@@ -55,6 +55,8 @@ pub const FILE_CREATE_FLAGS: libc::c_int =
     libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
 /// The granule of holes in the memory file.
 const PAGE: usize = 4096;
+/// What a hole reads as (compared with memcmp, many times faster than byte by byte).
+static ZERO_PAGE: [u8; PAGE] = [0; PAGE];
 
 /// What went wrong with a snapshot directory or file, naming it.
 #[derive(Debug, thiserror::Error)]
@@ -554,7 +556,7 @@ impl MemoryWriter<'_> {
         let Pending { file, tmp, dir, .. } = &mut self.pending;
         let path = || dir.path.join(&*tmp);
         for page in bytes.chunks(PAGE) {
-            if page.iter().all(|&b| b == 0) {
+            if page == &ZERO_PAGE[..page.len()] {
                 file.seek(SeekFrom::Current(page.len() as i64))
                     .map_err(|e| io("cannot seek in", &path())(e))?;
             } else {
