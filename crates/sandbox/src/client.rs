@@ -175,35 +175,33 @@ impl Agent {
                 max: MAX_FRAME as u64,
             });
         }
-        let mut s = vsock::connect(&self.socket, self.port, self.connect_timeout)?;
-        let deadline = Instant::now() + self.connect_timeout;
-        s.set_write_timeout(Some(self.connect_timeout))?;
-        Frame::Hello(Hello::new(NAME)).write_to(&mut s)?;
-        match read(&s, Some(deadline), "the agent's hello")? {
-            Frame::Hello(h) if h.version == VERSION => {}
-            Frame::Hello(h) => return Err(ClientError::Version { theirs: h.version }),
-            other => return Err(unexpected(&other, "instead of the agent's hello")),
-        }
+        let (mut s, _) = self.greet()?;
         s.set_read_timeout(None)?;
         s.write_all(&request)?;
         s.set_write_timeout(None)?;
         Ok(s)
     }
 
-    /// Opens a connection, exchanges hellos and closes it: whether the agent answers, and its
-    /// hello.
-    pub fn ping(&self) -> Result<Hello, ClientError> {
+    /// Opens a connection and exchanges hellos, within the connect timeout: the connection and
+    /// the agent's hello.
+    fn greet(&self) -> Result<(UnixStream, Hello), ClientError> {
         let mut s = vsock::connect(&self.socket, self.port, self.connect_timeout)?;
         let deadline = Instant::now() + self.connect_timeout;
         s.set_write_timeout(Some(self.connect_timeout))?;
         Frame::Hello(Hello::new(NAME)).write_to(&mut s)?;
-        let answer = read(&s, Some(deadline), "the agent's hello")?;
-        let _ = s.shutdown(Shutdown::Both);
-        match answer {
-            Frame::Hello(h) if h.version == VERSION => Ok(h),
+        match read(&s, Some(deadline), "the agent's hello")? {
+            Frame::Hello(h) if h.version == VERSION => Ok((s, h)),
             Frame::Hello(h) => Err(ClientError::Version { theirs: h.version }),
             other => Err(unexpected(&other, "instead of the agent's hello")),
         }
+    }
+
+    /// Opens a connection, exchanges hellos and closes it: whether the agent answers, and its
+    /// hello.
+    pub fn ping(&self) -> Result<Hello, ClientError> {
+        let (s, hello) = self.greet()?;
+        let _ = s.shutdown(Shutdown::Both);
+        Ok(hello)
     }
 
     /// Runs a command, streaming its input and output (see [`ExecIo`]). The connection is shut
