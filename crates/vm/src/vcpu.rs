@@ -403,6 +403,8 @@ impl Vcpu {
     /// Returns `Some` when this vCPU ends the VM, `None` when it was asked to stop.
     fn run_loop(&mut self) -> Option<Result<ExitReason>> {
         let index = self.index;
+        // What kvm_run's immediate_exit holds (set only while paused, written only on a change).
+        let mut immediate_exit = false;
         loop {
             if self.stop.load(Ordering::Acquire) || self.exit.finished() {
                 return None;
@@ -413,7 +415,10 @@ impl Vcpu {
             // one more exit (the second half of an MMIO access split across pages): it is
             // served below, and the next round tries again. EINTR: nothing was pending; park.
             let paused = self.pause.is_paused();
-            self.fd.set_kvm_immediate_exit(u8::from(paused));
+            if paused != immediate_exit {
+                self.fd.set_kvm_immediate_exit(u8::from(paused));
+                immediate_exit = paused;
+            }
             let result = self.fd.run();
             if paused && matches!(&result, Err(e) if e.errno() == libc::EINTR) {
                 let (fd, msrs, pause) = (&self.fd, self.msrs.clone(), self.pause.clone());
