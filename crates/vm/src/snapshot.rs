@@ -142,7 +142,9 @@ impl Snapshot {
         }
     }
 
-    /// The memory file, checked again, for mapping.
+    /// The memory file, opened and checked again for mapping. Not kept open from
+    /// [`Snapshot::open`]: a jailed VMM is built after the jail closed every descriptor but
+    /// 0–2 (tests/jail.rs, `boot_jail_restores_a_snapshot`).
     pub(crate) fn memory_file(&self) -> Result<std::fs::File> {
         Ok(snapshot::open_memory(
             &self.dir,
