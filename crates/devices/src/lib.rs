@@ -277,6 +277,18 @@ pub enum Error {
         /// The CID asked for.
         cid: u64,
     },
+    /// A virtio-fs tag the guest could not mount by.
+    #[error("share tag '{tag}': a tag is 1 to 36 bytes, without NUL")]
+    FsTag {
+        /// The tag asked for.
+        tag: String,
+    },
+    /// The socket to a share's server cannot be set up.
+    #[error("cannot make the socket to the share's server non-blocking: {error}")]
+    FsSocket {
+        /// The host's error.
+        error: std::io::Error,
+    },
     /// A file backend's path is not a file guest output may go to.
     #[error("'{path}' {why}: guest output goes to a new or existing regular file, or /dev/null")]
     OutputFileRefused {

@@ -78,6 +78,7 @@ pub const ALL: &[&Syscalls] = &[
     &crate::virtio::net::seccomp::NET,
     &crate::virtio::net::seccomp::TAP,
     &crate::virtio::console::seccomp::CONSOLE,
+    &crate::virtio::fs::seccomp::FS,
     &crate::virtio::vsock::seccomp::VSOCK,
     &crate::chardev::STDIO_SYSCALLS,
     &crate::chardev::FILE_SYSCALLS,

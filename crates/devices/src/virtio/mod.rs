@@ -37,8 +37,10 @@ macro_rules! core_accessors {
 pub(crate) use core_accessors;
 
 pub mod block;
+pub(crate) mod buffers;
 pub mod console;
 mod core;
+pub mod fs;
 mod mmio;
 pub mod net;
 pub(crate) mod persist;

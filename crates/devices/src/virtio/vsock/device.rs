@@ -3,10 +3,6 @@
 
 use std::path::Path;
 
-use log::warn;
-use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address, Bytes, GuestAddress};
-
 use super::muxer::{Muxer, Outgoing, Took};
 use super::packet::{self, Header, Invalid, HDR_LEN};
 use super::{
@@ -14,10 +10,10 @@ use super::{
     VIRTIO_VSOCK_EVENT_TRANSPORT_RESET,
 };
 use crate::chardev::SocketFile;
-use crate::virtio::{
-    Chain, Step, VirtioCore, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
-};
-use crate::{Error, GuestMemoryMmap};
+use crate::virtio::buffers::{buffers, gather, scatter, total};
+use crate::virtio::{Step, VirtioCore, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use crate::Error;
+use log::warn;
 
 /// The lowest CID a guest may have (0, 1 and 2 are the hypervisor, local and host).
 pub const MIN_GUEST_CID: u64 = 3;
@@ -34,72 +30,6 @@ pub struct Vsock {
     /// A transport-reset event is owed to the guest (after a restore: its connections are
     /// gone).
     pub(super) reset_owed: bool,
-}
-
-/// A chain's buffers: the device-readable ones (a transmit chain's) or the device-writable ones
-/// (a receive chain's), and whether it had buffers of the other kind.
-fn buffers(chain: Chain<'_>, writable: bool) -> (Vec<(GuestAddress, u32)>, bool) {
-    let mut v = Vec::new();
-    let mut other = false;
-    for d in chain {
-        let d: Descriptor = d;
-        if d.is_write_only() == writable {
-            v.push((d.addr(), d.len()));
-        } else {
-            other = true;
-        }
-    }
-    (v, other)
-}
-
-/// Copies `out.len()` bytes from `bufs` starting `skip` bytes in; false if guest memory refuses.
-fn gather(
-    mem: &GuestMemoryMmap,
-    bufs: &[(GuestAddress, u32)],
-    skip: usize,
-    out: &mut [u8],
-) -> bool {
-    let (mut skip, mut done) = (skip, 0);
-    for &(addr, len) in bufs {
-        let len = len as usize;
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let n = (len - skip).min(out.len() - done);
-        let Some(at) = addr.checked_add(skip as u64) else {
-            return false;
-        };
-        if mem.read_slice(&mut out[done..done + n], at).is_err() {
-            return false;
-        }
-        skip = 0;
-        done += n;
-        if done == out.len() {
-            return true;
-        }
-    }
-    done == out.len()
-}
-
-/// Copies `data` into `bufs`; false if guest memory refuses or they are too short.
-fn scatter(mem: &GuestMemoryMmap, bufs: &[(GuestAddress, u32)], data: &[u8]) -> bool {
-    let mut done = 0;
-    for &(addr, len) in bufs {
-        if done == data.len() {
-            break;
-        }
-        let n = (len as usize).min(data.len() - done);
-        if mem.write_slice(&data[done..done + n], addr).is_err() {
-            return false;
-        }
-        done += n;
-    }
-    done == data.len()
-}
-
-fn total(bufs: &[(GuestAddress, u32)]) -> usize {
-    bufs.iter().map(|&(_, l)| l as usize).sum()
 }
 
 impl Vsock {
