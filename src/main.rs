@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use vm::{CharBackend, DiskConfig, ExitReason, NetConfig, SeccompMode, Vm, VmConfig, VsockConfig};
+use vm::{
+    CharBackend, DiskConfig, ExitReason, NetConfig, SeccompMode, ShareConfig, Vm, VmConfig,
+    VsockConfig,
+};
 
 mod ctl;
 mod run;
@@ -198,6 +201,24 @@ struct VmArgs {
     #[arg(long, value_name = "cid=N,socket=PATH", value_parser = parse_vsock)]
     vsock: Option<VsockConfig>,
 
+    /// Share a host directory with the guest over virtio-fs (repeatable): HOSTDIR,tag=NAME
+    /// [,readonly=on]; in the guest, `mount -t virtiofs NAME /mnt`. Served by a process of
+    /// vmm's own, confined to HOSTDIR (its own mount namespace rooted there, a seccomp filter,
+    /// only the capabilities of file operations); readonly=on refuses every write. Files the
+    /// guest makes belong to the guest's uid and gid on the host (vmm as root) or to vmm's user.
+    /// A VM with shares cannot be snapshotted.
+    #[arg(long, value_name = "HOSTDIR,tag=NAME[,readonly=on]", value_parser = parse_share, conflicts_with = "restore")]
+    share: Vec<ShareConfig>,
+
+    /// The guest's root file system from a host directory, over virtio-fs: DIR[,readonly=off].
+    /// Read-only by default, with the writes going to a tmpfs overlay in the guest (nothing
+    /// reaches DIR); readonly=off writes through. The guest's first program is vmm's small init
+    /// (brought in its own initramfs, unless --initrd is given), which mounts it and starts
+    /// vmm.init=PATH from the command line (default /sbin/init); `vmm run` starts COMMAND instead.
+    /// `vmm run --root-share / -- CMD` runs a host program in the guest kernel.
+    #[arg(long, value_name = "DIR[,readonly=off]", value_parser = parse_root_share, conflicts_with = "restore")]
+    root_share: Option<ShareConfig>,
+
     /// The serial port COM1 (ttyS0): off, stdio, file=PATH[,max=SIZE][,truncate=on], pty or
     /// socket=PATH, as for --console. Default: stdio, or off when --console is on.
     #[arg(
@@ -361,6 +382,25 @@ fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
     s.parse::<VsockConfig>().map_err(|e| e.0)
 }
 
+fn parse_share(s: &str) -> Result<ShareConfig, String> {
+    s.parse::<ShareConfig>().map_err(|e| e.0)
+}
+
+/// A root share: as --share (without GUESTDIR and tag), read-only unless it says otherwise.
+fn parse_root_share(s: &str) -> Result<ShareConfig, String> {
+    let mut share = s.parse::<ShareConfig>().map_err(|e| e.0)?;
+    if share.guest_dir.is_some() || !share.tag.is_empty() {
+        return Err(format!(
+            "root share '{s}': the form is DIR[,readonly=off] (no :GUESTDIR, no tag)"
+        ));
+    }
+    let says = |p: &str| p.starts_with("readonly=") || p.starts_with("ro=");
+    if !s.split(',').skip(1).any(says) {
+        share.read_only = true;
+    }
+    Ok(share)
+}
+
 fn parse_net(s: &str) -> Result<NetConfig, String> {
     s.parse::<NetConfig>().map_err(|e| e.0)
 }
@@ -368,6 +408,12 @@ fn parse_net(s: &str) -> Result<NetConfig, String> {
 fn main() -> ExitCode {
     // First thing: the reference of the boot timer and of the `-v` start-up timings.
     vm::mark_process_start();
+    // A share's server: this executable started again by vmm (see the `share` crate).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == share::SERVER_ARG) {
+        init_logging(0);
+        return share::server_main(&args[2..]);
+    }
     vm::seccomp::set_forbidden_call_hint("Run with --seccomp off to debug.");
     handle_sigterm();
     // `vmm run`'s own failures must not look like COMMAND's statuses: a usage error is 125 there.
@@ -422,6 +468,28 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
+/// A root share's boot without `vmm run`: vmm's init in its initramfs (unless --initrd is given)
+/// mounts the root share and the shares, then starts `vmm.init=PATH` (default /sbin/init).
+fn shared_root_init(config: &mut VmConfig) {
+    if config.initrd.is_none() {
+        config.initrd = Some(vm::Initrd::Bytes(sandbox::agent_initramfs()));
+    }
+    let mut cmdline = config.cmdline.clone().unwrap_or_else(|| {
+        match config.console.is_on() {
+            true => vm::DEFAULT_CONSOLE_CMDLINE,
+            false => vm::DEFAULT_CMDLINE,
+        }
+        .to_string()
+    });
+    if !cmdline
+        .split_whitespace()
+        .any(|w| w.starts_with("vmm.init="))
+    {
+        cmdline.push_str(" vmm.init=/sbin/init");
+    }
+    config.cmdline = Some(cmdline);
+}
+
 /// The VM the options describe, with these console backends.
 fn vm_config(cli: &VmArgs, serial: CharBackend, console: CharBackend) -> VmConfig {
     VmConfig {
@@ -435,6 +503,8 @@ fn vm_config(cli: &VmArgs, serial: CharBackend, console: CharBackend) -> VmConfi
         serial,
         console,
         vsock: cli.vsock.clone(),
+        shares: cli.share.clone(),
+        root_share: cli.root_share.clone(),
         vsock_socket: None,
         api_socket: None,
         boot_timer: cli.boot_timer,
@@ -512,6 +582,9 @@ fn boot(cli: VmArgs) -> ExitCode {
         None => CharBackend::Stdio,
     };
     let mut config = vm_config(&cli, serial, console);
+    if config.root_share.is_some() {
+        shared_root_init(&mut config);
+    }
     let snapshot = match &cli.restore {
         Some(dir) => match restore_config(&cli, dir, &mut config, CharBackend::Stdio) {
             Ok(snapshot) => Some(snapshot),
@@ -792,8 +865,9 @@ fn flag_hint(e: &vm::Error) -> String {
         } => "; `qemu-img info` and `qemu-img check` show what is in the image (format=raw serves its bytes as they are)".into(),
         Error::CmdlineTooLong { .. } => "; shorten --cmdline".into(),
         Error::TooManyVirtioDevices { .. } => {
-            "; give fewer --disk, --net, --console and --vsock devices".into()
+            "; give fewer --disk, --net, --console, --vsock and --share devices".into()
         }
+        Error::Share { .. } => "; give an existing directory first in its --share".into(),
         Error::Net {
             source: DeviceError::TapMissing { name },
             ..

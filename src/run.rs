@@ -55,9 +55,9 @@ pub fn run(args: RunArgs) -> ExitCode {
     if cli.initrd.is_some() {
         return fail("vmm run brings its own initramfs (the guest agent); drop --initrd");
     }
-    if cli.disk.is_empty() && cli.restore.is_none() {
+    if cli.disk.is_empty() && cli.restore.is_none() && cli.root_share.is_none() {
         return fail(
-            "vmm run needs the guest's root file system: give --disk PATH (the first disk is mounted as /)",
+            "vmm run needs the guest's root file system: give --disk PATH (the first disk is mounted as /) or --root-share DIR",
         );
     }
     // The guest's consoles are quiet unless asked for: vmm's stdout and stderr are COMMAND's.

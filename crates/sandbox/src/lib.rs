@@ -29,7 +29,7 @@ pub static AGENT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vmm-a
 /// data: those file pages (~1.4 MB) would stay in the process's resident set for the VM's whole
 /// life, though nothing reads them again. They are dropped from it here (the archive holds its
 /// own copy); a later read faults them back from the file.
-pub(crate) fn agent_initramfs() -> std::sync::Arc<[u8]> {
+pub fn agent_initramfs() -> std::sync::Arc<[u8]> {
     let archive = initramfs::build(AGENT_BINARY).into();
     release_pages(AGENT_BINARY);
     archive

@@ -31,6 +31,12 @@ pub enum SandboxError {
     /// The configuration has an initrd: the sandbox brings its own.
     #[error("the sandbox boots its own initramfs (the guest agent); the configuration has an initrd already")]
     InitrdGiven,
+    /// A share's guest directory cannot be passed on the guest's command line.
+    #[error("share guest directory {}: the agent mounts shares at paths without white space; give one as HOSTDIR:GUESTDIR", dir.display())]
+    ShareDir {
+        /// The directory.
+        dir: std::path::PathBuf,
+    },
     /// A host file or socket the sandbox needs could not be made.
     #[error("cannot {what} {path}: {source}")]
     Host {
@@ -131,6 +137,15 @@ impl Sandbox {
         if config.initrd.is_some() {
             return Err(SandboxError::InitrdGiven);
         }
+        // The shares, for the agent to mount where the guest should see them.
+        let mut share_words = Vec::new();
+        for share in vm::name_shares(&config.shares)? {
+            let at = share.guest_path();
+            match at.to_str().filter(|p| !p.contains(char::is_whitespace)) {
+                Some(at) => share_words.push(format!("vmm.share={}:{at}", share.tag)),
+                None => return Err(SandboxError::ShareDir { dir: at }),
+            }
+        }
         let (dir, socket) = own_vsock(&mut config, DEFAULT_CID)?;
         let ready_path = port_path(&socket, READY_PORT);
         let (mut own_ready, ready) = match OwnSocket::bind(ready_path.clone()) {
@@ -151,7 +166,11 @@ impl Sandbox {
                 true => vm::DEFAULT_CONSOLE_CMDLINE.to_string(),
                 false => vm::DEFAULT_CMDLINE.to_string(),
             });
-        if let Some(disk) = config.disks.first() {
+        for word in &share_words {
+            cmdline.push(' ');
+            cmdline.push_str(word);
+        }
+        if let (Some(disk), None) = (config.disks.first(), &config.root_share) {
             if !cmdline.split_whitespace().any(|w| w.starts_with("root=")) {
                 let mode = if disk.read_only { "ro" } else { "rw" };
                 cmdline.push_str(&format!(" root=/dev/vda {mode}"));

@@ -10,6 +10,9 @@ pub use devices::chardev::{FileOptions, SocketFile, DEFAULT_FILE_MAX};
 /// Guest memory when none is asked for: 128 MiB.
 pub const DEFAULT_MEMORY_BYTES: u64 = 128 << 20;
 
+/// The tag of the root share ([`VmConfig::root_share`]).
+pub const ROOT_SHARE_TAG: &str = "vmmroot";
+
 /// The kernel command line used when the caller gives none.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
 
@@ -464,6 +467,112 @@ pub struct VsockConfig {
     pub connect_by_name: bool,
 }
 
+/// A host directory shared with the guest over virtio-fs:
+/// `HOSTDIR[:GUESTDIR][,tag=NAME][,readonly=on]`. The guest mounts it with
+/// `mount -t virtiofs NAME DIR`; `vmm run`'s agent mounts it at GUESTDIR (by default HOSTDIR's
+/// own absolute path).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShareConfig {
+    /// The host directory.
+    pub dir: PathBuf,
+    /// Where `vmm run`'s agent mounts it in the guest (absolute; no white space).
+    #[serde(default)]
+    pub guest_dir: Option<PathBuf>,
+    /// The tag the guest mounts it by (1 to 36 bytes); empty when parsed without one, and then
+    /// named by [`name_shares`].
+    pub tag: String,
+    /// Every write refused (the server's mount of it is read-only).
+    pub read_only: bool,
+}
+
+/// `shares` with those parsed without a tag named `share0`, `share1`, … (by position); two
+/// shares with one tag are refused.
+pub fn name_shares(shares: &[ShareConfig]) -> crate::Result<Vec<ShareConfig>> {
+    let mut named = shares.to_vec();
+    for (i, share) in named.iter_mut().enumerate() {
+        if share.tag.is_empty() {
+            share.tag = format!("share{i}");
+        }
+    }
+    for (i, share) in named.iter().enumerate() {
+        if named[..i].iter().any(|s| s.tag == share.tag) {
+            return Err(crate::Error::ShareTagTwice {
+                tag: share.tag.clone(),
+            });
+        }
+    }
+    Ok(named)
+}
+
+const SHARE_USAGE: &str = "the form is HOSTDIR[:GUESTDIR][,tag=NAME][,readonly=on]";
+
+impl ShareConfig {
+    /// Where the guest should see it: GUESTDIR, or HOSTDIR made absolute.
+    pub fn guest_path(&self) -> PathBuf {
+        self.guest_dir
+            .clone()
+            .unwrap_or_else(|| std::path::absolute(&self.dir).unwrap_or_else(|_| self.dir.clone()))
+    }
+}
+
+impl FromStr for ShareConfig {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let mut parts = s.split(',');
+        let first = parts.next().unwrap_or_default();
+        let (dir, guest_dir) = match first.split_once(':') {
+            Some((dir, guest)) => (dir, Some(guest)),
+            None => (first, None),
+        };
+        if dir.is_empty() || dir.contains('=') {
+            return Err(ParseError(format!(
+                "share '{s}' does not start with the host directory; {SHARE_USAGE}"
+            )));
+        }
+        if let Some(g) = guest_dir {
+            if !g.starts_with('/') || g.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ParseError(format!(
+                    "share guest directory '{g}': an absolute path without white space (it is passed on the guest's command line)"
+                )));
+            }
+        }
+        let (mut tag, mut read_only) = (String::new(), false);
+        for part in parts {
+            match part.split_once('=') {
+                Some(("tag", t)) => {
+                    if t.is_empty()
+                        || t.len() > devices::virtio::fs::TAG_LEN
+                        || t.contains(|c: char| c == ':' || c.is_whitespace() || c.is_control())
+                    {
+                        return Err(ParseError(format!(
+                            "share tag '{t}': a tag is 1 to 36 bytes, without ':' or white space"
+                        )));
+                    }
+                    tag = t.to_string();
+                }
+                Some(("readonly" | "ro", v)) => read_only = parse_switch("readonly", v)?,
+                Some((key, _)) => {
+                    return Err(ParseError(format!(
+                        "unknown share option '{key}'; known options: tag=NAME, readonly=on|off"
+                    )))
+                }
+                None => {
+                    return Err(ParseError(format!(
+                        "share option '{part}' is not key=value; {SHARE_USAGE}"
+                    )))
+                }
+            }
+        }
+        Ok(ShareConfig {
+            dir: PathBuf::from(dir),
+            guest_dir: guest_dir.map(PathBuf::from),
+            tag,
+            read_only,
+        })
+    }
+}
+
 /// The most host sockets a virtio-vsock device holds at once (connections and host programs
 /// that have not yet said where to); the jail's descriptor limit makes room for them.
 pub const VSOCK_MAX_CONNS: usize = devices::virtio::vsock::MAX_CONNS;
@@ -648,6 +757,13 @@ pub struct VmConfig {
     pub console: CharBackend,
     /// A virtio-vsock device, added after the virtio console; none by default.
     pub vsock: Option<VsockConfig>,
+    /// Host directories shared over virtio-fs, each with a server process of its own; added
+    /// after the vsock device. A VM with shares cannot be snapshotted.
+    pub shares: Vec<ShareConfig>,
+    /// The guest's root file system from a host directory over virtio-fs (tagged
+    /// [`crate::ROOT_SHARE_TAG`], before the other shares): `root=` names it on the command line
+    /// (`rootfstype=virtiofs`, `ro` if it is read-only) unless the command line names a root.
+    pub root_share: Option<ShareConfig>,
     /// The vsock device's listening socket, bound beforehand at `vsock.socket` (the CLI binds it
     /// before entering a jail, as [`CharBackend::BoundSocket`], so that the jail's supervisor
     /// knows which socket to remove); `None`: bound when the device is made.
@@ -694,6 +810,8 @@ impl VmConfig {
             serial: CharBackend::Stdout,
             console: CharBackend::Off,
             vsock: None,
+            shares: Vec::new(),
+            root_share: None,
             vsock_socket: None,
             api_socket: None,
             boot_timer: false,

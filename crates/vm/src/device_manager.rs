@@ -20,6 +20,7 @@ use devices::persist::SaveState;
 use devices::rate_limiter::{RateLimitConfig, RateLimiter};
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::console::Console;
+use devices::virtio::fs::Fs;
 use devices::virtio::net::{Net, Tap};
 use devices::virtio::vsock::Vsock;
 use devices::virtio::{MmioTransport, VirtioDevice, NOTIFY_REG_OFFSET};
@@ -28,7 +29,7 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::{CharBackend, DiskConfig, NetConfig, VsockConfig};
+use crate::config::{CharBackend, DiskConfig, NetConfig, ShareConfig, VsockConfig};
 use crate::error::{kvm_err, Error, Result};
 use crate::kvm::KvmRoutes;
 use crate::start::step_done;
@@ -492,6 +493,44 @@ impl DeviceManager {
             "vsock CID {} on {} at {:#x}, IRQ {}",
             config.cid,
             config.socket.display(),
+            slot.base,
+            slot.irq
+        ));
+        Ok(())
+    }
+
+    /// A virtio-fs device for `share` in the next virtio-mmio slot, with its server process
+    /// started and confined (see the `share` crate).
+    pub fn add_fs_device(&mut self, share: &ShareConfig) -> Result<()> {
+        let server = share::spawn(&share.dir, share.read_only).map_err(|source| Error::Share {
+            tag: share.tag.clone(),
+            source,
+        })?;
+        let pid = server.child.id();
+        let fs =
+            Fs::new(&share.tag, server.socket, Some(server.child)).map_err(dev_err("virtio-fs"))?;
+        let fs = Arc::new(Mutex::new(fs));
+        let slot = self.add_virtio_shared("virtio-fs", fs.clone())?;
+        self.devices.counters.push(DeviceCounters {
+            name: format!("share {}", share.tag),
+            kind: "virtio-fs",
+            read: Box::new(move || {
+                let fs = fs.lock().unwrap_or_else(|p| p.into_inner());
+                let s = fs.stats();
+                serde_json::json!({
+                    "requests": s.requests,
+                    "replies": s.replies,
+                    "in_flight": fs.in_flight(),
+                    "failed": s.failed,
+                    "bad_chains": s.bad_chains,
+                })
+            }),
+        });
+        step_done(&format!(
+            "share {} as '{}'{} (server pid {pid}) at {:#x}, IRQ {}",
+            share.dir.display(),
+            share.tag,
+            if share.read_only { ", read-only" } else { "" },
             slot.base,
             slot.irq
         ));

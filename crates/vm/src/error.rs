@@ -225,6 +225,21 @@ pub enum Error {
         #[source]
         source: devices::Error,
     },
+    /// Two shares have the same tag.
+    #[error("two shares are tagged '{tag}'")]
+    ShareTagTwice {
+        /// The tag.
+        tag: String,
+    },
+    /// A share's server could not be started (its message names the directory).
+    #[error("{source}")]
+    Share {
+        /// The share's tag.
+        tag: String,
+        /// The server's error.
+        #[source]
+        source: share::ShareError,
+    },
     /// A device could not be created or wired.
     #[error("device {what}: {source}")]
     Device {

@@ -286,18 +286,37 @@ pub(crate) fn base_cmdline(custom: Option<&str>, virtio_console: bool) -> &str {
     }
 }
 
+/// The guest's root file system, for the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Root {
+    /// The first disk (/dev/vda), read-only or not.
+    Disk(bool),
+    /// The virtio-fs share with this tag, read-only or not.
+    Share(String, bool),
+}
+
 /// What the VMM appends to `base`, in order: the host-quirk parameters (already filtered against
-/// `base`), the root disk's (`root_disk`: whether the first disk is the root file system and, if
-/// so, whether it is read-only) unless `base` names them, then the devices' entries.
+/// `base`), the root file system's (`root=`, with `rootfstype=virtiofs` for a share, and `ro` or
+/// `rw`) unless `base` names it, then the devices' entries.
 pub(crate) fn cmdline_additions(
     base: &str,
     quirks: Vec<String>,
-    root_disk: Option<bool>,
+    root: Option<Root>,
     devices: &[String],
 ) -> Vec<String> {
     let mut additions = quirks;
-    if let Some(read_only) = root_disk.filter(|_| !cmdline_has(base, "root")) {
-        additions.push("root=/dev/vda".to_string());
+    if let Some(root) = root.filter(|_| !cmdline_has(base, "root")) {
+        let read_only = match root {
+            Root::Disk(read_only) => {
+                additions.push("root=/dev/vda".to_string());
+                read_only
+            }
+            Root::Share(tag, read_only) => {
+                additions.push(format!("root={tag}"));
+                additions.push("rootfstype=virtiofs".to_string());
+                read_only
+            }
+        };
         if !cmdline_has(base, "ro") && !cmdline_has(base, "rw") {
             additions.push(if read_only { "ro" } else { "rw" }.to_string());
         }
@@ -438,7 +457,12 @@ mod tests {
         let devices = ["virtio_mmio.device=4K@0xd0000000:5".to_string()];
         let quirks = vec!["noxsave".to_string()];
         assert_eq!(
-            cmdline_additions("console=ttyS0", quirks.clone(), Some(false), &devices),
+            cmdline_additions(
+                "console=ttyS0",
+                quirks.clone(),
+                Some(Root::Disk(false)),
+                &devices
+            ),
             [
                 "noxsave",
                 "root=/dev/vda",
@@ -447,7 +471,12 @@ mod tests {
             ]
         );
         assert_eq!(
-            cmdline_additions("console=ttyS0", Vec::new(), Some(true), &devices),
+            cmdline_additions(
+                "console=ttyS0",
+                Vec::new(),
+                Some(Root::Disk(true)),
+                &devices
+            ),
             ["root=/dev/vda", "ro", "virtio_mmio.device=4K@0xd0000000:5"]
         );
     }
@@ -457,11 +486,23 @@ mod tests {
         // No root disk (no disk, or an initrd): no root=.
         assert!(cmdline_additions("console=ttyS0", Vec::new(), None, &[]).is_empty());
         // The caller's root= wins, and with it their choice of ro/rw.
-        assert!(cmdline_additions("root=/dev/vdb", Vec::new(), Some(false), &[]).is_empty());
+        assert!(
+            cmdline_additions("root=/dev/vdb", Vec::new(), Some(Root::Disk(false)), &[]).is_empty()
+        );
         // Their ro/rw stays, root= is still added.
         assert_eq!(
-            cmdline_additions("console=ttyS0 ro", Vec::new(), Some(false), &[]),
+            cmdline_additions("console=ttyS0 ro", Vec::new(), Some(Root::Disk(false)), &[]),
             ["root=/dev/vda"]
+        );
+        // A shared root: its tag and type, and ro unless the caller says otherwise.
+        assert_eq!(
+            cmdline_additions(
+                "console=ttyS0",
+                Vec::new(),
+                Some(Root::Share("vmmroot".into(), true)),
+                &[]
+            ),
+            ["root=vmmroot", "rootfstype=virtiofs", "ro"]
         );
     }
 

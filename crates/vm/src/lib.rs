@@ -35,10 +35,10 @@ mod vcpu;
 mod vm;
 
 pub use config::{
-    parse_memory_size, BucketConfig, CharBackend, DiskConfig, FileOptions, Initrd, IrqChip,
-    NetConfig, ParseError, RateLimitConfig, SerialOutput, SocketFile, VmConfig, VsockConfig,
-    DEFAULT_CMDLINE, DEFAULT_CONSOLE_CMDLINE, DEFAULT_FILE_MAX, DEFAULT_MEMORY_BYTES,
-    DEFAULT_SHUTDOWN_TIMEOUT, VSOCK_MAX_CONNS,
+    name_shares, parse_memory_size, BucketConfig, CharBackend, DiskConfig, FileOptions, Initrd,
+    IrqChip, NetConfig, ParseError, RateLimitConfig, SerialOutput, ShareConfig, SocketFile,
+    VmConfig, VsockConfig, DEFAULT_CMDLINE, DEFAULT_CONSOLE_CMDLINE, DEFAULT_FILE_MAX,
+    DEFAULT_MEMORY_BYTES, DEFAULT_SHUTDOWN_TIMEOUT, ROOT_SHARE_TAG, VSOCK_MAX_CONNS,
 };
 /// The most bytes a disk image file may come to hold while the guest writes it (a qcow2 image
 /// grows; a raw one does not): what a jail's RLIMIT_FSIZE must allow.

@@ -25,7 +25,7 @@ use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::{DiskConfig, IrqChip, NetConfig, VsockConfig};
+use crate::config::{DiskConfig, IrqChip, NetConfig, ShareConfig, VsockConfig};
 use crate::device_manager::{Saved, Subscriber};
 use crate::error::{Error, Result};
 use crate::vcpu::Pause;
@@ -60,6 +60,9 @@ pub struct Machine {
     pub nets: Vec<NetConfig>,
     /// The vsock device.
     pub vsock: Option<VsockConfig>,
+    /// Shared host directories (a VM with any is never saved: see [`take`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<ShareConfig>,
 }
 
 /// One device's saved state, in creation order.
@@ -208,6 +211,13 @@ pub(crate) fn take(ctx: &SnapshotContext, pause: &Pause, dir: &Path) -> Result<u
         return Err(Error::Snapshot(format!(
             "disk '{}' has snapshot=on: its writes live only in a temporary overlay that a snapshot cannot hold",
             disk.path.display()
+        )));
+    }
+    if let Some(share) = ctx.machine.shares.first() {
+        return Err(Error::Snapshot(format!(
+            "the VM shares {} (tag '{}'): what the guest holds of a share (open files, node ids) lives in its server, which a snapshot cannot hold",
+            share.dir.display(),
+            share.tag
         )));
     }
     let _held = ctx.quiesce.hold()?;

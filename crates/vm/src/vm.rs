@@ -17,7 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::config::{IrqChip, VmConfig};
+use crate::config::{IrqChip, ShareConfig, VmConfig, ROOT_SHARE_TAG};
 use crate::device_manager::{DeviceManager, Devices, Subscriber};
 use crate::error::{kvm_err, Error, Result};
 use crate::kvm_nr::KVM_REINJECT_CONTROL;
@@ -178,6 +178,24 @@ impl Vm {
         if let Some(vsock) = &config.vsock {
             devices.add_vsock_device(vsock, config.vsock_socket)?;
         }
+        // The root share first, then the others, named as `name_shares` names them.
+        let mut shares: Vec<ShareConfig> = config
+            .root_share
+            .iter()
+            .map(|share| ShareConfig {
+                tag: ROOT_SHARE_TAG.into(),
+                ..share.clone()
+            })
+            .collect();
+        for share in crate::config::name_shares(&config.shares)? {
+            if shares.iter().any(|s| s.tag == share.tag) {
+                return Err(Error::ShareTagTwice { tag: share.tag });
+            }
+            shares.push(share);
+        }
+        for share in &shares {
+            devices.add_fs_device(share)?;
+        }
 
         let machine = Machine {
             memory_bytes: config.memory_bytes,
@@ -202,6 +220,7 @@ impl Vm {
                 vsock.socket = std::path::absolute(&vsock.socket).unwrap_or(vsock.socket);
                 vsock
             }),
+            shares,
         };
 
         // 6. The vCPUs.
@@ -230,8 +249,13 @@ impl Vm {
                 // 7. The command line: the caller's or ours, then host quirks, the root disk, the devices.
                 let tsc_khz = || vcpus.first().and_then(|v| v.get_tsc_khz().ok());
                 let quirks = quirks::cmdline_params(base, &cpuid, tsc_khz, config.vcpus);
-                let root_disk = match (config.disks.first(), &initrd) {
-                    (Some(disk), None) => Some(disk.read_only),
+                // A root share is the root with or without an initrd (the agent's initramfs reads
+                // root= too); the first disk only without one.
+                let root = match (&config.root_share, config.disks.first(), &initrd) {
+                    (Some(share), _, _) => {
+                        Some(kernel::Root::Share(ROOT_SHARE_TAG.into(), share.read_only))
+                    }
+                    (None, Some(disk), None) => Some(kernel::Root::Disk(disk.read_only)),
                     _ => None,
                 };
                 // With ACPI the guest finds the virtio devices in the DSDT; without, on the command line.
@@ -239,7 +263,7 @@ impl Vm {
                     true => &[][..],
                     false => devices.cmdline_entries(),
                 };
-                let additions = kernel::cmdline_additions(base, quirks, root_disk, device_entries);
+                let additions = kernel::cmdline_additions(base, quirks, root, device_entries);
                 let cmdline_len =
                     kernel::write_cmdline(&mem, base, &additions, kernel.cmdline_capacity)?;
 

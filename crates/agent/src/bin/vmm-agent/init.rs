@@ -8,10 +8,15 @@ use crate::sys::{self, mount};
 /// Where the root file system is mounted before it becomes `/`.
 const NEW_ROOT: &str = "/newroot";
 
+/// Where a read-only virtiofs root is mounted, below the overlay that makes it writable.
+const LOWER: &str = "/.vmm/lower";
+/// The tmpfs that takes the writes to such a root (`upper` and `work` in it).
+const UPPER: &str = "/.vmm/upper";
+
 /// The root file system as the kernel command line describes it.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RootSpec {
-    /// `root=`: a /dev path.
+    /// `root=`: a /dev path, or a virtio-fs tag with `rootfstype=virtiofs`.
     pub device: Option<String>,
     /// `rootfstype=`.
     pub fstype: Option<String>,
@@ -19,6 +24,11 @@ pub struct RootSpec {
     pub flags: String,
     /// `ro` (the last of `ro` and `rw` wins; the kernel's default is ro).
     pub read_only: bool,
+    /// `vmm.share=TAG:DIR`: virtio-fs shares to mount at DIR once the root is `/`.
+    pub shares: Vec<(String, String)>,
+    /// `vmm.init=PATH`: after the mounts, become the guest's own init at PATH instead of
+    /// serving as the agent.
+    pub init: Option<String>,
 }
 
 impl RootSpec {
@@ -36,6 +46,12 @@ impl RootSpec {
                 Some(("root", v)) => spec.device = Some(v.to_string()),
                 Some(("rootfstype", v)) => spec.fstype = Some(v.to_string()),
                 Some(("rootflags", v)) => spec.flags = v.to_string(),
+                Some(("vmm.share", v)) => {
+                    if let Some((tag, dir)) = v.split_once(':') {
+                        spec.shares.push((tag.to_string(), dir.to_string()));
+                    }
+                }
+                Some(("vmm.init", v)) => spec.init = Some(v.to_string()),
                 None if word == "ro" => spec.read_only = true,
                 None if word == "rw" => spec.read_only = false,
                 _ => {}
@@ -45,9 +61,10 @@ impl RootSpec {
     }
 }
 
-/// Mounts what the guest needs and switches to the root file system. An error says what failed;
-/// the agent then serves from the initramfs.
-pub fn prepare() -> Result<(), String> {
+/// Mounts what the guest needs and switches to the root file system, then mounts the shares. An
+/// error says what failed; the agent then serves from the initramfs. Returns the guest's own
+/// init to become, if the command line names one.
+pub fn prepare() -> Result<Option<String>, String> {
     let step = |what: &str, r: io::Result<()>| r.map_err(|e| format!("{what}: {e}"));
     step("mount /proc", mount("proc", "/proc", "proc", 0, ""))?;
     step("mount /sys", mount("sysfs", "/sys", "sysfs", 0, ""))?;
@@ -60,12 +77,65 @@ pub fn prepare() -> Result<(), String> {
     let spec = RootSpec::parse(&cmdline);
     let Some(device) = &spec.device else {
         extra_mounts(false);
-        return Ok(());
+        mount_shares(&spec.shares);
+        return Ok(spec.init);
     };
-    mount_root(device, &spec)?;
+    let writable = if spec.fstype.as_deref() == Some("virtiofs") {
+        mount_shared_root(device, &spec)?;
+        true
+    } else {
+        mount_root(device, &spec)?;
+        !spec.read_only
+    };
     step("switch to the root file system", switch_root())?;
-    extra_mounts(spec.read_only);
-    Ok(())
+    extra_mounts(!writable);
+    mount_shares(&spec.shares);
+    Ok(spec.init)
+}
+
+/// The root file system from the virtio-fs share tagged `tag`. Read-only (`ro`), it is the lower
+/// layer of an overlay whose writes go to a tmpfs: the guest can write anywhere, nothing reaches
+/// the host.
+fn mount_shared_root(tag: &str, spec: &RootSpec) -> Result<(), String> {
+    let step = |what: String, r: io::Result<()>| r.map_err(|e| format!("{what}: {e}"));
+    for dir in [NEW_ROOT, LOWER, UPPER] {
+        step(format!("mkdir {dir}"), std::fs::create_dir_all(dir))?;
+    }
+    if !spec.read_only {
+        return step(
+            format!("mount the shared root '{tag}'"),
+            mount(tag, NEW_ROOT, "virtiofs", 0, &spec.flags),
+        );
+    }
+    step(
+        format!("mount the shared root '{tag}'"),
+        mount(tag, LOWER, "virtiofs", libc::MS_RDONLY, &spec.flags),
+    )?;
+    step(
+        format!("mount a tmpfs on {UPPER}"),
+        mount("tmpfs", UPPER, "tmpfs", 0, "mode=0755"),
+    )?;
+    for dir in ["upper", "work"] {
+        step(
+            format!("mkdir {UPPER}/{dir}"),
+            std::fs::create_dir_all(format!("{UPPER}/{dir}")),
+        )?;
+    }
+    let data = format!("lowerdir={LOWER},upperdir={UPPER}/upper,workdir={UPPER}/work");
+    step(
+        "mount the overlay over the shared root".into(),
+        mount("overlay", NEW_ROOT, "overlay", 0, &data),
+    )
+}
+
+/// Mounts each `vmm.share=TAG:DIR` (DIR made if missing). Failures are reported and skipped.
+fn mount_shares(shares: &[(String, String)]) {
+    for (tag, dir) in shares {
+        let r = std::fs::create_dir_all(dir).and_then(|()| mount(tag, dir, "virtiofs", 0, ""));
+        if let Err(e) = r {
+            eprintln!("vmm-agent: mount share '{tag}' on {dir}: {e}");
+        }
+    }
 }
 
 /// Standard input, output and error on the console, for messages (the kernel starts PID 1 with

@@ -37,9 +37,20 @@ fn main() {
         }
     }
     // A problem preparing the guest is told to the host in the hello; the agent serves anyway.
-    let problem = if pid1 { init::prepare().err() } else { None };
+    let (problem, guest_init) = match pid1 {
+        true => match init::prepare() {
+            Ok(guest_init) => (None, guest_init),
+            Err(e) => (Some(e), None),
+        },
+        false => (None, None),
+    };
     if let Some(p) = &problem {
         eprintln!("vmm-agent: {p}");
+    }
+    if let Some(path) = guest_init {
+        // The guest's own init takes over PID 1 (`vmm --root-share`); the agent does not serve.
+        let e = std::os::unix::process::CommandExt::exec(&mut std::process::Command::new(&path));
+        fatal(pid1, &format!("cannot start the guest's init {path}: {e}"));
     }
     let reaper = match reaper::Reaper::start() {
         Ok(r) => r,
