@@ -469,8 +469,10 @@ fn init_logging(verbose: u8) {
 }
 
 /// A root share's boot without `vmm run`: vmm's init in its initramfs (unless --initrd is given)
-/// mounts the root share and the shares, then starts `vmm.init=PATH` (default /sbin/init).
-fn shared_root_init(config: &mut VmConfig) {
+/// mounts the root share and the shares (each at GUESTDIR, or at HOSTDIR's path), then starts
+/// `vmm.init=PATH` (default /sbin/init).
+fn shared_root_init(config: &mut VmConfig) -> Result<(), sandbox::SandboxError> {
+    let words = sandbox::share_cmdline(&config.shares)?;
     if config.initrd.is_none() {
         config.initrd = Some(vm::Initrd::Bytes(sandbox::agent_initramfs()));
     }
@@ -487,7 +489,12 @@ fn shared_root_init(config: &mut VmConfig) {
     {
         cmdline.push_str(" vmm.init=/sbin/init");
     }
+    for word in words {
+        cmdline.push(' ');
+        cmdline.push_str(&word);
+    }
     config.cmdline = Some(cmdline);
+    Ok(())
 }
 
 /// The VM the options describe, with these console backends.
@@ -583,7 +590,10 @@ fn boot(cli: VmArgs) -> ExitCode {
     };
     let mut config = vm_config(&cli, serial, console);
     if config.root_share.is_some() {
-        shared_root_init(&mut config);
+        if let Err(e) = shared_root_init(&mut config) {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     let snapshot = match &cli.restore {
         Some(dir) => match restore_config(&cli, dir, &mut config, CharBackend::Stdio) {
@@ -867,7 +877,10 @@ fn flag_hint(e: &vm::Error) -> String {
         Error::TooManyVirtioDevices { .. } => {
             "; give fewer --disk, --net, --console, --vsock and --share devices".into()
         }
-        Error::Share { .. } => "; give an existing directory first in its --share".into(),
+        Error::Share { .. } => {
+            "; --share and --root-share take a directory the VMM's user can read".into()
+        }
+        Error::ShareTagTwice { .. } => "; give each --share its own tag=NAME".into(),
         Error::Net {
             source: DeviceError::TapMissing { name },
             ..

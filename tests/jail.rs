@@ -1206,3 +1206,90 @@ fn boot_jail_restores_a_snapshot() {
         "{out}"
     );
 }
+
+/// A jailed VMM serves a shared directory (and its root from a host directory): the guest reads
+/// and writes the share, the jailed VMM keeps every promise of `boot_jail_confines_the_vmm`'s
+/// credentials, and the share's server is inside the jail's pid namespace and cgroup, in a mount
+/// namespace of its own, under its own seccomp filter, with the file capabilities only.
+#[test]
+fn boot_jail_serves_a_share() {
+    require_root!();
+    let guest = common::linux_guest();
+    let scratch = Scratch::new("jail-share");
+    let root = jail_root(&scratch);
+    let share = scratch.path("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(share.join("in.txt"), b"from the host\n").unwrap();
+    let init = share.join("init.sh");
+    std::fs::write(
+        &init,
+        "#!/bin/sh\necho \"JAIL-SHARE read=$(cat /vmm-test/in.txt)\"\necho from-guest > /vmm-test/out.txt\nwhile [ ! -e /vmm-test/go ]; do sleep 1; done\necho o > /proc/sysrq-trigger\nsleep 60\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let id = test_id(9).to_string();
+    let mut vmm = Running::start(&[
+        "--kernel",
+        s(&guest.vmlinux),
+        "--root-share",
+        "/",
+        "--share",
+        &format!("{}:/vmm-test", s(&share)),
+        "--cmdline",
+        "console=ttyS0 reboot=k panic=1 pci=off vmm.init=/vmm-test/init.sh",
+        "--jail",
+        s(&root),
+        "--jail-id",
+        &id,
+        "--uid",
+        "4242",
+        "--gid",
+        "4343",
+    ]);
+    vmm.wait_for_line("JAIL-SHARE read=from the host", Duration::from_secs(400));
+    // Created, then written: wait for the bytes.
+    assert!(
+        wait_until(TIMEOUT, || std::fs::read(share.join("out.txt"))
+            .is_ok_and(|b| b == b"from-guest\n")),
+        "the guest's file reached the host"
+    );
+
+    let pid = vmm.jailed_pid();
+    assert_eq!(status_field(pid, "Uid"), "4242\t4242\t4242\t4242");
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(pid, cap), "0000000000000000", "{cap}");
+    }
+    assert_eq!(status_field(pid, "Seccomp"), "2");
+    let servers = children_of(pid);
+    assert_eq!(
+        servers.len(),
+        2,
+        "a server per share (the root and one): {servers:?}"
+    );
+    let vmm_cgroups = cgroups(pid);
+    for server in servers {
+        let nspid = status_field(server, "NSpid");
+        assert_eq!(
+            nspid.split_whitespace().count(),
+            2,
+            "in the jail's pid namespace: {nspid}"
+        );
+        assert_eq!(status_field(server, "Seccomp"), "2");
+        assert_eq!(status_field(server, "NoNewPrivs"), "1");
+        assert_eq!(status_field(server, "CapBnd"), "00000000000000db");
+        assert_ne!(ns(&server.to_string(), "mnt"), ns(&pid.to_string(), "mnt"));
+        assert_eq!(cgroups(server), vmm_cgroups, "in the jail's cgroup");
+    }
+    std::fs::write(share.join("go"), b"").unwrap();
+    let code = vmm.signal_and_wait(0, Duration::from_secs(120));
+    assert_eq!(code, Some(0), "the guest powered off");
+}
+
+/// The children of `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|p| p.parse().expect("pid"))
+        .collect()
+}

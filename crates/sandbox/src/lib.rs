@@ -16,7 +16,7 @@ pub mod vsock;
 
 pub use agent::{Exec, Hello};
 pub use client::{Agent, ClientError, CommandStatus, ExecIo, Output};
-pub use sandbox::{describe, port_path, private_dir, Sandbox, SandboxError};
+pub use sandbox::{describe, port_path, private_dir, share_cmdline, Sandbox, SandboxError};
 pub use text::{printable, MAX_GUEST_TEXT};
 
 /// The guest agent (`vmm-agent`), a static x86_64 Linux executable. A `static`, not a `const`:

@@ -127,6 +127,20 @@ fn remove_private_dir(dir: &Option<PathBuf>) {
     }
 }
 
+/// The command-line words that have the agent mount `shares` where the guest should see them
+/// (`vmm.share=TAG:GUESTDIR`; tags as [`vm::name_shares`] gives them).
+pub fn share_cmdline(shares: &[vm::ShareConfig]) -> Result<Vec<String>, SandboxError> {
+    let mut words = Vec::new();
+    for share in vm::name_shares(shares)? {
+        let at = share.guest_path();
+        match at.to_str().filter(|p| !p.contains(char::is_whitespace)) {
+            Some(at) => words.push(format!("vmm.share={}:{at}", share.tag)),
+            None => return Err(SandboxError::ShareDir { dir: at }),
+        }
+    }
+    Ok(words)
+}
+
 impl Sandbox {
     /// Boots `config` with the agent's initramfs and waits at most `ready_timeout` for the agent.
     ///
@@ -137,15 +151,7 @@ impl Sandbox {
         if config.initrd.is_some() {
             return Err(SandboxError::InitrdGiven);
         }
-        // The shares, for the agent to mount where the guest should see them.
-        let mut share_words = Vec::new();
-        for share in vm::name_shares(&config.shares)? {
-            let at = share.guest_path();
-            match at.to_str().filter(|p| !p.contains(char::is_whitespace)) {
-                Some(at) => share_words.push(format!("vmm.share={}:{at}", share.tag)),
-                None => return Err(SandboxError::ShareDir { dir: at }),
-            }
-        }
+        let share_words = share_cmdline(&config.shares)?;
         let (dir, socket) = own_vsock(&mut config, DEFAULT_CID)?;
         let ready_path = port_path(&socket, READY_PORT);
         let (mut own_ready, ready) = match OwnSocket::bind(ready_path.clone()) {

@@ -34,15 +34,19 @@ pub fn serve(fs: Fs, socket: &OwnedFd, _readonly: bool) -> io::Result<()> {
         let frame = RequestFrame::from_bytes(frame);
         let len = frame.len as usize;
         let room = (frame.reply_room as usize).min(reply.len());
-        if !(IN_HEADER_LEN..=MAX_PAYLOAD).contains(&len) || room < OUT_HEADER_LEN {
-            return Err(io::Error::other(format!(
-                "a request frame of {len} bytes with {room} bytes for the reply"
-            )));
+        if !(IN_HEADER_LEN..=MAX_PAYLOAD).contains(&len) {
+            return Err(io::Error::other(format!("a request frame of {len} bytes")));
         }
         let request = &mut request[..len];
         input.read_exact(request)?;
-        clear_set_id_bits(request);
         let opcode = u32::from_le_bytes([request[4], request[5], request[6], request[7]]);
+        // The device sends a request that gets a reply only with room for one.
+        if wire::expects_reply(opcode) && room < OUT_HEADER_LEN {
+            return Err(io::Error::other(format!(
+                "request {opcode} with {room} bytes for its reply"
+            )));
+        }
+        clear_set_id_bits(request);
         let unique = u64::from_le_bytes(request[8..16].try_into().unwrap_or_default());
         let reader = Reader::<()>::from_fuse_buffer(FuseBuf::new(request))
             .map_err(|e| io::Error::other(format!("read a request: {e}")))?;

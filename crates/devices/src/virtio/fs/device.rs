@@ -18,6 +18,8 @@ use crate::{Error, GuestMemoryMmap};
 /// Request bytes the device holds for a server that does not read them yet; beyond, it takes no
 /// more chains until the server catches up.
 const OUT_LIMIT: usize = 4 << 20;
+/// How long the device waits for its server to end once told to.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -355,14 +357,8 @@ impl Fs {
         if self.gone.is_some() {
             return;
         }
-        let status = match self.server.as_mut() {
-            Some((child, pidfd)) => {
-                kill(pidfd);
-                match child.wait() {
-                    Ok(status) => format!("; it {status}"),
-                    Err(e) => format!("; cannot reap it: {e}"),
-                }
-            }
+        let status = match self.stop_server() {
+            Some(status) => format!("; it {status}"),
             None => String::new(),
         };
         error!(
@@ -449,12 +445,37 @@ impl VirtioDevice for Fs {
     }
 }
 
+impl Fs {
+    /// Stops the server: its socket is shut down (it ends when it reads the end), it is sent
+    /// SIGKILL (which fails when a jail has made the VMM another user than the server), and it
+    /// is reaped if it ends within [`STOP_WAIT`]. How it ended, if it did and there is one.
+    fn stop_server(&mut self) -> Option<String> {
+        let (child, pidfd) = self.server.as_mut()?;
+        // SAFETY: shutdown on a descriptor we own.
+        unsafe { libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR) };
+        kill(pidfd);
+        let mut poll = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, alive for the call. A pidfd is readable once its process ends.
+        let ended = unsafe { libc::poll(&mut poll, 1, STOP_WAIT.as_millis() as i32) } == 1;
+        let status = match ended {
+            true => match child.wait() {
+                Ok(status) => status.to_string(),
+                Err(e) => format!("cannot be reaped ({e})"),
+            },
+            false => format!("did not end within {} ms", STOP_WAIT.as_millis()),
+        };
+        self.server = None;
+        Some(status)
+    }
+}
+
 impl Drop for Fs {
     fn drop(&mut self) {
-        if let Some((child, pidfd)) = self.server.as_mut() {
-            kill(pidfd);
-            let _ = child.wait();
-        }
+        self.stop_server();
     }
 }
 

@@ -4,8 +4,9 @@
 use crate::seccomp::{SyscallRule, Syscalls};
 
 /// On the event loop: queue eventfds and the interrupt (read, write), the server's socket (read,
-/// write), and when the server is gone, killing it through its pidfd (pidfd_send_signal: that
-/// process only) and reaping it (wait4). epoll_ctl is the
+/// write), and when the server is gone or the device dropped: shutting the socket down
+/// (shutdown), killing the server through its pidfd (pidfd_send_signal: that process only),
+/// waiting for it to end (poll on the pidfd) and reaping it (wait4). epoll_ctl is the
 /// event loop's own. Activation, on a vCPU thread, kicks the queues (write).
 pub const FS: Syscalls = Syscalls {
     name: "virtio-fs",
@@ -15,5 +16,7 @@ pub const FS: Syscalls = Syscalls {
         SyscallRule::Any(libc::SYS_write),
         SyscallRule::Any(libc::SYS_pidfd_send_signal),
         SyscallRule::Any(libc::SYS_wait4),
+        SyscallRule::Any(libc::SYS_shutdown),
+        SyscallRule::Any(libc::SYS_poll),
     ],
 };
