@@ -13,7 +13,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{root_available, run_vmm, s, vmm_bin, vmm_command, Running, Scratch};
+use common::{root_available, run_vmm, s, status_field, vmm_bin, vmm_command, Running, Scratch};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const MIB: u64 = 1 << 20;
@@ -25,16 +25,6 @@ macro_rules! require_root {
             return;
         }
     };
-}
-
-/// `Name:\tvalue` from /proc/PID/status.
-fn status_field(pid: u32, name: &str) -> String {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}:")))
-        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-        .trim()
-        .to_string()
 }
 
 fn ns(pid: &str, kind: &str) -> PathBuf {
@@ -1209,8 +1199,8 @@ fn boot_jail_restores_a_snapshot() {
 
 /// A jailed VMM serves a shared directory (and its root from a host directory): the guest reads
 /// and writes the share, the jailed VMM keeps every promise of `boot_jail_confines_the_vmm`'s
-/// credentials, and the share's server is inside the jail's pid namespace and cgroup, in a mount
-/// namespace of its own, under its own seccomp filter, with the file capabilities only.
+/// credentials, and each share's server is inside the jail's pid namespace and cgroup, in mount
+/// and pid namespaces of its own, under its own seccomp filter, with the file capabilities only.
 #[test]
 fn boot_jail_serves_a_share() {
     require_root!();
@@ -1260,23 +1250,26 @@ fn boot_jail_serves_a_share() {
         assert_eq!(status_field(pid, cap), "0000000000000000", "{cap}");
     }
     assert_eq!(status_field(pid, "Seccomp"), "2");
-    let servers = children_of(pid);
+    let waiters = children_of(pid);
     assert_eq!(
-        servers.len(),
+        waiters.len(),
         2,
-        "a server per share (the root and one): {servers:?}"
+        "a server per share (the root and one): {waiters:?}"
     );
     let vmm_cgroups = cgroups(pid);
-    for server in servers {
+    for waiter in waiters {
+        // The process the VMM started only waits for the server, under a filter of its own.
+        assert_eq!(status_field(waiter, "Seccomp"), "2");
+        let servers = children_of(waiter);
+        assert_eq!(servers.len(), 1, "children of {waiter}: {servers:?}");
+        let server = servers[0];
+        // The host's, the jail's and its own pid namespace (pid 1 there).
         let nspid = status_field(server, "NSpid");
-        assert_eq!(
-            nspid.split_whitespace().count(),
-            2,
-            "in the jail's pid namespace: {nspid}"
-        );
+        assert_eq!(nspid.split_whitespace().count(), 3, "NSpid {nspid}");
+        assert!(nspid.ends_with("\t1"), "NSpid {nspid}");
         assert_eq!(status_field(server, "Seccomp"), "2");
         assert_eq!(status_field(server, "NoNewPrivs"), "1");
-        assert_eq!(status_field(server, "CapBnd"), "00000000000000db");
+        assert_eq!(status_field(server, "CapBnd"), "00000000000000cb");
         assert_ne!(ns(&server.to_string(), "mnt"), ns(&pid.to_string(), "mnt"));
         assert_eq!(cgroups(server), vmm_cgroups, "in the jail's cgroup");
     }

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{linux_guest, run_vmm, s, vmm_bin, Run, Scratch};
+use common::{linux_guest, run_vmm, s, status_field, vmm_bin, Run, Scratch};
 
 /// A Linux boot on the development host takes about a minute; the commands after it are slow too.
 const BOOT: Duration = Duration::from_secs(400);
@@ -27,6 +27,7 @@ const OP_LINK: u32 = 13;
 const OP_OPEN: u32 = 14;
 const OP_INIT: u32 = 26;
 const OP_CREATE: u32 = 35;
+const OP_WRITE: u32 = 16;
 
 /// A share server started as vmm starts it (the vmm executable, its socket at descriptor 3),
 /// spoken to in raw FUSE.
@@ -132,14 +133,25 @@ fn cstr(name: &str) -> Vec<u8> {
     v
 }
 
-/// `Name:\tvalue` from /proc/PID/status.
-fn status_field(pid: u32, name: &str) -> String {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}:")))
-        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-        .trim()
-        .to_string()
+/// The share server a started process waits for: its only child.
+fn server_of(waiter: u32) -> u32 {
+    let start = Instant::now();
+    loop {
+        let children = std::fs::read_to_string(format!("/proc/{waiter}/task/{waiter}/children"))
+            .unwrap_or_default();
+        let pids: Vec<u32> = children
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if pids.len() == 1 {
+            return pids[0];
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "children of {waiter}: {pids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn require_root() -> bool {
@@ -168,9 +180,18 @@ fn share_server_keeps_a_hostile_guest_inside_its_directory() {
     std::fs::write(&secret, b"SECRET").unwrap();
     std::os::unix::fs::symlink(&secret, dir.join("abs")).unwrap();
     std::os::unix::fs::symlink("../outside/secret.txt", dir.join("rel")).unwrap();
+    let prog = dir.join("setuid-prog");
+    std::fs::write(&prog, b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o4755)).unwrap();
 
     let mut srv = Server::start(&dir, "rw");
-    let pid = srv.child.id();
+    // The process started waits for the server, its only child, and is filtered too.
+    let waiter = srv.child.id();
+    assert_eq!(status_field(waiter, "Seccomp"), "2");
+    let pid = server_of(waiter);
+    // pid 1 of a pid namespace of its own.
+    let nspid = status_field(pid, "NSpid");
+    assert!(nspid.ends_with("\t1"), "NSpid {nspid}");
     // Confined: its own mount namespace, seccomp, no_new_privs, six capabilities.
     let own_ns = std::fs::read_link("/proc/self/ns/mnt").unwrap();
     assert_ne!(
@@ -179,10 +200,22 @@ fn share_server_keeps_a_hostile_guest_inside_its_directory() {
     );
     assert_eq!(status_field(pid, "Seccomp"), "2");
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
-    // CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID; not DAC_READ_SEARCH (file handles),
+    // CHOWN, DAC_OVERRIDE, FOWNER, SETGID, SETUID; not FSETID (set-uid kept on write),
+    // DAC_READ_SEARCH (file handles),
     // MKNOD, SYS_ADMIN.
-    assert_eq!(status_field(pid, "CapBnd"), "00000000000000db");
-    assert_eq!(status_field(pid, "CapEff"), "00000000000000db");
+    assert_eq!(status_field(pid, "CapBnd"), "00000000000000cb");
+    assert_eq!(status_field(pid, "CapEff"), "00000000000000cb");
+
+    // Its handle table is the /proc/self/fd of a procfs of its own pid namespace, where it is
+    // pid 1: `..` from there reaches no host process and no /proc/sys.
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    assert!(fds.iter().any(|f| f == "/1/fd"), "fds {fds:?}");
+    assert!(!fds.iter().any(|f| f.starts_with("/proc")), "fds {fds:?}");
 
     let (err, inside) = srv.lookup(1, "inside.txt");
     assert_eq!(err, 0);
@@ -221,6 +254,34 @@ fn share_server_keeps_a_hostile_guest_inside_its_directory() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o7777, 0o755, "set-uid bit cleared: {mode:o}");
+    // Rewriting a set-uid program clears the bit (the server has no CAP_FSETID).
+    let (err, node) = srv.lookup(1, "setuid-prog");
+    assert_eq!(err, 0);
+    let open_trunc = [
+        ((libc::O_WRONLY | libc::O_TRUNC) as u32).to_le_bytes(),
+        0u32.to_le_bytes(),
+    ]
+    .concat();
+    let (err, open) = srv.call(OP_OPEN, node, &open_trunc);
+    assert_eq!(err, 0, "OPEN for writing");
+    let fh = u64::from_le_bytes(open[..8].try_into().unwrap());
+    let data = b"#!/bin/sh\nid\n";
+    let write = [
+        fh.to_le_bytes().to_vec(),
+        0u64.to_le_bytes().to_vec(),
+        (data.len() as u32).to_le_bytes().to_vec(),
+        [0u8; 20].to_vec(),
+        data.to_vec(),
+    ]
+    .concat();
+    assert_eq!(srv.call(OP_WRITE, node, &write).0, 0, "WRITE");
+    let meta = std::fs::metadata(dir.join("setuid-prog")).unwrap();
+    assert_eq!(std::fs::read(dir.join("setuid-prog")).unwrap(), data);
+    assert_eq!(
+        meta.permissions().mode() & 0o7777,
+        0o755,
+        "set-uid bit cleared by the write"
+    );
     // No device nodes.
     let mknod = [
         (libc::S_IFBLK | 0o666).to_le_bytes(),
@@ -453,10 +514,20 @@ echo "CHECK end=ok"
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The process vmm started and the server it waits for (pid 1 of its namespace): the server.
     let pids = servers_of(&doomed);
-    assert_eq!(pids.len(), 1, "one server for the doomed share: {pids:?}");
+    assert_eq!(
+        pids.len(),
+        2,
+        "a waiter and a server for the doomed share: {pids:?}"
+    );
+    let server = pids
+        .iter()
+        .copied()
+        .find(|&p| status_field(p, "NSpid").ends_with("\t1"))
+        .expect("the server among them");
     // SAFETY: kill with a pid we just found and a signal number.
-    unsafe { libc::kill(pids[0] as i32, libc::SIGKILL) };
+    unsafe { libc::kill(server as i32, libc::SIGKILL) };
     let run: Run = running.join().unwrap();
     run.expect_success();
     run.expect_check("read", "from the host");
@@ -585,4 +656,39 @@ fn vmm_root_share_boots_the_guests_init_from_a_host_directory() {
         run.stdout.contains("ROOT-SHARE-INIT pid=1 root=overlay"),
         "the guest's init ran as PID 1 on the overlay over the shared root",
     );
+}
+
+#[test]
+fn a_vm_with_a_share_refuses_a_snapshot_and_runs_on() {
+    require_kvm!();
+    if !require_root() {
+        return;
+    }
+    let scratch = Scratch::new("share-snapshot");
+    let sock = scratch.path("api.sock");
+    let share = format!("{},tag=work", s(&scratch.0));
+    let mut vmm = common::Running::start(&[
+        "--kernel",
+        test_guests::PARK,
+        "--api-socket",
+        s(&sock),
+        "--share",
+        &share,
+        "--shutdown-timeout",
+        "100ms",
+    ]);
+    vmm.wait_for_line("parked", Duration::from_secs(60));
+    let (code, _, _) = common::ctl(&sock, &["pause"]);
+    assert_eq!(code, 0);
+    let dir = scratch.path("snap");
+    let (code, out, err) = common::ctl(&sock, &["snapshot", s(&dir)]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("shares") && err.contains("tag 'work'") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    assert!(!dir.join("state").exists() && !dir.join("memory").exists());
+    let (code, _, _) = common::ctl(&sock, &["resume"]);
+    assert_eq!(code, 0, "the VM goes on");
+    assert!(vmm.is_running());
 }

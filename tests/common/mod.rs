@@ -574,3 +574,13 @@ pub fn qcow2_overlay(backing: &str, backing_format: &str, overlay: &str) {
         overlay,
     ]);
 }
+
+/// `Name:\tvalue` from /proc/PID/status.
+pub fn status_field(pid: u32, name: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+        .trim()
+        .to_string()
+}

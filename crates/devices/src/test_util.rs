@@ -87,6 +87,12 @@ impl RingDriver {
         head
     }
 
+    /// The next chain starts at descriptor 0 again, whether or not its old chain was returned
+    /// (a driver that breaks the rules).
+    pub(crate) fn rewind(&mut self) {
+        self.next_desc = 0;
+    }
+
     /// The used ring's index.
     pub(crate) fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
         mem.read_obj(GuestAddress(self.used + 2)).unwrap()

@@ -51,6 +51,7 @@ mod lockdown;
 mod root;
 mod seccomp;
 mod supervisor;
+pub mod sys;
 
 use std::fs;
 use std::io;

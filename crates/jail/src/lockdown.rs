@@ -1,6 +1,7 @@
 //! Closing the jail in the jailed VMM: the new root, the host name, rlimits, and dropping every
 //! privilege.
 
+use crate::sys::{CapData, CapHeader, LINUX_CAPABILITY_VERSION_3};
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
@@ -214,22 +215,6 @@ fn check_ids(uid: u32, gid: u32) -> Result<(), JailError> {
         });
     }
     Ok(())
-}
-
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
 }
 
 /// The jailed VMM dies with its supervisor (e.g. when that is SIGKILLed).

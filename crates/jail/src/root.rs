@@ -8,13 +8,17 @@
 //! owned by root, writable by no one else, empty), then `open_tree` / `move_mount` on the
 //! descriptor to bind it read-only, and `fchdir` into that mount to pivot.
 
+use crate::sys::{
+    MountAttr, OpenHow, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
+    OPEN_TREE_CLONE,
+};
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::error::{check, cstring, JailError};
+use crate::error::{check, cstring, step_err, JailError};
 use crate::SocketSpec;
 
 /// The jail directory, open.
@@ -158,38 +162,8 @@ impl JailRoot {
     pub(crate) fn pivot(self) -> Result<(), JailError> {
         let shown = self.path.display().to_string();
         let tree = readonly_tree(self.fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH as u32, &shown)?;
-        check(
-            // SAFETY: both descriptors are ours; empty C strings with the EMPTY_PATH flags.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_move_mount,
-                    tree.as_raw_fd(),
-                    c"".as_ptr(),
-                    self.fd.as_raw_fd(),
-                    c"".as_ptr(),
-                    MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
-                ) as i32
-            },
-            || format!("mount {shown} read-only onto itself (move_mount)"),
-        )?;
-        // SAFETY: a descriptor we own.
-        check(unsafe { libc::fchdir(tree.as_raw_fd()) }, || {
-            format!("enter {shown}")
-        })?;
-        // pivot_root(".", "."): the old root ends up stacked on the new one, and is detached next.
-        check(
-            // SAFETY: both paths are valid C strings.
-            unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as i32 },
-            || format!("pivot_root into {shown}"),
-        )?;
-        check(
-            // SAFETY: the path is a valid C string.
-            unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) },
-            || "detach the old root".into(),
-        )?;
-        // SAFETY: the path is a valid C string.
-        check(unsafe { libc::chdir(c"/".as_ptr()) }, || {
-            "enter the new root".into()
+        crate::sys::pivot_onto(&tree, self.fd.as_raw_fd()).map_err(|(what, e)| {
+            step_err(format!("make {shown} the root, read-only ({what})"), e)
         })?;
         drop(tree);
         drop(self.fd);
@@ -279,32 +253,6 @@ pub(crate) fn socket_dir_mount(socket: &SocketSpec) -> Result<OwnedFd, JailError
         return Err(changed());
     }
     Ok(tree)
-}
-
-const OPEN_TREE_CLONE: u32 = 1;
-const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
-const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-const MOUNT_ATTR_NOEXEC: u64 = 0x8;
-
-/// struct open_how (linux/openat2.h).
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
-/// struct mount_attr (linux/mount.h), version 0.
-#[repr(C)]
-#[derive(Default)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ pub enum SandboxError {
     #[error("the sandbox boots its own initramfs (the guest agent); the configuration has an initrd already")]
     InitrdGiven,
     /// A share's guest directory cannot be passed on the guest's command line.
-    #[error("share guest directory {}: the agent mounts shares at paths without white space; give one as HOSTDIR:GUESTDIR", dir.display())]
+    #[error("share guest directory {}: the agent mounts shares at paths without white space or quotes; give one as HOSTDIR:GUESTDIR", dir.display())]
     ShareDir {
         /// The directory.
         dir: std::path::PathBuf,
@@ -133,7 +133,10 @@ pub fn share_cmdline(shares: &[vm::ShareConfig]) -> Result<Vec<String>, SandboxE
     let mut words = Vec::new();
     for share in vm::name_shares(shares)? {
         let at = share.guest_path();
-        match at.to_str().filter(|p| !p.contains(char::is_whitespace)) {
+        // The kernel reads `"` as a quote: such a path would swallow the words after it.
+        let plain =
+            |p: &&str| !p.contains(|c: char| c.is_whitespace() || c.is_control() || c == '"');
+        match at.to_str().filter(plain) {
             Some(at) => words.push(format!("vmm.share={}:{at}", share.tag)),
             None => return Err(SandboxError::ShareDir { dir: at }),
         }

@@ -48,8 +48,9 @@ pub const COMMON: &[i64] = &[
     libc::SYS_exit_group,
 ];
 
-/// Calls no filter of vmm's allows, whatever the thread: opening files, starting processes or
-/// threads, tracing. Each filter's tests check it against this list.
+/// Calls no filter of the VMM's threads or the jail's supervisor allows: opening files, starting
+/// processes or threads, tracing. Each of those filters' tests checks it against this list. (A
+/// share's server, another process whose work is opening files, has a filter of its own.)
 pub const NEVER_ALLOWED: &[i64] = &[
     libc::SYS_openat,
     libc::SYS_open,

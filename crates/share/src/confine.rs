@@ -9,55 +9,25 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
+use jail::sys::{
+    CapData, CapHeader, MountAttr, AT_RECURSIVE, LINUX_CAPABILITY_VERSION_3, MOUNT_ATTR_NODEV,
+    MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, OPEN_TREE_CLONE,
+};
 
 /// The file system the server serves.
 pub type Fs = PassthroughFs<()>;
 
-const OPEN_TREE_CLONE: u32 = 1;
-const AT_RECURSIVE: u32 = 0x8000;
-const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
-const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-const MOUNT_ATTR_NOEXEC: u64 = 0x8;
-
-/// `struct mount_attr` of mount_setattr(2).
-#[repr(C)]
-#[derive(Default)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
 /// The capabilities the server keeps: to act as the guest's user on its files (set*id, then
 /// permission checks as that user), and to change owners and modes as root in the guest may.
+/// Not CAP_FSETID: without it the kernel clears a set-uid or set-gid bit when a file is written
+/// or truncated, so a guest cannot rewrite a set-uid program and keep the bit.
 const KEPT_CAPS: &[u32] = &[
     0, // CAP_CHOWN
     1, // CAP_DAC_OVERRIDE
     3, // CAP_FOWNER
-    4, // CAP_FSETID
     6, // CAP_SETGID
     7, // CAP_SETUID
 ];
-
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
 
 fn check(ret: i64, what: impl FnOnce() -> String) -> Result<(), String> {
     if ret < 0 {
@@ -66,13 +36,21 @@ fn check(ret: i64, what: impl FnOnce() -> String) -> Result<(), String> {
     Ok(())
 }
 
-/// Confines this process to `dir` and returns the file system, ready to serve it.
+/// Confines this process to `dir` and returns the file system, ready to serve it. The process
+/// forks on the way (module documentation of the crate): the caller's process only waits for
+/// the confined one and exits with its status; this returns in the confined one.
 pub fn enter(dir: &Path, readonly: bool) -> Result<Fs, String> {
     let shown = dir.display().to_string();
-    let path = CString::new(dir.as_os_str().as_bytes())
+    // Resolved once, here; from then on no symbolic link is followed on the way to it, so a
+    // path component swapped for a link meanwhile is refused, not followed.
+    let real = std::fs::canonicalize(dir).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOTDIR) => format!("{shown} is not a directory"),
+        _ => format!("cannot open {shown}: {e}"),
+    })?;
+    let path = CString::new(real.as_os_str().as_bytes())
         .map_err(|_| format!("{shown}: a path with a NUL byte"))?;
     let before = open_dir(&path, &shown)?;
-    own_mount_namespace()?;
+    own_namespaces()?;
     // Opened again in the new namespace (a descriptor from the old one names a mount that is
     // not this namespace's), and checked to be the same directory.
     let dir_fd = open_dir(&path, &shown)?;
@@ -80,7 +58,23 @@ pub fn enter(dir: &Path, readonly: bool) -> Result<Fs, String> {
         return Err(format!("{shown} was replaced while vmm was sharing it"));
     }
     drop(before);
-    // The file system opens /proc/self/fd now, while /proc is in reach.
+    become_pid_one()?;
+    // The file system's handle table is /proc/self/fd: of a procfs of this pid namespace's own,
+    // holding the process directories only (no /proc/sys), this process the only one in it.
+    // Its descriptor outlives the pivot; `..` from it reaches nothing of the host's.
+    check(
+        // SAFETY: valid C strings.
+        i64::from(unsafe {
+            libc::mount(
+                c"proc".as_ptr(),
+                c"/proc".as_ptr(),
+                c"proc".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                c"subset=pid,hidepid=invisible".as_ptr().cast(),
+            )
+        }),
+        || "mount a procfs of the server's own".into(),
+    )?;
     let cfg = Config {
         root_dir: "/".into(),
         do_import: true,
@@ -99,23 +93,73 @@ pub fn enter(dir: &Path, readonly: bool) -> Result<Fs, String> {
     Ok(fs)
 }
 
-/// Opens the directory at `path` (O_PATH).
+/// Forks into the pid namespace made by [`own_namespaces`]: the parent closes its descriptors
+/// (the socket is the child's alone, so vmm sees it close when the child ends), waits for the
+/// child and exits with its status; the child, pid 1 there, dies with the parent (and ends by
+/// itself when vmm closes the socket).
+fn become_pid_one() -> Result<(), String> {
+    // SAFETY: fork in a single-threaded process.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", io::Error::last_os_error()));
+    }
+    if pid > 0 {
+        // SAFETY: closes descriptors 3 and up of this process, which nothing uses any more.
+        unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+        if let Err(e) = crate::seccomp::apply_waiter() {
+            eprintln!("vmm-share: cannot confine the waiting parent: {e}");
+            // SAFETY: kill of our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our child with a valid out pointer.
+        while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+            && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+        {}
+        let code = match (libc::WIFEXITED(status), libc::WIFSIGNALED(status)) {
+            (true, _) => libc::WEXITSTATUS(status),
+            (_, true) => 128 + libc::WTERMSIG(status),
+            _ => 1,
+        };
+        // SAFETY: ends this process at once (nothing of it needs to run at exit).
+        unsafe { libc::_exit(code) };
+    }
+    check(
+        // SAFETY: prctl with integer arguments only.
+        i64::from(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) }),
+        || "set the parent-death signal".into(),
+    )?;
+    Ok(())
+}
+
+/// Opens the directory at `path` (O_PATH), following no symbolic link on the way.
 fn open_dir(path: &CString, shown: &str) -> Result<OwnedFd, String> {
-    // SAFETY: a valid C string; open returns a new descriptor or -1.
-    let fd = unsafe {
-        libc::open(
-            path.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
+    let how = jail::sys::OpenHow {
+        flags: (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_NO_SYMLINKS,
     };
+    // SAFETY: a valid C string and an open_how of the size given; returns a new descriptor or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &how,
+            std::mem::size_of::<jail::sys::OpenHow>(),
+        )
+    } as i32;
     if fd < 0 {
         let e = io::Error::last_os_error();
         return Err(match e.raw_os_error() {
             Some(libc::ENOTDIR) => format!("{shown} is not a directory"),
+            Some(libc::ELOOP) => format!("{shown}: a symbolic link appeared on its path"),
             _ => format!("cannot open {shown}: {e}"),
         });
     }
-    // SAFETY: open returned a new descriptor that nothing else owns.
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -131,18 +175,19 @@ fn identity(fd: &OwnedFd) -> Result<(u64, u64), String> {
     Ok((st.st_dev, st.st_ino))
 }
 
-/// A mount namespace of this process's own, every mount in it private; as a user without
-/// CAP_SYS_ADMIN, in a user namespace of its own too (its uid and gid mapped to 0 there).
-fn own_mount_namespace() -> Result<(), String> {
+/// A mount namespace of this process's own, every mount in it private, and a pid namespace for
+/// its child; as a user without CAP_SYS_ADMIN, in a user namespace of its own too (its uid and
+/// gid mapped to 0 there).
+fn own_namespaces() -> Result<(), String> {
     // SAFETY: geteuid and getegid cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    let mut flags = libc::CLONE_NEWNS;
+    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID;
     if uid != 0 {
         flags |= libc::CLONE_NEWUSER;
     }
     // SAFETY: unshare with flags only.
     check(i64::from(unsafe { libc::unshare(flags) }), || {
-        "make a mount namespace (unshare)".into()
+        "make a mount and a pid namespace (unshare)".into()
     })?;
     if uid != 0 {
         let write = |file: &str, text: String| {
@@ -211,38 +256,8 @@ fn pivot_into(dir: &OwnedFd, readonly: bool, shown: &str) -> Result<(), String> 
             )
         },
     )?;
-    check(
-        // SAFETY: both descriptors are ours; empty C strings with the EMPTY_PATH flags.
-        unsafe {
-            libc::syscall(
-                libc::SYS_move_mount,
-                tree.as_raw_fd(),
-                c"".as_ptr(),
-                dir.as_raw_fd(),
-                c"".as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
-            )
-        },
-        || format!("mount {shown} onto itself (move_mount)"),
-    )?;
-    // SAFETY: a descriptor we own.
-    check(i64::from(unsafe { libc::fchdir(tree.as_raw_fd()) }), || {
-        format!("enter {shown}")
-    })?;
-    check(
-        // SAFETY: both paths are valid C strings.
-        unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) },
-        || format!("make {shown} the root (pivot_root)"),
-    )?;
-    check(
-        // SAFETY: the path is a valid C string.
-        i64::from(unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) }),
-        || "detach the old root".into(),
-    )?;
-    // SAFETY: the path is a valid C string.
-    check(i64::from(unsafe { libc::chdir(c"/".as_ptr()) }), || {
-        "enter the new root".into()
-    })
+    jail::sys::pivot_onto(&tree, dir.as_raw_fd())
+        .map_err(|(what, e)| format!("make {shown} the root ({what}): {e}"))
 }
 
 /// Drops every capability but [`KEPT_CAPS`] from the bounding, effective, permitted and

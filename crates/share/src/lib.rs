@@ -10,21 +10,26 @@
 //!
 //! # Confinement (module `confine`), in this order
 //! ```text
-//! unshare(CLONE_NEWNS) (and CLONE_NEWUSER when not root)     a mount namespace of its own
-//! every mount private; /proc/self/fd opened                  (the file system's handle table)
+//! the shared path resolved once; from then on no symbolic link followed to it (openat2)
+//! unshare(CLONE_NEWNS | CLONE_NEWPID) (and CLONE_NEWUSER when not root)
+//! fork: the parent waits and passes the status on; the child, pid 1 of its pid namespace,
+//!   dies with it (parent-death signal)
+//! every mount private; a procfs of its own pid namespace, pid directories only
+//!   (subset=pid), where /proc/self/fd (the file system's handle table) is opened
 //! a clone of the directory's mount alone (mounts below it are not shared), nosuid, nodev,
 //!   noexec (and read-only for readonly=on), mounted on the directory and made `/`
 //!   (pivot_root); the old root detached
-//! capabilities: only CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID (the file
-//!   operations as the guest's user); no_new_privs
+//! capabilities: only CHOWN, DAC_OVERRIDE, FOWNER, SETGID, SETUID (the file operations as
+//!   the guest's user; without FSETID a write clears set-uid bits); no_new_privs
 //! seccomp: the calls of the file operations, and nothing that starts a process, makes a
 //!   socket or mounts
 //! ```
 //! A guest's `..` at the top of the share stays there (it is `/`), a symbolic link resolves inside
 //! the share if anything follows it (the file system itself never does), and file handles are off
 //! (no CAP_DAC_READ_SEARCH, no open_by_handle_at). Set-uid and set-gid bits in a guest's modes are
-//! cleared before a request is served (module `serve`), so a guest cannot leave a set-uid file for
-//! the host; device nodes cannot be made (no CAP_MKNOD).
+//! cleared before a request is served (module `serve`), and a write to a set-uid file clears the
+//! bit, so a guest cannot leave a set-uid file for the host; device nodes cannot be made (no
+//! CAP_MKNOD). The server inherits no descriptor of vmm's but its socket.
 
 mod confine;
 mod seccomp;
@@ -113,11 +118,15 @@ pub fn spawn(dir: &Path, readonly: bool) -> Result<Server, ShareError> {
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::null());
-    // SAFETY: dup2 is async-signal-safe and touches only descriptors; the new descriptor 3 has
-    // no close-on-exec flag, so the server finds its socket there.
+    // SAFETY: dup2 and close_range are async-signal-safe and touch only descriptors; the new
+    // descriptor 3 has no close-on-exec flag, so the server finds its socket there, and every
+    // other descriptor vmm holds without the flag (eventfds of the VM) is closed.
     unsafe {
         command.pre_exec(move || {
             if libc::dup2(theirs_fd, SERVER_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::syscall(libc::SYS_close_range, SERVER_FD as u32 + 1, u32::MAX, 0u32) < 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())

@@ -82,3 +82,19 @@ pub fn apply() -> Result<(), String> {
     let program = rules().and_then(compile).map_err(|e| e.to_string())?;
     seccompiler::apply_filter(&program).map_err(|e| e.to_string())
 }
+
+/// Installs the filter of the process that only waits for the server: wait4 and exit.
+pub fn apply_waiter() -> Result<(), String> {
+    let mut rules = Rules::new();
+    for nr in [
+        libc::SYS_wait4,
+        libc::SYS_exit_group,
+        libc::SYS_exit,
+        libc::SYS_rt_sigreturn,
+        libc::SYS_munmap,
+    ] {
+        rules.insert(nr, vec![]);
+    }
+    let program = compile(rules).map_err(|e| e.to_string())?;
+    seccompiler::apply_filter(&program).map_err(|e| e.to_string())
+}

@@ -531,9 +531,12 @@ impl FromStr for ShareConfig {
             )));
         }
         if let Some(g) = guest_dir {
-            if !g.starts_with('/') || g.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if !g.starts_with('/')
+                || g.chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '"')
+            {
                 return Err(ParseError(format!(
-                    "share guest directory '{g}': an absolute path without white space (it is passed on the guest's command line)"
+                    "share guest directory '{g}': an absolute path without white space or '\"' (it is passed on the guest's command line)"
                 )));
             }
         }
@@ -543,10 +546,12 @@ impl FromStr for ShareConfig {
                 Some(("tag", t)) => {
                     if t.is_empty()
                         || t.len() > devices::virtio::fs::TAG_LEN
-                        || t.contains(|c: char| c == ':' || c.is_whitespace() || c.is_control())
+                        || t.contains(|c: char| {
+                            c == ':' || c == '"' || c.is_whitespace() || c.is_control()
+                        })
                     {
                         return Err(ParseError(format!(
-                            "share tag '{t}': a tag is 1 to 36 bytes, without ':' or white space"
+                            "share tag '{t}': a tag is 1 to 36 bytes, without ':', '\"' or white space"
                         )));
                     }
                     tag = t.to_string();

@@ -1,7 +1,7 @@
 //! The virtio-fs device: config space (tag, one request queue), requests from the queues to the
 //! server, replies from the server to the guest.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::Child;
@@ -12,7 +12,7 @@ use vm_memory::GuestAddress;
 use super::wire::{self, RequestFrame, IN_HEADER_LEN, MAX_PAYLOAD, OUT_HEADER_LEN};
 use super::{HIPRIO_QUEUE, QUEUE_SIZE, REQUEST_QUEUE, TAG_LEN, VIRTIO_ID_FS};
 use crate::virtio::buffers::{gather, scatter, split, total};
-use crate::virtio::{Step, VirtioCore, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::virtio::{Step, VirtioCore, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::{Error, GuestMemoryMmap};
 
 /// Request bytes the device holds for a server that does not read them yet; beyond, it takes no
@@ -46,7 +46,8 @@ struct Pending {
 
 /// A virtio-fs device for the share tagged `tag`, its server at the other end of `socket`.
 ///
-/// Queues: hiprio (0) and one request queue (1), [`QUEUE_SIZE`] each. Features: VERSION_1.
+/// Queues: hiprio (0) and one request queue (1), [`QUEUE_SIZE`] each. Features: VERSION_1,
+/// EVENT_IDX.
 pub struct Fs {
     pub(super) core: VirtioCore,
     tag: String,
@@ -56,6 +57,9 @@ pub struct Fs {
     /// Why the server is gone; then every request fails with EIO.
     pub(super) gone: Option<String>,
     pending: HashMap<u64, Pending>,
+    /// The (queue, head) of every chain in `pending`: a driver that posts one again before it
+    /// was returned breaks the ring's rules (and would make `pending` grow without bound).
+    held: HashSet<(usize, u16)>,
     next_unique: u64,
     /// Framed requests not yet written to the socket, from `out_pos`.
     out: Vec<u8>,
@@ -93,7 +97,7 @@ impl Fs {
             core: VirtioCore::new(
                 format!("virtio-fs '{tag}'"),
                 VIRTIO_ID_FS,
-                1u64 << VIRTIO_F_VERSION_1,
+                (1u64 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX),
                 &[QUEUE_SIZE; 2],
                 config,
             )?,
@@ -102,6 +106,7 @@ impl Fs {
             server,
             gone: None,
             pending: HashMap::new(),
+            held: HashSet::new(),
             next_unique: 1,
             out: Vec::new(),
             out_pos: 0,
@@ -144,6 +149,7 @@ impl Fs {
             core,
             gone,
             pending,
+            held,
             next_unique,
             out,
             out_pos,
@@ -151,11 +157,16 @@ impl Fs {
             ..
         } = self;
         let mut bad = Vec::new();
+        let mut reposted = None;
         core.drain(q, usize::from(QUEUE_SIZE), |mem, chain| {
             if out.len() - *out_pos > OUT_LIMIT {
                 return Step::Unpop;
             }
             let head = chain.head_index();
+            if held.contains(&(q, head)) {
+                reposted = Some(head);
+                return Step::Unpop;
+            }
             let Some((request, reply)) = split(chain) else {
                 bad.push(format!(
                     "queue {q} chain {head}: a readable buffer after a writable one"
@@ -208,6 +219,7 @@ impl Fs {
             if !replies {
                 return Step::Used(0);
             }
+            held.insert((q, head));
             pending.insert(
                 unique,
                 Pending {
@@ -221,6 +233,11 @@ impl Fs {
         });
         for why in bad {
             self.bad(&why);
+        }
+        if let Some(head) = reposted {
+            self.core.fail(&format!(
+                "queue {q}: chain {head} made available again while the device holds it"
+            ));
         }
     }
 
@@ -238,18 +255,12 @@ impl Fs {
             // SAFETY: writes from a live buffer of the length given to a descriptor we own.
             let n =
                 unsafe { libc::write(self.socket.as_raw_fd(), rest.as_ptr().cast(), rest.len()) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock => break,
-                    io::ErrorKind::Interrupted => continue,
-                    _ => {
-                        self.server_gone(&format!("cannot be written to ({e})"));
-                        return;
-                    }
-                }
+            match outcome(n) {
+                Io::Done(n) => self.out_pos += n,
+                Io::Again => break,
+                Io::Retry => continue,
+                Io::Failed(e) => return self.server_gone(&format!("cannot be written to ({e})")),
             }
-            self.out_pos += n as usize;
         }
         if self.out_pos == self.out.len() {
             self.out.clear();
@@ -276,22 +287,13 @@ impl Fs {
                     free.len(),
                 )
             };
-            if n == 0 {
-                self.server_gone("closed its socket");
-                return;
+            match outcome(n) {
+                Io::Done(0) => return self.server_gone("closed its socket"),
+                Io::Done(n) => self.in_len += n,
+                Io::Again => break,
+                Io::Retry => continue,
+                Io::Failed(e) => return self.server_gone(&format!("cannot be read from ({e})")),
             }
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock => break,
-                    io::ErrorKind::Interrupted => continue,
-                    _ => {
-                        self.server_gone(&format!("cannot be read from ({e})"));
-                        return;
-                    }
-                }
-            }
-            self.in_len += n as usize;
             if !self.take_replies() {
                 return;
             }
@@ -315,6 +317,7 @@ impl Fs {
             }
             let unique = u64::from_le_bytes(b[8..16].try_into().unwrap_or_default());
             if let Some(p) = self.pending.remove(&unique) {
+                self.held.remove(&(p.queue, p.head));
                 self.input[at + 8..at + 16].copy_from_slice(&p.unique.to_le_bytes());
                 let written = self.answer(&p, at, len);
                 if self.core.add_used(p.queue, p.head, written) {
@@ -369,6 +372,7 @@ impl Fs {
         self.out.clear();
         self.out_pos = 0;
         self.in_len = 0;
+        self.held.clear();
         let pending: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
         let mut used = [false; 2];
         for p in pending {
@@ -403,6 +407,30 @@ impl Fs {
                 self.core.name()
             );
         }
+    }
+}
+
+/// What a read(2) or write(2) on the non-blocking socket came to.
+enum Io {
+    /// This many bytes.
+    Done(usize),
+    /// Nothing now (EAGAIN): the event loop comes back.
+    Again,
+    /// Interrupted: try again.
+    Retry,
+    /// Any other error.
+    Failed(io::Error),
+}
+
+fn outcome(n: isize) -> Io {
+    if n >= 0 {
+        return Io::Done(n as usize);
+    }
+    let e = io::Error::last_os_error();
+    match e.kind() {
+        io::ErrorKind::WouldBlock => Io::Again,
+        io::ErrorKind::Interrupted => Io::Retry,
+        _ => Io::Failed(e),
     }
 }
 
@@ -442,6 +470,7 @@ impl VirtioDevice for Fs {
     /// Requests in flight are the driver's again: their replies, if they come, are dropped.
     fn on_reset(&mut self) {
         self.pending.clear();
+        self.held.clear();
     }
 }
 

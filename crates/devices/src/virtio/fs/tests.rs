@@ -307,3 +307,20 @@ fn a_saved_state_is_refused_on_restore() {
     let e = h.dev.restore(state).unwrap_err().to_string();
     assert!(e.contains("share 'work'"), "{e}");
 }
+
+#[test]
+fn a_chain_posted_again_while_held_fails_the_device() {
+    let mut h = Harness::new();
+    let req = request(OP_LOOKUP, 20, 0, b"a\0");
+    h.post(REQUEST_QUEUE, &req, 64);
+    assert_eq!(h.dev.in_flight(), 1);
+    // The same head (descriptors 0 and 1) made available again before it was used.
+    h.drivers[REQUEST_QUEUE].rewind();
+    h.drivers[REQUEST_QUEUE].add_chain(
+        &h.mem,
+        &[(REQ_AREA, req.len() as u32, 0), (REPLY_AREA, 64, F_WRITE)],
+    );
+    h.dev.process_queues();
+    assert!(h.dev.core.failed, "the device failed");
+    assert_eq!(h.dev.in_flight(), 1, "nothing more is held");
+}
