@@ -8,6 +8,7 @@
 //! and for the Linux figures the kernel and rootfs of resources/ (built or taken from the cache).
 
 mod blkdev;
+mod fs;
 mod report;
 mod run;
 mod snapshot;
@@ -43,7 +44,8 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
     /// Only these groups (comma-separated): null, exit, rss, rate, many, linux, linux4, blk, net,
-    /// vsock, run, snapshot (tiny guests, and `vmm run --restore` of the Linux guest). blk's device figures: VMM_BENCH_BLK_MS (per run, default 2000),
+    /// vsock, run, snapshot (tiny guests, and `vmm run --restore` of the Linux guest), fs (a shared
+    /// directory beside QEMU with virtiofsd, and beside virtio-blk). blk's device figures: VMM_BENCH_BLK_MS (per run, default 2000),
     /// VMM_BENCH_BLK_RUNS (3), VMM_BENCH_BLK_DEPTH (32), VMM_BENCH_BLK_MIB (256). vsock's sizes:
     /// VMM_BENCH_VSOCK_MIB (per transfer, default 4), VMM_BENCH_VSOCK_REPS (transfers each way, default 1), VMM_BENCH_VSOCK_ROUND_TRIPS (50).
     #[arg(long, value_delimiter = ',')]
@@ -474,6 +476,9 @@ impl Bench {
         }
         if io.contains(&"vsock") {
             self.vsock_group(&kernel, &rootfs);
+        }
+        if io.contains(&"fs") {
+            self.fs_group(&kernel, &rootfs, io_runs);
         }
         if io.contains(&"run") && run_boots > 0 {
             self.run_group(&kernel, &rootfs, run_boots);
@@ -1089,8 +1094,8 @@ fn main() -> ExitCode {
     }
     let linux_runs = cli.linux_runs.unwrap_or(if cli.quick { 0 } else { 3 });
     let linux4 = !cli.only.is_empty() && wants("linux4") || cli.only.is_empty() && !cli.quick;
-    // blk, net, vsock and run boot Linux too: by default in a full run, or when named with --only.
-    let io: Vec<&str> = ["blk", "net", "vsock", "run", "snapshot"]
+    // blk, net, vsock, run and fs boot Linux too: by default in a full run, or when named with --only.
+    let io: Vec<&str> = ["blk", "net", "vsock", "run", "snapshot", "fs"]
         .into_iter()
         .filter(|g| !cli.only.is_empty() && wants(g) || cli.only.is_empty() && !cli.quick)
         .collect();

@@ -54,6 +54,8 @@ pub struct Guest {
     pub netns: Option<String>,
     /// vmm only: more options (e.g. `--irqchip kernel`).
     pub vmm_args: Vec<String>,
+    /// QEMU only: more options (e.g. a vhost-user device).
+    pub qemu_args: Vec<String>,
 }
 
 impl Guest {
@@ -139,6 +141,7 @@ impl Guest {
                 if let Some(cmdline) = &self.cmdline {
                     c.arg("-append").arg(cmdline);
                 }
+                c.args(&self.qemu_args);
                 c
             }
         }
