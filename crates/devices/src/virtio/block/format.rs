@@ -3,7 +3,8 @@
 //!
 //! The checks bound everything the header makes the VMM read or allocate: the cluster size
 //! (512 B to 2 MiB, as QEMU), the L1 table (at most 32 MiB, inside the file, large enough for the
-//! virtual size) and the refcount table (at most 8 MiB, inside the file); and they refuse what
+//! virtual size) and the refcount table (at most 8 MiB, inside the file; for an image that will
+//! be written, with a refcount block for the header's own metadata); and they refuse what
 //! the qcow2 layer does not do: encryption, external data files, zstd compression, extended L2
 //! entries, images marked dirty or corrupt, and unknown incompatible features. Each failure is
 //! one sentence that names the field and its value.
@@ -93,6 +94,9 @@ pub(crate) fn open_image(
     }
     let len = file_len(file).map_err(|e| err(e.to_string()))?;
     let header = check_qcow2_header(&head, len).map_err(err)?;
+    if writable {
+        check_refcount_coverage(file, &head, len).map_err(err)?;
+    }
     let disk = Qcow2Disk::open(file, path, writable, id.0, id.1).map_err(err)?;
     log::debug!(
         "disk image '{}': qcow2, {} bytes, {} KiB clusters",
@@ -219,6 +223,56 @@ pub(crate) fn check_qcow2_header(head: &[u8], file_len: u64) -> Result<Qcow2Head
     }
     check_table("refcount table", rt_offset, rt_bytes, cluster, file_len)?;
     Ok(Qcow2Header { cluster_bits, size })
+}
+
+/// Checks, for an image that will be written, that the refcount table has a refcount block for
+/// the clusters the header says are in use (the header's own, the L1 table's, the refcount
+/// table's), inside the file. The qcow2 layer allocates clusters through those blocks: with one
+/// missing it takes in-use clusters for free and recurses without end making blocks for them.
+/// (`head` passed [`check_qcow2_header`].)
+fn check_refcount_coverage(file: &File, head: &[u8], file_len: u64) -> Result<(), String> {
+    let cluster_bits = be32(head, 20);
+    let cluster = 1u64 << cluster_bits;
+    let order = match be32(head, 4) {
+        3 => be32(head, 96),
+        _ => 4,
+    };
+    if order > 6 {
+        return Err(format!("qcow2 refcount_order {order} is outside 0..=6"));
+    }
+    let per_block = (cluster * 8) >> order;
+    let rt_offset = be64(head, 48);
+    let rt_entries = u64::from(be32(head, 56)) * cluster / 8;
+    let l1_offset = be64(head, 40);
+    let l1_bytes = u64::from(be32(head, 36)) * 8;
+    let rt_bytes = rt_entries * 8;
+    let mut blocks: Vec<u64> = [(0, 1), (l1_offset, l1_bytes), (rt_offset, rt_bytes)]
+        .into_iter()
+        .flat_map(|(offset, len)| {
+            let first = offset / cluster / per_block;
+            let last = (offset + len.max(1) - 1) / cluster / per_block;
+            first..=last
+        })
+        .collect();
+    blocks.sort_unstable();
+    blocks.dedup();
+    for block in blocks {
+        if block >= rt_entries {
+            return Err(format!(
+                "qcow2 refcount table of {rt_entries} entries has no entry {block} for the image's own metadata: repair it with `qemu-img check -r all`"
+            ));
+        }
+        let mut entry = [0u8; 8];
+        file.read_exact_at(&mut entry, rt_offset + block * 8)
+            .map_err(|e| format!("cannot read the qcow2 refcount table: {e}"))?;
+        let at = u64::from_be_bytes(entry) & !(cluster - 1) & 0x00ff_ffff_ffff_ffff;
+        if at == 0 || at.checked_add(cluster).is_none_or(|end| end > file_len) {
+            return Err(format!(
+                "qcow2 refcount table entry {block} ({at:#x}) is no refcount block inside the file, though the image's own metadata needs it: repair it with `qemu-img check -r all`"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A metadata table must start on a cluster boundary and end inside the file.

@@ -537,3 +537,18 @@ fn every_request_leaves_the_file_consistent_without_a_flush() {
     assert!(raw[4096 * 512..4098 * 512].iter().all(|b| *b == 0));
     drop(h);
 }
+
+/// A writable image whose refcount table has no block for its own header (a fuzzer's find: the
+/// qcow2 layer took the header's cluster for free and recursed without end making blocks) is
+/// refused at open; read-only, it is served (nothing is allocated).
+#[test]
+fn a_refcount_table_without_a_block_for_the_header_is_refused_for_writing() {
+    let d = dir();
+    let d = d.as_path();
+    // qemu-img's layout with 64 KiB clusters: the refcount table at 0x10000.
+    let path = patched(d, "no_refblock.qcow2", &[(0x10000, &[0u8; 8])]);
+    let err = refused(&path);
+    assert!(err.contains("refcount table entry 0"), "{err}");
+    assert!(err.contains("qemu-img check -r all"), "{err}");
+    assert!(open(&path, None, true, false).is_ok(), "read-only it opens");
+}
