@@ -157,3 +157,15 @@ pub(crate) fn ready_queue(
     assert!(q.is_valid(mem));
     q
 }
+
+/// Held (shared) while a test runs a host program, and exclusively by tests that watch which
+/// process holds a lock: a child briefly holds copies of every descriptor of the test process
+/// (between its fork and its exec closing them), and with them their open file descriptions'
+/// OFD locks.
+pub(crate) static SPAWNING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Runs `cmd` to its end, its output collected, under [`SPAWNING`].
+pub(crate) fn output(cmd: &mut std::process::Command) -> std::io::Result<std::process::Output> {
+    let _shared = SPAWNING.read().unwrap_or_else(|p| p.into_inner());
+    cmd.output()
+}

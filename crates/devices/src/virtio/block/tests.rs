@@ -980,6 +980,10 @@ fn qemu_lock(file: &std::fs::File, byte: i64) {
 
 #[test]
 fn qemu_locks_are_honoured_and_taken() {
+    // No host program starts meanwhile (its child would hold this test's locks for a moment).
+    let _alone = crate::test_util::SPAWNING
+        .write()
+        .unwrap_or_else(|p| p.into_inner());
     let f = image(2);
     let cfg = |read_only| BlockConfig {
         format: None,
@@ -1459,11 +1463,12 @@ impl Loop {
     /// A loop device over `file`, or `None` where losetup cannot make one (not root, no loop
     /// driver).
     fn attach(file: &std::path::Path) -> Option<Loop> {
-        let out = std::process::Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(file)
-            .output()
-            .ok()?;
+        let out = crate::test_util::output(
+            std::process::Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(file),
+        )
+        .ok()?;
         out.status
             .success()
             .then(|| Loop(String::from_utf8_lossy(&out.stdout).trim().to_string()))
@@ -1472,9 +1477,8 @@ impl Loop {
 
 impl Drop for Loop {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("losetup")
-            .args(["-d", &self.0])
-            .status();
+        let _ =
+            crate::test_util::output(std::process::Command::new("losetup").args(["-d", &self.0]));
     }
 }
 

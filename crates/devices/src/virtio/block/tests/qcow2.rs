@@ -9,7 +9,7 @@ use crate::virtio::block::format::{check_qcow2_header, HEADER_BYTES};
 
 /// Runs qemu-img; a test that needs it and does not find it fails saying so.
 fn qemu_img(args: &[&str]) -> std::process::Output {
-    let out = Command::new("qemu-img").args(args).output().expect(
+    let out = crate::test_util::output(Command::new("qemu-img").args(args)).expect(
         "qemu-img not found: this test needs it (Debian/Ubuntu: apt-get install qemu-utils)",
     );
     assert!(
@@ -22,11 +22,12 @@ fn qemu_img(args: &[&str]) -> std::process::Output {
 
 /// `qemu-img check` passes: no corruption (leaked clusters are allowed: exit 3).
 fn qemu_img_check(path: &Path) {
-    let out = Command::new("qemu-img")
-        .args(["check", "-U", "-f", "qcow2"])
-        .arg(path)
-        .output()
-        .expect("qemu-img not found: this test needs it (apt-get install qemu-utils)");
+    let out = crate::test_util::output(
+        Command::new("qemu-img")
+            .args(["check", "-U", "-f", "qcow2"])
+            .arg(path),
+    )
+    .expect("qemu-img not found: this test needs it (apt-get install qemu-utils)");
     assert!(
         matches!(out.status.code(), Some(0 | 3)),
         "qemu-img check {}: {}{}",
