@@ -1217,7 +1217,7 @@ fn boot_jail_serves_a_share() {
     )
     .unwrap();
     std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let id = test_id(9).to_string();
+    let id = test_id(4).to_string();
     let mut vmm = Running::start(&[
         "--kernel",
         s(&guest.vmlinux),
