@@ -179,7 +179,8 @@ impl Fs {
                 || !gather(mem, &request, 0, &mut header)
             {
                 bad.push(format!("queue {q} chain {head}: a request of {len} bytes"));
-                return answer_error(mem, &reply, &header, libc::EINVAL);
+                let unique = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+                return Step::Used(write_error(mem, &reply, unique, libc::EINVAL));
             }
             let opcode = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
             let guest_unique = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
@@ -193,7 +194,7 @@ impl Fs {
             }
             if gone.is_some() {
                 stats.failed += 1;
-                return answer_error(mem, &reply, &header, libc::EIO);
+                return Step::Used(write_error(mem, &reply, guest_unique, libc::EIO));
             }
             let unique = *next_unique;
             *next_unique += 1;
@@ -348,11 +349,7 @@ impl Fs {
         }
         // A reply larger than the room the server was told of: the server is at fault.
         self.stats.failed += 1;
-        let error = wire::error_reply(p.unique, libc::EIO);
-        match scatter(&active.mem, &p.reply, &error) {
-            true => OUT_HEADER_LEN as u32,
-            false => 0,
-        }
+        write_error(&active.mem, &p.reply, p.unique, libc::EIO)
     }
 
     /// The server is gone: says why once, fails every request in flight with EIO.
@@ -377,17 +374,9 @@ impl Fs {
         let mut used = [false; 2];
         for p in pending {
             self.stats.failed += 1;
-            let written = match self.core.active.as_ref() {
-                Some(active) => {
-                    let reply = wire::error_reply(p.unique, libc::EIO);
-                    if scatter(&active.mem, &p.reply, &reply) {
-                        OUT_HEADER_LEN as u32
-                    } else {
-                        0
-                    }
-                }
-                None => 0,
-            };
+            let written = self.core.active.as_ref().map_or(0, |active| {
+                write_error(&active.mem, &p.reply, p.unique, libc::EIO)
+            });
             if self.core.add_used(p.queue, p.head, written) {
                 used[p.queue] = true;
             }
@@ -434,20 +423,18 @@ fn outcome(n: isize) -> Io {
     }
 }
 
-/// Answers a request with an error reply (`-errno`, the guest's unique from `header`) if its
-/// chain has room for one.
-fn answer_error(
+/// Writes an error reply (`-errno`, the guest's `unique`) into `reply`; the bytes written, 0 if
+/// the buffers have no room for it.
+fn write_error(
     mem: &GuestMemoryMmap,
     reply: &[(GuestAddress, u32)],
-    header: &[u8; IN_HEADER_LEN],
+    unique: u64,
     errno: i32,
-) -> Step {
-    let unique = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+) -> u32 {
     let bytes = wire::error_reply(unique, errno);
-    if total(reply) >= bytes.len() && scatter(mem, reply, &bytes) {
-        Step::Used(bytes.len() as u32)
-    } else {
-        Step::Used(0)
+    match scatter(mem, reply, &bytes) {
+        true => bytes.len() as u32,
+        false => 0,
     }
 }
 
