@@ -476,13 +476,7 @@ fn shared_root_init(config: &mut VmConfig) -> Result<(), sandbox::SandboxError> 
     if config.initrd.is_none() {
         config.initrd = Some(vm::Initrd::Bytes(sandbox::agent_initramfs()));
     }
-    let mut cmdline = config.cmdline.clone().unwrap_or_else(|| {
-        match config.console.is_on() {
-            true => vm::DEFAULT_CONSOLE_CMDLINE,
-            false => vm::DEFAULT_CMDLINE,
-        }
-        .to_string()
-    });
+    let mut cmdline = config.base_cmdline().to_string();
     if !cmdline
         .split_whitespace()
         .any(|w| w.starts_with("vmm.init="))

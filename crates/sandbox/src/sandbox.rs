@@ -168,13 +168,7 @@ impl Sandbox {
                 });
             }
         };
-        let mut cmdline = config
-            .cmdline
-            .clone()
-            .unwrap_or_else(|| match config.console.is_on() {
-                true => vm::DEFAULT_CONSOLE_CMDLINE.to_string(),
-                false => vm::DEFAULT_CMDLINE.to_string(),
-            });
+        let mut cmdline = config.base_cmdline().to_string();
         for word in &share_words {
             cmdline.push(' ');
             cmdline.push_str(word);

@@ -827,6 +827,12 @@ impl VmConfig {
         }
     }
 
+    /// The command line the VMM starts from: [`VmConfig::cmdline`], or the default for where the
+    /// console is ([`DEFAULT_CMDLINE`], [`DEFAULT_CONSOLE_CMDLINE`]).
+    pub fn base_cmdline(&self) -> &str {
+        crate::kernel::base_cmdline(self.cmdline.as_deref(), self.console.is_on())
+    }
+
     /// Refuses the serial port and the virtio console on the same file or socket path (compared
     /// as written, after dropping `.` components and repeated slashes).
     pub fn check_backend_paths(&self) -> crate::Result<()> {
