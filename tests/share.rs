@@ -69,12 +69,25 @@ impl Server {
             line.push(b[0]);
         }
         assert_eq!(String::from_utf8_lossy(&line), "ready");
-        let (err, _) = server.call(
+        // A guest that offers FUSE_MAX_PAGES and FUSE_BIG_WRITES is answered with writes of 128
+        // pages, not one.
+        let offered = (1u32 << 22) | (1 << 5);
+        let (err, init) = server.call(
             OP_INIT,
             0,
-            &[7u32.to_le_bytes(), 31u32.to_le_bytes(), [0; 4], [0; 4]].concat(),
+            &[
+                7u32.to_le_bytes(),
+                31u32.to_le_bytes(),
+                [0; 4],
+                offered.to_le_bytes(),
+            ]
+            .concat(),
         );
         assert_eq!(err, 0, "INIT");
+        let field = |at: usize| u32::from_le_bytes(init[at..at + 4].try_into().unwrap());
+        assert_eq!(field(12) & offered, offered, "INIT flags");
+        assert_eq!(field(20), 128 * 4096, "INIT max_write");
+        assert_eq!(field(28) & 0xffff, 128, "INIT max_pages");
         server
     }
 

@@ -232,6 +232,13 @@ pub fn server_main(args: &[OsString]) -> ExitCode {
         // SAFETY: writes from a live buffer of the length given.
         unsafe { libc::write(socket.as_raw_fd(), line.as_ptr().cast(), line.len()) };
     };
+    let init_pipe = match pipe() {
+        Ok(pipe) => pipe,
+        Err(e) => {
+            say(&format!("error: make a pipe: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
     let fs = match confine::enter(&dir, readonly) {
         Ok(fs) => fs,
         Err(e) => {
@@ -240,11 +247,22 @@ pub fn server_main(args: &[OsString]) -> ExitCode {
         }
     };
     say(READY_LINE);
-    match serve::serve(fs, &socket, readonly) {
+    match serve::serve(fs, &socket, &init_pipe) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vmm-share {}: {e}", dir.display());
             ExitCode::FAILURE
         }
     }
+}
+
+/// A non-blocking pipe: (read end, write end).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two-element array it is given.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just made and are owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }

@@ -17,9 +17,21 @@ const OP_MKDIR: u32 = 9;
 const OP_CREATE: u32 = 35;
 /// `FATTR_MODE` in a SETATTR's `valid`.
 const FATTR_MODE: u32 = 1;
+/// `FUSE_INIT`, and the flags [`widen_init_reply`] agrees to: reads in parallel, writes of more
+/// than a page, and a `max_pages`.
+const OP_INIT: u32 = 26;
+const FUSE_ASYNC_READ: u32 = 1;
+const FUSE_BIG_WRITES: u32 = 1 << 5;
+const FUSE_MAX_PAGES: u32 = 1 << 22;
+/// The pages one read or write may carry: such a request and its headers fit the device's queue
+/// without indirect descriptors.
+const MAX_PAGES: u16 = devices::virtio::fs::QUEUE_SIZE / 2;
+const PAGE_SIZE: u32 = 4096;
 
-/// Serves requests until the socket is closed (`Ok`) or broken.
-pub fn serve(fs: Fs, socket: &OwnedFd, _readonly: bool) -> io::Result<()> {
+/// Serves requests until the socket is closed (`Ok`) or broken. `init_pipe` (read end, write end;
+/// both non-blocking) takes the reply to an INIT, which [`widen_init_reply`] amends on its way to
+/// the socket.
+pub fn serve(fs: Fs, socket: &OwnedFd, init_pipe: &(OwnedFd, OwnedFd)) -> io::Result<()> {
     let server = Server::new(fs);
     let mut input = std::fs::File::from(socket.try_clone()?);
     let mut request = vec![0u8; MAX_PAYLOAD];
@@ -48,11 +60,21 @@ pub fn serve(fs: Fs, socket: &OwnedFd, _readonly: bool) -> io::Result<()> {
         }
         clear_set_id_bits(request);
         let unique = u64::from_le_bytes(request[8..16].try_into().unwrap_or_default());
+        let init_flags = (opcode == OP_INIT).then(|| le_u32(request, IN_HEADER_LEN + 12));
         let reader = Reader::<()>::from_fuse_buffer(FuseBuf::new(request))
             .map_err(|e| io::Error::other(format!("read a request: {e}")))?;
-        let writer = FuseDevWriter::<()>::new(socket.as_raw_fd(), &mut reply[..room])
+        let to = if init_flags.is_some() {
+            &init_pipe.1
+        } else {
+            socket
+        };
+        let writer = FuseDevWriter::<()>::new(to.as_raw_fd(), &mut reply[..room])
             .map_err(|e| io::Error::other(format!("set up a reply: {e}")))?;
-        if let Err(e) = server.handle_message(reader, writer.into(), None, None) {
+        let handled = server.handle_message(reader, writer.into(), None, None);
+        if let Some(flags) = init_flags {
+            forward_init_reply(&init_pipe.0, flags.unwrap_or(0), socket)?;
+        }
+        if let Err(e) = handled {
             log::debug!("request {opcode} failed: {e}");
             // Nothing was sent (a request the parser could not read): the device still waits for
             // an answer. If a reply did go out, the device drops this second one.
@@ -71,9 +93,7 @@ fn clear_set_id_bits(request: &mut [u8]) {
     let body = IN_HEADER_LEN;
     let (at, bits) = match opcode {
         OP_SETATTR => {
-            let valid = request
-                .get(body..body + 4)
-                .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            let valid = le_u32(request, body).unwrap_or(0);
             if valid & FATTR_MODE == 0 {
                 return;
             }
@@ -88,10 +108,49 @@ fn clear_set_id_bits(request: &mut [u8]) {
         OP_CREATE => (body + 4, libc::S_ISUID | libc::S_ISGID),
         _ => return,
     };
-    if let Some(b) = request.get_mut(at..at + 4) {
-        let mode = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & !bits;
-        b.copy_from_slice(&mode.to_le_bytes());
+    if let Some(mode) = le_u32(request, at) {
+        request[at..at + 4].copy_from_slice(&(mode & !bits).to_le_bytes());
     }
+}
+
+/// Moves the INIT reply waiting in the pipe `from` (if any: an INIT the parser refused has none)
+/// to the socket, widened for a guest that offered `flags`.
+fn forward_init_reply(from: &OwnedFd, flags: u32, socket: &OwnedFd) -> io::Result<()> {
+    let mut reply = [0u8; 256];
+    // SAFETY: reads into a live buffer of the length given, from a descriptor we own.
+    let n = unsafe { libc::read(from.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len()) };
+    if n <= 0 {
+        return Ok(());
+    }
+    let reply = &mut reply[..n as usize];
+    widen_init_reply(flags, reply);
+    write_all(socket, reply)
+}
+
+/// The passthrough file system answers an INIT without `FUSE_BIG_WRITES`, `FUSE_MAX_PAGES` or
+/// `FUSE_ASYNC_READ` and with a `max_write` of one page, so a guest would split every write into
+/// 4 KiB requests and wait for each read before the next. In a successful `reply`, this agrees to
+/// those of the three the guest offered in `flags`, with writes and reads of [`MAX_PAGES`].
+fn widen_init_reply(flags: u32, reply: &mut [u8]) {
+    // fuse_out_header: len, error, unique; fuse_init_out: major, minor, max_readahead, flags,
+    // max_background, congestion_threshold, max_write, time_gran, max_pages, ...
+    const FLAGS: usize = OUT_HEADER_LEN + 12;
+    const MAX_WRITE: usize = OUT_HEADER_LEN + 20;
+    const MAX_PAGES_AT: usize = OUT_HEADER_LEN + 28;
+    let offered = flags & (FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_MAX_PAGES);
+    if offered == 0 || reply.len() < MAX_PAGES_AT + 2 || le_u32(reply, 4) != Some(0) {
+        return;
+    }
+    let agreed = le_u32(reply, FLAGS).unwrap_or(0) | offered;
+    reply[FLAGS..FLAGS + 4].copy_from_slice(&agreed.to_le_bytes());
+    let max_write = u32::from(MAX_PAGES) * PAGE_SIZE;
+    reply[MAX_WRITE..MAX_WRITE + 4].copy_from_slice(&max_write.to_le_bytes());
+    reply[MAX_PAGES_AT..MAX_PAGES_AT + 2].copy_from_slice(&MAX_PAGES.to_le_bytes());
+}
+
+fn le_u32(bytes: &[u8], at: usize) -> Option<u32> {
+    let b = bytes.get(at..at + 4)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 fn write_all(socket: &OwnedFd, mut bytes: &[u8]) -> io::Result<()> {
@@ -156,5 +215,44 @@ mod tests {
         let mut short = request(OP_CREATE, &[1, 2]);
         clear_set_id_bits(&mut short);
         assert_eq!(&short[IN_HEADER_LEN..], &[1, 2]);
+    }
+
+    fn init_reply(error: i32, len: usize) -> Vec<u8> {
+        let mut r = vec![0u8; len];
+        r[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        r[4..8].copy_from_slice(&error.to_le_bytes());
+        r[OUT_HEADER_LEN + 12..OUT_HEADER_LEN + 16].copy_from_slice(&0x11u32.to_le_bytes());
+        r[OUT_HEADER_LEN + 20..OUT_HEADER_LEN + 24].copy_from_slice(&4096u32.to_le_bytes());
+        r
+    }
+
+    #[test]
+    fn an_init_reply_agrees_only_to_what_the_guest_offered() {
+        let mut reply = init_reply(0, OUT_HEADER_LEN + 64);
+        widen_init_reply(FUSE_MAX_PAGES | 1, &mut reply);
+        assert_eq!(
+            le_u32(&reply, OUT_HEADER_LEN + 12),
+            Some(0x11 | FUSE_MAX_PAGES)
+        );
+        assert_eq!(le_u32(&reply, OUT_HEADER_LEN + 20), Some(128 * 4096));
+        assert_eq!(
+            &reply[OUT_HEADER_LEN + 28..OUT_HEADER_LEN + 30],
+            &128u16.to_le_bytes()
+        );
+        assert_eq!(reply.len(), OUT_HEADER_LEN + 64);
+
+        // Nothing offered, an error, or an old protocol's short reply: left as it is.
+        for (flags, mut reply) in [
+            (2, init_reply(0, OUT_HEADER_LEN + 64)),
+            (
+                FUSE_MAX_PAGES,
+                init_reply(-libc::EPROTO, OUT_HEADER_LEN + 64),
+            ),
+            (FUSE_MAX_PAGES, init_reply(0, OUT_HEADER_LEN + 24)),
+        ] {
+            let before = reply.clone();
+            widen_init_reply(flags, &mut reply);
+            assert_eq!(reply, before);
+        }
     }
 }
