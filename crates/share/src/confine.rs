@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::time::Duration;
 
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use jail::sys::{
@@ -80,7 +81,11 @@ pub fn enter(dir: &Path, readonly: bool) -> Result<Fs, String> {
         do_import: true,
         xattr: false,
         inode_file_handles: false,
+        // virtiofsd's cache=auto: a guest's names and attributes go stale after a second, so
+        // the host's changes show that soon (fuse-backend-rs defaults to five).
         cache_policy: CachePolicy::Auto,
+        entry_timeout: Duration::from_secs(1),
+        attr_timeout: Duration::from_secs(1),
         ..Config::default()
     };
     let fs = Fs::new(cfg).map_err(|e| format!("set up the passthrough file system: {e}"))?;

@@ -9,8 +9,8 @@
 pub const IN_HEADER_LEN: usize = 40;
 /// The FUSE out-header's size (`fuse_out_header`).
 pub const OUT_HEADER_LEN: usize = 16;
-/// The largest payload of a request or reply: the 1 MiB the server offers as `max_write` and
-/// `max_pages`, with room for the headers and a READDIRPLUS page's entries.
+/// The largest payload of a request or reply: 1 MiB of data (twice the reads and writes the
+/// server agrees to at INIT), with room for the headers and a READDIRPLUS page's entries.
 pub const MAX_PAYLOAD: usize = (1 << 20) + 4096;
 /// `FUSE_FORGET` and `FUSE_BATCH_FORGET`: no reply.
 pub const OP_FORGET: u32 = 2;
