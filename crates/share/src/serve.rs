@@ -229,10 +229,12 @@ mod tests {
     #[test]
     fn an_init_reply_agrees_only_to_what_the_guest_offered() {
         let mut reply = init_reply(0, OUT_HEADER_LEN + 64);
-        widen_init_reply(FUSE_MAX_PAGES | 1, &mut reply);
+        // The guest offers MAX_PAGES, BIG_WRITES and flag 2 (not one of the three): the reply's own
+        // flags (0x11) stay, the two are added, flag 2 is not.
+        widen_init_reply(FUSE_MAX_PAGES | FUSE_BIG_WRITES | 2, &mut reply);
         assert_eq!(
             le_u32(&reply, OUT_HEADER_LEN + 12),
-            Some(0x11 | FUSE_MAX_PAGES)
+            Some(0x11 | FUSE_MAX_PAGES | FUSE_BIG_WRITES)
         );
         assert_eq!(le_u32(&reply, OUT_HEADER_LEN + 20), Some(128 * 4096));
         assert_eq!(
